@@ -1,0 +1,227 @@
+"""Pipeline options of the changebeam pipelines, and their validation.
+
+Options are Beam ``PipelineOptions`` so that Dataflow Flex Templates and Flink see them as
+ordinary pipeline parameters.  :func:`validate_cdc` turns them into a frozen :class:`CdcConfig`
+before anything runs, or raises :class:`OptionError` naming the option, the value and what would
+be valid::
+
+    config = validate_cdc(PipelineOptions(argv).view_as(CdcOptions))
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.dsn import Dsn, parse_dsn, redact
+
+__all__ = [
+    'SCHEMA_CHANGE_POLICIES',
+    'SNAPSHOT_MODES',
+    'CdcConfig',
+    'CdcOptions',
+    'OptionError',
+    'SinkSpec',
+    'parse_sink',
+    'validate_cdc',
+]
+
+SNAPSHOT_MODES = ('initial', 'never', 'only')
+SCHEMA_CHANGE_POLICIES = ('evolve', 'strict', 'lenient', 'ignore')
+FILE_SINKS = ('jsonl', 'avro', 'parquet')
+DATABASE_SINKS = ('postgresql', 'postgres', 'mysql', 'mariadb')
+_IDENT = r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"'
+_TABLE = re.compile(rf'^(?:(?P<schema>{_IDENT})\.)?(?P<table>{_IDENT})$')
+_SLOT = re.compile(r'^[a-z0-9_]{1,63}$')
+
+
+class OptionError(ValueError):
+    """An option has a value that cannot work; the message names option, value and what is valid."""
+
+    def __init__(self, option: str, value: object, valid: str) -> None:
+        super().__init__(f'{option} {value!r}: {valid}')
+        self.option = option
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkSpec:
+    """Where changes go: ``kind`` is a file format (jsonl, avro, parquet) or a database."""
+
+    kind: str
+    target: str  # directory/URI for files, the DSN for databases
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in FILE_SINKS
+
+
+@dataclasses.dataclass(frozen=True)
+class CdcConfig:
+    """Validated options of ``pipelines.cdc``."""
+
+    source: Dsn
+    tables: tuple[str, ...]
+    sink: SinkSpec
+    snapshot: str
+    max_idle_secs: float | None
+    dead_letter: str
+    slot_name: str
+    publication: str
+    schema_change: str
+    heartbeat_secs: float
+    server_name: str
+    progress: bool
+
+
+class CdcOptions(PipelineOptions):
+    """Options of the CDC pipeline (``python -m pipelines.cdc --help`` lists them)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group('changebeam CDC')
+        group.add_argument(
+            '--source', default=None,
+            help='Database to capture: postgresql://USER[:PASSWORD]@HOST[:PORT]/DB '
+                 '(host may be a socket directory: postgresql://USER@/DB?host=/run/pg) or '
+                 'mysql://USER[:PASSWORD]@HOST[:PORT]/DB.')
+        group.add_argument(
+            '--tables', default='',
+            help='Comma-separated schema.table names to capture (default: every table).')
+        group.add_argument(
+            '--sink', default=None,
+            help='Where changes go: jsonl:DIR, avro:DIR, parquet:DIR (DIR may be s3:// or gs://), '
+                 'postgresql://… or mysql://… (a replica kept equal to the source).')
+        group.add_argument(
+            '--snapshot', default='initial',
+            help='initial: copy existing rows (op r) then stream; never: stream only; '
+                 'only: copy existing rows and stop. Default: initial.')
+        group.add_argument(
+            '--max_idle_secs', default=None,
+            help='Stop cleanly after this many seconds without a new change '
+                 '(default: run forever).')
+        group.add_argument(
+            '--dead_letter', default=None,
+            help='Where records that cannot be decoded or written go, as jsonl:DIR '
+                 '(default: jsonl:dead-letters under a file sink, else ./dead-letters).')
+        group.add_argument(
+            '--slot_name', default=None,
+            help='PostgreSQL replication slot to create or resume (default: changebeam_<db>).')
+        group.add_argument(
+            '--publication', default=None,
+            help='PostgreSQL publication to create or reuse (default: same as the slot name).')
+        group.add_argument(
+            '--schema_change', default='evolve',
+            help='What a schema change does: evolve (register a new version, sinks follow), '
+                 'strict (stop with the difference), lenient (additive changes only), '
+                 'ignore (keep the first schema). Default: evolve.')
+        group.add_argument(
+            '--heartbeat_secs', default='10',
+            help='How often an idle source writes a heartbeat so the slot keeps advancing '
+                 '(default: 10; 0 disables).')
+        group.add_argument(
+            '--server_name', default=None,
+            help='Logical name of the source in events (source.name; default: the DB name).')
+        group.add_argument(
+            '--progress', default='auto',
+            help='Print a live progress line to stderr: on, off or auto (on for a terminal).')
+
+
+def parse_sink(value: str | None, option: str = '--sink') -> SinkSpec:
+    valid = ('use jsonl:DIR, avro:DIR, parquet:DIR, postgresql://USER@HOST/DB or '
+             'mysql://USER@HOST/DB')
+    if not value:
+        raise OptionError(option, value, f'is required; {valid}')
+    if '://' in value:
+        scheme = value.split('://', 1)[0].lower()
+        if scheme in DATABASE_SINKS:
+            try:
+                dsn = parse_dsn(value, option=option)
+            except ValueError as exc:
+                raise OptionError(option, redact(value), str(exc).split(': ', 1)[1]) from None
+            return SinkSpec(dsn.kind, value)
+    kind, sep, target = value.partition(':')
+    if sep and kind in FILE_SINKS and target:
+        return SinkSpec(kind, target)
+    raise OptionError(option, redact(value), valid)
+
+
+def _positive_float(option: str, value: str | None, *, allow_zero: bool = False) -> float | None:
+    if value is None or value == '':
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number < 0 or (number == 0 and not allow_zero) or number != number:
+        least = 'zero or more' if allow_zero else 'more than zero'
+        raise OptionError(option, value, f'must be a number of seconds, {least}')
+    return number
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise OptionError(option, value, f'must be one of {", ".join(choices)}')
+    return value
+
+
+def _tables(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(',') if name.strip())
+    for name in names:
+        if not _TABLE.match(name):
+            raise OptionError('--tables', name, 'each table must be schema.table or table '
+                              '(quote unusual names: "My Schema"."Orders")')
+    return names
+
+
+def validate_cdc(options: PipelineOptions) -> CdcConfig:
+    """Check every CDC option; raise OptionError for the first bad one."""
+    opts = options.view_as(CdcOptions)
+    if not opts.source:
+        raise OptionError('--source', opts.source, 'is required: postgresql://… or mysql://…')
+    try:
+        source = parse_dsn(opts.source, option='--source')
+    except ValueError as exc:
+        raise OptionError('--source', redact(opts.source), str(exc).split(': ', 1)[1]) from None
+    sink = parse_sink(opts.sink)
+    if opts.dead_letter:
+        if not opts.dead_letter.startswith('jsonl:') or len(opts.dead_letter) <= len('jsonl:'):
+            raise OptionError('--dead_letter', opts.dead_letter, 'use jsonl:DIR')
+        dead_letter = opts.dead_letter
+    elif sink.is_file and '://' not in sink.target:
+        dead_letter = f'jsonl:{sink.target.rstrip("/")}/_dead_letters'
+    else:
+        dead_letter = 'jsonl:dead-letters'
+    slot = opts.slot_name or _default_slot(source.database)
+    if not _SLOT.match(slot):
+        raise OptionError('--slot_name', slot, 'use 1-63 lower-case letters, digits or _')
+    publication = opts.publication or slot
+    if not _SLOT.match(publication):
+        raise OptionError('--publication', publication, 'use 1-63 lower-case letters, digits or _')
+    heartbeat = _positive_float('--heartbeat_secs', opts.heartbeat_secs, allow_zero=True)
+    progress = _choice('--progress', opts.progress, ('on', 'off', 'auto'))
+    return CdcConfig(
+        source=source,
+        tables=_tables(opts.tables or ''),
+        sink=sink,
+        snapshot=_choice('--snapshot', opts.snapshot, SNAPSHOT_MODES),
+        max_idle_secs=_positive_float('--max_idle_secs', opts.max_idle_secs),
+        dead_letter=dead_letter,
+        slot_name=slot,
+        publication=publication,
+        schema_change=_choice('--schema_change', opts.schema_change, SCHEMA_CHANGE_POLICIES),
+        heartbeat_secs=heartbeat or 0.0,
+        server_name=opts.server_name or source.database or 'changebeam',
+        progress=progress == 'on' or (progress == 'auto' and _stderr_is_tty()),
+    )
+
+
+def _default_slot(database: str) -> str:
+    cleaned = re.sub(r'[^a-z0-9_]', '_', (database or 'db').lower())
+    return f'changebeam_{cleaned}'[:63]
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+    return sys.stderr.isatty()

@@ -1,0 +1,194 @@
+"""What the PostgreSQL source asks the server's catalog, on an ordinary connection.
+
+Pre-flight checks (wal_level, privileges, replica identity, lost slots) fail with one line that
+says what to do; the publication and the slot are created or reused here; primary keys and
+column types are looked up for the tables the stream and the snapshot see.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ['SlotInfo', 'SourceSetupError', 'TableRef', 'check_server', 'ensure_publication',
+           'primary_key', 'quote_ident', 'resolve_tables', 'slot_info', 'table_columns']
+
+_LOG = logging.getLogger(__name__)
+
+
+class SourceSetupError(RuntimeError):
+    """The source database is not ready for CDC; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRef:
+    """A captured table as the catalog knows it."""
+
+    oid: int
+    schema: str
+    table: str
+    replica_identity: str  # d(efault), n(othing), f(ull), i(ndex)
+    has_primary_key: bool
+
+    @property
+    def name(self) -> str:
+        return f'{self.schema}.{self.table}'
+
+    @property
+    def quoted(self) -> str:
+        return f'{quote_ident(self.schema)}.{quote_ident(self.table)}'
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotInfo:
+    name: str
+    plugin: str
+    database: str
+    active_pid: int | None
+    confirmed_flush: str | None
+    wal_status: str | None
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def check_server(conn: Any) -> None:
+    """wal_level must be logical and the user must be allowed to replicate."""
+    wal_level = conn.execute('SHOW wal_level').fetchone()[0]
+    if wal_level != 'logical':
+        raise SourceSetupError(
+            f'wal_level is {wal_level!r}; logical replication needs wal_level=logical: '
+            "run ALTER SYSTEM SET wal_level = 'logical' and restart PostgreSQL")
+    superuser, replication, user = conn.execute(
+        'SELECT rolsuper, rolreplication, rolname FROM pg_roles WHERE rolname = current_user'
+    ).fetchone()
+    if not (superuser or replication):
+        raise SourceSetupError(
+            f'role {user!r} may not replicate: run ALTER ROLE {quote_ident(user)} REPLICATION '
+            '(and GRANT SELECT on the captured tables for the snapshot)')
+
+
+_TABLES_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relreplident,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%%'
+"""
+
+
+def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
+    """The tables to capture: ``names`` (schema.table, default schema public) or all of them.
+
+    Raises SourceSetupError naming a table that does not exist, and naming every table whose
+    updates PostgreSQL would refuse to publish (no primary key and no replica identity) — adding
+    such a table to a publication would make the application's UPDATEs fail.
+    """
+    rows = conn.execute(_TABLES_SQL + ' ORDER BY 2, 3').fetchall()
+    found = {(schema, table): TableRef(oid, schema, table, ident, has_pk)
+             for oid, schema, table, ident, has_pk in rows}
+    if names:
+        chosen = []
+        for name in names:
+            schema, table = _split_name(name)
+            ref = found.get((schema, table))
+            if ref is None:
+                known = ', '.join(f'{s}.{t}' for s, t in found) or '(none)'
+                raise SourceSetupError(f'--tables: no table {schema}.{table} in this database; '
+                                       f'tables: {known}')
+            chosen.append(ref)
+    else:
+        chosen = list(found.values())
+    unpublishable = [t.name for t in chosen if t.replica_identity == 'n'
+                     or (t.replica_identity == 'd' and not t.has_primary_key)]
+    if unpublishable:
+        first = unpublishable[0]
+        raise SourceSetupError(
+            f'table(s) {", ".join(unpublishable)} have no primary key or replica identity, so '
+            f'PostgreSQL cannot publish their updates and deletes: run ALTER TABLE {first} '
+            'REPLICA IDENTITY FULL (or add a primary key), or leave them out of --tables')
+    return chosen
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    parts = _split_quoted(name)
+    if len(parts) == 1:
+        return 'public', parts[0]
+    return parts[0], parts[1]
+
+
+def _split_quoted(name: str) -> list[str]:
+    parts: list[str] = []
+    current, quoted, i = '', False, 0
+    while i < len(name):
+        ch = name[i]
+        if ch == '"':
+            if quoted and i + 1 < len(name) and name[i + 1] == '"':
+                current += '"'
+                i += 1
+            else:
+                quoted = not quoted
+        elif ch == '.' and not quoted:
+            parts.append(current)
+            current = ''
+        else:
+            current += ch
+        i += 1
+    parts.append(current)
+    return parts
+
+
+def ensure_publication(conn: Any, name: str, tables: Sequence[TableRef] | None) -> None:
+    """Create the publication (FOR ALL TABLES when ``tables`` is None) or align its table list."""
+    exists = conn.execute('SELECT puballtables FROM pg_publication WHERE pubname = %s',
+                          (name,)).fetchone()
+    target = 'ALL TABLES' if tables is None else \
+        'TABLE ' + ', '.join(t.quoted for t in tables)
+    if exists is None:
+        conn.execute(f'CREATE PUBLICATION {quote_ident(name)} FOR {target}')
+        _LOG.info('created publication %s for %s', name, target)
+    elif tables is not None and not exists[0]:
+        conn.execute(f'ALTER PUBLICATION {quote_ident(name)} SET {target}')
+    elif tables is not None and exists[0]:
+        raise SourceSetupError(
+            f'publication {name!r} exists FOR ALL TABLES but --tables was given: drop it '
+            f'(DROP PUBLICATION {quote_ident(name)}) or pass --publication with another name')
+
+
+def slot_info(conn: Any, name: str) -> SlotInfo | None:
+    row = conn.execute(
+        'SELECT slot_name, plugin, database, active_pid, confirmed_flush_lsn::text, wal_status '
+        'FROM pg_replication_slots WHERE slot_name = %s', (name,)).fetchone()
+    if row is None:
+        return None
+    info = SlotInfo(*row)
+    database = conn.execute('SELECT current_database()').fetchone()[0]
+    if info.plugin != 'pgoutput' or info.database != database:
+        raise SourceSetupError(
+            f'slot {name!r} exists but is a {info.plugin} slot of database {info.database!r}; '
+            f'pass another --slot_name')
+    if info.wal_status == 'lost':
+        raise SourceSetupError(
+            f'slot {name!r} is lost: PostgreSQL removed WAL it still needed '
+            f'(max_slot_wal_keep_size). Drop it (SELECT pg_drop_replication_slot({name!r})) '
+            'and restart with --snapshot initial to copy the tables again')
+    return info
+
+
+def primary_key(conn: Any, relation_oid: int) -> tuple[str, ...]:
+    rows = conn.execute(
+        'SELECT a.attname FROM pg_index i JOIN pg_attribute a '
+        'ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) '
+        'WHERE i.indrelid = %s AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)',
+        (relation_oid,)).fetchall()
+    return tuple(name for (name,) in rows)
+
+
+def table_columns(conn: Any, relation_oid: int) -> list[tuple[str, int, int]]:
+    """(name, type oid, typmod) of the columns pgoutput publishes, in table order."""
+    return conn.execute(
+        "SELECT attname, atttypid::int, atttypmod FROM pg_attribute WHERE attrelid = %s "
+        "AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+        (relation_oid,)).fetchall()

@@ -1,0 +1,244 @@
+"""A logical replication connection to PostgreSQL, over psycopg 3's libpq wrapper.
+
+psycopg 3 has no replication API, but its low-level ``psycopg.pq.PGconn`` speaks COPY_BOTH, which
+is all the streaming protocol needs::
+
+    stream = ReplicationStream.connect('postgresql://cdc@db/shop')
+    stream.start('changebeam_shop', start_lsn=0, publication='changebeam_shop')
+    while (frame := stream.read(timeout=0.5)) is not None:
+        handle(frame.payload)            # a pgoutput message
+        ...
+    stream.confirm(commit_end_lsn)       # only after the sink committed it
+
+The stream answers keepalives itself and reports ``confirm``-ed positions to the server (standby
+status update), so the slot releases WAL only for changes that are safe downstream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import select
+import struct
+import threading
+import time
+from typing import Any
+
+__all__ = ['ReplicationError', 'ReplicationStream', 'SlotCreated', 'XLogData', 'format_lsn',
+           'parse_lsn']
+
+_LOG = logging.getLogger(__name__)
+
+_EPOCH_OFFSET_US = 946_684_800_000_000  # PostgreSQL timestamps count from 2000-01-01
+_XLOG_HEADER = struct.Struct('!QQq')
+_KEEPALIVE = struct.Struct('!Qq?')
+_STATUS = struct.Struct('!cQQQq?')
+_STATUS_INTERVAL_S = 5.0  # well under the default wal_sender_timeout of 60 s
+
+
+class ReplicationError(RuntimeError):
+    """The server refused or broke the replication conversation; the message says why."""
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> 0x16B374D848."""
+    high, _, low = text.partition('/')
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f'{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}'
+
+
+def now_pg_us() -> int:
+    return int(time.time() * 1_000_000) - _EPOCH_OFFSET_US
+
+
+@dataclasses.dataclass(frozen=True)
+class XLogData:
+    """One WAL data frame: ``payload`` is a pgoutput message starting at ``data_start``."""
+
+    data_start: int
+    wal_end: int
+    send_time_us: int  # microseconds since the Unix epoch
+    payload: memoryview
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotCreated:
+    """A new slot: changes committed after ``consistent_point`` stream; earlier ones are in the
+    exported ``snapshot`` (valid only until this connection's next command)."""
+
+    name: str
+    consistent_point: int
+    snapshot: str | None
+
+
+class ReplicationStream:
+    """A replication-mode connection: slot commands, then one COPY_BOTH stream."""
+
+    def __init__(self, pgconn: Any) -> None:
+        self._pgconn = pgconn
+        self._streaming = False
+        self._received = 0  # highest WAL position seen
+        self._confirmed = 0  # highest position the caller confirmed
+        self._reported = -1
+        self._last_status = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, dsn: str, application_name: str = 'changebeam') -> ReplicationStream:
+        from psycopg import conninfo, pq
+
+        info = conninfo.make_conninfo(dsn, replication='database',
+                                      application_name=application_name)
+        pgconn = pq.PGconn.connect(info.encode())
+        if pgconn.status != pq.ConnStatus.OK:
+            message = pgconn.error_message.decode(errors='replace').strip()
+            pgconn.finish()
+            raise ReplicationError(f'cannot open a replication connection: {message}')
+        return cls(pgconn)
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _command(self, sql: str) -> list[tuple[str | None, ...]]:
+        from psycopg import pq
+
+        result = self._pgconn.exec_(sql.encode())
+        if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            message = (result.error_message or self._pgconn.error_message)
+            raise ReplicationError(message.decode(errors='replace').strip())
+        rows = []
+        for row in range(result.ntuples):
+            rows.append(tuple(
+                None if result.get_value(row, col) is None
+                else bytes(result.get_value(row, col)).decode()
+                for col in range(result.nfields)))
+        return rows
+
+    def identify_system(self) -> dict[str, str | None]:
+        systemid, timeline, xlogpos, dbname = self._command('IDENTIFY_SYSTEM')[0]
+        return {'systemid': systemid, 'timeline': timeline, 'xlogpos': xlogpos, 'dbname': dbname}
+
+    def create_slot(self, name: str, *, export_snapshot: bool) -> SlotCreated:
+        """Create a pgoutput slot; with ``export_snapshot`` also export its consistent snapshot."""
+        mode = 'EXPORT_SNAPSHOT' if export_snapshot else 'NOEXPORT_SNAPSHOT'
+        rows = self._command(f'CREATE_REPLICATION_SLOT "{name}" LOGICAL pgoutput {mode}')
+        _slot, consistent_point, snapshot, _plugin = rows[0]
+        assert consistent_point is not None
+        return SlotCreated(name, parse_lsn(consistent_point), snapshot)
+
+    def start(self, slot: str, start_lsn: int, publication: str, *, messages: bool = True,
+              proto_version: int = 1) -> None:
+        """START_REPLICATION from ``start_lsn`` (the server starts at its confirmed position when
+        that is later)."""
+        from psycopg import pq
+
+        options = [f"proto_version '{proto_version}'", f"publication_names '{publication}'"]
+        if messages:
+            options.append("messages 'true'")
+        sql = (f'START_REPLICATION SLOT "{slot}" LOGICAL {format_lsn(start_lsn)} '
+               f'({", ".join(options)})')
+        self._pgconn.send_query(sql.encode())
+        result = self._pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            message = (result.error_message if result is not None else b'') \
+                or self._pgconn.error_message
+            raise ReplicationError(message.decode(errors='replace').strip())
+        self._pgconn.nonblocking = 1
+        self._streaming = True
+        self._received = max(self._received, start_lsn)
+        self._confirmed = max(self._confirmed, start_lsn)
+        _LOG.info('streaming slot %s from %s', slot, format_lsn(start_lsn))
+
+    # -- streaming -----------------------------------------------------------------------------
+
+    def read(self, timeout: float) -> XLogData | None:
+        """The next WAL data frame, or None when none arrives within ``timeout`` seconds.
+
+        Blocks on the socket (no busy wait).  Keepalives are answered here.
+        """
+        pgconn = self._pgconn
+        deadline = time.monotonic() + timeout
+        while True:
+            size, data = pgconn.get_copy_data(1)
+            if size > 0:
+                kind = data[0]
+                if kind == 0x77:  # 'w'
+                    start, wal_end, send_time = _XLOG_HEADER.unpack_from(data, 1)
+                    if wal_end > self._received:
+                        self._received = wal_end
+                    self._maybe_send_status()
+                    return XLogData(start, wal_end, send_time + _EPOCH_OFFSET_US, data[25:])
+                if kind == 0x6B:  # 'k'
+                    wal_end, _send_time, reply = _KEEPALIVE.unpack_from(data, 1)
+                    self._maybe_send_status(force=reply)
+                    continue
+                raise ReplicationError(f'unexpected replication frame type {chr(kind)!r}')
+            if size == 0:
+                self._maybe_send_status()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # Wake at least every status interval so the server hears from us.
+                ready, _, _ = select.select([pgconn.socket], [], [],
+                                            min(remaining, _STATUS_INTERVAL_S))
+                if ready:
+                    pgconn.consume_input()
+                continue
+            self._streaming = False
+            result = pgconn.get_result()
+            message = (result.error_message if result is not None else b'') \
+                or pgconn.error_message
+            raise ReplicationError('replication stream ended: '
+                                   + (message.decode(errors='replace').strip() or 'by the server'))
+
+    @property
+    def received_lsn(self) -> int:
+        return self._received
+
+    @property
+    def confirmed_lsn(self) -> int:
+        return self._confirmed
+
+    def confirm(self, lsn: int, *, send: bool = True) -> None:
+        """Everything up to ``lsn`` is durable downstream: the slot may release it."""
+        with self._lock:
+            if lsn > self._confirmed:
+                self._confirmed = lsn
+        if send:
+            self._maybe_send_status(force=True)
+
+    def _maybe_send_status(self, force: bool = False) -> None:
+        if not self._streaming:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_status < _STATUS_INTERVAL_S:
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is reporting right now; the next call will report
+        try:
+            confirmed = self._confirmed
+            frame = _STATUS.pack(b'r', max(self._received, confirmed), confirmed, confirmed,
+                                 now_pg_us(), False)
+            if self._pgconn.put_copy_data(frame) != 1 or self._pgconn.flush() < 0:
+                message = self._pgconn.error_message.decode(errors='replace').strip()
+                raise ReplicationError(f'cannot send standby status: {message}')
+            self._reported = confirmed
+            self._last_status = now
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Report the confirmed position one last time and disconnect."""
+        try:
+            if self._streaming and self._reported != self._confirmed:
+                self._maybe_send_status(force=True)
+                # Give libpq a moment to push the final status out before the socket closes.
+                deadline = time.monotonic() + 1.0
+                while self._pgconn.flush() == 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        except ReplicationError as exc:
+            _LOG.warning('final standby status not sent: %s', exc)
+        finally:
+            self._pgconn.finish()
+            self._streaming = False
