@@ -1,0 +1,215 @@
+"""Turns decoded pgoutput messages into ChangeEvents: relation cache, row values, transactions.
+
+Pure apart from two look-up callables (primary keys and type catalog rows), so the whole
+message-to-event logic is tested without a server::
+
+    assembler = ChangeAssembler('shop', 'shop', lookup_key, lookup_types)
+    assembler.begin(begin)
+    events = assembler.change(insert, lsn)      # list of ChangeEvent
+    assembler.commit(commit)
+
+Unchanged TOASTed columns: pgoutput sends no value for them.  When the old tuple (REPLICA
+IDENTITY FULL) carries the value it is copied into ``after``; otherwise the column is left out
+of ``after`` and named in ``ChangeEvent.unchanged``, so a sink leaves the target column as is.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from transforms.envelope import (
+    ChangeEvent,
+    Op,
+    SourcePosition,
+    TableSchema,
+    TransactionInfo,
+)
+from transforms.sources.postgres import pgtypes
+from transforms.sources.postgres.pgoutput import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Relation,
+    Truncate,
+    TypeMessage,
+    Update,
+)
+
+__all__ = ['HEARTBEAT_PREFIX', 'MESSAGES_TABLE', 'ChangeAssembler', 'RelationState']
+
+HEARTBEAT_PREFIX = 'changebeam_heartbeat'
+"""Prefix of the logical messages the source emits to keep an idle slot advancing."""
+
+MESSAGES_TABLE = TableSchema(schema='', table='_messages', columns=())
+"""The pseudo-table of ``m`` events (logical decoding messages)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RelationState:
+    """A relation as last described by the server, with its prebuilt row decoder."""
+
+    relation: Relation
+    schema: TableSchema
+    decode_row: Callable[[Sequence[Any]], tuple[dict[str, Any], frozenset[str]]]
+    identity: tuple[str, ...]  # replica identity columns, as flagged in the Relation message
+
+
+class ChangeAssembler:
+    """Keeps the state of one replication stream: relations, types and the open transaction."""
+
+    def __init__(self, server_name: str, database: str,
+                 lookup_key: Callable[[int], tuple[str, ...]],
+                 lookup_types: Callable[[Sequence[int]], Mapping[int, pgtypes.TypeInfo]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._server = server_name
+        self._database = database
+        self._lookup_key = lookup_key
+        self._lookup_types = lookup_types
+        self._clock = clock
+        self._types: dict[int, pgtypes.TypeInfo] = {}
+        self._relations: dict[int, RelationState] = {}
+        self._begin: Begin | None = None
+        self._total_order = 0
+        self._table_order: dict[str, int] = {}
+
+    @property
+    def server_name(self) -> str:
+        return self._server
+
+    @property
+    def database(self) -> str:
+        return self._database
+
+    # -- transaction boundaries ----------------------------------------------------------------
+
+    def begin(self, message: Begin) -> None:
+        self._begin = message
+        self._total_order = 0
+        self._table_order = {}
+
+    def commit(self, message: Commit) -> None:
+        self._begin = None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._begin is not None
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def relation(self, message: Relation) -> RelationState:
+        unknown = [c.type_oid for c in message.columns
+                   if c.type_oid not in self._types and not pgtypes.is_builtin(c.type_oid)]
+        if unknown:
+            self._types.update(self._lookup_types(unknown))
+        columns = tuple(pgtypes.column_for(c, self._types) for c in message.columns)
+        identity = tuple(c.name for c in message.columns if c.is_key)
+        key = self._lookup_key(message.oid)
+        if not key and message.replica_identity == 'i':
+            key = identity
+        table = TableSchema(schema=message.namespace, table=message.name, columns=columns,
+                            key=key)
+        state = RelationState(message, table, pgtypes.row_decoder(columns), identity)
+        self._relations[message.oid] = state
+        return state
+
+    def type(self, message: TypeMessage) -> None:
+        # Type messages only name a type; enums and domains need the catalog, so forget what we
+        # knew and ask again when a Relation uses it.
+        self._types.pop(message.oid, None)
+
+    def table_for(self, relation_oid: int) -> TableSchema:
+        return self._state(relation_oid).schema
+
+    def _state(self, relation_oid: int) -> RelationState:
+        try:
+            return self._relations[relation_oid]
+        except KeyError:
+            raise ValueError(f'change for relation {relation_oid} arrived before its Relation '
+                             'message') from None
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def change(self, message: Insert | Update | Delete | Truncate, lsn: int) -> list[ChangeEvent]:
+        """The events of one Insert/Update/Delete (one event) or Truncate (one per table)."""
+        if isinstance(message, Truncate):
+            return [self._event(Op.TRUNCATE, self._state(oid), lsn, None, None, frozenset())
+                    for oid in message.relation_oids]
+        state = self._state(message.relation_oid)
+        if isinstance(message, Insert):
+            after, unchanged = state.decode_row(message.new)
+            return [self._event(Op.CREATE, state, lsn, None, after, unchanged)]
+        if isinstance(message, Update):
+            before = self._old_row(state, message.old, message.key)
+            after, unchanged = state.decode_row(message.new)
+            if unchanged and before is not None:
+                # REPLICA IDENTITY FULL sends the old values: the unchanged value is known.
+                for name in [n for n in unchanged if n in before]:
+                    after[name] = before[name]
+                unchanged = frozenset(n for n in unchanged if n not in after)
+            return [self._event(Op.UPDATE, state, lsn, before, after, unchanged)]
+        before = self._old_row(state, message.old, message.key)
+        return [self._event(Op.DELETE, state, lsn, before, None, frozenset())]
+
+    def _old_row(self, state: RelationState, old: Sequence[Any] | None,
+                 key: Sequence[Any] | None) -> dict[str, Any] | None:
+        if old is not None:
+            row, _missing = state.decode_row(old)
+            return row
+        if key is not None:
+            # A key tuple carries every column, null except the replica identity ones.
+            row, _ = state.decode_row(key)
+            return {name: row[name] for name in state.identity if name in row}
+        return None
+
+    def _event(self, op: Op, state: RelationState, lsn: int, before: dict[str, Any] | None,
+               after: dict[str, Any] | None, unchanged: frozenset[str]) -> ChangeEvent:
+        begin = self._begin
+        if begin is None:
+            raise ValueError(f'{op.name} of {state.schema.name} arrived outside a transaction')
+        table = state.schema
+        self._total_order += 1
+        order = self._table_order[table.name] = self._table_order.get(table.name, 0) + 1
+        return ChangeEvent(
+            op=op,
+            table=table,
+            source=SourcePosition(
+                connector='postgresql', name=self._server, db=self._database,
+                schema=table.schema, table=table.table, ts_ms=begin.commit_ts // 1000,
+                tx_id=begin.xid, lsn=lsn, commit_lsn=begin.final_lsn),
+            before=before,
+            after=after,
+            ts_ms=int(self._clock() * 1000),
+            transaction=TransactionInfo(f'{begin.xid}:{begin.final_lsn}', self._total_order,
+                                        order),
+            unchanged=unchanged,
+        )
+
+    def message(self, message: LogicalMessage, lsn: int) -> ChangeEvent | None:
+        """An ``m`` event for an application's logical message; None for our heartbeats."""
+        if message.prefix == HEARTBEAT_PREFIX:
+            return None
+        content = bytes(message.content)
+        try:
+            payload: dict[str, Any] = {'prefix': message.prefix, 'content': content.decode()}
+        except UnicodeDecodeError:
+            payload = {'prefix': message.prefix,
+                       'content_base64': base64.b64encode(content).decode('ascii')}
+        payload['transactional'] = message.transactional
+        begin = self._begin if message.transactional else None
+        now_ms = int(self._clock() * 1000)
+        return ChangeEvent(
+            op=Op.MESSAGE,
+            table=MESSAGES_TABLE,
+            source=SourcePosition(
+                connector='postgresql', name=self._server, db=self._database, schema='',
+                table='', ts_ms=begin.commit_ts // 1000 if begin else now_ms,
+                tx_id=begin.xid if begin else None, lsn=lsn,
+                commit_lsn=begin.final_lsn if begin else lsn),
+            ts_ms=now_ms,
+            message=payload,
+        )

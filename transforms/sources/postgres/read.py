@@ -1,0 +1,481 @@
+"""``ReadPostgresChanges``: every committed row change of PostgreSQL tables, as ChangeEvents.
+
+    events = pipeline | 'ReadChanges' >> ReadPostgresChanges(
+        'postgresql://cdc@db/shop', tables=['public.orders'], snapshot='initial')
+
+A splittable DoFn over the LSN: each round blocks on the replication socket for up to
+``round_secs`` (no busy wait: an idle pipeline sleeps in ``select``), emits whole transactions,
+then defers the rest.  The round's last commit LSN is confirmed to the slot only in the bundle
+finalizer, i.e. after the fused sink committed what the round emitted: a crash replays from the
+last confirmed transaction and loses nothing (at-least-once; sinks dedup by position).
+
+With ``snapshot='initial'`` a new slot exports its snapshot and the tables are copied (op ``r``)
+before streaming starts at the slot's consistent point: no gap, no overlap.  A restart before
+the snapshot was confirmed downstream drops the slot and takes the snapshot again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters
+from transforms.dsn import parse_dsn, redact
+from transforms.envelope import ChangeEvent
+from transforms.sources.postgres import catalog, pgtypes
+from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
+from transforms.sources.postgres.pgoutput import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Origin,
+    PgOutputDecoder,
+    Relation,
+    Truncate,
+    TypeMessage,
+    Update,
+)
+from transforms.sources.postgres.replication import ReplicationStream, format_lsn, parse_lsn
+from transforms.sources.postgres.snapshot import read_snapshot
+
+__all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
+
+_LOG = logging.getLogger(__name__)
+
+SNAPSHOT_MODES = ('initial', 'never', 'only')
+_END = (1 << 63) - 1
+_SNAPSHOT_PENDING = 'changebeam: snapshot pending for slot '
+_SNAPSHOT_DONE = 'changebeam: snapshot confirmed for slot '
+_METRICS = 'ReadPostgresChanges'
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceConfig:
+    """Everything the reading DoFn needs; picklable."""
+
+    dsn: str
+    tables: tuple[str, ...]
+    slot: str
+    publication: str
+    snapshot: str
+    max_idle_secs: float | None
+    heartbeat_secs: float
+    server_name: str
+    database: str
+    round_secs: float
+    batch_size: int
+    progress: bool
+
+
+class _LsnRestrictionProvider(RestrictionProvider):
+    """One unsplittable, unbounded range of positions per slot."""
+
+    def initial_restriction(self, element: Any) -> OffsetRange:
+        return OffsetRange(0, _END)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element: Any, restriction: OffsetRange) -> int:
+        return restriction.size()
+
+    def split(self, element: Any, restriction: OffsetRange) -> Iterator[OffsetRange]:
+        yield restriction  # one replication stream per slot: never split up front
+
+    def truncate(self, element: Any, restriction: OffsetRange) -> None:
+        return None  # on drain, stop reading
+
+
+class _Progress:
+    """A live line on stderr: confirmed changes, rate, lag."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._last = time.monotonic()
+        self._last_total = 0
+
+    def update(self, emitted: int, confirmed: int, lag_ms: float | None, lsn: int) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._last < 1.0:
+            return
+        rate = (emitted - self._last_total) / (now - self._last)
+        lag = '-' if lag_ms is None else f'{lag_ms:,.0f} ms'
+        sys.stderr.write(f'\r[changebeam] {emitted:,} changes read, {confirmed:,} confirmed · '
+                         f'{rate:,.0f}/s · lag {lag} · slot at {format_lsn(lsn)}   ')
+        sys.stderr.flush()
+        self._last, self._last_total = now, emitted
+
+
+@beam.DoFn.unbounded_per_element()
+class _ReadSlotFn(beam.DoFn):
+    """Reads one replication slot; emits lists of ChangeEvents (a transaction or a chunk)."""
+
+    def __init__(self, config: _SourceConfig) -> None:
+        self._config = config
+
+    def setup(self) -> None:
+        self._control: Any = None
+        self._stream: ReplicationStream | None = None
+        self._lock = threading.Lock()
+        self._changes = Metrics.counter(_METRICS, 'changes')
+        self._bytes = Metrics.counter(_METRICS, 'bytes')
+        self._lag = Metrics.distribution(_METRICS, 'lag_ms')
+        self._retained = Metrics.gauge(_METRICS, 'slot_retained_bytes')
+        self._dead = Metrics.counter(_METRICS, 'dead_letters')
+        self._progress = _Progress(self._config.progress)
+        self._emitted = 0
+        self._confirmed_changes = 0
+        self._last_lag: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        import psycopg
+
+        config = self._config
+        self._control = psycopg.connect(config.dsn, autocommit=True)
+        catalog.check_server(self._control)
+        self._assembler = ChangeAssembler(config.server_name, config.database,
+                                          self._lookup_key, self._lookup_types)
+        self._decoder = PgOutputDecoder()
+        self._resync = False  # the stream read past the restriction it was handed
+        self._idle_since = time.monotonic()
+        self._last_heartbeat = time.monotonic()
+        self._watermark = Timestamp(0)
+
+    def _lookup_key(self, relation_oid: int) -> tuple[str, ...]:
+        with self._lock:
+            return catalog.primary_key(self._control, relation_oid)
+
+    def _lookup_types(self, oids: Sequence[int]) -> dict[int, pgtypes.TypeInfo]:
+        with self._lock:
+            rows = self._control.execute(pgtypes.CATALOG_QUERY, (list(oids),)).fetchall()
+        return {info.oid: info for info in (pgtypes.TypeInfo(*row) for row in rows)}
+
+    def teardown(self) -> None:
+        if getattr(self, '_stream', None) is not None:
+            self._stream.close()
+            self._stream = None
+        if getattr(self, '_control', None) is not None:
+            self._control.close()
+            self._control = None
+        if self._config.progress:
+            sys.stderr.write('\n')
+
+    # -- the splittable process ----------------------------------------------------------------
+
+    def process(self, element: Any,
+                finalizer=beam.DoFn.BundleFinalizerParam,
+                tracker=beam.DoFn.RestrictionParam(_LsnRestrictionProvider()),
+                watermark=beam.DoFn.WatermarkEstimatorParam(
+                    ManualWatermarkEstimator.default_provider()),
+                ) -> Iterator[Any]:
+        if self._control is None:
+            self._open()
+        start = tracker.current_restriction().start
+        if self._stream is None:
+            yield from self._begin(start, tracker, finalizer)
+            if self._stream is None:  # snapshot only: nothing streams
+                tracker.try_claim(_END - 1)
+                return
+            tracker.defer_remainder()
+            return
+        if self._resync:
+            self._restart(start)
+        yield from self._stream_round(tracker, finalizer, watermark)
+
+    def _begin(self, start: int, tracker: Any, finalizer: Any) -> Iterator[Any]:
+        """First round: publication, slot and (maybe) the snapshot."""
+        config = self._config
+        tables = catalog.resolve_tables(self._control, config.tables)
+        if config.snapshot == 'only':
+            yield from self._snapshot(None, tables, 0, tracker, finalizer, slot_marker=False)
+            return
+        catalog.ensure_publication(self._control, config.publication,
+                                   tables if config.tables else None)
+        slot = catalog.slot_info(self._control, config.slot)
+        if slot is not None and slot.active_pid:
+            raise catalog.SourceSetupError(
+                f'slot {config.slot!r} is in use by process {slot.active_pid}: another pipeline '
+                'reads it; stop that one or pass another --slot_name')
+        wants_snapshot = config.snapshot == 'initial'
+        if slot is not None and wants_snapshot and not self._snapshot_confirmed():
+            _LOG.warning('slot %s exists but its snapshot was never confirmed downstream: '
+                         'dropping it and taking the snapshot again', config.slot)
+            self._control.execute('SELECT pg_drop_replication_slot(%s)', (config.slot,))
+            slot = None
+        stream = ReplicationStream.connect(config.dsn)
+        if slot is None:
+            self._set_marker(_SNAPSHOT_PENDING)
+            created = stream.create_slot(config.slot, export_snapshot=wants_snapshot)
+            start_lsn = created.consistent_point
+            _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
+            if wants_snapshot:
+                yield from self._snapshot(created.snapshot, tables, start_lsn, tracker,
+                                          finalizer, slot_marker=True)
+            else:
+                self._set_marker(_SNAPSHOT_DONE)
+        else:
+            start_lsn = parse_lsn(slot.confirmed_flush or '0/0')
+        stream.start(config.slot, max(start_lsn, start), config.publication)
+        self._stream = stream
+
+    def _snapshot(self, name: str | None, tables: Sequence[catalog.TableRef],
+                  consistent_point: int, tracker: Any, finalizer: Any,
+                  slot_marker: bool) -> Iterator[Any]:
+        import psycopg
+
+        if not tracker.try_claim(consistent_point):
+            return
+        rows = 0
+        with psycopg.connect(self._config.dsn, autocommit=True) as conn:
+            for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
+                                       batch_size=self._config.batch_size):
+                rows += len(batch)
+                self._emitted += len(batch)
+                self._changes.inc(len(batch))
+                yield batch
+                self._progress.update(self._emitted, self._confirmed_changes, None,
+                                      consistent_point)
+        _LOG.info('snapshot of %d table(s): %d rows', len(tables), rows)
+        if slot_marker:
+            finalizer.register(lambda: self._snapshot_committed(rows))
+
+    def _snapshot_committed(self, rows: int) -> None:
+        self._confirmed_changes += rows
+        self._set_marker(_SNAPSHOT_DONE)
+
+    def _set_marker(self, text: str) -> None:
+        # The publication's comment records whether this slot's snapshot reached the sink: it
+        # lives in the source database (so every worker and restart sees it) without adding
+        # anything to the application's schema.
+        with self._lock:
+            self._control.execute(
+                f'COMMENT ON PUBLICATION {catalog.quote_ident(self._config.publication)} IS '
+                + "'" + (text + self._config.slot).replace("'", "''") + "'")
+
+    def _snapshot_confirmed(self) -> bool:
+        row = self._control.execute(
+            'SELECT obj_description(oid, %s) FROM pg_publication WHERE pubname = %s',
+            ('pg_publication', self._config.publication)).fetchone()
+        return bool(row) and row[0] == _SNAPSHOT_DONE + self._config.slot
+
+    def _restart(self, start: int) -> None:
+        """The runner handed us a restriction we are not positioned at: reconnect there."""
+        _LOG.info('restarting replication at %s', format_lsn(start))
+        assert self._stream is not None
+        self._stream.close()
+        self._stream = ReplicationStream.connect(self._config.dsn)
+        self._stream.start(self._config.slot, start, self._config.publication)
+        self._decoder = PgOutputDecoder()
+        self._resync = False
+
+    def _stream_round(self, tracker: Any, finalizer: Any, watermark: Any) -> Iterator[Any]:
+        config = self._config
+        stream = self._stream
+        assert stream is not None
+        decoder, assembler = self._decoder, self._assembler
+        start = tracker.current_restriction().start
+        deadline = time.monotonic() + config.round_secs
+        batch: list[ChangeEvent] = []
+        letters: list[DeadLetter] = []
+        confirm_lsn = 0
+        commit_ts = None
+        skipping = False  # replayed by the server, emitted before a reconnect
+        while True:
+            in_tx = assembler.in_transaction
+            timeout = 5.0 if in_tx else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            frame = stream.read(timeout)
+            if frame is None:
+                if in_tx:
+                    continue  # a transaction is never cut: wait for its remaining changes
+                break
+            self._bytes.inc(len(frame.payload))
+            where = f'{config.slot}@{format_lsn(frame.data_start)}'
+            try:
+                message = decoder.decode(frame.payload)
+            except ValueError as exc:
+                letters.append(DeadLetter.from_exception('DecodeWal', exc, bytes(frame.payload),
+                                                         source=where))
+                continue
+            kind = type(message)
+            if kind in _CHANGES:
+                if skipping:
+                    continue
+                try:
+                    batch.extend(assembler.change(message, frame.data_start))
+                except (ValueError, KeyError) as exc:
+                    letters.append(DeadLetter.from_exception(
+                        'ConvertRow', exc, bytes(frame.payload), source=where))
+                if len(batch) >= config.batch_size:
+                    yield from self._emit(batch)
+                    batch = []
+            elif kind is Begin:
+                assembler.begin(message)
+                if message.final_lsn < start:
+                    skipping = True
+                elif tracker.try_claim(message.final_lsn):
+                    skipping = False
+                else:
+                    self._resync = True  # this Begin is the residual's: reread it there
+                    break
+            elif kind is Commit:
+                assembler.commit(message)
+                if not skipping:
+                    if batch:
+                        yield from self._emit(batch)
+                        batch = []
+                    confirm_lsn = message.end_lsn
+                    commit_ts = message.commit_ts
+                skipping = False
+                if time.monotonic() >= deadline:
+                    break
+            elif kind is LogicalMessage:
+                if message.transactional:
+                    if not skipping:
+                        event = assembler.message(message, frame.data_start)
+                        if event is not None:
+                            batch.append(event)
+                elif message.lsn >= start:
+                    if not tracker.try_claim(message.lsn):
+                        self._resync = True
+                        break
+                    confirm_lsn = max(confirm_lsn, message.lsn)
+                    event = assembler.message(message, frame.data_start)
+                    if event is not None:
+                        yield from self._emit([event])
+            elif kind is Relation:
+                try:
+                    assembler.relation(message)
+                except (ValueError, KeyError) as exc:
+                    letters.append(DeadLetter.from_exception(
+                        'DecodeRelation', exc, bytes(frame.payload), source=where))
+            elif kind is TypeMessage:
+                assembler.type(message)
+            elif kind is not Origin:
+                letters.append(DeadLetter('DecodeWal', f'unexpected {kind.__name__} message '
+                                          '(streamed transactions are not requested)',
+                                          bytes(frame.payload), source=where))
+        if letters:
+            self._dead.inc(len(letters))
+            for letter in letters:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+        now = time.monotonic()
+        if commit_ts is not None:
+            self._idle_since = now
+            lag = time.time() * 1000 - commit_ts / 1000
+            self._lag.update(int(lag))
+            self._last_lag = lag
+            self._advance_watermark(watermark, Timestamp(micros=commit_ts))
+        elif not assembler.in_transaction:
+            # Caught up: nothing committed before now can still arrive.
+            self._advance_watermark(watermark, Timestamp.now() - 1)
+        if confirm_lsn:
+            emitted = self._emitted
+            finalizer.register(lambda lsn=confirm_lsn, n=emitted: self._confirm(lsn, n))
+        self._maybe_heartbeat(now)
+        self._progress.update(self._emitted, self._confirmed_changes, self._last_lag,
+                              stream.confirmed_lsn)
+        idle = now - self._idle_since
+        if config.max_idle_secs is not None and idle >= config.max_idle_secs:
+            _LOG.info('no change for %.1f s: stopping', idle)
+            tracker.try_claim(_END - 1)
+            return
+        tracker.defer_remainder()
+
+    def _emit(self, batch: list[ChangeEvent]) -> Iterator[list[ChangeEvent]]:
+        self._emitted += len(batch)
+        self._changes.inc(len(batch))
+        yield batch
+
+    def _advance_watermark(self, estimator: Any, value: Timestamp) -> None:
+        if value > self._watermark:
+            self._watermark = value
+            estimator.set_watermark(value)
+
+    def _confirm(self, lsn: int, emitted: int) -> None:
+        """Bundle finalizer: the sink committed everything up to ``lsn``."""
+        self._confirmed_changes = emitted
+        if self._stream is not None:
+            self._stream.confirm(lsn)
+
+    def _maybe_heartbeat(self, now: float) -> None:
+        config = self._config
+        if not config.heartbeat_secs or now - self._last_heartbeat < config.heartbeat_secs:
+            return
+        self._last_heartbeat = now
+        with self._lock:
+            if now - self._idle_since >= config.heartbeat_secs:
+                # Non-transactional, so it streams at once; confirming it advances the slot
+                # even while the captured tables are idle and other databases write.
+                self._control.execute('SELECT pg_logical_emit_message(false, %s, %s)',
+                                      (HEARTBEAT_PREFIX, ''))
+            row = self._control.execute(
+                'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint '
+                'FROM pg_replication_slots WHERE slot_name = %s', (config.slot,)).fetchone()
+        if row and row[0] is not None:
+            self._retained.set(int(row[0]))
+
+
+_CHANGES = (Insert, Update, Delete, Truncate)
+
+
+def _unbatch(batch: list[ChangeEvent]) -> list[ChangeEvent]:
+    return batch
+
+
+class ReadPostgresChanges(beam.PTransform):
+    """Reads committed row changes of PostgreSQL tables through a logical replication slot.
+
+    Returns a PCollection of :class:`~transforms.envelope.ChangeEvent`.  Records that cannot be
+    decoded go to ``dead_letter`` (``jsonl:DIR``) with the raw message.
+    """
+
+    def __init__(self, dsn: str, *, tables: Sequence[str] = (), slot_name: str | None = None,
+                 publication: str | None = None, snapshot: str = 'initial',
+                 max_idle_secs: float | None = None, heartbeat_secs: float = 10.0,
+                 server_name: str | None = None, dead_letter: str = 'jsonl:dead-letters',
+                 round_secs: float = 0.5, batch_size: int = 500,
+                 progress: bool = False) -> None:
+        super().__init__()
+        parsed = parse_dsn(dsn, option='dsn')
+        if parsed.kind != 'postgresql':
+            raise ValueError(f'dsn {redact(dsn)!r} is not a postgresql:// DSN')
+        if snapshot not in SNAPSHOT_MODES:
+            raise ValueError(f'snapshot {snapshot!r} must be one of {", ".join(SNAPSHOT_MODES)}')
+        if max_idle_secs is not None and max_idle_secs <= 0:
+            raise ValueError(f'max_idle_secs {max_idle_secs!r} must be more than zero')
+        if round_secs <= 0 or batch_size <= 0:
+            raise ValueError('round_secs and batch_size must be more than zero')
+        slot = slot_name or f'changebeam_{parsed.database or "db"}'.lower()
+        self._config = _SourceConfig(
+            dsn=dsn, tables=tuple(tables), slot=slot, publication=publication or slot,
+            snapshot=snapshot, max_idle_secs=max_idle_secs, heartbeat_secs=heartbeat_secs,
+            server_name=server_name or parsed.database or 'postgres',
+            database=parsed.database or 'postgres', round_secs=round_secs,
+            batch_size=batch_size, progress=progress)
+        self._dead_letter = dead_letter
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        read = (pbegin
+                | 'Start' >> beam.Impulse()
+                | 'ReadSlot' >> beam.ParDo(_ReadSlotFn(self._config)).with_outputs(
+                    DEAD_LETTER, main='changes'))
+        _ = read[DEAD_LETTER] | 'WriteDeadLetters' >> WriteDeadLetters(self._dead_letter)
+        return read.changes | 'Unbatch' >> beam.FlatMap(_unbatch)
+
