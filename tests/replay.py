@@ -1,0 +1,142 @@
+"""Rebuild table state from emitted change envelopes and compare it with the source's SELECT.
+
+This is what a user checks of a CDC pipeline: replaying every change by key, in source order,
+gives exactly the rows the source table holds.  Values are compared through psycopg's own type
+conversion (independent of changebeam's pgoutput parsing), normalised to one form per type.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import glob
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from transforms.envelope import Kind, TableSchema
+
+__all__ = ['apply_envelopes', 'normalise', 'read_jsonl_dir', 'source_rows', 'table_state']
+
+
+def read_jsonl_dir(directory: str) -> list[dict[str, Any]]:
+    """Every envelope in the committed ``*.jsonl`` files under ``directory`` (not temp files)."""
+    docs = []
+    for path in sorted(glob.glob(os.path.join(directory, '*', '*.jsonl'))):
+        with open(path, encoding='utf-8') as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.endswith('\n'):
+                    raise AssertionError(f'{path}:{number}: partial line in a committed file')
+                docs.append(json.loads(line))
+    return docs
+
+
+def _sort_key(doc: Mapping[str, Any]) -> tuple[int, int]:
+    source = doc['source']
+    return source.get('commit_lsn') or 0, source.get('lsn') or 0
+
+
+def apply_envelopes(docs: Iterable[Mapping[str, Any]], keys: Mapping[str, tuple[str, ...]]
+                    ) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+    """Table name -> key -> row (JSON-form values), after applying ``docs`` in source order.
+
+    ``keys`` gives each table's key columns.  A duplicate (same position) applies idempotently.
+    """
+    state: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+    for doc in sorted(docs, key=_sort_key):
+        source = doc['source']
+        table = f'{source["schema"]}.{source["table"]}'
+        rows = state.setdefault(table, {})
+        op = doc['op']
+        if op == 't':
+            rows.clear()
+            continue
+        if op == 'm':
+            continue
+        key_columns = keys[table]
+        if op == 'd':
+            rows.pop(tuple(doc['before'][k] for k in key_columns), None)
+            continue
+        after = dict(doc['after'])
+        if op == 'u' and doc.get('before') is not None:
+            old_key = tuple(doc['before'][k] for k in key_columns)
+            new_key = tuple(after[k] for k in key_columns)
+            if old_key != new_key:
+                previous = rows.pop(old_key, {})
+            else:
+                previous = rows.get(new_key, {})
+        else:
+            previous = rows.get(tuple(after[k] for k in key_columns), {})
+        for name in doc.get('unchanged', []):
+            assert name in previous, f'{table}: unchanged column {name} of an unknown row'
+            after[name] = previous[name]
+        rows[tuple(after[k] for k in key_columns)] = after
+    return state
+
+
+def normalise(kind: Kind, value: Any) -> Any:
+    """One comparable form for a JSON-encoded envelope value or a psycopg-loaded value."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [normalise(kind, v) for v in value]
+    if kind in (Kind.FLOAT32, Kind.FLOAT64):
+        number = float(value) if not isinstance(value, str) else \
+            {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}[value]
+        return 'NaN' if math.isnan(number) else number
+    if kind is Kind.DECIMAL:
+        return decimal.Decimal(value).normalize() if str(value) != 'NaN' else 'NaN'
+    if kind is Kind.JSON:
+        return json.loads(value) if isinstance(value, str) else value
+    if kind is Kind.UUID:
+        return str(uuid.UUID(str(value)))
+    if kind is Kind.BYTES:
+        import base64
+        return bytes(value) if not isinstance(value, str) else base64.b64decode(value)
+    if kind is Kind.TIMESTAMPTZ:
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value.replace('Z', '+00:00'))
+        return value.astimezone(dt.timezone.utc)
+    if kind is Kind.TIMESTAMP and isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    if kind is Kind.DATE and isinstance(value, str):
+        return dt.date.fromisoformat(value)
+    if kind is Kind.TIME and isinstance(value, str):
+        return dt.time.fromisoformat(value)
+    return value
+
+
+def source_rows(conn: Any, table: TableSchema) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The table's rows as psycopg loads them, keyed like :func:`apply_envelopes`, normalised.
+
+    Interval and other text-form kinds are selected as ``::text`` so both sides use the
+    database's text form.
+    """
+    selected = []
+    for column in table.columns:
+        ident = '"' + column.name.replace('"', '""') + '"'
+        text_form = column.kind in (Kind.INTERVAL, Kind.TIMETZ, Kind.TEXT, Kind.ENUM,
+                                    Kind.STRING)
+        selected.append(f'{ident}::text' if text_form and column.kind is not Kind.ARRAY
+                        else ident)
+    sql = (f'SELECT {", ".join(selected)} FROM "{table.schema}"."{table.table}"')
+    rows = {}
+    for values in conn.execute(sql).fetchall():
+        row = {c.name: normalise(c.element or c.kind if c.kind is Kind.ARRAY else c.kind, v)
+               for c, v in zip(table.columns, values, strict=True)}
+        rows[tuple(row[k] for k in table.key)] = row
+    return rows
+
+
+def table_state(rows: Mapping[tuple[Any, ...], Mapping[str, Any]], table: TableSchema
+                ) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Replayed JSON-form rows, normalised the same way as :func:`source_rows`."""
+    out = {}
+    for row in rows.values():
+        norm = {c.name: normalise(c.element or c.kind if c.kind is Kind.ARRAY else c.kind,
+                                  row.get(c.name))
+                for c in table.columns}
+        out[tuple(norm[k] for k in table.key)] = norm
+    return out
