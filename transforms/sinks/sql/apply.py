@@ -1,0 +1,360 @@
+"""Applying batches of change events to a SQL target, whatever its dialect, and the Beam DoFn.
+
+    applier = Applier(_PostgresTarget(dsn))     # or _MySQLTarget(dsn)
+    applier.open()
+    letters = applier.apply(events)            # committed; [(DeadLetter, event), ...] for rejects
+    applier.close()
+
+One batch is one transaction: the target tables' locks, then per table the truncate, deletes,
+upserts and appends that :func:`~transforms.sinks.sql.batch.plan_batch` reduced the batch to,
+each skipped where the target already holds a newer position (row ``_cb_pos``, tombstone,
+truncate mark).  If the target rejects the batch, it is retried row by row, one savepoint per
+row, and only the rows the target rejects become dead letters.  A lost connection (or a
+deadlock, serialization failure, shutdown) is retried with exponential backoff on a new
+connection, ``max_attempts`` times in all, then raised: never dead-lettered.
+"""
+from __future__ import annotations
+
+import abc
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.dead_letter import DEAD_LETTER, DeadLetter
+from transforms.envelope import ChangeEvent, TableSchema, to_debezium_json
+from transforms.sinks.sql.batch import RowChange, TableBatch, plan_batch
+from transforms.sinks.sql.routing import TargetTable
+from transforms.sinks.sql.statements import TRUNCATED
+
+__all__ = ['Applier', 'Target']
+
+_LOG = logging.getLogger(__name__)
+_T = TypeVar('_T')
+
+
+class Target(abc.ABC):
+    """One connection to a SQL target and its dialect's statements (picklable until connected).
+
+    ``permanent`` lists the exception types that mean "the target rejects this" (as opposed to
+    :meth:`is_retryable` failures, which mean "try again on a new connection").
+    """
+
+    step: str
+    permanent: tuple[type[BaseException], ...]
+
+    @abc.abstractmethod
+    def target_of(self, table: TableSchema) -> TargetTable: ...
+
+    @abc.abstractmethod
+    def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def is_retryable(self, exc: BaseException) -> bool: ...
+
+    def describe(self, exc: BaseException) -> str:
+        return f'{type(exc).__name__}: {exc}'.strip()
+
+    @abc.abstractmethod
+    def ensure(self, tb: TableBatch) -> None:
+        """Create or extend the target table for every schema of ``tb``; commits."""
+
+    @abc.abstractmethod
+    def begin(self, row_by_row: bool) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any; never raises."""
+
+    @abc.abstractmethod
+    def savepoint(self) -> None: ...
+
+    @abc.abstractmethod
+    def release(self) -> None: ...
+
+    @abc.abstractmethod
+    def rollback_to(self) -> None: ...
+
+    @abc.abstractmethod
+    def lock(self, targets: Sequence[TargetTable]) -> None:
+        """Serialize writers of the same tables until commit (in this sorted order)."""
+
+    @abc.abstractmethod
+    def tombstones(self, target: TargetTable, hashes: Sequence[str]) -> dict[str, str]:
+        """Tombstone positions of these key hashes, and the truncate mark under ``'*'``."""
+
+    @abc.abstractmethod
+    def truncate(self, target: TargetTable, pos: str) -> None:
+        """Delete rows older than ``pos``, drop older tombstones, mark the truncate."""
+
+    @abc.abstractmethod
+    def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
+        """Delete rows older than each change and record the tombstones."""
+
+    @abc.abstractmethod
+    def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
+        """Write rows where the target's row is older or absent; the number skipped as stale."""
+
+    @abc.abstractmethod
+    def append(self, tb: TableBatch, changes: Sequence[RowChange]) -> None: ...
+
+    @abc.abstractmethod
+    def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None: ...
+
+
+class _Written:
+    def __init__(self) -> None:
+        self.letters: list[tuple[DeadLetter, ChangeEvent]] = []
+        self.applied: dict[TargetTable, int] = {}
+        self.stale = 0
+
+
+class Applier:
+    """Writes batches through a :class:`Target`: effectively-once, dead letters, retries."""
+
+    def __init__(self, target: Target, *, max_attempts: int = 6, backoff_s: float = 0.5,
+                 max_backoff_s: float = 30.0) -> None:
+        self.target = target
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        step = target.step
+        self._applied = Metrics.counter(step, 'rows_applied')
+        self._stale = Metrics.counter(step, 'rows_stale')
+        self._dead = Metrics.counter(step, 'dead_letters')
+        self._messages = Metrics.counter(step, 'messages_ignored')
+        self._unkeyed = Metrics.counter(step, 'deletes_without_key')
+        self._batch_size = Metrics.distribution(step, 'batch_size')
+        self._latency = Metrics.distribution(step, 'apply_latency_ms')
+        self._per_table: dict[TargetTable, Any] = {}
+        self._connected = False
+
+    def open(self) -> None:
+        self._retry(lambda: None)
+
+    def close(self) -> None:
+        self.target.close()
+        self._connected = False
+
+    def apply(self, events: Sequence[ChangeEvent]) -> list[tuple[DeadLetter, ChangeEvent]]:
+        """Apply ``events`` and commit; returns the dead letters (with their events)."""
+        if not events:
+            return []
+        started = time.monotonic()
+        plan = plan_batch(events, self.target.target_of)
+        letters = [(self._letter(reason, e), e) for e, reason in plan.rejected]
+        if plan.messages:
+            self._messages.inc(plan.messages)
+        if plan.unkeyed_deletes:
+            self._unkeyed.inc(len(plan.unkeyed_deletes))
+            _LOG.warning('%d delete(s) of table(s) without a key not applied (no row identity): %s',
+                         len(plan.unkeyed_deletes),
+                         sorted({e.table.name for e in plan.unkeyed_deletes}))
+        tables = []
+        for tb in plan.tables.values():
+            try:
+                self._retry(functools.partial(self.target.ensure, tb))
+            except Exception as exc:
+                if not self._rejected(exc):
+                    raise
+                error = f'cannot create or extend {tb.target}: {self.target.describe(exc)}'
+                _LOG.error('%s', error)
+                letters += [(self._letter(error, e), e) for e in tb.events()]
+                continue
+            tables.append(tb)
+        if tables:
+            try:
+                written = self._retry(lambda: self._write(tables, row_by_row=False))
+            except Exception as exc:
+                if not self._rejected(exc):
+                    raise
+                _LOG.warning('batch of %d event(s) rejected (%s); retrying row by row',
+                             plan.size, self.target.describe(exc))
+                written = self._retry(lambda: self._write(tables, row_by_row=True))
+            letters += written.letters
+            self._count(written)
+        if letters:
+            self._dead.inc(len(letters))
+        self._batch_size.update(plan.size)
+        self._latency.update(int((time.monotonic() - started) * 1000))
+        return letters
+
+    def _rejected(self, exc: BaseException) -> bool:
+        """The target refused the data (as opposed to failing to talk to us)."""
+        return isinstance(exc, self.target.permanent) and not self.target.is_retryable(exc)
+
+    def _count(self, written: _Written) -> None:
+        for target, count in written.applied.items():
+            self._applied.inc(count)
+            counter = self._per_table.get(target)
+            if counter is None:
+                counter = self._per_table[target] = Metrics.counter(
+                    self.target.step, f'rows_applied:{target}')
+            counter.inc(count)
+        if written.stale:
+            self._stale.inc(written.stale)
+
+    def _letter(self, error: str, event: ChangeEvent) -> DeadLetter:
+        try:
+            payload: Any = to_debezium_json(event)
+        except Exception as exc:  # a value of the wrong type: keep what can be shown
+            payload = {'unencodable': repr(event), 'encode_error': str(exc)}
+        return DeadLetter(step=self.target.step, error=error, payload=payload,
+                          source=f'{event.table.name}@{event.source.sort_key}')
+
+    def _retry(self, work: Callable[[], _T]) -> _T:
+        target = self.target
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                if not self._connected:
+                    target.connect()
+                    self._connected = True
+                return work()
+            except Exception as exc:
+                target.rollback()
+                if not target.is_retryable(exc):
+                    raise
+                if attempt == self._max_attempts:
+                    _LOG.error('%s: giving up after %d attempts: %s', target.step, attempt,
+                               target.describe(exc))
+                    raise
+                delay = min(self._backoff_s * 2 ** (attempt - 1), self._max_backoff_s)
+                _LOG.warning('%s: %s; reconnecting in %.1f s (attempt %d of %d)', target.step,
+                             target.describe(exc), delay, attempt, self._max_attempts)
+                target.close()
+                self._connected = False
+                time.sleep(delay)
+        raise AssertionError('unreachable')
+
+    def _write(self, tables: list[TableBatch], row_by_row: bool) -> _Written:
+        target = self.target
+        written = _Written()
+        target.begin(row_by_row)
+        target.lock(sorted({tb.target for tb in tables}))
+        for tb in tables:
+            marks = target.tombstones(tb.target, [c.key_hash for c in tb.changes.values()])
+            truncated = marks.get(TRUNCATED)
+            if tb.truncate and (truncated is None or tb.truncate > truncated):
+                pos = tb.truncate
+                if self._step(row_by_row, functools.partial(target.truncate, tb.target, pos),
+                              tb.truncate_events, written):
+                    truncated = pos
+            deletes, upserts = [], []
+            for change in tb.changes.values():
+                if ((truncated is not None and change.pos <= truncated)
+                        or change.pos <= marks.get(change.key_hash, '')):
+                    written.stale += 1
+                elif change.row is None:
+                    deletes.append(change)
+                else:
+                    upserts.append(change)
+            appends = [c for c in tb.appends if truncated is None or c.pos > truncated]
+            written.stale += len(tb.appends) - len(appends)
+            if not row_by_row:
+                if deletes:
+                    target.delete(tb, deletes)
+                if upserts:
+                    written.stale += target.upsert(tb, upserts)
+                if appends:
+                    target.append(tb, appends)
+                done = deletes + upserts + appends
+            else:
+                done = []
+                for change in deletes + upserts + appends:
+                    if self._step(True, functools.partial(self._one, tb, change), change.events,
+                                  written):
+                        done.append(change)
+            revived = [c.key_hash for c in done if c.row is not None and c.key_hash in marks]
+            if revived:
+                target.drop_tombstones(tb.target, revived)
+            written.applied[tb.target] = len(done)
+        target.commit()
+        return written
+
+    def _one(self, tb: TableBatch, change: RowChange) -> None:
+        if change.row is None:
+            self.target.delete(tb, [change])
+        elif change.key:
+            self.target.upsert(tb, [change])
+        else:
+            self.target.append(tb, [change])
+
+    def _step(self, row_by_row: bool, work: Callable[[], object], events: list[ChangeEvent],
+              written: _Written) -> bool:
+        """Run ``work``; row by row, inside a savepoint whose failure dead-letters ``events``."""
+        if not row_by_row:
+            work()
+            return True
+        target = self.target
+        target.savepoint()
+        try:
+            work()
+        except Exception as exc:
+            if not self._rejected(exc):
+                raise
+            target.rollback_to()
+            error = target.describe(exc)
+            written.letters += [(self._letter(error, e), e) for e in events]
+            return False
+        target.release()
+        return True
+
+
+class _ApplyChangesFn(beam.DoFn):
+    """Buffers a bundle's events (flushing every ``max_batch_size``) and applies them."""
+
+    def __init__(self, target: Target, *, max_batch_size: int, max_attempts: int,
+                 backoff_s: float) -> None:
+        self._target = target
+        self._max_batch_size = max_batch_size
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+
+    def setup(self) -> None:
+        self._applier = Applier(self._target, max_attempts=self._max_attempts,
+                                backoff_s=self._backoff_s)
+        self._applier.open()
+
+    def start_bundle(self) -> None:
+        self._pending: list[tuple[ChangeEvent, Any, Any]] = []
+
+    def process(self, element: Any, window: Any = beam.DoFn.WindowParam,
+                timestamp: Any = beam.DoFn.TimestampParam) -> Any:
+        if not isinstance(element, ChangeEvent):
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
+                step=self._target.step, payload=element,
+                error=f'expected a ChangeEvent, got {type(element).__name__}'))
+            return
+        self._pending.append((element, window, timestamp))
+        if len(self._pending) >= self._max_batch_size:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Any:
+        yield from self._flush()
+
+    def _flush(self) -> Any:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        where = {id(event): (window, timestamp) for event, window, timestamp in pending}
+        for letter, event in self._applier.apply([event for event, _, _ in pending]):
+            window, timestamp = where.get(id(event), (GlobalWindow(), MIN_TIMESTAMP))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(letter, timestamp, (window,)))
+
+    def teardown(self) -> None:
+        applier = getattr(self, '_applier', None)
+        if applier is not None:
+            applier.close()

@@ -1,0 +1,218 @@
+"""One batch of change events reduced to what a SQL target must end up holding.
+
+    plan = plan_batch(events, target_of=lambda table: postgres_target(table))
+    for table in plan.tables.values():
+        table.truncate, table.changes, table.appends    # what to write, per target table
+
+Pure (no driver, no Beam).  Events are ordered by ``source.sort_key``; per target table:
+
+* several changes of one key collapse to the last one (an update that omits columns,
+  ``event.unchanged``, is merged over the earlier row image of the batch, so it still leaves
+  those columns alone);
+* an update that changes the key deletes the old key and writes the new one;
+* a truncate drops the batch's earlier changes of the table and is written first;
+* a table without a key gets every inserted, read or updated row appended (a delete of such a
+  table cannot name a row: it is reported in ``unkeyed_deletes`` and not applied);
+* ``m`` events are counted in ``messages``; malformed events go to ``rejected`` with a reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from transforms.envelope import ChangeEvent, Op, TableSchema, encode_json_value
+from transforms.sinks.sql.routing import TargetTable
+from transforms.sinks.sql.statements import RESERVED
+
+__all__ = ['Batch', 'RowChange', 'TableBatch', 'key_hash', 'plan_batch']
+
+_UPSERTS = frozenset({Op.CREATE, Op.READ, Op.UPDATE})
+_PLAIN = (int, str, bool)
+
+
+@dataclasses.dataclass
+class RowChange:
+    """The final state of one row in a batch: ``row`` to write, or None to delete it.
+
+    ``key`` is the key values as canonical JSON text and ``key_hash`` its digest (the
+    tombstone key); for a keyless table's append, ``key_hash`` is the row's ``_cb_id``.
+    ``values`` are the typed key values; ``events`` are the source events whose values the
+    state holds (for dead letters).
+    """
+
+    key: str
+    key_hash: str
+    pos: str
+    row: dict[str, Any] | None
+    events: list[ChangeEvent]
+    table: TableSchema
+    values: tuple[Any, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns this state writes, in table order."""
+        row = self.row or {}
+        return tuple(c.name for c in self.table.columns if c.name in row)
+
+
+@dataclasses.dataclass
+class TableBatch:
+    """Everything a batch does to one target table."""
+
+    target: TargetTable
+    table: TableSchema  # the newest schema seen in the batch
+    schemas: list[TableSchema]  # every distinct schema seen, oldest first
+    connector: str  # the source's connector name (decides whether types are reused verbatim)
+    truncate: str | None = None
+    truncate_events: list[ChangeEvent] = dataclasses.field(default_factory=list)
+    changes: dict[str, RowChange] = dataclasses.field(default_factory=dict)
+    appends: list[RowChange] = dataclasses.field(default_factory=list)
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.table.key)
+
+    def events(self) -> list[ChangeEvent]:
+        out = list(self.truncate_events)
+        for change in [*self.changes.values(), *self.appends]:
+            out.extend(change.events)
+        return out
+
+
+@dataclasses.dataclass
+class Batch:
+    tables: dict[TargetTable, TableBatch]
+    rejected: list[tuple[ChangeEvent, str]]
+    unkeyed_deletes: list[ChangeEvent]
+    messages: int
+    size: int
+
+
+def key_hash(text: str) -> str:
+    """The 32-hex-digit digest of a key's canonical text (fixed width for any key)."""
+    return hashlib.blake2b(text.encode('utf-8'), digest_size=16).hexdigest()
+
+
+def _key_text(table: TableSchema, row: Any) -> str | None:
+    """The key values of ``row`` as canonical JSON; None if a key column is missing or NULL."""
+    values = []
+    for name in table.key:
+        value = row.get(name)
+        if value is None:
+            return None
+        if type(value) not in _PLAIN:
+            value = encode_json_value(table.by_name[name], value)
+        values.append(value)
+    return json.dumps(values, separators=(',', ':'), ensure_ascii=False)
+
+
+def _row_id(table: TableSchema, pos: str, row: Any) -> str:
+    doc = {c.name: encode_json_value(c, row[c.name]) for c in table.columns if c.name in row}
+    text = json.dumps(doc, sort_keys=True, separators=(',', ':'), ensure_ascii=False)
+    return pos + key_hash(text)
+
+
+def _problem(event: ChangeEvent) -> str | None:
+    table = event.table
+    reserved = RESERVED.intersection(table.by_name)
+    if reserved:
+        return f'column name(s) {sorted(reserved)} are reserved for the sink\'s bookkeeping'
+    if event.op in _UPSERTS and event.after is None:
+        return f"op '{event.op.value}' without an after image"
+    if event.op is Op.DELETE and table.key and event.before is None:
+        return 'delete without a before image (the key)'
+    return None
+
+
+def plan_batch(events: Iterable[ChangeEvent],
+               target_of: Callable[[TableSchema], TargetTable]) -> Batch:
+    """Reduce ``events`` (any order) to per-table final states; see the module docstring."""
+    ordered = sorted(((e.source.sort_key, i, e) for i, e in enumerate(events)),
+                     key=lambda item: (item[0], item[1]))
+    batch = Batch(tables={}, rejected=[], unkeyed_deletes=[], messages=0, size=len(ordered))
+    targets: dict[int, TargetTable] = {}  # by id(TableSchema): events often share one schema
+    for pos, _, event in ordered:
+        if event.op is Op.MESSAGE:
+            batch.messages += 1
+            continue
+        problem = _problem(event)
+        if problem:
+            batch.rejected.append((event, problem))
+            continue
+        table = event.table
+        target = targets.get(id(table))
+        if target is None:
+            try:
+                target = targets[id(table)] = target_of(table)
+            except (ValueError, TypeError) as exc:
+                batch.rejected.append((event, f'route: {exc}'))
+                continue
+        tb = batch.tables.get(target)
+        if tb is None:
+            tb = batch.tables[target] = TableBatch(target, table, [table],
+                                                   event.source.connector)
+        elif tb.table is not table and tb.table != table:
+            tb.table = table
+            if table not in tb.schemas:
+                tb.schemas.append(table)
+        problem = _fold(tb, pos, event)
+        if problem == 'unkeyed delete':
+            batch.unkeyed_deletes.append(event)
+        elif problem:
+            batch.rejected.append((event, problem))
+    return batch
+
+
+def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
+    table = event.table
+    if event.op is Op.TRUNCATE:
+        tb.truncate = pos
+        tb.truncate_events.append(event)
+        tb.changes.clear()  # all older (events arrive here in position order)
+        tb.appends.clear()
+        return None
+    if not table.key:
+        if event.op is Op.DELETE:
+            return 'unkeyed delete'
+        row = dict(event.after or {})
+        row_id = _row_id(table, pos, row)
+        tb.appends.append(RowChange('', row_id, pos, row, [event], table))
+        return None
+    if event.op is Op.DELETE:
+        key = _key_text(table, event.before)
+        if key is None:
+            return f'the before image lacks key column(s) {list(table.key)}'
+        _put(tb, RowChange(key, '', pos, None, [event], table, _values(table, event.before)))
+        return None
+    after = event.after or {}
+    key = _key_text(table, after)
+    if key is None:
+        return f'the after image lacks key column(s) {list(table.key)}'
+    if event.op is Op.UPDATE and event.before:
+        old = _key_text(table, event.before)
+        if old is not None and old != key:
+            _put(tb, RowChange(old, '', pos, None, [event], table,
+                               _values(table, event.before)))
+    previous = tb.changes.get(key)
+    if previous is not None and previous.row is not None and len(after) < len(table.columns):
+        # A partial image (unchanged columns) keeps the values this batch already holds.
+        row = {**previous.row, **after}
+        events = [*previous.events, event]
+    else:
+        row = dict(after)
+        events = [event]
+    _put(tb, RowChange(key, '', pos, row, events, table, _values(table, after)))
+    return None
+
+
+def _values(table: TableSchema, row: Any) -> tuple[Any, ...]:
+    return tuple(row[name] for name in table.key)
+
+
+def _put(tb: TableBatch, change: RowChange) -> None:
+    change.key_hash = key_hash(change.key)
+    tb.changes.pop(change.key, None)  # re-insert: dict order stays position order
+    tb.changes[change.key] = change

@@ -1,0 +1,412 @@
+"""WriteChangesToMySQL: keep MariaDB/MySQL tables equal to the source tables (effectively-once).
+
+    dead = events | 'WriteToMariaDB' >> WriteChangesToMySQL('mysql://app@db:3306/replica')
+
+Source ``schema.table`` goes to ``table`` in the DSN's database (created on first sight: source
+types verbatim from a MySQL/MariaDB source, else the typemap's).  Each batch is one
+transaction of multi-row ``INSERT … ON DUPLICATE KEY UPDATE c = IF(row older, new, old)``
+statements (measured in bench/sinks.py against ``LOAD DATA LOCAL INFILE``; see docs/sinks.md).
+The session runs in strict mode with ``NO_AUTO_VALUE_ON_ZERO`` and UTC: a value MariaDB cannot
+hold (NaN, ±Infinity, ``infinity`` and other temporal text forms, out-of-range numbers or dates)
+is rejected and its row goes to the dead-letter output instead of being silently changed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import apache_beam as beam
+
+from transforms.dead_letter import DEAD_LETTER
+from transforms.dsn import parse_dsn, redact
+from transforms.envelope import Column, Kind, TableSchema, encode_json_value
+from transforms.sinks.sql import statements as sql
+from transforms.sinks.sql.apply import Target, _ApplyChangesFn
+from transforms.sinks.sql.batch import RowChange, TableBatch
+from transforms.sinks.sql.routing import Route, TargetTable, check_route, mysql_target
+from transforms.sinks.sql.typemap import mysql_type
+
+__all__ = ['WriteChangesToMySQL']
+
+_LOG = logging.getLogger(__name__)
+_STEP = 'WriteChangesToMySQL'
+_SQL_MODE = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO'
+# Server errors worth a new attempt: too many connections, server shutdown, lock wait timeout,
+# deadlock, connection killed; every client error (2000-2999: gone away, lost, cannot connect).
+_RETRYABLE_CODES = frozenset({1040, 1053, 1205, 1213, 1927})
+_STATEMENT_BYTES = 2 << 20  # per multi-row statement, well under max_allowed_packet (16 MiB)
+_DELETES_PER_STATEMENT = 500
+_LOCK_TIMEOUT_S = 60
+_PARAMS = frozenset({'unix_socket', 'charset', 'connect_timeout', 'read_timeout',
+                     'write_timeout', 'ssl_ca', 'ssl_cert', 'ssl_key'})
+
+
+def _pymysql() -> Any:
+    try:
+        import pymysql
+    except ImportError as exc:
+        raise ImportError("WriteChangesToMySQL needs PyMySQL: pip install "
+                          "'changebeam[mysql]'") from exc
+    return pymysql
+
+
+def _connect_args(dsn: str) -> dict[str, Any]:
+    """PyMySQL keyword arguments for a ``mysql://`` DSN; ValueError naming the redacted DSN."""
+    if not isinstance(dsn, str):
+        raise ValueError(f'dsn must be a mysql:// URI string, got {type(dsn).__name__}')
+    parsed = parse_dsn(dsn, option='dsn')
+    shown = redact(dsn)
+    if parsed.kind != 'mysql':
+        raise ValueError(f'dsn {shown!r} is not a MySQL/MariaDB DSN; use '
+                         'mysql://USER[:PASSWORD]@HOST[:PORT]/DB')
+    if not parsed.database:
+        raise ValueError(f'dsn {shown!r} names no database; tables are written to the DSN\'s '
+                         'database: mysql://USER@HOST[:PORT]/DB')
+    args: dict[str, Any] = {
+        'host': parsed.host, 'port': parsed.port or 3306, 'user': parsed.user or None,
+        'password': parsed.password, 'database': parsed.database, 'charset': 'utf8mb4',
+    }
+    for name, value in parsed.params:
+        if name not in _PARAMS:
+            raise ValueError(f'dsn {shown!r}: unknown parameter {name!r}; valid: '
+                             f'{", ".join(sorted(_PARAMS))}')
+        if name.endswith('timeout'):
+            try:
+                args[name] = int(value)
+            except ValueError:
+                raise ValueError(f'dsn {shown!r}: {name} {value!r} is not a number') from None
+        elif name.startswith('ssl_'):
+            args.setdefault('ssl', {})[name[4:]] = value
+        else:
+            args[name] = value
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Values → SQL literals (the only way values enter statements)
+
+def _reject(kind: str, value: Any) -> str:
+    raise ValueError(f'MariaDB cannot hold {kind} value {value!r}')
+
+
+def _quoted(escape: Callable[[str], str]) -> Callable[[Any], str]:
+    def literal(value: Any) -> str:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return "_binary X'" + bytes(value).hex() + "'"
+        return "'" + escape(str(value)) + "'"
+    return literal
+
+
+def _float(value: Any) -> str:
+    number = float(value)
+    if number != number or number in (float('inf'), float('-inf')):
+        return _reject('float', value)
+    return repr(number) + ('e0' if 'e' not in repr(number) else '')
+
+
+def _decimal(value: Any) -> str:
+    if not isinstance(value, Decimal):
+        value = Decimal(str(value))
+    if not value.is_finite():
+        return _reject('decimal', value)
+    return format(value, 'f')
+
+
+def _integer(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        value = int(value)
+    return str(value)
+
+
+def _temporal(quote: Callable[[Any], str]) -> Callable[[Any], str]:
+    def literal(value: Any) -> str:
+        if isinstance(value, str):
+            return quote(value)  # a text form; MariaDB accepts or rejects it (strict mode)
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is not None:
+                value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            return "'" + value.isoformat(' ') + "'"
+        if isinstance(value, dt.time) and value.tzinfo is not None:
+            value = value.replace(tzinfo=None)
+        return "'" + value.isoformat() + "'"
+    return literal
+
+
+def _converters(table: TableSchema,
+                escape: Callable[[str], str]) -> dict[str, Callable[[Any], str]]:
+    quote = _quoted(escape)
+    out: dict[str, Callable[[Any], str]] = {}
+    for column in table.columns:
+        kind = column.kind
+        if kind is Kind.BOOLEAN:
+            out[column.name] = lambda v: '1' if v else '0'
+        elif kind in (Kind.INT16, Kind.INT32, Kind.INT64):
+            out[column.name] = _integer
+        elif kind in (Kind.FLOAT32, Kind.FLOAT64):
+            out[column.name] = _float
+        elif kind is Kind.DECIMAL:
+            out[column.name] = _decimal
+        elif kind in (Kind.DATE, Kind.TIME, Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
+            out[column.name] = _temporal(quote)
+        elif kind is Kind.ARRAY:
+            out[column.name] = _json_array(column, quote)
+        else:
+            out[column.name] = quote
+    return out
+
+
+def _json_array(column: Column, quote: Callable[[Any], str]) -> Callable[[Any], str]:
+    def literal(value: Any) -> str:
+        return quote(json.dumps(encode_json_value(column, value), ensure_ascii=False,
+                                allow_nan=False))
+    return literal
+
+
+def _null_safe(convert: Callable[[Any], str]) -> Callable[[Any], str]:
+    return lambda value: 'NULL' if value is None else convert(value)
+
+
+class _MySQLTarget(Target):
+    step = _STEP
+
+    def __init__(self, dsn: str, route: Route = None) -> None:
+        self._dsn = dsn
+        self._args = _connect_args(dsn)
+        self._route = route
+        self._conn: Any = None
+
+    @property
+    def permanent(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        return (_pymysql().err.MySQLError, ValueError, TypeError, OverflowError)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {'_dsn': self._dsn, '_args': self._args, '_route': self._route, '_conn': None}
+
+    def target_of(self, table: TableSchema) -> TargetTable:
+        return mysql_target(table, self._route)
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        pymysql = _pymysql()
+        self._conn = pymysql.connect(autocommit=True, **self._args)
+        self._cur = self._conn.cursor()
+        self._ensured: set[tuple[TargetTable, TableSchema]] = set()
+        self._literals: dict[int, tuple[TableSchema, dict[str, Callable[[Any], str]]]] = {}
+        self._run(f"SET SESSION sql_mode = '{_SQL_MODE}', time_zone = '+00:00'")
+        self._run('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
+        self._run(sql.my_create_tombstones())
+        _LOG.info('%s connected to %s', _STEP, redact(self._dsn))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # closing a broken connection must not hide the original error
+                pass
+            self._conn = None
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        pymysql = _pymysql()
+        if isinstance(exc, OSError):
+            return True
+        if isinstance(exc, pymysql.err.InterfaceError):
+            return True  # the connection is closed
+        if not isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InternalError)):
+            return False
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        return code in _RETRYABLE_CODES or 2000 <= code < 3000
+
+    def describe(self, exc: BaseException) -> str:
+        if len(exc.args) == 2 and isinstance(exc.args[0], int):
+            return f'{type(exc).__name__} [{exc.args[0]}]: {exc.args[1]}'
+        return f'{type(exc).__name__}: {exc}'
+
+    def _run(self, statement: str) -> int:
+        # Never with parameters: values are literals already, and a '%' in a name stays as is.
+        return self._cur.execute(statement)
+
+    def _escape(self, text: str) -> str:
+        return self._conn.escape_string(text)
+
+    def _literal(self, text: str) -> str:
+        return "'" + self._conn.escape_string(text) + "'"
+
+    def _convert(self, table: TableSchema) -> dict[str, Callable[[Any], str]]:
+        cached = self._literals.get(id(table))
+        if cached is None or cached[0] is not table:
+            converters = {name: _null_safe(fn)
+                          for name, fn in _converters(table, self._escape).items()}
+            cached = self._literals[id(table)] = (table, converters)
+            if len(self._literals) > 1024:
+                self._literals = {id(table): cached}
+        return cached[1]
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def ensure(self, tb: TableBatch) -> None:
+        todo = [s for s in tb.schemas if (tb.target, s) not in self._ensured]
+        if not todo:
+            return
+        target = tb.target
+        existing = self._columns(target)
+        for schema in todo:
+            definitions = [(c.name, mysql_type(c, tb.connector, key=c.name in schema.key),
+                            c.nullable) for c in schema.columns]
+            if not existing:
+                self._run(sql.my_create_table(target, definitions, schema.key))
+                _LOG.info('%s created table %s', _STEP, target)
+            else:
+                missing = [d for d in definitions if d[0] not in existing]
+                hidden = [sql.POS] if sql.POS not in existing else []
+                if not schema.key and sql.ROW_ID not in existing:
+                    hidden.append(sql.ROW_ID)
+                for statement in sql.my_add_columns(target, missing, hidden):
+                    self._run(statement)
+            existing = self._columns(target)
+        self._ensured.update((target, s) for s in todo)
+
+    def _columns(self, target: TargetTable) -> set[str]:
+        database = self._literal(target.schema) if target.schema else 'DATABASE()'
+        self._run('SELECT COLUMN_NAME FROM information_schema.COLUMNS '
+                  f'WHERE TABLE_SCHEMA = {database} AND TABLE_NAME = {self._literal(target.table)}')
+        return {row[0] for row in self._cur.fetchall()}
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def begin(self, row_by_row: bool) -> None:
+        self._run('BEGIN')
+
+    def commit(self) -> None:
+        self._run('COMMIT')
+        self._run('SELECT RELEASE_ALL_LOCKS()')
+
+    def rollback(self) -> None:
+        if self._conn is None or not self._conn.open:
+            return
+        try:
+            self._run('ROLLBACK')
+            self._run('SELECT RELEASE_ALL_LOCKS()')
+        except Exception:  # the connection died; the next attempt reconnects
+            pass
+
+    def savepoint(self) -> None:
+        self._run('SAVEPOINT cb_row')
+
+    def release(self) -> None:
+        self._run('RELEASE SAVEPOINT cb_row')
+
+    def rollback_to(self) -> None:
+        self._run('ROLLBACK TO SAVEPOINT cb_row')
+
+    def lock(self, targets: Sequence[TargetTable]) -> None:
+        for target in targets:
+            self._run(f'SELECT GET_LOCK({self._literal(sql.my_lock_name(target))}, '
+                      f'{_LOCK_TIMEOUT_S})')
+            if self._cur.fetchone()[0] != 1:
+                raise _pymysql().err.OperationalError(
+                    1205, f'timed out waiting for the changebeam lock of {target}')
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def tombstones(self, target: TargetTable, hashes: Sequence[str]) -> dict[str, str]:
+        keys = [f"'{h}'" for h in hashes]  # hex digests: nothing to escape
+        self._run(sql.my_read_tombstones(self._literal(sql.my_label(target)), keys))
+        return dict(self._cur.fetchall())
+
+    def truncate(self, target: TargetTable, pos: str) -> None:
+        position = f"'{pos}'"  # a hex sort key
+        label = self._literal(sql.my_label(target))
+        self._run(sql.my_delete_older(target, position))
+        self._run(sql.my_truncate_tombstones(label, position))
+        self._run(sql.my_record_tombstones([f"({label}, '{sql.TRUNCATED}', {position})"]))
+
+    def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
+        convert = self._convert(tb.table)
+        key = tb.table.key
+        label = self._literal(sql.my_label(tb.target))
+        for start in range(0, len(changes), _DELETES_PER_STATEMENT):
+            chunk = changes[start:start + _DELETES_PER_STATEMENT]
+            rows = [([convert[k](v) for k, v in zip(key, c.values, strict=True)], f"'{c.pos}'")
+                    for c in chunk]
+            self._run(sql.my_delete(tb.target, key, rows))
+            self._run(sql.my_record_tombstones(
+                [f"({label}, '{c.key_hash}', '{c.pos}')" for c in chunk]))
+
+    def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
+        for columns, rows in self._rows(tb, changes, with_id=False):
+            self._run(sql.my_upsert(tb.target, columns, tb.table.key, rows))
+        return 0  # MariaDB's affected-row count cannot tell a stale row from an unchanged one
+
+    def append(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
+        for columns, rows in self._rows(tb, changes, with_id=True):
+            self._run(sql.my_append(tb.target, columns, rows))
+
+    def _rows(self, tb: TableBatch, changes: Sequence[RowChange],
+              with_id: bool) -> list[tuple[list[str], list[str]]]:
+        """Changes grouped by the columns they write, as escaped row tuples, in chunks."""
+        groups: dict[tuple[str, ...], list[RowChange]] = {}
+        for change in changes:
+            groups.setdefault(change.columns, []).append(change)
+        out = []
+        for columns, group in groups.items():
+            names = [*columns, sql.POS] + ([sql.ROW_ID] if with_id else [])
+            converters = self._convert(group[0].table)
+            convert = [converters[name] for name in columns]
+            rows: list[str] = []
+            size = 0
+            for change in group:
+                row = change.row or {}
+                values = [fn(row[name]) for fn, name in zip(convert, columns, strict=True)]
+                values.append(f"'{change.pos}'")
+                if with_id:
+                    values.append(f"'{change.key_hash}'")
+                text = '(' + ', '.join(values) + ')'
+                rows.append(text)
+                size += len(text)
+                if size >= _STATEMENT_BYTES:
+                    out.append((names, rows))
+                    rows, size = [], 0
+            if rows:
+                out.append((names, rows))
+        return out
+
+    def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None:
+        label = self._literal(sql.my_label(target))
+        self._run(sql.my_drop_tombstones(label, [f"'{h}'" for h in hashes]))
+
+
+class WriteChangesToMySQL(beam.PTransform):
+    """Applies :class:`~transforms.envelope.ChangeEvent` s to MariaDB/MySQL; returns dead letters.
+
+    ``route`` maps source ``schema.table`` to a target (see ``routing``); ``max_batch_size``
+    bounds the events applied per transaction (a bundle is flushed at its end in any case);
+    a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised.
+    """
+
+    def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
+                 max_attempts: int = 6, backoff_s: float = 0.5) -> None:
+        super().__init__()
+        _connect_args(dsn)
+        check_route(route)
+        if max_batch_size < 1:
+            raise ValueError(f'max_batch_size {max_batch_size} must be at least 1')
+        if max_attempts < 1:
+            raise ValueError(f'max_attempts {max_attempts} must be at least 1')
+        self._dsn = dsn
+        self._route = route
+        self._max_batch_size = max_batch_size
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+
+    def expand(self, events: beam.PCollection) -> beam.PCollection:
+        fn = _ApplyChangesFn(_MySQLTarget(self._dsn, self._route),
+                             max_batch_size=self._max_batch_size,
+                             max_attempts=self._max_attempts, backoff_s=self._backoff_s)
+        results = events | 'ApplyChanges' >> beam.ParDo(fn).with_outputs(DEAD_LETTER,
+                                                                            main='applied')
+        return results[DEAD_LETTER]

@@ -1,0 +1,319 @@
+"""WriteChangesToPostgres: keep PostgreSQL tables equal to the source tables (effectively-once).
+
+    dead = events | 'WriteToPostgres' >> WriteChangesToPostgres('postgresql://app@db/replica')
+    dead | 'WriteDeadLetters' >> WriteDeadLetters('jsonl:/var/lib/changebeam/dead')
+
+Source ``schema.table`` goes to ``schema.table`` (schema and table are created on first sight,
+with the source's column types verbatim from a PostgreSQL source, else the typemap's).  Each
+batch is one transaction: rows are COPYed into a temp staging table shaped like the target and
+merged with ``INSERT … SELECT … ON CONFLICT (key) DO UPDATE … WHERE row._cb_pos < new._cb_pos``
+(measured in bench/sinks.py against plain COPY; see docs/sinks.md).  Staging also makes every
+value go through PostgreSQL's own input function for the target type, so text forms such as
+``infinity`` or ``24:00:00`` land as the source had them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+
+from transforms.dead_letter import DEAD_LETTER
+from transforms.dsn import parse_dsn, redact
+from transforms.envelope import Column, TableSchema
+from transforms.sinks.sql import statements as sql
+from transforms.sinks.sql.apply import Target, _ApplyChangesFn
+from transforms.sinks.sql.batch import RowChange, TableBatch
+from transforms.sinks.sql.routing import Route, TargetTable, check_route, postgres_target
+from transforms.sinks.sql.typemap import postgres_type
+
+__all__ = ['WriteChangesToPostgres']
+
+_LOG = logging.getLogger(__name__)
+_STEP = 'WriteChangesToPostgres'
+# SQLSTATE classes worth a new attempt: connection exception, transaction rollback (serialization
+# failure, deadlock), insufficient resources, operator intervention (shutdown), system error.
+_RETRYABLE_CLASSES = frozenset({'08', '40', '53', '57', '58'})
+_RETRYABLE_STATES = frozenset({'55P03'})  # lock_not_available
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise ImportError("WriteChangesToPostgres needs psycopg 3: pip install "
+                          "'changebeam[postgres]'") from exc
+    return psycopg
+
+
+def _parse(dsn: str) -> str:
+    if not isinstance(dsn, str):
+        raise ValueError(f'dsn must be a postgresql:// URI string, got {type(dsn).__name__}')
+    parsed = parse_dsn(dsn, option='dsn')
+    if parsed.kind != 'postgresql':
+        raise ValueError(f'dsn {redact(dsn)!r} is not a PostgreSQL DSN; use '
+                         'postgresql://USER[:PASSWORD]@HOST[:PORT]/DB')
+    return dsn
+
+
+class _PostgresTarget(Target):
+    step = _STEP
+
+    def __init__(self, dsn: str, route: Route = None) -> None:
+        self._dsn = dsn
+        self._route = route
+        self._conn: Any = None
+
+    @property
+    def permanent(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        return (_psycopg().Error, ValueError, TypeError, OverflowError)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {'_dsn': self._dsn, '_route': self._route, '_conn': None}
+
+    def target_of(self, table: TableSchema) -> TargetTable:
+        return postgres_target(table, self._route)
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        psycopg = _psycopg()
+        self._conn = psycopg.connect(self._dsn, autocommit=True)
+        self._cur = self._conn.cursor()
+        self._stages: dict[tuple[Any, ...], str] = {}
+        self._ensured: set[tuple[TargetTable, TableSchema]] = set()
+        self._generation = 0
+        for attempt in (1, 2):
+            try:
+                with self._conn.transaction():
+                    for statement in sql.pg_create_tombstones():
+                        self._run(statement)
+                break
+            except psycopg.errors.UniqueViolation:
+                if attempt == 2:  # two workers creating it at once: the other one won
+                    raise
+        _LOG.info('%s connected to %s', _STEP, redact(self._dsn))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # closing a broken connection must not hide the original error
+                pass
+            self._conn = None
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        psycopg = _psycopg()
+        if isinstance(exc, OSError):
+            return True
+        if not isinstance(exc, psycopg.Error):
+            return False
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            return True
+        state = getattr(exc, 'sqlstate', None)
+        if state is None:
+            return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+        return state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_STATES
+
+    def describe(self, exc: BaseException) -> str:
+        state = getattr(exc, 'sqlstate', None)
+        text = str(exc).strip()
+        return f'{type(exc).__name__} [{state}]: {text}' if state else \
+            f'{type(exc).__name__}: {text}'
+
+    def _run(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        # Always with a parameter sequence: pg_ident doubled any '%' in names for this.
+        return self._cur.execute(statement, params)
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def ensure(self, tb: TableBatch) -> None:
+        todo = [s for s in tb.schemas if (tb.target, s) not in self._ensured]
+        if not todo:
+            return
+        target = tb.target
+        with self._conn.transaction():
+            existing = self._columns(target)
+            for schema in todo:
+                definitions = [(c.name, self._type(c, tb.connector), c.nullable)
+                               for c in schema.columns]
+                if not existing:
+                    for statement in sql.pg_create_table(target, definitions, schema.key):
+                        self._run(statement)
+                    _LOG.info('%s created table %s', _STEP, target)
+                else:
+                    missing = [d for d in definitions if d[0] not in existing]
+                    hidden = [sql.POS] if sql.POS not in existing else []
+                    if not schema.key and sql.ROW_ID not in existing:
+                        hidden.append(sql.ROW_ID)
+                    for statement in sql.pg_add_columns(target, missing, hidden):
+                        self._run(statement)
+                    if missing or hidden:
+                        _LOG.info('%s added column(s) %s to %s', _STEP,
+                                  [d[0] for d in missing] + hidden, target)
+                existing = self._columns(target)
+        self._ensured.update((target, s) for s in todo)
+        self._generation += 1  # staging tables copy the target's columns: make new ones
+
+    def _columns(self, target: TargetTable) -> set[str]:
+        self._run('SELECT column_name FROM information_schema.columns '
+                  'WHERE table_schema = %s AND table_name = %s',
+                  (target.schema or 'public', target.table))
+        return {row[0] for row in self._cur.fetchall()}
+
+    def _type(self, column: Column, connector: str) -> str:
+        type_ = postgres_type(column, connector)
+        if connector == 'postgresql' and type_ == column.source_type:
+            # A user-defined source type (enum, domain) may not exist here: then map the kind.
+            psycopg = _psycopg()
+            try:
+                with self._conn.transaction():
+                    self._run('SELECT to_regtype(%s)', (type_,))
+                    known = self._cur.fetchone()[0] is not None
+            except psycopg.Error:
+                known = False
+            if not known:
+                _LOG.warning('%s: type %r of column %r does not exist in the target; using %r',
+                             _STEP, type_, column.name, postgres_type(column))
+                return postgres_type(column)
+        return type_
+
+    def _stage(self, target: TargetTable, columns: Sequence[str], extra: Sequence[str] = ()) -> str:
+        key = (target, tuple(columns), tuple(extra), self._generation)
+        stage = self._stages.get(key)
+        if stage is None:
+            digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+            stage = f'pg_temp.{sql.pg_ident("_cb_stage_" + digest)}'
+            self._run(sql.pg_create_stage(stage, target, columns, extra))
+            self._stages[key] = stage
+        return stage
+
+    def _copy(self, stage: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        with self._cur.copy(sql.pg_copy(stage, columns)) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def begin(self, row_by_row: bool) -> None:
+        self._run('BEGIN')
+        if row_by_row:  # a deferred constraint must fail at its row, not at COMMIT
+            self._run('SET CONSTRAINTS ALL IMMEDIATE')
+
+    def commit(self) -> None:
+        self._run('COMMIT')
+
+    def rollback(self) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            if conn.info.transaction_status != _psycopg().pq.TransactionStatus.IDLE:
+                self._run('ROLLBACK')
+        except Exception:  # the connection died; the next attempt reconnects
+            pass
+        # A staging table created inside the rolled-back transaction is gone.
+        self._stages.clear()
+
+    def savepoint(self) -> None:
+        self._run('SAVEPOINT _cb_row')
+
+    def release(self) -> None:
+        self._run('RELEASE SAVEPOINT _cb_row')
+
+    def rollback_to(self) -> None:
+        self._run('ROLLBACK TO SAVEPOINT _cb_row')
+        self._stages.clear()
+
+    def lock(self, targets: Sequence[TargetTable]) -> None:
+        for target in targets:
+            self._run('SELECT pg_advisory_xact_lock(%s)', (sql.pg_lock_key(target),))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def tombstones(self, target: TargetTable, hashes: Sequence[str]) -> dict[str, str]:
+        self._run(sql.PG_READ_TOMBSTONES, (sql.pg_label(target), list(hashes)))
+        return dict(self._cur.fetchall())
+
+    def truncate(self, target: TargetTable, pos: str) -> None:
+        self._run(sql.pg_newer_rows_exist(target), (pos,))
+        if self._cur.fetchone()[0]:
+            self._run(sql.pg_delete_older(target), (pos,))
+        else:
+            self._run(sql.pg_truncate(target))
+        label = sql.pg_label(target)
+        self._run(sql.PG_TRUNCATE_TOMBSTONES, (label, pos))
+        self._run(sql.PG_MARK_TRUNCATE, (label, pos))
+
+    def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
+        key = list(tb.table.key)
+        stage = self._stage(tb.target, [*key, sql.POS], [sql.KEY_HASH])
+        self._copy(stage, [*key, sql.POS, sql.KEY_HASH],
+                   [(*c.values, c.pos, c.key_hash) for c in changes])
+        self._run(sql.pg_delete(tb.target, stage, key))
+        self._run(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
+        self._run(f'TRUNCATE {stage}')
+
+    def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
+        stale = 0
+        for columns, group in _by_columns(changes).items():
+            names = [*columns, sql.POS]
+            stage = self._stage(tb.target, names)
+            self._copy(stage, names, [(*(c.row[n] for n in columns), c.pos)  # type: ignore[index]
+                                      for c in group])
+            self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key))
+            stale += len(group) - max(self._cur.rowcount, 0)
+            self._run(f'TRUNCATE {stage}')
+        return stale
+
+    def append(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
+        for columns, group in _by_columns(changes).items():
+            names = [*columns, sql.POS, sql.ROW_ID]
+            stage = self._stage(tb.target, names)
+            self._copy(stage, names, [(*(c.row[n] for n in columns), c.pos, c.key_hash)  # type: ignore[index]
+                                      for c in group])
+            self._run(sql.pg_append(tb.target, stage, names))
+            self._run(f'TRUNCATE {stage}')
+
+    def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None:
+        self._run(sql.PG_DROP_TOMBSTONES, (sql.pg_label(target), list(hashes)))
+
+
+def _by_columns(changes: Sequence[RowChange]) -> dict[tuple[str, ...], list[RowChange]]:
+    groups: dict[tuple[str, ...], list[RowChange]] = {}
+    for change in changes:
+        groups.setdefault(change.columns, []).append(change)
+    return groups
+
+
+class WriteChangesToPostgres(beam.PTransform):
+    """Applies :class:`~transforms.envelope.ChangeEvent` s to PostgreSQL; returns dead letters.
+
+    ``route`` maps source ``schema.table`` to a target (see ``routing``); ``max_batch_size``
+    bounds the events applied per transaction (a bundle is flushed at its end in any case);
+    a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised.
+    """
+
+    def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
+                 max_attempts: int = 6, backoff_s: float = 0.5) -> None:
+        super().__init__()
+        self._dsn = _parse(dsn)
+        check_route(route)
+        if max_batch_size < 1:
+            raise ValueError(f'max_batch_size {max_batch_size} must be at least 1')
+        if max_attempts < 1:
+            raise ValueError(f'max_attempts {max_attempts} must be at least 1')
+        self._route = route
+        self._max_batch_size = max_batch_size
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+
+    def expand(self, events: beam.PCollection) -> beam.PCollection:
+        fn = _ApplyChangesFn(_PostgresTarget(self._dsn, self._route),
+                             max_batch_size=self._max_batch_size,
+                             max_attempts=self._max_attempts, backoff_s=self._backoff_s)
+        results = events | 'ApplyChanges' >> beam.ParDo(fn).with_outputs(DEAD_LETTER,
+                                                                            main='applied')
+        return results[DEAD_LETTER]

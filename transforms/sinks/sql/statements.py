@@ -1,0 +1,354 @@
+"""SQL text the sinks run, built from quoted identifiers only (no driver, no I/O).
+
+    pg_ident('x"; DROP TABLE t; --')    # '"x""; DROP TABLE t; --"': one literal column name
+    my_ident('a`b')                     # '`a``b`'
+
+Every identifier goes through :func:`pg_ident` / :func:`my_ident`.  PostgreSQL statements take
+values as ``%s`` parameters, so :func:`pg_ident` doubles a ``%`` in a name and the sink always
+executes them with a parameter tuple (psycopg turns ``%%`` back into ``%`` only then).  MariaDB
+statements are complete text: values arrive as literals the driver escaped, and the sink
+executes them without parameters, so PyMySQL never %-formats them.
+
+Bookkeeping the sinks add to a target (names starting ``_cb_`` are reserved):
+
+* ``_cb_pos`` on every target table: the ``sort_key`` of the source change that last wrote the
+  row.  An upsert changes a row only when its position is newer, so a replayed or stale change
+  is a no-op.
+* ``_cb_id`` on a table without a key: position plus a hash of the row, unique, so replaying an
+  append does not duplicate it.
+* a tombstone table (PostgreSQL ``_changebeam.tombstones``, MariaDB ``_changebeam_tombstones``)
+  with ``(tbl, key, pos)``: the position of the last delete of each deleted key (``key`` is a
+  hash of the key values) and, under key ``'*'``, of the table's last truncate.  A change older
+  than its key's tombstone or the table's truncate is not applied, so an old insert arriving after
+  the delete does not resurrect the row.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from transforms.sinks.sql.routing import TargetTable
+
+__all__ = [
+    'KEY_HASH',
+    'POS',
+    'RESERVED',
+    'ROW_ID',
+    'TRUNCATED',
+    'my_append',
+    'my_create_table',
+    'my_create_tombstones',
+    'my_delete',
+    'my_ident',
+    'my_record_tombstones',
+    'my_table',
+    'my_upsert',
+    'pg_append',
+    'pg_copy',
+    'pg_create_stage',
+    'pg_create_table',
+    'pg_create_tombstones',
+    'pg_delete',
+    'pg_ident',
+    'pg_record_tombstones',
+    'pg_table',
+    'pg_upsert',
+]
+
+POS = '_cb_pos'
+ROW_ID = '_cb_id'
+KEY_HASH = '_cb_key'
+RESERVED = frozenset({POS, ROW_ID, KEY_HASH})
+TRUNCATED = '*'
+"""The tombstone key that holds a table's last truncate position (a key hash is hex)."""
+
+ColumnDef = tuple[str, str, bool]
+"""(name, DDL type, nullable)."""
+
+
+def _check(name: str) -> str:
+    if not isinstance(name, str) or not name or '\x00' in name:
+        raise ValueError(f'{name!r} cannot be an SQL identifier (empty or contains NUL)')
+    return name
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode('utf-8'), digest_size=8).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+PG_TOMBSTONES = '"_changebeam"."tombstones"'
+_PG_POS_TYPE = 'text COLLATE "C"'  # byte order = the sort_key's order, whatever the database's
+
+
+def pg_ident(name: str) -> str:
+    """A PostgreSQL identifier, double-quoted with embedded quotes doubled (and ``%`` doubled)."""
+    return '"' + _check(name).replace('"', '""').replace('%', '%%') + '"'
+
+
+def pg_label(target: TargetTable) -> str:
+    """The target's quoted name as a value (the tombstones' ``tbl``), unambiguous for any name."""
+    return '.'.join('"' + _check(p).replace('"', '""') + '"'
+                    for p in (target.schema or 'public', target.table))
+
+
+def pg_table(target: TargetTable) -> str:
+    return f'{pg_ident(target.schema or "public")}.{pg_ident(target.table)}'
+
+
+def _pg_list(names: Sequence[str], prefix: str = '') -> str:
+    return ', '.join(prefix + pg_ident(n) for n in names)
+
+
+def pg_create_tombstones() -> list[str]:
+    return [
+        'CREATE SCHEMA IF NOT EXISTS "_changebeam"',
+        f'CREATE TABLE IF NOT EXISTS {PG_TOMBSTONES} (tbl text COLLATE "C" NOT NULL, '
+        'key text COLLATE "C" NOT NULL, pos text COLLATE "C" NOT NULL, PRIMARY KEY (tbl, key))',
+    ]
+
+
+def _pg_column(column: ColumnDef) -> str:
+    name, type_, nullable = column
+    return f'{pg_ident(name)} {type_}' + ('' if nullable else ' NOT NULL')
+
+
+def pg_create_table(target: TargetTable, columns: Sequence[ColumnDef],
+                    key: Sequence[str]) -> list[str]:
+    """Schema and table (with ``_cb_pos``, and ``_cb_id`` when keyless), if absent."""
+    parts = [_pg_column(c) for c in columns]
+    parts.append(f'{pg_ident(POS)} {_PG_POS_TYPE}')
+    if key:
+        parts.append(f'PRIMARY KEY ({_pg_list(key)})')
+    else:
+        parts.append(f'{pg_ident(ROW_ID)} text COLLATE "C" UNIQUE')
+    return [
+        f'CREATE SCHEMA IF NOT EXISTS {pg_ident(target.schema or "public")}',
+        f'CREATE TABLE IF NOT EXISTS {pg_table(target)} ({", ".join(parts)})',
+    ]
+
+
+def pg_add_columns(target: TargetTable, columns: Sequence[ColumnDef],
+                   hidden: Sequence[str] = ()) -> list[str]:
+    """Columns (and hidden bookkeeping columns) an existing table lacks."""
+    adds = [f'ADD COLUMN IF NOT EXISTS {_pg_column((n, t, True))}' for n, t, _ in columns]
+    adds += [f'ADD COLUMN IF NOT EXISTS {pg_ident(n)} {_PG_POS_TYPE}' for n in hidden]
+    statements = [f'ALTER TABLE {pg_table(target)} {", ".join(adds)}'] if adds else []
+    if ROW_ID in hidden:
+        index = pg_ident(f'_cb_id_{_short_hash(str(target))}')
+        statements.append(f'CREATE UNIQUE INDEX IF NOT EXISTS {index} '
+                          f'ON {pg_table(target)} ({pg_ident(ROW_ID)})')
+    return statements
+
+
+def pg_stage(number: int) -> str:
+    return f'pg_temp.{pg_ident(f"_cb_stage_{number}")}'
+
+
+def pg_create_stage(stage: str, target: TargetTable, columns: Sequence[str],
+                    extra: Sequence[str] = ()) -> str:
+    """A temp table with the target's types for ``columns``, plus text columns ``extra``."""
+    select = [pg_ident(c) for c in columns] + [f'NULL::text AS {pg_ident(e)}' for e in extra]
+    return (f'CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT {", ".join(select)} '
+            f'FROM {pg_table(target)} WITH NO DATA')
+
+
+def pg_copy(stage: str, columns: Sequence[str]) -> str:
+    """COPY into a staging table; run *without* parameters (psycopg sends it verbatim)."""
+    names = ', '.join('"' + _check(n).replace('"', '""') + '"' for n in columns)
+    return f'COPY {stage} ({names}) FROM STDIN'
+
+
+def pg_upsert(target: TargetTable, stage: str, columns: Sequence[str],
+              key: Sequence[str]) -> str:
+    """Insert staged rows; update a row only if the staged position is newer than the row's.
+
+    ``columns`` includes the key and ``_cb_pos``; the staged rows have distinct keys.
+    """
+    updates = [c for c in columns if c not in key]
+    assignments = ', '.join(f'{pg_ident(c)} = EXCLUDED.{pg_ident(c)}' for c in updates)
+    pos = pg_ident(POS)
+    return (f'INSERT INTO {pg_table(target)} AS _cb_t ({_pg_list(columns)}) '
+            f'SELECT {_pg_list(columns)} FROM {stage} '
+            f'ON CONFLICT ({_pg_list(key)}) DO UPDATE SET {assignments} '
+            f'WHERE _cb_t.{pos} IS NULL OR _cb_t.{pos} < EXCLUDED.{pos}')
+
+
+def pg_append(target: TargetTable, stage: str, columns: Sequence[str]) -> str:
+    """Insert staged rows of a keyless table; a row whose ``_cb_id`` exists is a replay."""
+    return (f'INSERT INTO {pg_table(target)} ({_pg_list(columns)}) '
+            f'SELECT {_pg_list(columns)} FROM {stage} '
+            f'ON CONFLICT ({pg_ident(ROW_ID)}) DO NOTHING')
+
+
+def pg_delete(target: TargetTable, stage: str, key: Sequence[str]) -> str:
+    """Delete rows matching staged keys whose position is older than the staged delete."""
+    match = ' AND '.join(f'_cb_t.{pg_ident(k)} = _cb_s.{pg_ident(k)}' for k in key)
+    pos = pg_ident(POS)
+    return (f'DELETE FROM {pg_table(target)} AS _cb_t USING {stage} AS _cb_s WHERE {match} '
+            f'AND (_cb_t.{pos} IS NULL OR _cb_t.{pos} < _cb_s.{pos})')
+
+
+def pg_record_tombstones(stage: str) -> str:
+    """Tombstones for the staged deletes (parameter: the target's name), keeping the newest."""
+    return (f'INSERT INTO {PG_TOMBSTONES} AS _cb_d (tbl, key, pos) '
+            f'SELECT %s, {pg_ident(KEY_HASH)}, {pg_ident(POS)} FROM {stage} '
+            'ON CONFLICT (tbl, key) DO UPDATE SET pos = EXCLUDED.pos '
+            'WHERE _cb_d.pos < EXCLUDED.pos')
+
+
+PG_READ_TOMBSTONES = (f'SELECT key, pos FROM {PG_TOMBSTONES} '
+                      "WHERE tbl = %s AND (key = ANY(%s) OR key = '*')")
+PG_DROP_TOMBSTONES = f'DELETE FROM {PG_TOMBSTONES} WHERE tbl = %s AND key = ANY(%s)'
+PG_TRUNCATE_TOMBSTONES = f'DELETE FROM {PG_TOMBSTONES} WHERE tbl = %s AND pos < %s'
+PG_MARK_TRUNCATE = (f'INSERT INTO {PG_TOMBSTONES} AS _cb_d (tbl, key, pos) '
+                    f"VALUES (%s, '{TRUNCATED}', %s) ON CONFLICT (tbl, key) DO UPDATE "
+                    'SET pos = EXCLUDED.pos WHERE _cb_d.pos < EXCLUDED.pos')
+
+
+def pg_newer_rows_exist(target: TargetTable) -> str:
+    return f'SELECT EXISTS (SELECT 1 FROM {pg_table(target)} WHERE {pg_ident(POS)} >= %s)'
+
+
+def pg_truncate(target: TargetTable) -> str:
+    return f'TRUNCATE {pg_table(target)}'
+
+
+def pg_delete_older(target: TargetTable) -> str:
+    pos = pg_ident(POS)
+    return f'DELETE FROM {pg_table(target)} WHERE {pos} IS NULL OR {pos} < %s'
+
+
+def pg_lock_key(target: TargetTable) -> int:
+    """A signed 64-bit advisory-lock key for a target table."""
+    digest = hashlib.blake2b(f'changebeam:{target}'.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, 'big', signed=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# MariaDB
+
+MY_TOMBSTONES = '`_changebeam_tombstones`'
+_MY_POS_TYPE = 'VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin'
+_MY_TABLE_OPTIONS = 'ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin'
+
+
+def my_ident(name: str) -> str:
+    """A MariaDB identifier, backquoted with embedded backquotes doubled."""
+    return '`' + _check(name).replace('`', '``') + '`'
+
+
+def my_label(target: TargetTable) -> str:
+    """The target's quoted name as a value (the tombstones' ``tbl``)."""
+    return '.'.join('`' + _check(p).replace('`', '``') + '`'
+                    for p in (target.schema, target.table) if p)
+
+
+def my_table(target: TargetTable) -> str:
+    if target.schema:
+        return f'{my_ident(target.schema)}.{my_ident(target.table)}'
+    return my_ident(target.table)
+
+
+def _my_list(names: Sequence[str]) -> str:
+    return ', '.join(my_ident(n) for n in names)
+
+
+def my_create_tombstones() -> str:
+    return (f'CREATE TABLE IF NOT EXISTS {MY_TOMBSTONES} ('
+            'tbl VARCHAR(400) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL, '
+            f'`key` {_MY_POS_TYPE} NOT NULL, pos {_MY_POS_TYPE} NOT NULL, '
+            f'PRIMARY KEY (tbl, `key`)) {_MY_TABLE_OPTIONS}')
+
+
+def _my_column(column: ColumnDef) -> str:
+    name, type_, nullable = column
+    return f'{my_ident(name)} {type_}' + (' NULL' if nullable else ' NOT NULL')
+
+
+def my_create_table(target: TargetTable, columns: Sequence[ColumnDef],
+                    key: Sequence[str]) -> str:
+    parts = [_my_column(c) for c in columns]
+    parts.append(f'{my_ident(POS)} {_MY_POS_TYPE} NULL')
+    if key:
+        parts.append(f'PRIMARY KEY ({_my_list(key)})')
+    else:
+        parts.append(f'{my_ident(ROW_ID)} VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin '
+                     'NULL UNIQUE')
+    return f'CREATE TABLE IF NOT EXISTS {my_table(target)} ({", ".join(parts)}) {_MY_TABLE_OPTIONS}'
+
+
+def my_add_columns(target: TargetTable, columns: Sequence[ColumnDef],
+                   hidden: Sequence[str] = ()) -> list[str]:
+    adds = [f'ADD COLUMN IF NOT EXISTS {_my_column((n, t, True))}' for n, t, _ in columns]
+    for name in hidden:
+        unique = ' UNIQUE' if name == ROW_ID else ''
+        adds.append(f'ADD COLUMN IF NOT EXISTS {my_ident(name)} {_MY_POS_TYPE} NULL{unique}')
+    return [f'ALTER TABLE {my_table(target)} {", ".join(adds)}'] if adds else []
+
+
+def my_upsert(target: TargetTable, columns: Sequence[str], key: Sequence[str],
+              rows: Sequence[str]) -> str:
+    """A multi-row upsert; ``rows`` are escaped ``(v1, v2, …)`` tuples in ``columns`` order.
+
+    MariaDB evaluates the UPDATE assignments left to right against the row being updated, so
+    ``_cb_pos`` is assigned last and every earlier assignment still sees the stored position.
+    """
+    pos = my_ident(POS)
+    newer = f'{pos} IS NULL OR {pos} < VALUES({pos})'
+    updates = [c for c in columns if c not in key and c != POS] + [POS]
+    assignments = ', '.join(
+        f'{my_ident(c)} = IF({newer}, VALUES({my_ident(c)}), {my_ident(c)})' for c in updates)
+    return (f'INSERT INTO {my_table(target)} ({_my_list(columns)}) VALUES {", ".join(rows)} '
+            f'ON DUPLICATE KEY UPDATE {assignments}')
+
+
+def my_append(target: TargetTable, columns: Sequence[str], rows: Sequence[str]) -> str:
+    """A multi-row insert into a keyless table; a row whose ``_cb_id`` exists is a replay."""
+    row_id = my_ident(ROW_ID)
+    return (f'INSERT INTO {my_table(target)} ({_my_list(columns)}) VALUES {", ".join(rows)} '
+            f'ON DUPLICATE KEY UPDATE {row_id} = {row_id}')
+
+
+def my_delete(target: TargetTable, key: Sequence[str],
+              rows: Sequence[tuple[Sequence[str], str]]) -> str:
+    """Delete each ``(escaped key values, escaped position)`` row if its position is older."""
+    pos = my_ident(POS)
+    conditions = []
+    for values, position in rows:
+        match = ' AND '.join(f'{my_ident(k)} = {v}' for k, v in zip(key, values, strict=True))
+        conditions.append(f'({match} AND ({pos} IS NULL OR {pos} < {position}))')
+    return f'DELETE FROM {my_table(target)} WHERE {" OR ".join(conditions)}'
+
+
+def my_record_tombstones(rows: Sequence[str]) -> str:
+    """Tombstones from escaped ``(tbl, key, pos)`` tuples, keeping the newest position."""
+    return (f'INSERT INTO {MY_TOMBSTONES} (tbl, `key`, pos) VALUES {", ".join(rows)} '
+            'ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))')
+
+
+def my_read_tombstones(tbl: str, keys: Sequence[str]) -> str:
+    """The tombstones of escaped ``keys`` and the truncate mark of escaped table label ``tbl``."""
+    wanted = ', '.join([*keys, f"'{TRUNCATED}'"])
+    return f'SELECT `key`, pos FROM {MY_TOMBSTONES} WHERE tbl = {tbl} AND `key` IN ({wanted})'
+
+
+def my_drop_tombstones(tbl: str, keys: Sequence[str]) -> str:
+    return f'DELETE FROM {MY_TOMBSTONES} WHERE tbl = {tbl} AND `key` IN ({", ".join(keys)})'
+
+
+def my_truncate_tombstones(tbl: str, pos: str) -> str:
+    """Tombstones (and the truncate mark) older than a truncate at escaped ``pos``."""
+    return f'DELETE FROM {MY_TOMBSTONES} WHERE tbl = {tbl} AND pos < {pos}'
+
+
+def my_delete_older(target: TargetTable, pos: str) -> str:
+    column = my_ident(POS)
+    return f'DELETE FROM {my_table(target)} WHERE {column} IS NULL OR {column} < {pos}'
+
+
+def my_lock_name(target: TargetTable) -> str:
+    """A GET_LOCK name (≤ 64 characters) for a target table."""
+    return f'changebeam:{_short_hash(str(target))}'
