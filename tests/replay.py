@@ -82,6 +82,8 @@ def normalise(kind: Kind, value: Any) -> Any:
         return None
     if isinstance(value, list):
         return [normalise(kind, v) for v in value]
+    if kind in (Kind.INT16, Kind.INT32, Kind.INT64):
+        return int(value)  # a domain over an integer type loads as str in psycopg
     if kind in (Kind.FLOAT32, Kind.FLOAT64):
         number = float(value) if not isinstance(value, str) else \
             {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}[value]
@@ -89,7 +91,7 @@ def normalise(kind: Kind, value: Any) -> Any:
     if kind is Kind.DECIMAL:
         return decimal.Decimal(value).normalize() if str(value) != 'NaN' else 'NaN'
     if kind is Kind.JSON:
-        return json.loads(value) if isinstance(value, str) else value
+        return value  # both sides hold the document text: a 'null' document is not SQL NULL
     if kind is Kind.UUID:
         return str(uuid.UUID(str(value)))
     if kind is Kind.BYTES:
@@ -97,33 +99,37 @@ def normalise(kind: Kind, value: Any) -> Any:
         return bytes(value) if not isinstance(value, str) else base64.b64decode(value)
     if kind is Kind.TIMESTAMPTZ:
         if isinstance(value, str):
-            value = dt.datetime.fromisoformat(value.replace('Z', '+00:00'))
+            if not value.endswith('Z'):
+                return value  # a text form such as 'infinity', on both sides
+            value = dt.datetime.fromisoformat(value[:-1] + '+00:00')
         return value.astimezone(dt.timezone.utc)
-    if kind is Kind.TIMESTAMP and isinstance(value, str):
-        return dt.datetime.fromisoformat(value)
-    if kind is Kind.DATE and isinstance(value, str):
-        return dt.date.fromisoformat(value)
-    if kind is Kind.TIME and isinstance(value, str):
-        return dt.time.fromisoformat(value)
+    parse = {Kind.TIMESTAMP: dt.datetime.fromisoformat, Kind.DATE: dt.date.fromisoformat,
+             Kind.TIME: dt.time.fromisoformat}.get(kind)
+    if parse is not None and isinstance(value, str):
+        try:
+            return parse(value)
+        except ValueError:
+            return value  # 'infinity', '0044-03-15 BC', '24:00:00': the text form
     return value
 
 
 def source_rows(conn: Any, table: TableSchema) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The table's rows as psycopg loads them, keyed like :func:`apply_envelopes`, normalised.
 
-    Interval and other text-form kinds are selected as ``::text`` so both sides use the
-    database's text form.
+    Interval, json and other text-form kinds are selected as ``::text`` so both sides use the
+    database's text form; dates and timestamps psycopg cannot hold stay text too.
     """
     selected = []
     for column in table.columns:
         ident = '"' + column.name.replace('"', '""') + '"'
-        text_form = column.kind in (Kind.INTERVAL, Kind.TIMETZ, Kind.TEXT, Kind.ENUM,
-                                    Kind.STRING)
-        selected.append(f'{ident}::text' if text_form and column.kind is not Kind.ARRAY
-                        else ident)
+        # (not STRING: char(n)::text would trim the padding the column really holds)
+        text_form = column.kind in (Kind.INTERVAL, Kind.TIMETZ, Kind.TEXT, Kind.ENUM, Kind.JSON)
+        selected.append(f'{ident}::text' if text_form else ident)
     sql = (f'SELECT {", ".join(selected)} FROM "{table.schema}"."{table.table}"')
     rows = {}
-    for values in conn.execute(sql).fetchall():
+    cursor = conn.cursor()
+    _register_lenient_temporal_loaders(cursor)
+    for values in cursor.execute(sql).fetchall():
         row = {c.name: normalise(c.element or c.kind if c.kind is Kind.ARRAY else c.kind, v)
                for c, v in zip(table.columns, values, strict=True)}
         rows[tuple(row[k] for k in table.key)] = row
@@ -140,3 +146,19 @@ def table_state(rows: Mapping[tuple[Any, ...], Mapping[str, Any]], table: TableS
                 for c in table.columns}
         out[tuple(norm[k] for k in table.key)] = norm
     return out
+
+
+def _register_lenient_temporal_loaders(context: Any) -> None:
+    """Dates and timestamps Python cannot hold load as their text form instead of failing."""
+    from psycopg import DataError
+    from psycopg.types import datetime as pgdt
+
+    for name, base in (('date', pgdt.DateLoader), ('timestamp', pgdt.TimestampLoader),
+                       ('timestamptz', pgdt.TimestamptzLoader), ('time', pgdt.TimeLoader)):
+        def load(self: Any, data: Any, _base: Any = base) -> Any:
+            try:
+                return _base.load(self, data)
+            except (DataError, ValueError):
+                return bytes(data).decode()
+        loader = type(f'Lenient{base.__name__}', (base,), {'load': load})
+        context.adapters.register_loader(name, loader)

@@ -150,6 +150,10 @@ class TableSchema:
     def json_decoders(self) -> dict[str, Callable[[Any], Any]]:
         return {c.name: _json_decoder(c.kind, c.element) for c in self.columns}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Only the fields: the cached lookups hold closures, which need not travel.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def column(self, name: str) -> Column:
         try:
             return self.by_name[name]
@@ -257,7 +261,15 @@ def _float_from_json(value: Any) -> float:
             raise ValueError(f'not a number: {value!r}') from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f'not a number: {value!r}')
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float, e.g. 10**400
+        raise ValueError(f'out of range for a float: {value}') from None
+    if not math.isfinite(number):
+        # A non-finite *number* is a parser's reading of 1e400 or a bare NaN literal, not one
+        # of ours: NaN/±Infinity travel as strings.
+        raise ValueError(f'not a finite number: {value!r}')
+    return number
 
 
 def _int_from_json(value: Any) -> int:
@@ -302,7 +314,10 @@ def _timestamptz_from_json(value: Any) -> dt.datetime | str:
     text = _str_from_json(value)
     if not text.endswith('Z'):
         return text  # a text form such as 'infinity'
-    return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.timezone.utc)
+    value = dt.datetime.fromisoformat(text[:-1])
+    if value.tzinfo is not None:  # '…+05:00Z': replacing the zone would shift the instant
+        raise ValueError(f'both an offset and Z: {text!r}')
+    return value.replace(tzinfo=dt.timezone.utc)
 
 
 def _temporal_from_json(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
@@ -595,8 +610,9 @@ def from_cloudevent(doc: Any, table: TableSchema) -> ChangeEvent:
         raise EnvelopeError('specversion', f'{doc["specversion"]!r} is not 1.0')
     for field in ('id', 'source', 'type'):
         _require(doc, field, str)
+    data = _require(doc, 'data', dict)
     try:
-        return from_debezium_json(_require(doc, 'data', dict), table)
+        return from_debezium_json(data, table)
     except EnvelopeError as exc:
         raise EnvelopeError(f'data.{exc.field}', str(exc).split(': ', 1)[1]) from None
 

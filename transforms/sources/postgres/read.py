@@ -30,6 +30,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
+import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters
 from transforms.dsn import parse_dsn, redact
 from transforms.envelope import ChangeEvent
@@ -474,8 +475,9 @@ class ReadPostgresChanges(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         read = (pbegin
                 | 'Start' >> beam.Impulse()
-                | 'ReadSlot' >> beam.ParDo(_ReadSlotFn(self._config)).with_outputs(
-                    DEAD_LETTER, main='changes'))
+                | 'ReadSlot' >> beam.ParDo(_ReadSlotFn(self._config))
+                .with_output_types(list[ChangeEvent]).with_outputs(DEAD_LETTER, main='changes'))
         _ = read[DEAD_LETTER] | 'WriteDeadLetters' >> WriteDeadLetters(self._dead_letter)
-        return read.changes | 'Unbatch' >> beam.FlatMap(_unbatch)
+        return read.changes | 'Unbatch' >> beam.FlatMap(_unbatch).with_output_types(
+            ChangeEvent)
 
