@@ -231,10 +231,12 @@ class _MySQLTarget(Target):
         return self._cur.execute(statement)
 
     def _escape(self, text: str) -> str:
-        return self._conn.escape_string(text)
+        # Backslash escaping is right because connect() set a sql_mode without
+        # NO_BACKSLASH_ESCAPES.
+        return _pymysql().converters.escape_string(text)
 
     def _literal(self, text: str) -> str:
-        return "'" + self._conn.escape_string(text) + "'"
+        return "'" + self._escape(text) + "'"
 
     def _convert(self, table: TableSchema) -> dict[str, Callable[[Any], str]]:
         cached = self._literals.get(id(table))

@@ -1,0 +1,408 @@
+"""WriteChangesToPostgres / WriteChangesToMySQL against real PostgreSQL 15 and MariaDB servers.
+
+What a user checks: after applying a change stream, the target holds exactly the source's final
+state, and it still does after the stream (or part of it, or an old event) is delivered again.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms.dead_letter import WriteDeadLetters
+from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, TableSchema
+from transforms.sinks.sql import WriteChangesToMySQL, WriteChangesToPostgres
+from transforms.sinks.sql.apply import Applier
+from transforms.sinks.sql.postgres import _PostgresTarget
+
+pytestmark = pytest.mark.integration
+
+ITEMS = TableSchema('shop', 'items', (
+    Column('id', Kind.INT64, 'bigint', nullable=False),
+    Column('price', Kind.DECIMAL, 'numeric(12,2)', precision=12, scale=2),
+    Column('seen', Kind.TIMESTAMPTZ, 'timestamp with time zone'),
+    Column('blob', Kind.BYTES, 'bytea'),
+    Column('doc', Kind.JSON, 'jsonb'),
+    Column('tags', Kind.ARRAY, 'text[]', element=Kind.STRING),
+    Column('note', Kind.TEXT, 'text'),
+), key=('id',))
+COLUMNS = [c.name for c in ITEMS.columns]
+UTC = dt.timezone.utc
+
+
+def change(op: str, lsn: int, *, table: TableSchema = ITEMS, before: dict | None = None,
+           after: dict | None = None, unchanged: tuple[str, ...] = (),
+           connector: str = 'postgresql') -> ChangeEvent:
+    source = SourcePosition(connector, 'src', 'shop', table.schema, table.table, 1_700_000_000_000,
+                            commit_lsn=lsn - lsn % 3 + 3, lsn=lsn)  # three changes a transaction
+    return ChangeEvent(Op(op), table, source, before=before, after=after,
+                       unchanged=frozenset(unchanged))
+
+
+def _row(rnd: random.Random, key: int, lsn: int, mariadb_safe: bool) -> dict[str, Any]:
+    seen: Any = dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(seconds=lsn, microseconds=7)
+    price = Decimal(rnd.randint(0, 10**6)) / 100
+    if not mariadb_safe and lsn % 11 == 0:
+        seen = rnd.choice(['infinity', '-infinity'])
+    if not mariadb_safe and lsn % 13 == 0:
+        price = Decimal('NaN')
+    return {
+        'id': key,
+        'price': price,
+        'seen': seen,
+        'blob': bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 8))),
+        'doc': rnd.choice(['{"a": [1, 2.5, "x"]}', 'null', '"text"', f'{{"n": {lsn}}}']),
+        'tags': rnd.choice([[], ['a', None, 'b"c'], [f't{lsn}', "it's"]]),
+        'note': f'note {lsn} ' + 'x' * rnd.choice([0, 5000]),  # large values get TOASTed
+    }
+
+
+def stream(seed: int = 7, count: int = 240, *, mariadb_safe: bool = False) -> list[ChangeEvent]:
+    """Inserts, full and partial (TOAST-unchanged) updates, deletes, re-inserts, a truncate."""
+    rnd = random.Random(seed)
+    live: set[int] = set()
+    events = []
+    for lsn in range(1, count + 1):
+        if lsn == count // 3:
+            events.append(change('t', lsn))
+            live.clear()
+            continue
+        key = rnd.randint(1, 30)
+        if key not in live:
+            events.append(change('r' if lsn < 20 else 'c', lsn,
+                                 after=_row(rnd, key, lsn, mariadb_safe)))
+            live.add(key)
+        elif rnd.random() < 0.2:
+            events.append(change('d', lsn, before={'id': key}))
+            live.discard(key)
+        elif rnd.random() < 0.3:
+            row = _row(rnd, key, lsn, mariadb_safe)
+            del row['note']
+            events.append(change('u', lsn, before={'id': key}, after=row, unchanged=('note',)))
+        else:
+            events.append(change('u', lsn, before={'id': key},
+                                 after=_row(rnd, key, lsn, mariadb_safe)))
+    events.append(change('m', count + 1))
+    return events
+
+
+def final_state(events: list[ChangeEvent]) -> dict[Any, dict[str, Any]]:
+    """The source's table after ``events``, computed independently of the sink."""
+    state: dict[Any, dict[str, Any]] = {}
+    for event in sorted(events, key=lambda e: e.source.sort_key):
+        if event.op is Op.TRUNCATE:
+            state.clear()
+        elif event.op is Op.DELETE:
+            state.pop(event.before['id'], None)
+        elif event.op is not Op.MESSAGE:
+            row = dict(state.get(event.after['id'], {})) if event.unchanged else {}
+            row.update(event.after)
+            state[event.after['id']] = row
+    return state
+
+
+def run(events: list[ChangeEvent], sink: beam.PTransform, dead_dir: Path) -> tuple[list, Any]:
+    """Runs Create(events) | sink on the default runner; returns (dead letters, metrics)."""
+    pipeline = beam.Pipeline()
+    dead = pipeline | 'CreateEvents' >> beam.Create(events) | 'Write' >> sink
+    dead | 'WriteDeadLetters' >> WriteDeadLetters(f'jsonl:{dead_dir}')
+    result = pipeline.run()
+    result.wait_until_finish()
+    letters = [json.loads(line) for path in sorted(dead_dir.glob('*.jsonl'))
+               for line in path.read_text().splitlines()]
+    for path in dead_dir.glob('*.jsonl'):
+        path.unlink()
+    return letters, result.metrics()
+
+
+def counter(metrics: Any, name: str) -> int:
+    results = metrics.query(MetricsFilter().with_name(name))['counters']
+    return sum(r.committed for r in results)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+def pg_rows(db: Any, table: str = 'shop.items') -> dict[Any, tuple]:
+    from psycopg.types.datetime import TimestamptzLoader
+
+    class _InfinityLoader(TimestamptzLoader):  # Python's datetime cannot hold 'infinity'
+        def load(self, data: Any) -> Any:
+            text = bytes(data).decode()
+            return text if text.endswith('infinity') else super().load(data)
+
+    with db.connect() as conn:
+        conn.adapters.register_loader('timestamptz', _InfinityLoader)
+        rows = conn.execute(f'SELECT {", ".join(COLUMNS)} FROM {table}').fetchall()
+    return {row[0]: tuple(_normal(v) for v in row) for row in rows}
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, Decimal) and value.is_nan():
+        return 'NaN'
+    if isinstance(value, memoryview):
+        return bytes(value)
+    return value
+
+
+def pg_expected(events: list[ChangeEvent]) -> dict[Any, tuple]:
+    out = {}
+    for key, row in final_state(events).items():
+        values = [row.get(c) for c in COLUMNS]
+        values[4] = None if values[4] is None else json.loads(values[4])
+        out[key] = tuple(_normal(v) for v in values)
+    return out
+
+
+def test_postgres_target_equals_the_source_after_replays_and_stale_duplicates(pg_db, tmp_path):
+    events = stream()
+    expected = pg_expected(events)
+    assert len(expected) > 5
+    sink = WriteChangesToPostgres(pg_db.dsn, max_batch_size=17)
+
+    letters, metrics = run(events, sink, tmp_path)
+    assert letters == []
+    assert pg_rows(pg_db) == expected
+    assert counter(metrics, 'rows_applied') > 0
+    assert counter(metrics, 'rows_applied:shop.items') == counter(metrics, 'rows_applied')
+    assert counter(metrics, 'messages_ignored') == 1
+
+    # Delivered again in full, then from the middle: nothing changes.
+    assert run(events, sink, tmp_path)[0] == []
+    assert pg_rows(pg_db) == expected
+    assert run(events[len(events) // 2:], sink, tmp_path)[0] == []
+    assert pg_rows(pg_db) == expected
+
+    # Old events arriving late: the insert of a row deleted since, an old version of a live row.
+    deleted = next(e for e in reversed(events) if e.op is Op.DELETE
+                   and e.before['id'] not in expected)
+    old_insert = next(e for e in events if e.op in (Op.CREATE, Op.READ)
+                      and e.after['id'] == deleted.before['id'])
+    live_key = next(iter(expected))
+    old_update = next(e for e in events if e.after and e.after['id'] == live_key)
+    assert run([old_insert, old_update], sink, tmp_path)[0] == []
+    assert pg_rows(pg_db) == expected
+
+    # The whole stream again, shuffled, in small batches that arrive out of order.
+    shuffled = list(events)
+    random.Random(3).shuffle(shuffled)
+    assert run(shuffled, sink, tmp_path)[0] == []
+    assert pg_rows(pg_db) == expected
+
+
+def test_postgres_columns_keep_the_source_types(pg_db, tmp_path):
+    run(stream(count=10), WriteChangesToPostgres(pg_db.dsn), tmp_path)
+    with pg_db.connect() as conn:
+        types = dict(conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = 'shop.items'::regclass AND a.attnum > 0").fetchall())
+    assert types == {'id': 'bigint', 'price': 'numeric(12,2)', 'seen': 'timestamp with time zone',
+                     'blob': 'bytea', 'doc': 'jsonb', 'tags': 'text[]', 'note': 'text',
+                     '_cb_pos': 'text'}
+
+
+def test_unchanged_columns_are_left_as_they_were(pg_db, tmp_path):
+    sink = WriteChangesToPostgres(pg_db.dsn)
+    big = 'toasted ' * 4000
+    insert = change('c', 1, after={'id': 1, 'price': Decimal('1.00'), 'note': big, 'doc': '{}'})
+    update = change('u', 4, before={'id': 1}, after={'id': 1, 'price': Decimal('2.00')},
+                    unchanged=('note', 'doc'))
+    assert run([insert], sink, tmp_path)[0] == []
+    assert run([update], sink, tmp_path)[0] == []  # in a batch of its own
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT price, note, doc FROM shop.items').fetchall() == \
+            [(Decimal('2.00'), big, {})]
+
+
+def test_rows_the_target_rejects_become_dead_letters_and_the_rest_commits(pg_db, tmp_path):
+    sink = WriteChangesToPostgres(pg_db.dsn)
+    first = [change('c', 1, after={'id': 1, 'price': Decimal('1'), 'note': 'a'})]
+    run(first, sink, tmp_path)
+    with pg_db.connect() as conn:
+        conn.execute('ALTER TABLE shop.items ADD CONSTRAINT price_positive CHECK (price > 0), '
+                     'ALTER COLUMN note SET NOT NULL')
+    events = [
+        change('c', 4, after={'id': 2, 'price': Decimal('-5'), 'note': 'negative'}),
+        change('c', 5, after={'id': 3, 'price': Decimal('3'), 'note': 'fine'}),
+        change('c', 6, after={'id': 4, 'price': Decimal('4'), 'note': None}),
+        change('c', 7, after={'id': 5, 'price': Decimal('1e20'), 'note': 'overflow'}),
+        change('u', 8, before={'id': 1}, after={'id': 1, 'price': Decimal('9'), 'note': 'b'}),
+    ]
+    letters, metrics = run(events, sink, tmp_path)
+    errors = {letter['payload']['after']['id']: letter['error'] for letter in letters}
+    assert set(errors) == {2, 4, 5}
+    assert 'price_positive' in errors[2] and '[23514]' in errors[2]
+    assert 'null value in column "note"' in errors[4]
+    assert 'overflow' in errors[5]
+    assert all(letter['step'] == 'WriteChangesToPostgres' for letter in letters)
+    assert letters[0]['payload']['source']['lsn'] in (4, 6, 7)
+    assert counter(metrics, 'dead_letters') == 3
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT id, note FROM shop.items ORDER BY id').fetchall() == \
+            [(1, 'b'), (3, 'fine')]
+
+
+def test_names_are_taken_literally_never_as_sql(pg_db, tmp_path):
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE t (x int)')
+    evil = 'x"; DROP TABLE t; --'
+    table = TableSchema('we"ird', 'ta"ble; DROP TABLE t', (
+        Column('id', Kind.INT32, 'integer'),
+        Column(evil, Kind.STRING, 'text'),
+        Column('100%', Kind.STRING, 'text'),
+        Column("it's", Kind.STRING, 'text'),
+    ), key=('id',))
+    events = [change('c', 1, table=table, after={'id': 1, evil: 'a', '100%': 'b', "it's": 'c'}),
+              change('d', 4, table=table, before={'id': 1}),
+              change('c', 5, table=table, after={'id': 2, evil: 'd', '100%': 'e', "it's": 'f'})]
+    assert run(events, WriteChangesToPostgres(pg_db.dsn), tmp_path)[0] == []
+    with pg_db.connect() as conn:
+        rows = conn.execute('SELECT id, "x""; DROP TABLE t; --", "100%", "it\'s" '
+                            'FROM "we""ird"."ta""ble; DROP TABLE t"').fetchall()
+        assert rows == [(2, 'd', 'e', 'f')]
+        assert conn.execute("SELECT to_regclass('public.t') IS NOT NULL").fetchone() == (True,)
+
+
+def test_mariadb_source_into_postgres_uses_the_typemap(pg_db, tmp_path):
+    table = TableSchema('shop', 'orders', (
+        Column('id', Kind.INT64, 'bigint unsigned'),
+        Column('qty', Kind.INT32, 'int(10) unsigned'),
+        Column('paid', Kind.BOOLEAN, 'tinyint(1)'),
+        Column('at', Kind.TIMESTAMP, 'datetime(6)'),
+        Column('state', Kind.ENUM, "enum('new','done')", symbols=('new', 'done')),
+    ), key=('id',))
+    at = dt.datetime(2024, 5, 6, 7, 8, 9, 123456)
+    events = [change('c', 1, table=table, connector='mysql',
+                     after={'id': 2**64 - 1, 'qty': 2**32 - 1, 'paid': True, 'at': at,
+                            'state': 'done'})]
+    assert run(events, WriteChangesToPostgres(pg_db.dsn), tmp_path)[0] == []
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT id, qty, paid, at, state FROM shop.orders').fetchall() == \
+            [(2**64 - 1, 2**32 - 1, True, at, 'done')]
+        types = dict(conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'orders'").fetchall())
+    assert types['id'] == 'numeric' and types['qty'] == 'bigint' and types['paid'] == 'boolean'
+
+
+def test_keyless_tables_are_appended_once(pg_db, tmp_path):
+    table = TableSchema('public', 'audit', (Column('line', Kind.STRING, 'text'),))
+    events = [change('c', n, table=table, after={'line': f'l{n % 3}'}) for n in range(1, 8)]
+    sink = WriteChangesToPostgres(pg_db.dsn)
+    run(events, sink, tmp_path)
+    run(events[2:], sink, tmp_path)  # a replay appends nothing
+    with pg_db.connect() as conn:
+        count = conn.execute('SELECT count(*) FROM public.audit').fetchone()[0]
+    assert count == 7
+
+
+def test_a_lost_connection_is_retried_and_then_raised(pg_db):
+    applier = Applier(_PostgresTarget(pg_db.dsn), backoff_s=0.01)
+    applier.open()
+    with pg_db.connect() as conn:
+        conn.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert applier.apply([change('c', 1, after={'id': 1, 'note': 'after reconnect'})]) == []
+    applier.close()
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT note FROM shop.items').fetchall() == [('after reconnect',)]
+
+    import psycopg
+    nowhere = pg_db.dsn.replace(pg_db.name, 'no_such_database')
+    applier = Applier(_PostgresTarget(nowhere), max_attempts=3, backoff_s=0.01)
+    with pytest.raises(psycopg.OperationalError):
+        applier.open()
+
+
+# --- MariaDB -------------------------------------------------------------------------------
+
+def my_rows(db: Any) -> dict[Any, tuple]:
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute(f'SELECT {", ".join(f"`{c}`" for c in COLUMNS)} FROM `items`')
+        rows = cur.fetchall()
+    return {row[0]: (row[0], row[1], row[2], row[3], None if row[4] is None else
+                     json.loads(row[4]), None if row[5] is None else json.loads(row[5]), row[6])
+            for row in rows}
+
+
+def my_expected(events: list[ChangeEvent]) -> dict[Any, tuple]:
+    out = {}
+    for key, row in final_state(events).items():
+        seen = row.get('seen')
+        seen = seen.astimezone(UTC).replace(tzinfo=None) if seen is not None else None
+        doc = row.get('doc')
+        out[key] = (key, row.get('price'), seen, row.get('blob'),
+                    None if doc is None else json.loads(doc), row.get('tags'), row.get('note'))
+    return out
+
+
+def test_mariadb_target_equals_the_source_after_replays_and_stale_duplicates(mariadb_db,
+                                                                              tmp_path):
+    events = stream(mariadb_safe=True)
+    expected = my_expected(events)
+    sink = WriteChangesToMySQL(mariadb_db.dsn, max_batch_size=17)
+    letters, metrics = run(events, sink, tmp_path)
+    assert letters == []
+    assert my_rows(mariadb_db) == expected
+    assert counter(metrics, 'rows_applied:items') > 0
+    for replay in (events, events[len(events) // 2:]):
+        assert run(replay, sink, tmp_path)[0] == []
+        assert my_rows(mariadb_db) == expected
+    shuffled = list(events)
+    random.Random(5).shuffle(shuffled)
+    assert run(shuffled, sink, tmp_path)[0] == []
+    assert my_rows(mariadb_db) == expected
+
+
+def test_mariadb_rejects_become_dead_letters_and_the_rest_commits(mariadb_db, tmp_path):
+    sink = WriteChangesToMySQL(mariadb_db.dsn)
+    run([change('c', 1, after={'id': 1, 'price': Decimal('1'), 'note': 'a'})], sink, tmp_path)
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('ALTER TABLE items ADD CONSTRAINT price_positive CHECK (price > 0)')
+    events = [
+        change('c', 4, after={'id': 2, 'price': Decimal('-5'), 'note': 'negative'}),
+        change('c', 5, after={'id': 3, 'price': Decimal('3'), 'note': 'fine',
+                              'seen': dt.datetime(2024, 1, 1, 12, tzinfo=UTC)}),
+        change('c', 6, after={'id': 4, 'price': Decimal('NaN'), 'note': 'nan'}),
+        change('c', 7, after={'id': 5, 'price': Decimal('4'), 'seen': 'infinity'}),
+        change('c', 8, after={'id': 6, 'price': Decimal('1e20'), 'note': 'overflow'}),
+        change('u', 9, before={'id': 1}, after={'id': 1, 'price': Decimal('9'), 'note': 'b'}),
+    ]
+    letters, _ = run(events, sink, tmp_path)
+    errors = {letter['payload']['after']['id']: letter['error'] for letter in letters}
+    assert set(errors) == {2, 4, 5, 6}
+    assert 'price_positive' in errors[2] and '[4025]' in errors[2]
+    assert 'NaN' in errors[4]
+    assert 'seen' in errors[5]
+    assert 'price' in errors[6]
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('SELECT id, note, seen FROM items ORDER BY id')
+        assert cur.fetchall() == ((1, 'b', None), (3, 'fine', dt.datetime(2024, 1, 1, 12)))
+
+
+def test_mariadb_unchanged_columns_and_literal_names(mariadb_db, tmp_path):
+    evil = 'x`; DROP TABLE t; --'
+    table = TableSchema('s', 'ta`ble"; DROP TABLE t', (
+        Column('id', Kind.INT32, 'integer'),
+        Column(evil, Kind.STRING, 'text'),
+        Column('100%', Kind.TEXT, 'text'),
+    ), key=('id',))
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('CREATE TABLE t (x int)')
+    sink = WriteChangesToMySQL(mariadb_db.dsn)
+    big = "it's \\ big " * 3000
+    assert run([change('c', 1, table=table, after={'id': 1, evil: 'a', '100%': big})],
+               sink, tmp_path)[0] == []
+    assert run([change('u', 4, table=table, before={'id': 1}, after={'id': 1, evil: 'b'},
+                       unchanged=('100%',))], sink, tmp_path)[0] == []
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('SELECT id, `x``; DROP TABLE t; --`, `100%` FROM `ta``ble"; DROP TABLE t`')
+        assert cur.fetchall() == ((1, 'b', big),)
+        cur.execute("SHOW TABLES LIKE 't'")
+        assert cur.fetchall() == (('t',),)
