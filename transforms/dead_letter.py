@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any
+from typing import IO, Any
 
 import apache_beam as beam
 
@@ -98,7 +98,7 @@ class _WriteDeadLettersFn(beam.DoFn):
         # One file per DoFn instance: concurrent workers never interleave partial lines.
         name = f'dead-letters-{uuid.uuid4().hex[:12]}.jsonl'
         self._path = os.path.join(self._directory, name)
-        self._file = None
+        self._file: IO[str] | None = None
         self._lock = threading.Lock()
 
     def start_bundle(self) -> None:
@@ -121,8 +121,9 @@ class _WriteDeadLettersFn(beam.DoFn):
         self._lines = []
 
     def teardown(self) -> None:
-        if getattr(self, '_file', None) is not None:
-            self._file.close()
+        handle = getattr(self, '_file', None)
+        if handle is not None:
+            handle.close()
 
 
 class WriteDeadLetters(beam.PTransform):

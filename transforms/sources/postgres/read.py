@@ -167,8 +167,9 @@ class _ReadSlotFn(beam.DoFn):
         return {info.oid: info for info in (pgtypes.TypeInfo(*row) for row in rows)}
 
     def teardown(self) -> None:
-        if getattr(self, '_stream', None) is not None:
-            self._stream.close()
+        stream = getattr(self, '_stream', None)
+        if stream is not None:
+            stream.close()
             self._stream = None
         if getattr(self, '_control', None) is not None:
             self._control.close()
@@ -314,8 +315,7 @@ class _ReadSlotFn(beam.DoFn):
                 letters.append(DeadLetter.from_exception('DecodeWal', exc, bytes(frame.payload),
                                                          source=where))
                 continue
-            kind = type(message)
-            if kind in _CHANGES:
+            if isinstance(message, _CHANGES):
                 if skipping:
                     continue
                 try:
@@ -326,7 +326,7 @@ class _ReadSlotFn(beam.DoFn):
                 if len(batch) >= config.batch_size:
                     yield from self._emit(batch)
                     batch = []
-            elif kind is Begin:
+            elif isinstance(message, Begin):
                 assembler.begin(message)
                 if message.final_lsn < start:
                     skipping = True
@@ -335,7 +335,7 @@ class _ReadSlotFn(beam.DoFn):
                 else:
                     self._resync = True  # this Begin is the residual's: reread it there
                     break
-            elif kind is Commit:
+            elif isinstance(message, Commit):
                 assembler.commit(message)
                 if not skipping:
                     if batch:
@@ -346,7 +346,7 @@ class _ReadSlotFn(beam.DoFn):
                 skipping = False
                 if time.monotonic() >= deadline:
                     break
-            elif kind is LogicalMessage:
+            elif isinstance(message, LogicalMessage):
                 if message.transactional:
                     if not skipping:
                         event = assembler.message(message, frame.data_start)
@@ -360,18 +360,18 @@ class _ReadSlotFn(beam.DoFn):
                     event = assembler.message(message, frame.data_start)
                     if event is not None:
                         yield from self._emit([event])
-            elif kind is Relation:
+            elif isinstance(message, Relation):
                 try:
                     assembler.relation(message)
                 except (ValueError, KeyError) as exc:
                     letters.append(DeadLetter.from_exception(
                         'DecodeRelation', exc, bytes(frame.payload), source=where))
-            elif kind is TypeMessage:
+            elif isinstance(message, TypeMessage):
                 assembler.type(message)
-            elif kind is not Origin:
-                letters.append(DeadLetter('DecodeWal', f'unexpected {kind.__name__} message '
-                                          '(streamed transactions are not requested)',
-                                          bytes(frame.payload), source=where))
+            elif not isinstance(message, Origin):
+                letters.append(DeadLetter(
+                    'DecodeWal', f'unexpected {type(message).__name__} message (streamed '
+                    'transactions are not requested)', bytes(frame.payload), source=where))
         if letters:
             self._dead.inc(len(letters))
             for letter in letters:
