@@ -333,12 +333,12 @@ _TIMESTAMP_TEXT = re.compile(
     r'-?infinity|(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})? BC'
     r'|\d{5,}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?(?: BC)?)')
 _TIMESTAMPTZ = re.compile(
-    r'(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,6}))?([+-])(\d\d)(?::(\d\d))?(?::(\d\d))?')
+    r'(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d{1,6})?[+-]\d\d(?::\d\d){0,2}')
 _TIMESTAMPTZ_TEXT = re.compile(
     r'-?infinity|\d{4,}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?[+-]\d\d(?::\d\d){0,2} BC'
     r'|\d{5,}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?[+-]\d\d(?::\d\d){0,2}')
 _LEAP_CYCLE_YEARS = 400  # the Gregorian calendar repeats every 400 years
-_OFFSETS: dict[tuple[str, str, str | None, str | None], dt.timedelta] = {}
+_datetime_fromisoformat = dt.datetime.fromisoformat
 
 
 def _parse_date(text: str) -> dt.date | str:
@@ -376,27 +376,39 @@ def _parse_timestamp(text: str) -> dt.datetime | str:
 
 
 def _parse_timestamptz(text: str) -> dt.datetime | str:
+    # Rewritten into the one form every Python >= 3.10 fromisoformat takes (6 fraction digits,
+    # offset with minutes): ~4x faster than matching the parts and calling datetime.replace.
+    sign = text.find('+', 19)
+    if sign < 0:
+        sign = text.find('-', 19)
+    if sign == 19 or 20 < sign < 27:
+        offset = text[sign:]
+        if len(offset) == 3:
+            offset += ':00'
+        try:
+            value = _datetime_fromisoformat(text[:sign] + _FRACTION_PAD[sign - 26:] + offset
+                                            if sign > 19 else text[:19] + offset)
+        except ValueError:
+            pass
+        else:
+            if value.tzinfo is _UTC:
+                return value
+            try:
+                return value.astimezone(_UTC)
+            except OverflowError:
+                return text  # in range locally but not in UTC (year 1 or 9999)
+    return _timestamptz_slow(text)
+
+
+def _timestamptz_slow(text: str) -> dt.datetime | str:
     match = _TIMESTAMPTZ.fullmatch(text)
     if match is None:
         if _TIMESTAMPTZ_TEXT.fullmatch(text):
             return _far_timestamptz(text)
         raise ValueError('not an ISO timestamp with time zone')
-    local, fraction, sign, hours, minutes, seconds = match.groups()
-    value = dt.datetime.fromisoformat(local)
-    if fraction:
-        value = value.replace(microsecond=int(fraction + _FRACTION_PAD[len(fraction):]))
-    if hours != '00' or minutes or seconds:
-        key = (sign, hours, minutes, seconds)
-        offset = _OFFSETS.get(key)
-        if offset is None:
-            offset = dt.timedelta(hours=int(hours), minutes=int(minutes or 0),
-                                  seconds=int(seconds or 0))
-            _OFFSETS[key] = offset = offset if sign == '+' else -offset
-        try:
-            value -= offset
-        except OverflowError:
-            return text  # in range locally but not in UTC (year 1 or 9999)
-    return value.replace(tzinfo=_UTC)
+    # Well-formed but rejected by the fast path: an impossible date or time, say.
+    dt.datetime.fromisoformat(match.group(1))
+    raise ValueError('not an ISO timestamp with time zone')
 
 
 def _far_timestamptz(text: str) -> dt.datetime | str:
