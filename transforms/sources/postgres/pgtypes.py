@@ -353,7 +353,7 @@ def _parse_date(text: str) -> dt.date | str:
 def _parse_time(text: str) -> dt.time | str:
     size = len(text)
     if 8 < size < 15:  # PostgreSQL drops trailing zeros of the fraction; Python 3.10 wants 3 or 6
-        text += _FRACTION_PAD[size - 15:]
+        text += _FRACTION_PAD[:15 - size]
     try:
         return dt.time.fromisoformat(text)
     except ValueError:
@@ -364,7 +364,7 @@ def _parse_time(text: str) -> dt.time | str:
 
 def _parse_timestamp(text: str) -> dt.datetime | str:
     size = len(text)
-    padded = text + _FRACTION_PAD[size - 26:] if 19 < size < 26 else text
+    padded = text + _FRACTION_PAD[:26 - size] if 19 < size < 26 else text
     try:
         if size >= 19:
             return dt.datetime.fromisoformat(padded)
@@ -386,7 +386,7 @@ def _parse_timestamptz(text: str) -> dt.datetime | str:
         if len(offset) == 3:
             offset += ':00'
         try:
-            value = _datetime_fromisoformat(text[:sign] + _FRACTION_PAD[sign - 26:] + offset
+            value = _datetime_fromisoformat(text[:sign] + _FRACTION_PAD[:26 - sign] + offset
                                             if sign > 19 else text[:19] + offset)
         except ValueError:
             pass
