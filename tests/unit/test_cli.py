@@ -1,0 +1,137 @@
+"""``python -m pipelines.cdc`` as a user runs it: help, and one clear line for a bad option.
+
+Every case is a real subprocess started from the repository root; they start together (each
+spends ~1.5 s of CPU importing Beam) and each test reads its own result.  Finer points of
+validation are in test_options.py; these check what reaches the terminal.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from pipelines.options import CdcOptions
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PROG = 'python -m pipelines.cdc'
+PG = 'postgresql://cdc@db.invalid/shop'
+
+
+def _cases(out: str) -> dict[str, list[str]]:
+    sink = f'jsonl:{out}'
+    return {
+        'help': ['--help'],
+        'bogus_source': ['--source', 'bogus://x', '--sink', sink],
+        'bad_sink': ['--source', PG, '--sink', 'csv:out'],
+        'bad_snapshot': ['--source', 'postgresql://u:topsecret@h/db', '--sink', sink,
+                         '--snapshot', 'sometimes'],
+        'bad_max_idle': ['--source', PG, '--sink', sink, '--max_idle_secs', 'soon'],
+        'mysql': ['--source', 'mysql://u:topsecret@db.invalid/shop', '--sink', sink],
+        'avro_sink': ['--source', PG, '--sink', f'avro:{out}'],
+    }
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    out = tmp_path_factory.mktemp('cli') / 'out'
+    env = {**os.environ, 'COLUMNS': '1000', 'PYTHONWARNINGS': 'ignore'}
+    procs = {
+        name: subprocess.Popen([sys.executable, '-m', 'pipelines.cdc', *argv], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        for name, argv in _cases(str(out)).items()
+    }
+    results = {}
+    try:
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=120)
+            results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
+                                                        stderr)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    yield results
+    assert not out.exists(), 'a rejected command line must not create the sink directory'
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str], option: str) -> str:
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ''
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f'{PROG}: error: {option} '), lines[0]
+    return lines[0]
+
+
+def _cdc_options() -> list[tuple[str, str]]:
+    parser = argparse.ArgumentParser()
+    CdcOptions._add_argparse_args(parser)
+    return [(action.option_strings[0], action.help or '') for action in parser._actions
+            if action.option_strings and action.dest != 'help']
+
+
+def test_help_lists_every_cdc_option_with_its_help(
+        runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    result = runs['help']
+    assert result.returncode == 0, result.stderr
+    text = ' '.join(result.stdout.split())
+    options = _cdc_options()
+    assert len(options) >= 12
+    for option, help_text in options:
+        assert f'{option} ' in text
+        assert ' '.join(help_text.split()) in text, option
+    assert '--runner' in text and 'DirectRunner' in text
+
+
+def test_unsupported_source_scheme(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    line = _one_error_line(runs['bogus_source'], '--source')
+    assert "'bogus://x'" in line and 'postgresql://' in line
+
+
+def test_bad_sink(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    line = _one_error_line(runs['bad_sink'], '--sink')
+    assert "'csv:out'" in line and 'jsonl:DIR' in line
+
+
+def test_bad_snapshot(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    line = _one_error_line(runs['bad_snapshot'], '--snapshot')
+    assert "'sometimes'" in line and 'initial, never, only' in line
+
+
+def test_bad_max_idle_secs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    line = _one_error_line(runs['bad_max_idle'], '--max_idle_secs')
+    assert "'soon'" in line and 'seconds' in line
+
+
+@pytest.mark.parametrize('case, option', [('bad_snapshot', '--snapshot'),
+                                          ('mysql', '--source')])
+def test_the_source_password_is_never_printed(
+        runs: dict[str, subprocess.CompletedProcess[str]], case: str, option: str) -> None:
+    result = runs[case]
+    _one_error_line(result, option)
+    assert 'topsecret' not in result.stdout + result.stderr
+
+
+def test_mysql_source_is_not_available_yet(
+        runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    line = _one_error_line(runs['mysql'], '--source')
+    assert 'not available yet' in line
+    assert "'mysql://u:***@db.invalid/shop'" in line
+
+
+@pytest.mark.xfail(strict=True, reason='cdc.py:88-92 main() catches only OptionError from '
+                   'build(); WriteChangesToFiles (files.py:115) raises ValueError for avro:/'
+                   'parquet:/remote DIR sinks that validate_cdc accepted, so the user gets a '
+                   'traceback')
+def test_a_sink_format_not_written_yet_is_one_line(
+        runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    line = _one_error_line(runs['avro_sink'], '--sink')
+    assert 'jsonl:DIR' in line

@@ -1,0 +1,167 @@
+"""DSN parsing and redaction: what a user types as --source/--sink, and what they see back."""
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from transforms.dsn import parse_dsn, redact
+
+
+@pytest.mark.parametrize('uri, kind', [
+    ('postgresql://app@db.example:5432/shop', 'postgresql'),
+    ('postgres://app@db.example:5432/shop', 'postgresql'),
+    ('PostgreSQL://app@db.example:5432/shop', 'postgresql'),
+    ('mysql://app@db.example:5432/shop', 'mysql'),
+    ('mariadb://app@db.example:5432/shop', 'mysql'),
+])
+def test_scheme_aliases_name_the_database_kind(uri: str, kind: str) -> None:
+    dsn = parse_dsn(uri)
+    assert (dsn.kind, dsn.host, dsn.port, dsn.user, dsn.database) == (
+        kind, 'db.example', 5432, 'app', 'shop')
+
+
+def test_every_part_of_a_full_dsn() -> None:
+    dsn = parse_dsn('postgresql://app:s3cret@db:6432/shop?sslmode=require&application_name=cb')
+    assert dsn.password == 's3cret'
+    assert dsn.port == 6432
+    assert dsn.param('sslmode') == 'require'
+    assert dsn.param('application_name') == 'cb'
+    assert dsn.param('missing', 'fallback') == 'fallback'
+    assert dsn.raw == 'postgresql://app:s3cret@db:6432/shop?sslmode=require&application_name=cb'
+
+
+def test_postgres_socket_directory_host_and_port_from_the_query() -> None:
+    dsn = parse_dsn('postgresql://u@/db?host=/run/pg&port=5433')
+    assert (dsn.host, dsn.port, dsn.user, dsn.database) == ('/run/pg', 5433, 'u', 'db')
+
+
+def test_postgres_without_any_host_means_the_default_socket() -> None:
+    dsn = parse_dsn('postgresql:///shop')
+    assert (dsn.host, dsn.port, dsn.database) == ('', None, 'shop')
+
+
+def test_mysql_needs_a_host() -> None:
+    with pytest.raises(ValueError, match='needs a host'):
+        parse_dsn('mysql://u:pw@/db')
+
+
+def test_url_encoded_user_password_and_database_are_decoded() -> None:
+    dsn = parse_dsn('mariadb://a%40corp:p%2Fw%3A%40%23@h:3306/my%20db')
+    assert (dsn.user, dsn.password, dsn.database) == ('a@corp', 'p/w:@#', 'my db')
+    assert 'p/w' not in str(dsn) and 'p%2Fw' not in str(dsn)
+
+
+@pytest.mark.parametrize('uri, problem', [
+    ('postgresql://u@h:abc/db', 'abc'),
+    ('postgresql://u@h:99999/db', 'range'),
+    ('postgresql://u@/db?host=/run/pg&port=fifty', 'fifty'),
+])
+def test_bad_port_is_a_value_error_naming_option_and_port(uri: str, problem: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_dsn(uri, option='--source')
+    message = str(info.value)
+    assert message.startswith('--source ')
+    assert problem in message
+
+
+@pytest.mark.xfail(strict=True, reason='dsn.py:70 accepts a ?port= query item outside 1-65535')
+@pytest.mark.parametrize('port', ['99999', '-1', '0'])
+def test_query_port_outside_the_tcp_range_is_rejected(port: str) -> None:
+    with pytest.raises(ValueError, match=port):
+        parse_dsn(f'postgresql://u@/db?host=/run/pg&port={port}', option='--source')
+
+
+@pytest.mark.parametrize('uri', ['bogus://x', 'http://u@h/db', 'jdbc:postgresql://h/db', '', 'db'])
+def test_unsupported_scheme_says_what_is_valid(uri: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_dsn(uri, option='--source')
+    assert '--source' in str(info.value)
+    assert 'postgresql://' in str(info.value) and 'mysql://' in str(info.value)
+
+
+@pytest.mark.parametrize('dsn, shown', [
+    ('postgresql://app:s3cret@db:5432/shop', 'postgresql://app:***@db:5432/shop'),
+    ('mysql://app:s3cret@db/shop', 'mysql://app:***@db/shop'),
+    ('postgresql://:s3cret@db/shop', 'postgresql://:***@db/shop'),
+    ('postgresql://app@db/shop?password=s3cret', 'postgresql://app@db/shop?password=***'),
+    ('postgresql://app@db/shop?sslmode=require&PASSWORD=s3cret&x=1',
+     'postgresql://app@db/shop?sslmode=require&PASSWORD=***&x=1'),
+    ('postgresql://app:s3cret@/shop?host=/run/pg&password=s3cret',
+     'postgresql://app:***@/shop?host=/run/pg&password=***'),
+    ('postgresql://app@db/shop', 'postgresql://app@db/shop'),
+    ('postgresql://app@db/shop?passwordless=1', 'postgresql://app@db/shop?passwordless=1'),
+])
+def test_redact_hides_authority_and_query_passwords(dsn: str, shown: str) -> None:
+    assert redact(dsn) == shown
+
+
+def test_the_parsed_dsn_prints_without_its_password() -> None:
+    dsn = parse_dsn('postgresql://app:s3cret@db/shop?password=s3cret')
+    assert 's3cret' not in str(dsn)
+    assert 's3cret' not in f'{dsn}'
+    assert 'app' in str(dsn) and 'db/shop' in str(dsn)
+
+
+@pytest.mark.xfail(strict=True, reason="dsn.py:35-41 Dsn's repr shows the password through the "
+                   "'raw' and 'params' fields (only 'password' is repr=False)")
+def test_the_repr_of_a_dsn_never_shows_its_password() -> None:
+    # repr is what a log line of a config object, a debugger or a pytest failure prints.
+    assert 's3cret' not in repr(parse_dsn('postgresql://app:s3cret@db/shop'))
+    assert 's3cret' not in repr(parse_dsn('postgresql://app@db/shop?password=s3cret'))
+
+
+_SECRETS = st.text(st.characters(codec='utf-8', exclude_categories=('Cs',)), min_size=1,
+                   max_size=30).map(lambda s: 'Zq9' + s)  # marker: never part of the rest
+
+
+@given(password=_SECRETS, port=st.sampled_from(['', ':5432', ':abc', ':99999']),
+       scheme=st.sampled_from(['postgresql', 'postgres', 'mysql', 'mariadb', 'bogus']),
+       in_query=st.booleans())
+@example(password='Zq9/#?@:%', port=':abc', scheme='postgresql', in_query=False)
+def test_an_encoded_password_never_reaches_str_or_the_error(
+        password: str, port: str, scheme: str, in_query: bool) -> None:
+    quoted = urllib.parse.quote(password, safe='')
+    if in_query:
+        uri = f'{scheme}://app@db{port}/shop?sslmode=require&password={quoted}'
+    else:
+        uri = f'{scheme}://app:{quoted}@db{port}/shop'
+    try:
+        dsn = parse_dsn(uri, option='--source')
+    except ValueError as exc:
+        shown = str(exc)
+    else:
+        assert dsn.password == ('' if in_query else password)
+        shown = str(dsn)
+    assert password not in shown and quoted not in shown
+    assert quoted not in redact(uri)
+
+
+# Passwords pasted unencoded, and libpq's keyword/value form: the user made a mistake, and the
+# error they get must still not print the password for everyone reading the terminal or the log.
+_UNENCODED = [
+    'postgresql://app:Zq9/x7@db/shop',   # '/' ends the authority early: "port" 'Zq9'
+    'postgresql://app:Zq9#x7@db/shop',
+    'postgresql://app:Zq9?x7@db/shop',
+    'host=db user=app password=Zq9x7 dbname=shop',  # libpq keyword/value DSN
+    'app:Zq9x7@db/shop',  # scheme forgotten
+]
+
+
+@pytest.mark.xfail(strict=True, reason='dsn.py:51-64: the error for an unparseable DSN shows '
+                   'the password (redact() misses it, and urllib/scheme text repeats it)')
+@pytest.mark.parametrize('uri', _UNENCODED)
+def test_an_unencoded_password_never_reaches_the_error(uri: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_dsn(uri, option='--source')
+    assert 'Zq9' not in str(info.value)
+
+
+@pytest.mark.xfail(strict=True, reason="dsn.py:19 redact() stops at the password's first '@', "
+                   'showing the rest of an unencoded password')
+def test_an_unencoded_at_sign_in_the_password_is_still_hidden() -> None:
+    dsn = parse_dsn('postgresql://app:Zq9@x7@db/shop')
+    assert dsn.password == 'Zq9@x7' and dsn.host == 'db'
+    assert 'x7' not in str(dsn)
