@@ -63,9 +63,14 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
 
         dead = events | 'WriteChangesToFiles' >> WriteChangesToFiles(
             f'{config.sink.kind}:{config.sink.target}')
+    elif config.sink.kind == 'postgresql':
+        from transforms.sinks.sql import WriteChangesToPostgres
+
+        dead = events | 'WriteChangesToPostgres' >> WriteChangesToPostgres(config.sink.target)
     else:
-        raise OptionError('--sink', config.sink.kind,
-                          'database sinks are not wired into this pipeline yet; use jsonl:DIR')
+        from transforms.sinks.sql import WriteChangesToMySQL
+
+        dead = events | 'WriteChangesToMySQL' >> WriteChangesToMySQL(config.sink.target)
     _ = dead | 'WriteSinkDeadLetters' >> WriteDeadLetters(config.dead_letter)
 
 
@@ -106,7 +111,8 @@ def _summary(result: beam.runners.runner.PipelineResult) -> None:
         name = f'{counter.key.metric.namespace}.{counter.key.metric.name}'
         totals[name] = totals.get(name, 0) + (counter.committed or counter.attempted or 0)
     wanted = ['ReadPostgresChanges.changes', 'WriteChangesToFiles.events',
-              'WriteChangesToFiles.files', 'ReadPostgresChanges.dead_letters']
+              'WriteChangesToFiles.files', 'WriteChangesToPostgres.rows_applied',
+              'WriteChangesToMySQL.rows_applied', 'ReadPostgresChanges.dead_letters']
     parts = [f'{name.split(".")[1]}={totals[name]:,}' for name in wanted if name in totals]
     print('changebeam summary: ' + (', '.join(parts) or 'no changes'), file=sys.stderr)
 

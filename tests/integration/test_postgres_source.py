@@ -19,7 +19,7 @@ from tests.replay import apply_envelopes, read_jsonl_dir, source_rows, table_sta
 from transforms.sources.postgres.catalog import primary_key, resolve_tables
 from transforms.sources.postgres.changes import ChangeAssembler
 from transforms.sources.postgres.pgtypes import CATALOG_QUERY, TypeInfo
-from transforms.sources.postgres.replication import parse_lsn
+from transforms.sources.postgres.replication import SESSION_OPTIONS, parse_lsn
 from transforms.sources.postgres.snapshot import relation_from_catalog
 
 pytestmark = pytest.mark.integration
@@ -31,6 +31,14 @@ def start_cdc(dsn: str, out: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, '-m', 'pipelines.cdc', '--source', dsn, '--sink', f'jsonl:{out}',
          '--progress', 'off', *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def start_cdc_to(dsn: str, sink: str, workdir: Path, *extra: str) -> subprocess.Popen[str]:
+    """The pipeline with a database sink; dead letters under ``workdir``."""
+    return subprocess.Popen(
+        [sys.executable, '-m', 'pipelines.cdc', '--source', dsn, '--sink', sink,
+         '--dead_letter', f'jsonl:{workdir / "dead"}', '--progress', 'off', *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -123,6 +131,11 @@ def mixed_workload(conn: Any) -> None:
 
 def test_state_check_mixed_workload_every_type(pg_db: Any, tmp_path: Path) -> None:
     with pg_db.connect() as conn:
+        # Output settings a European DBA might choose: the source must not depend on them.
+        for setting, value in (('DateStyle', 'SQL, DMY'), ('IntervalStyle', 'sql_standard'),
+                               ('bytea_output', 'escape'), ('TimeZone', 'Asia/Kolkata')):
+            conn.execute(f'ALTER DATABASE "{pg_db.name}" SET {setting} = \'{value}\'')
+    with pg_db.connect(options=SESSION_OPTIONS) as conn:
         conn.execute(TYPES_SCHEMA)
         conn.execute("INSERT INTO other VALUES ('before-snapshot', 0)")
         cdc = start_cdc(pg_db.dsn, tmp_path / 'out', '--max_idle_secs', '3')

@@ -166,8 +166,15 @@ def _json_array(column: Column, quote: Callable[[Any], str]) -> Callable[[Any], 
     return literal
 
 
-def _null_safe(convert: Callable[[Any], str]) -> Callable[[Any], str]:
-    return lambda value: 'NULL' if value is None else convert(value)
+def _null_safe(name: str, convert: Callable[[Any], str]) -> Callable[[Any], str]:
+    def literal(value: Any) -> str:
+        if value is None:
+            return 'NULL'
+        try:
+            return convert(value)
+        except ValueError as exc:  # the dead letter must say which column held the value
+            raise ValueError(f'column {name!r}: {exc}') from None
+    return literal
 
 
 class _MySQLTarget(Target):
@@ -241,7 +248,7 @@ class _MySQLTarget(Target):
     def _convert(self, table: TableSchema) -> dict[str, Callable[[Any], str]]:
         cached = self._literals.get(id(table))
         if cached is None or cached[0] is not table:
-            converters = {name: _null_safe(fn)
+            converters = {name: _null_safe(name, fn)
                           for name, fn in _converters(table, self._escape).items()}
             cached = self._literals[id(table)] = (table, converters)
             if len(self._literals) > 1024:

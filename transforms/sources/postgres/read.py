@@ -49,7 +49,12 @@ from transforms.sources.postgres.pgoutput import (
     TypeMessage,
     Update,
 )
-from transforms.sources.postgres.replication import ReplicationStream, format_lsn, parse_lsn
+from transforms.sources.postgres.replication import (
+    SESSION_OPTIONS,
+    ReplicationStream,
+    format_lsn,
+    parse_lsn,
+)
 from transforms.sources.postgres.snapshot import read_snapshot
 
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
@@ -147,7 +152,7 @@ class _ReadSlotFn(beam.DoFn):
         import psycopg
 
         config = self._config
-        self._control = psycopg.connect(config.dsn, autocommit=True)
+        self._control = psycopg.connect(config.dsn, autocommit=True, options=SESSION_OPTIONS)
         catalog.check_server(self._control)
         self._assembler = ChangeAssembler(config.server_name, config.database,
                                           self._lookup_key, self._lookup_types)
@@ -243,7 +248,8 @@ class _ReadSlotFn(beam.DoFn):
         if not tracker.try_claim(consistent_point):
             return
         rows = 0
-        with psycopg.connect(self._config.dsn, autocommit=True) as conn:
+        with psycopg.connect(self._config.dsn, autocommit=True,
+                             options=SESSION_OPTIONS) as conn:
             for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
                                        batch_size=self._config.batch_size):
                 rows += len(batch)

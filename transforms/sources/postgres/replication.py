@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any
 
-__all__ = ['ReplicationError', 'ReplicationStream', 'SlotCreated', 'XLogData', 'format_lsn',
-           'parse_lsn']
+__all__ = ['SESSION_OPTIONS', 'ReplicationError', 'ReplicationStream', 'SlotCreated', 'XLogData',
+           'format_lsn', 'parse_lsn']
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ _XLOG_HEADER = struct.Struct('!QQq')
 _KEEPALIVE = struct.Struct('!Qq?')
 _STATUS = struct.Struct('!cQQQq?')
 _STATUS_INTERVAL_S = 5.0  # well under the default wal_sender_timeout of 60 s
+
+SESSION_OPTIONS = ('-c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex '
+                   '-c TimeZone=UTC -c extra_float_digits=3')
+"""Output formats the type parsers read, whatever the server's or the role's defaults are:
+the walsender and COPY print values with the session's settings."""
 
 
 class ReplicationError(RuntimeError):
@@ -90,7 +95,8 @@ class ReplicationStream:
         from psycopg import conninfo, pq
 
         info = conninfo.make_conninfo(dsn, replication='database',
-                                      application_name=application_name)
+                                      application_name=application_name,
+                                      options=SESSION_OPTIONS)
         pgconn = pq.PGconn.connect(info.encode())
         if pgconn.status != pq.ConnStatus.OK:
             message = pgconn.error_message.decode(errors='replace').strip()
