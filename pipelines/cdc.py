@@ -61,8 +61,12 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
     if config.sink.is_file:
         from transforms.sinks.files import WriteChangesToFiles
 
-        dead = events | 'WriteChangesToFiles' >> WriteChangesToFiles(
-            f'{config.sink.kind}:{config.sink.target}')
+        try:
+            writer = WriteChangesToFiles(f'{config.sink.kind}:{config.sink.target}')
+        except ValueError as exc:
+            raise OptionError('--sink', f'{config.sink.kind}:{config.sink.target}',
+                              str(exc).split(': ', 1)[-1]) from None
+        dead = events | 'WriteChangesToFiles' >> writer
     elif config.sink.kind == 'postgresql':
         from transforms.sinks.sql import WriteChangesToPostgres
 

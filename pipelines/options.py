@@ -15,7 +15,7 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.dsn import Dsn, parse_dsn, redact
+from transforms.dsn import Dsn, DsnError, display, parse_dsn
 
 __all__ = [
     'SCHEMA_CHANGE_POLICIES',
@@ -104,7 +104,7 @@ class CdcOptions(PipelineOptions):
         group.add_argument(
             '--dead_letter', default=None,
             help='Where records that cannot be decoded or written go, as jsonl:DIR '
-                 '(default: jsonl:dead-letters under a file sink, else ./dead-letters).')
+                 '(default: DIR/_dead_letters under a jsonl:DIR sink, else ./dead-letters).')
         group.add_argument(
             '--slot_name', default=None,
             help='PostgreSQL replication slot to create or resume (default: changebeam_<db>).')
@@ -138,13 +138,13 @@ def parse_sink(value: str | None, option: str = '--sink') -> SinkSpec:
         if scheme in DATABASE_SINKS:
             try:
                 dsn = parse_dsn(value, option=option)
-            except ValueError as exc:
-                raise OptionError(option, redact(value), str(exc).split(': ', 1)[1]) from None
+            except DsnError as exc:
+                raise OptionError(option, exc.shown, exc.problem) from None
             return SinkSpec(dsn.kind, value)
     kind, sep, target = value.partition(':')
     if sep and kind in FILE_SINKS and target:
         return SinkSpec(kind, target)
-    raise OptionError(option, redact(value), valid)
+    raise OptionError(option, display(value) if '://' in value else value, valid)
 
 
 def _positive_float(option: str, value: str | None, *, allow_zero: bool = False) -> float | None:
@@ -182,8 +182,8 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         raise OptionError('--source', opts.source, 'is required: postgresql://… or mysql://…')
     try:
         source = parse_dsn(opts.source, option='--source')
-    except ValueError as exc:
-        raise OptionError('--source', redact(opts.source), str(exc).split(': ', 1)[1]) from None
+    except DsnError as exc:
+        raise OptionError('--source', exc.shown, exc.problem) from None
     sink = parse_sink(opts.sink)
     if opts.dead_letter:
         if not opts.dead_letter.startswith('jsonl:') or len(opts.dead_letter) <= len('jsonl:'):

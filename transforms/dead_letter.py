@@ -105,7 +105,8 @@ class _WriteDeadLettersFn(beam.DoFn):
         self._lines: list[str] = []
 
     def process(self, letter: DeadLetter) -> None:
-        self._lines.append(json.dumps(letter.to_json(), ensure_ascii=False) + '\n')
+        # ASCII escapes: a lone surrogate (undecodable source bytes) must not fail the write.
+        self._lines.append(json.dumps(letter.to_json()) + '\n')
         beam.metrics.Metrics.counter('DeadLetters', letter.step).inc()
 
     def finish_bundle(self) -> None:

@@ -12,18 +12,53 @@ import dataclasses
 import re
 import urllib.parse
 
-__all__ = ['Dsn', 'parse_dsn', 'redact']
+__all__ = ['Dsn', 'DsnError', 'display', 'parse_dsn', 'redact']
 
 _SCHEMES = {'postgresql': 'postgresql', 'postgres': 'postgresql', 'mysql': 'mysql',
             'mariadb': 'mysql'}
-_PASSWORD = re.compile(r'(?P<head>^[a-z][a-z0-9+.-]*://[^:/?#@]*):[^@/?#]*@', re.IGNORECASE)
+# Greedy up to the authority's last '@', as urllib splits it: an unencoded '@' in a password
+# must not leave the rest of it visible.
+_PASSWORD = re.compile(r'(?P<head>^[a-z][a-z0-9+.-]*://[^:/?#@]*):[^/?#]*@', re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r'(?P<head>[?&]password=)[^&#]*', re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)",
+                               re.IGNORECASE)
+_HIDDEN = '<DSN not shown as it does not parse, so a password in it could not be masked>'
 
 
 def redact(dsn: str) -> str:
-    """The DSN with any password (in the authority or a ``password=`` query item) as ``***``."""
+    """The DSN with any password (authority, ``password=`` query item or libpq keyword) as
+    ``***``.  For text that may not parse as a URI, show :func:`display` instead."""
     text = _PASSWORD.sub(r'\g<head>:***@', dsn)
-    return _QUERY_PASSWORD.sub(r'\g<head>***', text)
+    if '://' in text:
+        return _QUERY_PASSWORD.sub(r'\g<head>***', text)
+    return _KEYWORD_PASSWORD.sub(r'\g<head>***', text)  # libpq's 'host=… password=…' form
+
+
+def display(dsn: str) -> str:
+    """What an error or log line may show of ``dsn``: the redacted URI when it parses and the
+    password is provably masked, otherwise a placeholder."""
+    if '://' not in dsn:
+        return _HIDDEN
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:
+        return _HIDDEN
+    if '@' in parts.path + parts.query + parts.fragment:
+        return _HIDDEN  # an unencoded '/', '?' or '#' in a password split the URI early
+    shown = redact(dsn)
+    password = parts.password
+    if password and password in shown.replace(':***@', '@'):
+        return _HIDDEN
+    return shown
+
+
+class DsnError(ValueError):
+    """A DSN that cannot be used; ``problem`` says why, never showing a password."""
+
+    def __init__(self, option: str, shown: str, problem: str) -> None:
+        super().__init__(f'{option} {shown!r}: {problem}')
+        self.shown = shown
+        self.problem = problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,45 +66,50 @@ class Dsn:
     """A parsed database URI.  ``kind`` is 'postgresql' or 'mysql'; ``host`` may be a socket dir."""
 
     kind: str
-    raw: str
+    raw: str = dataclasses.field(repr=False)
     host: str
     port: int | None
     user: str
     password: str = dataclasses.field(repr=False, default='')
     database: str = ''
-    params: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str], ...] = dataclasses.field(repr=False, default=())
 
     def __str__(self) -> str:
-        return redact(self.raw)
+        return display(self.raw)
 
     def param(self, name: str, default: str = '') -> str:
         return dict(self.params).get(name, default)
 
 
 def parse_dsn(uri: str, *, option: str = 'DSN') -> Dsn:
-    """Parse a database URI; ValueError naming ``option``, the redacted value and what is valid."""
-    shown = redact(uri)
+    """Parse a database URI; DsnError naming ``option``, the shown value and what is valid."""
+    shown = display(uri)
     scheme, sep, _ = uri.partition('://')
-    kind = _SCHEMES.get(scheme.lower()) if sep else None
+    valid = ('use postgresql://USER[:PASSWORD]@HOST[:PORT]/DB or '
+             'mysql://USER[:PASSWORD]@HOST[:PORT]/DB (percent-encode / ? # @ in a password)')
+    if not sep:
+        raise DsnError(option, shown, f'not a URI; {valid}')
+    kind = _SCHEMES.get(scheme.lower())
     if kind is None:
-        raise ValueError(f'{option} {shown!r}: unsupported scheme {scheme!r}; use '
-                         'postgresql://USER[:PASSWORD]@HOST[:PORT]/DB or '
-                         'mysql://USER[:PASSWORD]@HOST[:PORT]/DB')
+        raise DsnError(option, shown, f'unsupported scheme {scheme!r}; {valid}')
     try:
         parts = urllib.parse.urlsplit(uri)
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(f'{option} {shown!r}: {exc}') from None
+    except ValueError:
+        port_text = parts.netloc.rpartition(':')[2] if shown != _HIDDEN else ''
+        problem = f'port {port_text!r} is not a number in the range 1-65535' if port_text \
+            else 'the host or port does not parse'
+        raise DsnError(option, shown, f'{problem}; {valid}') from None
     params = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     host = parts.hostname or dict(params).get('host', '')
     if not host and kind == 'mysql':
-        raise ValueError(f'{option} {shown!r}: a mysql:// DSN needs a host')
-    if dict(params).get('port') and port is None:
-        try:
-            port = int(dict(params)['port'])
-        except ValueError:
-            raise ValueError(f'{option} {shown!r}: port {dict(params)["port"]!r} is not a number')\
-                from None
+        raise DsnError(option, shown, 'a mysql:// DSN needs a host')
+    query_port = dict(params).get('port')
+    if query_port and port is None:
+        port = int(query_port) if query_port.isdigit() else -1
+    if port is not None and not 1 <= port <= 65535:
+        raise DsnError(option, shown,
+                       f'port {query_port or port!r} is not a number in the range 1-65535')
     database = urllib.parse.unquote(parts.path.lstrip('/'))
     return Dsn(
         kind=kind,

@@ -127,10 +127,6 @@ def test_mysql_source_is_not_available_yet(
     assert "'mysql://u:***@db.invalid/shop'" in line
 
 
-@pytest.mark.xfail(strict=True, reason='cdc.py:88-92 main() catches only OptionError from '
-                   'build(); WriteChangesToFiles (files.py:115) raises ValueError for avro:/'
-                   'parquet:/remote DIR sinks that validate_cdc accepted, so the user gets a '
-                   'traceback')
 def test_a_sink_format_not_written_yet_is_one_line(
         runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
     line = _one_error_line(runs['avro_sink'], '--sink')

@@ -67,7 +67,6 @@ def test_bad_port_is_a_value_error_naming_option_and_port(uri: str, problem: str
     assert problem in message
 
 
-@pytest.mark.xfail(strict=True, reason='dsn.py:70 accepts a ?port= query item outside 1-65535')
 @pytest.mark.parametrize('port', ['99999', '-1', '0'])
 def test_query_port_outside_the_tcp_range_is_rejected(port: str) -> None:
     with pytest.raises(ValueError, match=port):
@@ -105,8 +104,6 @@ def test_the_parsed_dsn_prints_without_its_password() -> None:
     assert 'app' in str(dsn) and 'db/shop' in str(dsn)
 
 
-@pytest.mark.xfail(strict=True, reason="dsn.py:35-41 Dsn's repr shows the password through the "
-                   "'raw' and 'params' fields (only 'password' is repr=False)")
 def test_the_repr_of_a_dsn_never_shows_its_password() -> None:
     # repr is what a log line of a config object, a debugger or a pytest failure prints.
     assert 's3cret' not in repr(parse_dsn('postgresql://app:s3cret@db/shop'))
@@ -150,8 +147,6 @@ _UNENCODED = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason='dsn.py:51-64: the error for an unparseable DSN shows '
-                   'the password (redact() misses it, and urllib/scheme text repeats it)')
 @pytest.mark.parametrize('uri', _UNENCODED)
 def test_an_unencoded_password_never_reaches_the_error(uri: str) -> None:
     with pytest.raises(ValueError) as info:
@@ -159,8 +154,6 @@ def test_an_unencoded_password_never_reaches_the_error(uri: str) -> None:
     assert 'Zq9' not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="dsn.py:19 redact() stops at the password's first '@', "
-                   'showing the rest of an unencoded password')
 def test_an_unencoded_at_sign_in_the_password_is_still_hidden() -> None:
     dsn = parse_dsn('postgresql://app:Zq9@x7@db/shop')
     assert dsn.password == 'Zq9@x7' and dsn.host == 'db'

@@ -139,8 +139,6 @@ def test_bad_source_error_never_shows_the_password() -> None:
     assert "'postgresql://u:***@h:abc/db'" in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason='dsn.py:51-56 / options.py:193: a libpq keyword/value '
-                   'DSN is shown unredacted in the --source error')
 def test_keyword_value_source_error_never_shows_the_password() -> None:
     error = rejected(source='host=db user=cdc password=topsecret dbname=shop')
     assert error.option == '--source'

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
+import urllib.parse
 import uuid
 from typing import IO, Any
 
@@ -29,13 +29,13 @@ __all__ = ['FILE_FORMATS', 'WriteChangesToFiles']
 _LOG = logging.getLogger(__name__)
 
 FILE_FORMATS = ('jsonl',)
-_UNSAFE = re.compile(r'[^A-Za-z0-9_.$-]')
 
 
 def _directory_name(event: ChangeEvent) -> str:
-    # Table names may hold '/', NUL or '..': keep them from escaping the sink directory.
-    name = _UNSAFE.sub('_', event.table.name) or '_'
-    return '_' + name if name.startswith('.') else name
+    # Table names may hold '/', NUL or '..': percent-encode what is unsafe (reversibly, so two
+    # tables never share a directory) and never start with a dot.
+    name = urllib.parse.quote(event.table.name, safe='._$-') or '_'
+    return '%2E' + name[1:] if name.startswith('.') else name
 
 
 class _WriteJsonLinesFn(beam.DoFn):

@@ -32,7 +32,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters
-from transforms.dsn import parse_dsn, redact
+from transforms.dsn import display, parse_dsn
 from transforms.envelope import ChangeEvent
 from transforms.sources.postgres import catalog, pgtypes
 from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
@@ -462,7 +462,7 @@ class ReadPostgresChanges(beam.PTransform):
         super().__init__()
         parsed = parse_dsn(dsn, option='dsn')
         if parsed.kind != 'postgresql':
-            raise ValueError(f'dsn {redact(dsn)!r} is not a postgresql:// DSN')
+            raise ValueError(f'dsn {display(dsn)!r} is not a postgresql:// DSN')
         if snapshot not in SNAPSHOT_MODES:
             raise ValueError(f'snapshot {snapshot!r} must be one of {", ".join(SNAPSHOT_MODES)}')
         if max_idle_secs is not None and max_idle_secs <= 0:
