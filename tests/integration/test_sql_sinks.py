@@ -59,8 +59,8 @@ def _row(rnd: random.Random, key: int, lsn: int, mariadb_safe: bool) -> dict[str
         'seen': seen,
         'blob': bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 8))),
         'doc': rnd.choice(['{"a": [1, 2.5, "x"]}', 'null', '"text"', f'{{"n": {lsn}}}']),
-        'tags': rnd.choice([[], ['a', None, 'b"c'], [f't{lsn}', "it's"]]),
-        'note': f'note {lsn} ' + 'x' * rnd.choice([0, 5000]),  # large values get TOASTed
+        'tags': rnd.choice([[], ['a', None, 'b"c\\d\t'], [f't{lsn}', "it's"]]),
+        'note': f'note {lsn}\n\\N ' + 'x' * rnd.choice([0, 5000]),  # large values get TOASTed
     }
 
 

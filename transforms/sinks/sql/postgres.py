@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -26,6 +26,7 @@ from transforms.envelope import Column, TableSchema
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.apply import Target, _ApplyChangesFn
 from transforms.sinks.sql.batch import RowChange, TableBatch
+from transforms.sinks.sql.copytext import rows_text
 from transforms.sinks.sql.routing import Route, TargetTable, check_route, postgres_target
 from transforms.sinks.sql.typemap import postgres_type
 
@@ -37,6 +38,7 @@ _STEP = 'WriteChangesToPostgres'
 # failure, deadlock), insufficient resources, operator intervention (shutdown), system error.
 _RETRYABLE_CLASSES = frozenset({'08', '40', '53', '57', '58'})
 _RETRYABLE_STATES = frozenset({'55P03'})  # lock_not_available
+_COPY_CHUNK_ROWS = 1000
 
 
 def _psycopg() -> Any:
@@ -190,10 +192,15 @@ class _PostgresTarget(Target):
             self._stages[key] = stage
         return stage
 
-    def _copy(self, stage: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        with self._cur.copy(sql.pg_copy(stage, columns)) as copy:
-            for row in rows:
-                copy.write_row(row)
+    def _copy(self, stage: str, columns: Sequence[Column], hidden: Sequence[str],
+              rows: Sequence[Iterable[Any]], tails: Sequence[str]) -> None:
+        """COPY ``rows`` (values of ``columns``; ``tails``: text of the ``hidden`` columns)."""
+        names = [c.name for c in columns] + list(hidden)
+        with self._cur.copy(sql.pg_copy(stage, names)) as copy:
+            # In chunks, so the server parses one while the next is rendered.
+            for start in range(0, len(rows), _COPY_CHUNK_ROWS):
+                end = start + _COPY_CHUNK_ROWS
+                copy.write(rows_text(columns, rows[start:end], tails[start:end]))
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -234,7 +241,7 @@ class _PostgresTarget(Target):
     # -- writes -----------------------------------------------------------------------------
 
     def tombstones(self, target: TargetTable, hashes: Sequence[str]) -> dict[str, str]:
-        self._run(sql.PG_READ_TOMBSTONES, (sql.pg_label(target), list(hashes)))
+        self._run(sql.PG_READ_TOMBSTONES, (sql.pg_label(target), ','.join(hashes)))
         return dict(self._cur.fetchall())
 
     def truncate(self, target: TargetTable, pos: str) -> None:
@@ -250,8 +257,8 @@ class _PostgresTarget(Target):
     def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
         key = list(tb.table.key)
         stage = self._stage(tb.target, [*key, sql.POS], [sql.KEY_HASH])
-        self._copy(stage, [*key, sql.POS, sql.KEY_HASH],
-                   [(*c.values, c.pos, c.key_hash) for c in changes])
+        self._copy(stage, [tb.table.by_name[k] for k in key], [sql.POS, sql.KEY_HASH],
+                   [c.values for c in changes], [f'{c.pos}\t{c.key_hash}' for c in changes])
         self._run(sql.pg_delete(tb.target, stage, key))
         self._run(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
         self._run(f'TRUNCATE {stage}')
@@ -261,8 +268,10 @@ class _PostgresTarget(Target):
         for columns, group in _by_columns(changes).items():
             names = [*columns, sql.POS]
             stage = self._stage(tb.target, names)
-            self._copy(stage, names, [(*(c.row[n] for n in columns), c.pos)  # type: ignore[index]
-                                      for c in group])
+            by_name = group[0].table.by_name
+            self._copy(stage, [by_name[n] for n in columns], [sql.POS],
+                       [c.row.values() for c in group],  # type: ignore[union-attr]
+                       [c.pos for c in group])
             self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key))
             stale += len(group) - max(self._cur.rowcount, 0)
             self._run(f'TRUNCATE {stage}')
@@ -272,13 +281,15 @@ class _PostgresTarget(Target):
         for columns, group in _by_columns(changes).items():
             names = [*columns, sql.POS, sql.ROW_ID]
             stage = self._stage(tb.target, names)
-            self._copy(stage, names, [(*(c.row[n] for n in columns), c.pos, c.key_hash)  # type: ignore[index]
-                                      for c in group])
+            by_name = group[0].table.by_name
+            self._copy(stage, [by_name[n] for n in columns], [sql.POS, sql.ROW_ID],
+                       [c.row.values() for c in group],  # type: ignore[union-attr]
+                       [f'{c.pos}\t{c.key_hash}' for c in group])
             self._run(sql.pg_append(tb.target, stage, names))
             self._run(f'TRUNCATE {stage}')
 
     def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None:
-        self._run(sql.PG_DROP_TOMBSTONES, (sql.pg_label(target), list(hashes)))
+        self._run(sql.PG_DROP_TOMBSTONES, (sql.pg_label(target), ','.join(hashes)))
 
 
 def _by_columns(changes: Sequence[RowChange]) -> dict[tuple[str, ...], list[RowChange]]:

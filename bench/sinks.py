@@ -1,0 +1,255 @@
+"""Upsert throughput of the SQL sinks against the physical limit of each database.
+
+    .venv/bin/python -m bench.sinks [--rows 200000] [--batch 5000] [--only postgres|mariadb]
+
+Starts throwaway servers (tests/services), builds ``--rows`` change events of a 7-column table
+(bigint key, numeric, timestamptz, text, jsonb/JSON, text[]/JSON, bytea/blob) in memory, then:
+
+* PostgreSQL: ``COPY … FROM STDIN`` of the same rows, pre-rendered as text, into an empty table
+  with the same primary key (the limit) vs the sink applying the events as inserts into an empty
+  target and as updates of every row (``Applier``, no Beam), and end to end through a Beam
+  pipeline on the default runner;
+* MariaDB: ``LOAD DATA LOCAL INFILE`` of the same rows vs the sink, likewise.
+
+Prints, per measurement, rows/s of wall-clock time and rows per CPU-second (this process plus
+the server's processes, read from /proc), and each figure's ratio to the limit's.  On a shared
+machine the wall-clock figures swing with other load; the CPU figures much less.  Not a test:
+run it by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+import apache_beam as beam
+
+from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, TableSchema
+from transforms.sinks.sql import WriteChangesToMySQL, WriteChangesToPostgres
+from transforms.sinks.sql.apply import Applier, Target
+from transforms.sinks.sql.mysql import _MySQLTarget
+from transforms.sinks.sql.postgres import _PostgresTarget
+
+TABLE = TableSchema('bench', 'items', (
+    Column('id', Kind.INT64, 'bigint', nullable=False),
+    Column('price', Kind.DECIMAL, 'numeric(12,2)', precision=12, scale=2),
+    Column('seen', Kind.TIMESTAMPTZ, 'timestamp with time zone'),
+    Column('name', Kind.STRING, 'text'),
+    Column('doc', Kind.JSON, 'jsonb'),
+    Column('tags', Kind.ARRAY, 'text[]', element=Kind.STRING),
+    Column('blob', Kind.BYTES, 'bytea'),
+), key=('id',))
+_EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _row(i: int, version: int) -> dict:
+    return {
+        'id': i,
+        'price': Decimal(i % 100_000 + version) / 100,
+        'seen': _EPOCH + dt.timedelta(seconds=i, microseconds=version),
+        'name': f'item {i} v{version}',
+        'doc': f'{{"n": {i}, "v": {version}}}',
+        'tags': ['a', f't{i % 7}'],
+        'blob': i.to_bytes(8, 'big'),
+    }
+
+
+def events(rows: int, version: int, op: Op) -> Iterator[ChangeEvent]:
+    """``rows`` changes sharing one TableSchema object, as a fused source would emit them."""
+    for i in range(rows):
+        lsn = version * 10 * rows + i + 1
+        source = SourcePosition('postgresql', 'bench', 'bench', 'bench', 'items', 0,
+                                commit_lsn=lsn, lsn=lsn)
+        yield ChangeEvent(op, TABLE, source, after=_row(i, version))
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its live children, from /proc."""
+    tick = os.sysconf('SC_CLK_TCK')
+    total = 0.0
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1] is the parent pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+Rates = tuple[float, float]  # rows/s wall clock, rows per CPU-second
+
+
+def _timed(label: str, rows: int, server_pid: int, work: Callable[[], object]) -> Rates:
+    server_cpu, client_cpu = _tree_cpu_s(server_pid), time.process_time()
+    started = time.perf_counter()
+    work()
+    wall = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    server_cpu = _tree_cpu_s(server_pid) - server_cpu
+    cpu = client_cpu + server_cpu
+    print(f'  {label:<56} {rows / wall:>9,.0f} rows/s {rows / cpu:>9,.0f} rows/CPU-s '
+          f'(client {client_cpu / rows * 1e6:.1f} + server {server_cpu / rows * 1e6:.1f} '
+          'µs/row)', flush=True)
+    return rows / wall, rows / cpu
+
+
+def _apply_all(target: Target, batches: list[list[ChangeEvent]]) -> Callable[[], None]:
+    def work() -> None:
+        applier = Applier(target)
+        applier.open()
+        for batch in batches:
+            letters = applier.apply(batch)
+            assert not letters, letters[0][0].error
+        applier.close()
+    return work
+
+
+def _chunks(items: list[ChangeEvent], size: int) -> list[list[ChangeEvent]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _through_beam(sink: beam.PTransform, rows: int, version: int) -> Callable[[], None]:
+    def work() -> None:
+        # Impulse + FlatMap: Create is slower than the sink (FACTS.md).
+        with beam.Pipeline() as pipeline:
+            _ = (pipeline | 'Impulse' >> beam.Impulse()
+                 | 'MakeEvents' >> beam.FlatMap(lambda _: events(rows, version, Op.UPDATE))
+                 | 'Write' >> sink)
+    return work
+
+
+class _Discard(beam.DoFn):
+    def process(self, element: ChangeEvent) -> None:
+        return None
+
+
+def bench_beam_overhead(rows: int) -> None:
+    """What generating the events in a pipeline costs without any sink (part of the Beam rows)."""
+    def work() -> None:
+        with beam.Pipeline() as pipeline:
+            _ = (pipeline | 'Impulse' >> beam.Impulse()
+                 | 'MakeEvents' >> beam.FlatMap(lambda _: events(rows, 3, Op.UPDATE))
+                 | 'Discard' >> beam.ParDo(_Discard()))
+    print(f'Beam alone, {rows:,} events', flush=True)
+    _timed("Impulse | FlatMap(make events) | no-op DoFn", rows, 0, work)
+
+
+def _report(limit: Rates, rates: dict[str, Rates], limit_label: str) -> None:
+    for label, (wall, cpu) in rates.items():
+        print(f'  {label:<40} {wall / limit[0]:.2f}x {limit_label} (wall clock), '
+              f'{cpu / limit[1]:.2f}x (CPU)')
+
+
+def bench_postgres(rows: int, batch: int) -> None:
+    from tests.services.postgres import PostgresServer
+
+    print(f'PostgreSQL 15, {rows:,} rows, batches of {batch:,}', flush=True)
+    data = [list(events(rows, 1, Op.CREATE)), list(events(rows, 2, Op.UPDATE))]
+    with PostgresServer.start() as server:
+        name = server.create_database('bench')
+        pid = int((server.base_dir / 'data' / 'postmaster.pid').read_text().split()[0])
+        with server.connect(name) as conn:
+            conn.execute('CREATE TABLE copy_target (id bigint PRIMARY KEY, price numeric(12,2), '
+                         'seen timestamptz, name text, doc jsonb, tags text[], blob bytea)')
+            text = _copy_text(rows)
+
+            def copy() -> None:
+                with conn.cursor().copy('COPY copy_target FROM STDIN') as cp:
+                    cp.write(text)
+            limit = _timed('COPY (pre-rendered text) into an empty table', rows, pid, copy)
+        dsn = server.dsn(name)
+        rates = {
+            'sink, inserts into an empty table': _timed(
+                'sink: inserts into an empty table (Applier)', rows, pid,
+                _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
+            'sink, updates of every row': _timed(
+                'sink: updates of every row (Applier)', rows, pid,
+                _apply_all(_PostgresTarget(dsn), _chunks(data[1], batch))),
+            'sink, stale replay (no-op)': _timed(
+                'sink: replay of the inserts, all stale (Applier)', rows, pid,
+                _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
+            'sink, updates through Beam': _timed(
+                'sink: updates through a Beam pipeline (default runner)', rows, pid,
+                _through_beam(WriteChangesToPostgres(dsn, max_batch_size=batch), rows, 3)),
+        }
+    _report(limit, rates, 'COPY')
+
+
+def _copy_text(rows: int) -> bytes:
+    out = io.StringIO()
+    for i in range(rows):
+        r = _row(i, 1)
+        out.write(f'{i}\t{r["price"]}\t{r["seen"].isoformat()}\t{r["name"]}\t{r["doc"]}\t'
+                  f'{{a,t{i % 7}}}\t\\\\x{r["blob"].hex()}\n')
+    return out.getvalue().encode()
+
+
+def bench_mariadb(rows: int, batch: int) -> None:
+    from tests.services.mariadb import MariaDBServer
+
+    print(f'MariaDB, {rows:,} rows, batches of {batch:,}', flush=True)
+    data = [list(events(rows, 1, Op.CREATE)), list(events(rows, 2, Op.UPDATE))]
+    with MariaDBServer.start() as server, tempfile.TemporaryDirectory() as tmp:
+        name = server.create_database('bench')
+        path = os.path.join(tmp, 'rows.tsv')
+        with open(path, 'w', encoding='utf-8') as out:
+            for i in range(rows):
+                r = _row(i, 1)
+                seen = r['seen'].replace(tzinfo=None).isoformat(' ')
+                out.write(f'{i}\t{r["price"]}\t{seen}\t{r["name"]}\t{r["doc"]}\t'
+                          f'["a", "t{i % 7}"]\t{r["blob"].hex()}\n')
+        with server.connect(name, local_infile=True) as conn, conn.cursor() as cur:
+            cur.execute('SELECT @@pid_file')
+            with open(cur.fetchone()[0]) as pid_file:
+                pid = int(pid_file.read().split()[0])
+            cur.execute('CREATE TABLE load_target (id BIGINT PRIMARY KEY, price DECIMAL(12,2), '
+                        'seen DATETIME(6), name LONGTEXT, doc JSON, tags JSON, `blob` LONGBLOB) '
+                        'DEFAULT CHARSET=utf8mb4')
+
+            def load() -> None:
+                cur.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE load_target "
+                            '(id, price, seen, name, doc, tags, @b) SET `blob` = UNHEX(@b)')
+                conn.commit()
+            limit = _timed('LOAD DATA LOCAL INFILE into an empty table', rows, pid, load)
+        dsn = server.dsn(name)
+        rates = {
+            'sink, inserts into an empty table': _timed(
+                'sink: inserts into an empty table (Applier)', rows, pid,
+                _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
+            'sink, updates of every row': _timed(
+                'sink: updates of every row (Applier)', rows, pid,
+                _apply_all(_MySQLTarget(dsn), _chunks(data[1], batch))),
+            'sink, stale replay (no-op)': _timed(
+                'sink: replay of the inserts, all stale (Applier)', rows, pid,
+                _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
+            'sink, updates through Beam': _timed(
+                'sink: updates through a Beam pipeline (default runner)', rows, pid,
+                _through_beam(WriteChangesToMySQL(dsn, max_batch_size=batch), rows, 3)),
+        }
+    _report(limit, rates, 'LOAD DATA')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--rows', type=int, default=100_000)
+    parser.add_argument('--batch', type=int, default=5000)
+    parser.add_argument('--only', choices=['postgres', 'mariadb'])
+    args = parser.parse_args()
+    bench_beam_overhead(args.rows)
+    if args.only in (None, 'postgres'):
+        bench_postgres(args.rows, args.batch)
+    if args.only in (None, 'mariadb'):
+        bench_mariadb(args.rows, args.batch)
+
+
+if __name__ == '__main__':
+    main()
