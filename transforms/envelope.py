@@ -39,11 +39,14 @@ __all__ = [
     'SourcePosition',
     'TableSchema',
     'TransactionInfo',
+    'avro_schema',  # noqa: F822 (lazy, see __getattr__)
     'decode_json_value',
     'dumps',
     'encode_json_value',
+    'from_avro_record',  # noqa: F822
     'from_cloudevent',
     'from_debezium_json',
+    'to_avro_record',  # noqa: F822
     'to_cloudevent',
     'to_debezium_json',
 ]
@@ -620,3 +623,11 @@ def from_cloudevent(doc: Any, table: TableSchema) -> ChangeEvent:
 def dumps(doc: Mapping[str, Any]) -> str:
     """Compact JSON text of an encoded envelope (no NaN literals: the encoders avoid them)."""
     return json.dumps(doc, separators=(',', ':'), ensure_ascii=False, allow_nan=False)
+
+
+def __getattr__(name: str) -> Any:
+    # The Avro encoding lives in envelope_avro (it imports this module); re-exported lazily.
+    if name in ('avro_schema', 'from_avro_record', 'to_avro_record'):
+        from transforms import envelope_avro
+        return getattr(envelope_avro, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
