@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "MissingBinaryError",
@@ -60,6 +60,22 @@ class MissingBinaryError(ServiceError):
 
 class ServiceStartError(ServiceError):
     """A server was found but did not become ready; the message carries its log's tail."""
+
+
+_S = TypeVar('_S', bound='Service')
+
+
+class Service:
+    """A started server: ``with Server.start() as server:`` stops it on leaving the block."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 class _Stoppable(Protocol):

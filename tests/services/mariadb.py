@@ -20,13 +20,13 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pymysql
 import pymysql.connections
 
 from tests.services import (
+    Service,
     ServiceStartError,
     free_port,
     log_tail,
@@ -76,7 +76,7 @@ def _user_args() -> list[str]:
     return [f"--user={_OS_USER}"] if os.geteuid() == 0 else []
 
 
-class MariaDBServer:
+class MariaDBServer(Service):
     """A running throwaway server; `stop()` (or leaving the `with` block) deletes it."""
 
     user = "root"
@@ -186,16 +186,6 @@ class MariaDBServer:
         stop_process_group(self._process, signal.SIGTERM, timeout=30)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> MariaDBServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def dsn(self, db: str = "") -> str:
         return f"mysql://{self.user}@127.0.0.1:{self.port}/{db}"

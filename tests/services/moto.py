@@ -10,18 +10,17 @@ race. Its state lives in this process's moto backends: use unique bucket and que
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
 
-from tests.services import track, untrack
+from tests.services import Service, track, untrack
 
 __all__ = ["MotoServer"]
 
 
-class MotoServer:
+class MotoServer(Service):
     """A running moto server; `client(service)` returns a boto3 client pointed at it."""
 
     region = "us-east-1"
@@ -68,13 +67,3 @@ class MotoServer:
             server, self._server = self._server, None
             server.stop()
 
-    def __enter__(self) -> MotoServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -21,13 +21,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from tests.services import (
+    Service,
     ServiceStartError,
     free_port,
     log_tail,
@@ -99,7 +99,7 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-class PostgresServer:
+class PostgresServer(Service):
     """A running throwaway cluster; `stop()` (or leaving the `with` block) deletes it."""
 
     user = "postgres"
@@ -195,16 +195,6 @@ class PostgresServer:
         stop_process_group(self._process, signal.SIGINT, timeout=30)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> PostgresServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.user}@/{dbname}?host={self.socket_dir}&port={self.port}"

@@ -18,9 +18,9 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from tests.services import (
+    Service,
     ServiceStartError,
     free_port,
     log_tail,
@@ -55,7 +55,7 @@ def _launcher_path() -> Path:
     return _DEFAULT_SDK_ROOT / _LAUNCHER
 
 
-class PubSubEmulator:
+class PubSubEmulator(Service):
     """A running emulator on 127.0.0.1; any project id works, tests use `project`."""
 
     project = _PROJECT
@@ -143,13 +143,3 @@ class PubSubEmulator:
         stop_process_group(self._process, signal.SIGTERM, timeout=10)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> PubSubEmulator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
