@@ -337,3 +337,28 @@ def test_cli_reports_counts_and_never_the_password(pg_db: Any, tmp_path: Path) -
              for line in path.read_text().splitlines()]
     assert sorted(d['after']['id'] for d in lines) == list(range(1, 11))
     assert os.path.isdir(tmp_path / 'out' / 'public.small')
+
+
+def test_sigkill_during_snapshot_takes_it_again(pg_db: Any, tmp_path: Path) -> None:
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE wide (id integer PRIMARY KEY, payload text)')
+        conn.execute("INSERT INTO wide SELECT g, repeat('p', 200) "
+                     'FROM generate_series(1, 150000) g')
+    out = tmp_path / 'out'
+    first = start_cdc(pg_db.dsn, out)
+    deadline = time.monotonic() + 60
+    while not list(out.glob('*/.part-*.tmp')):  # the snapshot is being written
+        assert time.monotonic() < deadline and first.poll() is None, 'snapshot never started'
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not list(out.glob('*/*.jsonl')), 'the killed snapshot committed a file'
+    with pg_db.connect() as conn:
+        conn.execute('UPDATE wide SET payload = NULL WHERE id % 1000 = 0')
+        conn.execute('DELETE FROM wide WHERE id > 149000')
+        second = start_cdc(pg_db.dsn, out, '--max_idle_secs', '3')
+        wait_for_slot(conn, f'changebeam_{pg_db.name}')
+        conn.execute("INSERT INTO wide VALUES (0, 'after the restart')")
+        output = finish(second)
+        assert 'taking the snapshot again' in output
+        assert_rebuilt_equals_source(conn, read_jsonl_dir(str(out)), ['public.wide'])
