@@ -345,6 +345,7 @@ class PipelineRun:
     expected: int
     wall_secs: float = 0.0
     max_rss_kib: int = 0
+    cpu_secs: float = 0.0  # user + system of the whole process, start-up included
     exit_code: int = 0
     started: float = 0.0  # wall clock at launch
     streaming_at: float | None = None  # when its walsender took the slot (START_REPLICATION)
@@ -402,8 +403,9 @@ def launch(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
-def wait_rusage(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int]:
-    """(exit code, max RSS in KiB) of this child alone (wait4, not RUSAGE_CHILDREN)."""
+def wait_rusage(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int, float]:
+    """(exit code, max RSS in KiB, CPU seconds) of this child alone (wait4, not
+    RUSAGE_CHILDREN)."""
     timer = threading.Timer(timeout, lambda: os.killpg(process.pid, signal.SIGKILL))
     timer.start()
     try:
@@ -411,7 +413,7 @@ def wait_rusage(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, 
     finally:
         timer.cancel()
     process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss
+    return process.returncode, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def watch_slot(dsn: str, slot: str, process: subprocess.Popen[bytes], run: PipelineRun,
@@ -443,7 +445,7 @@ def run_pipeline(label: str, work: Workload, slot: str, expected: int, workdir: 
     run.started = time.time()
     process = launch(pipeline_command(work, slot, sink, dead, idle_secs, profile), run.log_path)
     watcher = watch_slot(work.dsn, slot, process, run)
-    run.exit_code, run.max_rss_kib = wait_rusage(process, PIPELINE_TIMEOUT_S)
+    run.exit_code, run.max_rss_kib, run.cpu_secs = wait_rusage(process, PIPELINE_TIMEOUT_S)
     run.wall_secs = time.time() - run.started
     watcher.join()
     run.scan = scan_sink(sink, dead)
@@ -525,7 +527,7 @@ def measure_latency(server: Any, workdir: Path, seconds: float, per_second: int,
             ['-c', '2', '-j', '2', '-R', str(per_second), '-T', str(int(seconds))], workdir)
     with server.connect(work.database) as conn:
         result.rows = conn.execute(f'SELECT count(*) FROM {TABLE}').fetchone()[0]
-    run.exit_code, run.max_rss_kib = wait_rusage(process, PIPELINE_TIMEOUT_S)
+    run.exit_code, run.max_rss_kib, run.cpu_secs = wait_rusage(process, PIPELINE_TIMEOUT_S)
     run.wall_secs = time.time() - run.started
     stop.set()
     poller.join()
@@ -621,7 +623,8 @@ def print_table(rows: Sequence[Row]) -> None:
         tail = run.started + run.wall_secs - (run.scan.last_visible or math.nan)
         print(f'  {row.workload}: pg_recvlogical {limits} s (best used); changebeam streaming '
               f'{run.streaming_secs or math.nan:.2f} s of a {run.wall_secs:.1f} s process '
-              f'(startup {startup:.1f} s, idle tail {tail:.1f} s excluded); '
+              f'using {run.cpu_secs:.1f} s CPU (startup {startup:.1f} s, idle tail {tail:.1f} s '
+              f'excluded); '
               f'first-event→last-file {run.event_secs or math.nan:.2f} s; '
               f'{run.scan.lines:,}/{row.changes:,} events in {run.scan.files} files')
 
