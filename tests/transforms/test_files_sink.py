@@ -150,8 +150,9 @@ def test_an_event_that_cannot_be_encoded_is_a_dead_letter(tmp_path: pathlib.Path
     assert sorted(e.after['id'] for e in read_back(tmp_path, ORDERS) if e.after) == [1, 2]
 
 
-@pytest.mark.parametrize('uri', ['avro:/data/lake', 'jsonl:', '/data/lake', 'JSONL:/data',
-                                 'jsonl:gs://bucket/lake', 'jsonl:s3://bucket/lake'])
+@pytest.mark.parametrize('uri', ['csv:/data/lake', 'jsonl:', '/data/lake', 'JSONL:/data',
+                                 'avro:ftp://host/lake', 'parquet:s3://', 'jsonl:gs:///lake',
+                                 'avro:hdfs://nn/lake'])
 def test_unsupported_uri_is_a_value_error_naming_it(uri: str) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(uri))):
         WriteChangesToFiles(uri)
