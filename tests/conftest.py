@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.services.gcs import FakeGcsServer
     from tests.services.mariadb import MariaDBDatabase, MariaDBServer
     from tests.services.moto import MotoServer
     from tests.services.postgres import PgDatabase, PostgresServer
@@ -69,5 +70,14 @@ def moto_server() -> Iterator[MotoServer]:
     from tests.services.moto import MotoServer
 
     server = MotoServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[FakeGcsServer]:
+    from tests.services.gcs import FakeGcsServer
+
+    server = FakeGcsServer.start()
     yield server
     server.stop()
