@@ -15,8 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 
 import apache_beam as beam
@@ -89,6 +91,12 @@ def _connect_args(dsn: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Values → SQL literals (the only way values enter statements)
 
+def _escape_string(text: str) -> str:
+    # Backslash escaping is right because the session's sql_mode (set in connect()) has no
+    # NO_BACKSLASH_ESCAPES.
+    return str(_pymysql().converters.escape_string(text))
+
+
 def _reject(kind: str, value: Any) -> str:
     raise ValueError(f'MariaDB cannot hold {kind} value {value!r}')
 
@@ -159,11 +167,69 @@ def _converters(table: TableSchema,
     return out
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # made once: the C encoder
+_JSON_AS_IS = frozenset({Kind.BOOLEAN, Kind.INT16, Kind.INT32, Kind.INT64, Kind.STRING, Kind.TEXT,
+                         Kind.JSON, Kind.UUID, Kind.ENUM, Kind.INTERVAL, Kind.TIMETZ})
+
+
 def _json_array(column: Column, quote: Callable[[Any], str]) -> Callable[[Any], str]:
+    as_is = (column.element or Kind.TEXT) in _JSON_AS_IS  # elements already JSON values
+
     def literal(value: Any) -> str:
-        return quote(json.dumps(encode_json_value(column, value), ensure_ascii=False,
-                                allow_nan=False))
+        return quote(_JSON.encode(value if as_is else encode_json_value(column, value)))
     return literal
+
+
+_NONE = type(None)
+_ISO_SPACE = operator.methodcaller('isoformat', ' ')
+_INTEGERS = frozenset({Kind.INT16, Kind.INT32, Kind.INT64})
+_TEMPORAL = frozenset({Kind.DATE, Kind.TIME, Kind.TIMESTAMP})
+_QUOTED = frozenset({Kind.STRING, Kind.TEXT, Kind.JSON, Kind.UUID, Kind.ENUM, Kind.INTERVAL,
+                     Kind.TIMETZ})
+# Inside '…' MariaDB needs only the quote and the backslash escaped; NUL too, to be safe.
+_NEEDS_ESCAPE = ('\\', "'", '\x00')
+
+
+def _column_literals(column: Column, values: Sequence[Any],
+                     convert: Callable[[Any], str]) -> list[str]:
+    """SQL literals of one column's values: one C-level map when every value has the expected
+    type (~5x cheaper than ``convert`` per value, which handles everything else)."""
+    types = set(map(type, values))
+    types.discard(_NONE)
+    texts: list[str] | None = None
+    if len(types) == 1 and len(values) > 1:
+        type_ = types.pop()
+        present = [v for v in values if v is not None]
+        kind = column.kind
+        if kind in _QUOTED and type_ is str:
+            joined = '\x1f'.join(present)
+            if not any(c in joined for c in _NEEDS_ESCAPE):
+                texts = ["'" + v + "'" for v in present]
+        elif kind in _INTEGERS and type_ is int:
+            texts = list(map(str, present))
+        elif kind is Kind.DECIMAL and type_ is Decimal and all(map(Decimal.is_finite, present)):
+            texts = [format(v, 'f') for v in present]
+        elif kind in _TEMPORAL and type_ in (dt.date, dt.time):
+            texts = ["'" + v + "'" for v in map(type_.isoformat, present)]
+        elif kind is Kind.TIMESTAMP and type_ is dt.datetime and all(
+                v.tzinfo is None for v in present):
+            texts = ["'" + v + "'" for v in map(_ISO_SPACE, present)]
+        elif kind is Kind.TIMESTAMPTZ and type_ is dt.datetime and all(
+                v.tzinfo is dt.timezone.utc for v in present):
+            # MariaDB takes no offset in a DATETIME literal: drop the fixed '+00:00'.
+            texts = ["'" + v[:-6] + "'" for v in map(_ISO_SPACE, present)]
+        elif kind is Kind.ARRAY and type_ is list and (column.element or Kind.TEXT) in _JSON_AS_IS:
+            texts = list(map(_JSON.encode, present))
+            if any(c in '\x1f'.join(texts) for c in _NEEDS_ESCAPE):
+                texts = ["'" + _escape_string(t) + "'" for t in texts]
+            else:
+                texts = ["'" + t + "'" for t in texts]
+        elif kind is Kind.BYTES and type_ is bytes:
+            texts = ["_binary X'" + h + "'" for h in map(bytes.hex, present)]
+        if texts is not None and len(present) < len(values):
+            rendered = iter(texts)
+            texts = ['NULL' if v is None else next(rendered) for v in values]
+    return texts if texts is not None else list(map(convert, values))
 
 
 def _null_safe(name: str, convert: Callable[[Any], str]) -> Callable[[Any], str]:
@@ -238,12 +304,10 @@ class _MySQLTarget(Target):
         return self._cur.execute(statement)
 
     def _escape(self, text: str) -> str:
-        # Backslash escaping is right because connect() set a sql_mode without
-        # NO_BACKSLASH_ESCAPES.
-        return _pymysql().converters.escape_string(text)
+        return _escape_string(text)
 
     def _literal(self, text: str) -> str:
-        return "'" + self._escape(text) + "'"
+        return "'" + _escape_string(text) + "'"
 
     def _convert(self, table: TableSchema) -> dict[str, Callable[[Any], str]]:
         cached = self._literals.get(id(table))
@@ -364,24 +428,24 @@ class _MySQLTarget(Target):
         out = []
         for columns, group in groups.items():
             names = [*columns, sql.POS] + ([sql.ROW_ID] if with_id else [])
-            converters = self._convert(group[0].table)
-            convert = [converters[name] for name in columns]
-            rows: list[str] = []
-            size = 0
-            for change in group:
-                row = change.row or {}
-                values = [fn(row[name]) for fn, name in zip(convert, columns, strict=True)]
-                values.append(f"'{change.pos}'")
-                if with_id:
-                    values.append(f"'{change.key_hash}'")
-                text = '(' + ', '.join(values) + ')'
-                rows.append(text)
-                size += len(text)
-                if size >= _STATEMENT_BYTES:
-                    out.append((names, rows))
-                    rows, size = [], 0
-            if rows:
-                out.append((names, rows))
+            table = group[0].table
+            converters = self._convert(table)
+            by_column = [
+                _column_literals(table.by_name[name], values, converters[name])
+                for name, values in zip(columns, zip(*(c.row.values() for c in group),  # type: ignore[union-attr]
+                                                     strict=True), strict=True)]
+            by_column.append([f"'{c.pos}'" for c in group])
+            if with_id:
+                by_column.append([f"'{c.key_hash}'" for c in group])
+            rows = ['(' + text + ')' for text in map(', '.join, zip(*by_column, strict=True))]
+            start = 0
+            limit = _STATEMENT_BYTES
+            for end, size in enumerate(accumulate(map(len, rows)), start=1):
+                if size >= limit:
+                    out.append((names, rows[start:end]))
+                    start, limit = end, size + _STATEMENT_BYTES
+            if start < len(rows):
+                out.append((names, rows[start:]))
         return out
 
     def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None:
