@@ -328,3 +328,17 @@ def test_a_short_row_image_is_an_error() -> None:
     decode = compile_rows((t.ColumnInfo(0, 'id', t.LONG, nullable=False),), (0,))
     with pytest.raises(ValueError, match='row image ends at 5, event data at 4'):
         decode(b'\x00\x01\x02\x03\x04', 0, 4)
+
+
+@given(decimals())
+def test_compiled_rows_decode_decimals_exactly(case: tuple[Decimal, int, int]) -> None:
+    value, precision, scale = case
+    decode = compile_rows((t.ColumnInfo(0, 'd', t.NEWDECIMAL, precision=precision,
+                                        scale=scale, nullable=False),), (0,))
+    image = b'\x00' + pack_decimal(value, precision, scale)
+    (row,) = decode(image, 0, len(image))
+    assert row['d'] == value and row['d'].as_tuple().exponent == -scale
+    with decimal.localcontext() as ctx:
+        ctx.prec = 3  # a narrow thread context must not round what the binlog holds
+        (row,) = decode(image, 0, len(image))
+    assert row['d'] == value and row['d'].as_tuple().exponent == -scale

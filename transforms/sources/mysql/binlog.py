@@ -105,6 +105,8 @@ _U16 = struct.Struct('<H')
 _U32 = struct.Struct('<I')
 _U64 = struct.Struct('<Q')
 _I64 = struct.Struct('<q')
+_MARIA_GTID = struct.Struct('<QIB')  # seq_no, domain_id, flags
+_QUERY = struct.Struct('<IIBHH')  # thread_id, exec_time, db length, error code, status length
 LOG_EVENT_ARTIFICIAL_F = 0x20  # set on events the server makes up for a dump (fake rotate)
 BINLOG_MAGIC = b'\xfebin'
 _BINLOG_IN_USE_F = 0x1
@@ -264,8 +266,10 @@ class TableMap:
     """
 
     def __init__(self, table_id: int, db: str, table: str, columns: tuple[t.ColumnInfo, ...],
-                 key: tuple[int, ...], has_metadata: bool, raw: bytes) -> None:
+                 key: tuple[int, ...], has_metadata: bool, raw: bytes, *,
+                 wanted: bool = True) -> None:
         self.table_id = table_id
+        self.wanted = wanted  # False: excluded by the decoder's include, columns not parsed
         self.db = db
         self.table = table
         self.columns = columns
@@ -304,6 +308,13 @@ def _bits(bitmap: bytes, count: int) -> tuple[int, ...]:
 
 def _msb_bits(bitmap: bytes, count: int) -> list[bool]:
     return [bool(bitmap[i >> 3] & (0x80 >> (i & 7))) for i in range(count)]
+
+
+def _table_names(body: bytes, id_size: int) -> tuple[str, str]:
+    pos = id_size + 2
+    db = body[pos + 1:pos + 1 + body[pos]].decode('utf-8')
+    pos += body[pos] + 2
+    return db, body[pos + 1:pos + 1 + body[pos]].decode('utf-8')
 
 
 def parse_table_map(body: bytes, id_size: int = 6, mariadb: bool = True) -> TableMap:
@@ -486,7 +497,10 @@ class BinlogDecoder:
             if event_type == XID_EVENT:
                 return Xid(_U64.unpack_from(data, body)[0], timestamp, server_id, next_pos)
             if event_type == GTID_EVENT:
-                return self._mariadb_gtid(data, body, timestamp, server_id, next_pos)
+                seq_no, domain_id, gtid_flags = _MARIA_GTID.unpack_from(data, body)
+                return Gtid(f'{domain_id}-{server_id}-{seq_no}', domain_id, server_id, seq_no,
+                            bool(gtid_flags & _MARIADB_GTID_STANDALONE), gtid_flags, timestamp,
+                            next_pos)
             if event_type in (QUERY_EVENT, QUERY_COMPRESSED_EVENT):
                 return self._query(data, body, end, event_type == QUERY_COMPRESSED_EVENT,
                                    timestamp, server_id, next_pos)
@@ -561,20 +575,22 @@ class BinlogDecoder:
         return None
 
     def _table_map(self, body: bytes) -> None:
-        table_id = int.from_bytes(body[:self._table_id_size], 'little')
+        id_size = self._table_id_size
+        table_id = int.from_bytes(body[:id_size], 'little')
         known = self.tables.get(table_id)
         if known is not None and known.raw == body:
             return
-        self.tables[table_id] = parse_table_map(body, self._table_id_size, self.mariadb)
-
-    def _wanted(self, table: TableMap) -> bool:
-        if self.include is None:
-            return True
-        key = (table.db, table.table)
-        wanted = self._included.get(key)
-        if wanted is None:
-            wanted = self._included[key] = bool(self.include(table.db, table.table))
-        return wanted
+        if self.include is not None:
+            db, table = _table_names(body, id_size)
+            key = (db, table)
+            wanted = self._included.get(key)
+            if wanted is None:
+                wanted = self._included[key] = bool(self.include(db, table))
+            if not wanted:  # its columns are never needed (nor their errors)
+                self.tables[table_id] = TableMap(table_id, db, table, (), (), False, body,
+                                                 wanted=False)
+                return
+        self.tables[table_id] = parse_table_map(body, id_size, self.mariadb)
 
     def _rows(self, data: bytes, pos: int, end: int, kind: tuple[Op, bool, bool],
               timestamp: int, server_id: int, next_pos: int) -> Rows | None:
@@ -588,9 +604,13 @@ class BinlogDecoder:
         table = self.tables.get(table_id)
         if table is None:
             raise ValueError(f'rows event for table id {table_id} without a table map')
-        if not self._wanted(table):
+        if not table.wanted:
             return None
-        count, pos = read_packed_int(data, pos)
+        count = data[pos]
+        if count < 0xfb:
+            pos += 1
+        else:
+            count, pos = read_packed_int(data, pos)
         width = (count + 7) // 8
         present = data[pos:pos + width]
         pos += width
@@ -607,8 +627,7 @@ class BinlogDecoder:
 
     def _query(self, data: bytes, pos: int, end: int, compressed: bool, timestamp: int,
                server_id: int, next_pos: int) -> Query:
-        thread_id, _exec_time, db_len, error_code, status_len = struct.unpack_from(
-            '<IIBHH', data, pos)
+        thread_id, _exec_time, db_len, error_code, status_len = _QUERY.unpack_from(data, pos)
         pos += 13 + status_len
         db = data[pos:pos + db_len].decode('utf-8')
         pos += db_len + 1
@@ -616,13 +635,6 @@ class BinlogDecoder:
         # The statement is in the client's charset; undecodable bytes are kept escaped.
         sql = sql_bytes.decode('utf-8', 'surrogateescape')
         return Query(sql, db, thread_id, error_code, timestamp, server_id, next_pos)
-
-    @staticmethod
-    def _mariadb_gtid(data: bytes, pos: int, timestamp: int, server_id: int,
-                      next_pos: int) -> Gtid:
-        seq_no, domain_id, flags = struct.unpack_from('<QIB', data, pos)
-        return Gtid(f'{domain_id}-{server_id}-{seq_no}', domain_id, server_id, seq_no,
-                    bool(flags & _MARIADB_GTID_STANDALONE), flags, timestamp, next_pos)
 
     @staticmethod
     def _mysql_gtid(data: bytes, pos: int, event_type: int, timestamp: int, server_id: int,

@@ -26,6 +26,7 @@ UnicodeDecodeError), which the caller turns into one error naming the event.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import struct
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -44,14 +45,16 @@ _Fixed = tuple[str, int, str]
 
 
 def _length_prefix(width: int) -> str:
+    """A line setting ``q`` to the end of a value whose ``width``-byte length is at ``p``; the
+    value then is ``b[p + width:q]`` (followed by ``p = q``)."""
     if width == 1:
-        return 'l = b[p]; p += 1'
+        return 'q = p + 1 + b[p]'
     if width == 2:
-        return 'l = b[p] | b[p + 1] << 8; p += 2'
+        return 'q = p + 2 + (b[p] | b[p + 1] << 8)'
     if width == 3:
-        return 'l = b[p] | b[p + 1] << 8 | b[p + 2] << 16; p += 3'
+        return 'q = p + 3 + (b[p] | b[p + 1] << 8 | b[p + 2] << 16)'
     if width == 4:
-        return 'l = _U32(b, p)[0]; p += 4'
+        return 'q = p + 4 + _U32(b, p)[0]'
     raise t.UnsupportedColumnError(f'length prefix of {width} bytes')
 
 
@@ -63,11 +66,19 @@ class _Generator:
         self.ns: dict[str, Any] = {'_U32': struct.Struct('<I').unpack_from, '_Decimal': Decimal,
                                    '_date': t.date_from_int}
         self._structs = 0
+        self.decimal_precision = 0  # the widest DECIMAL with a scale, 0 if none
 
     def helper(self, value: Any, stem: str) -> str:
         name = f'_{stem}{len(self.ns)}'
         self.ns[name] = value
         return name
+
+    def big_endian(self, size: int) -> str:
+        """An expression for the unsigned big-endian integer of ``size`` bytes at ``p``."""
+        if size in (4, 8):  # struct reads without slicing a bytes object first
+            unpack = struct.Struct('>I' if size == 4 else '>Q').unpack_from
+            return f'{self.helper(unpack, "BE")}(b, p)[0]'
+        return f"int.from_bytes(b[p:p + {size}], 'big')"
 
     def struct(self, fmt: str) -> tuple[str, int]:
         compiled = struct.Struct('<' + fmt)
@@ -124,33 +135,30 @@ class _Generator:
                             t.TIMESTAMP: (t.old_timestamp, 4)}[c.type]
             return [f'{v} = {self.helper(reader, "tm")}(b, p); p += {size}']
         if c.type in (t.STRING, t.VARCHAR, t.VAR_STRING):
-            lines = [_length_prefix(1 if c.length < 256 else 2)]
+            width = 1 if c.length < 256 else 2
+            value = f'b[p + {width}:q]'
             decode = t.text_decoder(c.collation)
             if decode is None and c.type == t.STRING:
                 # BINARY(n) loses its trailing zero bytes in the binlog; SELECT shows n bytes.
-                lines.append(f"{v} = b[p:p + l].ljust({c.length}, b'\\0'); p += l")
-            elif decode is None:
-                lines.append(f'{v} = b[p:p + l]; p += l')
+                value += f".ljust({c.length}, b'\\0')"
             elif decode is t._utf8:
-                lines.append(f"{v} = b[p:p + l].decode('utf-8'); p += l")
-            else:
-                lines.append(f'{v} = {self.helper(decode, "txt")}(b[p:p + l]); p += l')
-            return lines
+                value += ".decode('utf-8')"
+            elif decode is not None:
+                value = f'{self.helper(decode, "txt")}({value})'
+            return [_length_prefix(width), f'{v} = {value}; p = q']
         if c.type in (t.BLOB, t.TINY_BLOB, t.MEDIUM_BLOB, t.LONG_BLOB, t.JSON, t.GEOMETRY):
-            lines = [_length_prefix(c.length)]
+            value = f'b[p + {c.length}:q]'
             if c.type == t.JSON:
-                lines.append(f'{v} = {self.helper(to_json_text, "json")}(b[p:p + l]); p += l')
+                value = f'{self.helper(to_json_text, "json")}({value})'
             elif c.type == t.GEOMETRY:
-                lines.append(f'{v} = {self.helper(t.geometry_value, "geo")}(b[p:p + l]); p += l')
+                value = f'{self.helper(t.geometry_value, "geo")}({value})'
             else:
                 decode = t.text_decoder(c.collation)
-                if decode is None:
-                    lines.append(f'{v} = b[p:p + l]; p += l')
-                elif decode is t._utf8:
-                    lines.append(f"{v} = b[p:p + l].decode('utf-8'); p += l")
-                else:
-                    lines.append(f'{v} = {self.helper(decode, "txt")}(b[p:p + l]); p += l')
-            return lines
+                if decode is t._utf8:
+                    value += ".decode('utf-8')"
+                elif decode is not None:
+                    value = f'{self.helper(decode, "txt")}({value})'
+            return [_length_prefix(c.length), f'{v} = {value}; p = q']
         if c.type == t.ENUM:
             # index 0 is the empty string MySQL stores for an invalid value
             labels = self.helper(('', *c.symbols), 'enum')
@@ -172,28 +180,56 @@ class _Generator:
     # as the arithmetic (see types.py for the formats).
 
     def _decimal(self, c: t.ColumnInfo, v: str) -> list[str]:
-        size, expression = t.decimal_expression(c.precision, c.scale)
-        sign = 1 << (size * 8 - 1)
-        value = f'_Decimal(s * ({expression}))'
+        # Non-negative values (the common case) unpack straight into their digit groups
+        # with one struct call; a negative one (all bits inverted) takes the generic reader.
+        fmt, terms, weight, items = '', [], 1, 0
+        for width, digits in reversed(t.decimal_groups(c.precision, c.scale)):
+            if width == 3:  # no 3-byte struct code: a byte and a short
+                fmt = 'BH' + fmt
+                group = '(g{} << 16 | g{})'
+                count = 2
+            else:
+                fmt = {1: 'B', 2: 'H', 4: 'I'}[width] + fmt
+                group, count = 'g{}', 1
+            terms.append((group, count, weight))
+            weight *= 10 ** digits
+            items += count
+        names = [f'g{i}' for i in range(items)]
+        parts, index = [], items
+        for group, count, w in terms:  # least significant first
+            index -= count
+            text = group.format(*range(index, index + count))
+            parts.append(text if w == 1 else f'{text} * {w}')
+        top_bit = 0x80 << (8 * ({'B': 1, 'H': 2, 'I': 4}[fmt[0]] - 1))
+        parts[-1] = parts[-1].replace('g0', f'(g0 ^ {top_bit})', 1)
+        unscaled = f"_Decimal({' + '.join(reversed(parts))})"
+        size, slow = t.decimal_reader(c.precision, c.scale)
+        unpack = self.helper(struct.Struct('>' + fmt).unpack_from, 'D')
         if c.scale:
+            # Multiplying by 1E-scale is exact, and fastest, when the thread's decimal
+            # context has room for every digit (checked once per event: ``exact``).
             self.ns['_EXACT'] = t._EXACT
-            value += f'.scaleb({-c.scale}, _EXACT)'
-        return [f"x = int.from_bytes(b[p:p + {size}], 'big'); p += {size}",
-                f'if x & {sign}:',
-                f'    x ^= {sign}; s = 1',
-                'else:',
-                f'    x ^= {(1 << size * 8) - 1 ^ sign}; s = -1',
-                f'{v} = {value}']
+            self.decimal_precision = max(self.decimal_precision, c.precision)
+            factor = self.helper(Decimal(1).scaleb(-c.scale), 'E')
+            value = (f'({unscaled} * {factor} if exact else '
+                     f'{unscaled}.scaleb({-c.scale}, _EXACT))')
+        else:
+            value = unscaled
+        return [f'{", ".join(names)}, = {unpack}(b, p)',
+                f'{v} = {value} if g0 & {top_bit} else {self.helper(slow, "dneg")}(b, p)',
+                f'p += {size}']
 
     def _datetime2(self, c: t.ColumnInfo, v: str) -> list[str]:
         size, slow = t.datetime2_reader(c.fsp)
         frac_bits = 8 * (size - 5)
         self.ns['_datetime'] = dt.datetime
         fallback = self.helper(slow, 'dt')
-        us = f', (x & {(1 << frac_bits) - 1}) * {t._FRAC_UNIT[c.fsp]}' if frac_bits else ''
+        unit = t._FRAC_UNIT[c.fsp]
+        us = f', (x & {(1 << frac_bits) - 1}){f" * {unit}" if unit > 1 else ""}' \
+            if frac_bits else ''
         whole = f'(x >> {frac_bits})' if frac_bits else 'x'
         # h: sign bit, (year * 13 + month) 17 bits, day 5, hour 5, minute 6, second 6
-        return [f"x = int.from_bytes(b[p:p + {size}], 'big'); p += {size}",
+        return [f'x = {self.big_endian(size)}; p += {size}',
                 f'h = {whole} - 0x8000000000; ym = h >> 22',
                 'try:',
                 f'    {v} = _datetime(ym // 13, ym % 13, h >> 17 & 31, h >> 12 & 31,'
@@ -208,10 +244,10 @@ class _Generator:
         self.ns['_EPOCH'], self.ns['_td'] = t._EPOCH, dt.timedelta
         if frac_bits:
             delta = (f'_td(0, x >> {frac_bits}, (x & {(1 << frac_bits) - 1})'
-                     f' * {t._FRAC_UNIT[c.fsp]})')
+                     f'{f" * {t._FRAC_UNIT[c.fsp]}" if t._FRAC_UNIT[c.fsp] > 1 else ""})')
         else:
             delta = '_td(0, x)'
-        return [f"x = int.from_bytes(b[p:p + {size}], 'big'); p += {size}",
+        return [f'x = {self.big_endian(size)}; p += {size}',
                 f'{v} = _EPOCH + {delta} if x else {zero}']
 
     def image(self, present: Sequence[int], indent: str) -> tuple[list[str], str]:
@@ -241,17 +277,20 @@ class _Generator:
         return [f'if n & {1 << k}:', f'    v{k} = None', 'else:'] + ['    ' + x for x in body]
 
     def _merged_run(self, cols: Sequence[t.ColumnInfo], start: int, end: int) -> list[str]:
-        fmt, exprs, items = '', [], 0
+        fmt, exprs, targets = '', [], []
         for k in range(start, end):
             fixed = self.fixed(cols[k])
             assert fixed is not None
             f, count, expr = fixed
-            exprs.append(f'v{k} = ' + expr.format(*(f'a{items + i}' for i in range(count))))
             fmt += f
-            items += count
+            if expr == '{0}':  # the unpacked item is the value: unpack straight into it
+                targets.append(f'v{k}')
+                continue
+            names = [f'a{len(targets) + i}' for i in range(count)]
+            targets += names
+            exprs.append(f'v{k} = ' + expr.format(*names))
         unpack, size = self.struct(fmt)
-        names = ', '.join(f'a{i}' for i in range(items))
-        merged = [f'{names}, = {unpack}(b, p); p += {size}', *exprs]
+        merged = [f'{", ".join(targets)}, = {unpack}(b, p); p += {size}', *exprs]
         mask = sum(1 << k for k in range(start, end) if cols[k].nullable)
         if not mask:
             return merged
@@ -272,19 +311,26 @@ def compile_rows(columns: Sequence[t.ColumnInfo], present: Sequence[int],
     Raises UnsupportedColumnError when a present column cannot be decoded.
     """
     gen = _Generator(columns)
-    before_lines, before_dict = gen.image(present, '        ')
+    loop, before_dict = gen.image(present, '        ')
+    if present_after is None:
+        loop.append(f'        append({before_dict})')
+    else:
+        loop.append(f'        r = {before_dict}')
+        after_lines, after_dict = gen.image(present_after, '        ')
+        loop += after_lines
+        loop.append(f'        append((r, {after_dict}))')
+    prelude = []
+    if gen.decimal_precision:
+        gen.ns['_getcontext'] = decimal.getcontext
+        prelude = ['    c = _getcontext()',
+                   f'    exact = c.prec >= {gen.decimal_precision} and c.Emin <= -30'
+                   ' and c.Emax >= 65']
     src = ['def decode_rows(b, p, end):',
            '    out = []',
+           *prelude,
            '    append = out.append',
-           '    while p < end:']
-    src += before_lines
-    if present_after is None:
-        src.append(f'        append({before_dict})')
-    else:
-        src.append(f'        r = {before_dict}')
-        after_lines, after_dict = gen.image(present_after, '        ')
-        src += after_lines
-        src.append(f'        append((r, {after_dict}))')
+           '    while p < end:',
+           *loop]
     hint = ''
     if any(columns[i].type in (t.TIME, t.DATETIME, t.TIMESTAMP) for i in present):
         # MariaDB's pre-5.6 "hires" temporals (mysql56_temporal_format=OFF) with fractional

@@ -323,6 +323,16 @@ def decimal_size(precision: int, scale: int) -> int:
     return (intg // 9 * 4 + _DIG2BYTES[intg % 9] + scale // 9 * 4 + _DIG2BYTES[scale % 9])
 
 
+def decimal_groups(precision: int, scale: int) -> list[tuple[int, int]]:
+    """(bytes, digits) of each digit group of a packed DECIMAL, most significant first."""
+    intg = precision - scale
+    groups = [(_DIG2BYTES[intg % 9], intg % 9)] if intg % 9 else []
+    groups += [(4, 9)] * (intg // 9 + scale // 9)
+    if scale % 9:
+        groups.append((_DIG2BYTES[scale % 9], scale % 9))
+    return groups
+
+
 def decimal_expression(precision: int, scale: int) -> tuple[int, str]:
     """(byte size, Python expression over ``x``) for a packed DECIMAL(precision, scale).
 
