@@ -294,6 +294,34 @@ def test_resume_delivers_the_next_transaction_exactly_once(
         str(int(checkpoint.gtid.split('-')[2]) + 4)  # type: ignore[union-attr]
 
 
+def test_a_gtid_start_over_a_large_backlog_reads_it_once_and_stops(
+        mariadb_db: MariaDBDatabase) -> None:
+    # mysql-replication's is_mariadb + auto_position + non-blocking replays such a backlog
+    # forever (FACTS.md): a malformed dump request, then a silent reconnect from the start.
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE t (id INT PRIMARY KEY, pad TEXT)')
+    with conn.cursor() as cur:
+        cur.execute('SELECT @@gtid_binlog_pos')
+        start_gtid = cur.fetchone()[0]
+        for i in range(1, 1001):
+            cur.execute('INSERT INTO t VALUES (%s, %s)', (i, 'x' * (i % 7) * 100))
+        cur.execute("INSERT INTO t SELECT seq, REPEAT('y', 2000) FROM seq_1001_to_6000")
+    stream = BinlogStream(mariadb_db.server.connect(), server_id=next(_server_ids),
+                          include=lambda db, _: db == mariadb_db.name)
+    stream.start(BinlogPosition(gtid=start_gtid), until_end=True)
+    ids: list[int] = []
+    deadline = time.monotonic() + 60
+    try:
+        while not stream.at_end:
+            assert time.monotonic() < deadline, f'still reading after {len(ids)} rows'
+            item = stream.read(1.0)
+            if item is not None and isinstance(item.event, b.Rows):
+                ids.extend(row['id'] for row in item.event.rows)
+    finally:
+        stream.close()
+    assert ids == list(range(1, 6001))
+
+
 def _purge_all_but_the_current_binlog(conn: pymysql.connections.Connection) -> None:
     # MariaDB keeps a binlog until InnoDB checkpointed its transactions (binlog checkpoint),
     # silently skipping it in PURGE until then.
