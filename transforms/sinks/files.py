@@ -62,6 +62,7 @@ _PARQUET_CODECS = ('none', 'snappy', 'gzip', 'brotli', 'zstd', 'lz4')
 _DEFAULT_MAX_FILE_BYTES = 128 * 2**20
 _DEFAULT_ROW_GROUP_ROWS = 10_000
 _AVRO_BLOCK_BYTES = 64 * 1024
+_FOOTER_BYTES_PER_CHUNK = 110
 _GCS_CHUNK_BYTES = 8 * 2**20  # resumable upload chunk: memory per open gs:// file
 # The filesystem options a worker needs; captured from the pipeline's options at expand time.
 _FILESYSTEM_OPTION_PREFIXES = ('s3_', 'project')
@@ -280,6 +281,12 @@ class _FormatWriter:
 
     step = ''
     extension = ''
+    stream: _CountingStream
+
+    @property
+    def size(self) -> int:
+        """The file's size if it were closed now, give or take a block."""
+        return self.stream.size
 
     def add(self, event: ChangeEvent) -> _Rejected:
         raise NotImplementedError
@@ -293,14 +300,14 @@ class _JsonLinesWriter(_FormatWriter):
     extension = 'jsonl'
 
     def __init__(self, stream: _CountingStream) -> None:
-        self._stream = stream
+        self.stream = stream
 
     def add(self, event: ChangeEvent) -> _Rejected:
         try:
             line = (dumps(to_debezium_json(event)) + '\n').encode('utf-8')
         except (TypeError, ValueError, AttributeError) as exc:
             raise _EncodeError(_json_failure(event, exc)) from None
-        self._stream.write(line)
+        self.stream.write(line)
         return []
 
     def close(self) -> _Rejected:
@@ -373,6 +380,7 @@ class _AvroWriter(_FormatWriter):
                  block_bytes: int) -> None:
         import fastavro
 
+        self.stream = stream
         self._schema = _parsed_avro_schema(table, version)
         self._writer = fastavro.write.Writer(cast(IO[bytes], stream), self._schema, codec=codec)
         self._serialize = fastavro.schemaless_writer
@@ -531,6 +539,19 @@ def _parquet_layout(table: TableSchema, version: int) -> _ParquetLayout:
     return _ParquetLayout(schema, tuple(fields))
 
 
+def _leaf_columns(arrow: Any) -> int:
+    """How many Parquet columns (column chunks per row group) an Arrow type becomes."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(arrow):
+        return sum(_leaf_columns(arrow.field(i).type) for i in range(arrow.num_fields))
+    if pa.types.is_map(arrow):
+        return _leaf_columns(arrow.key_type) + _leaf_columns(arrow.item_type)
+    if pa.types.is_list(arrow):
+        return _leaf_columns(arrow.value_type)
+    return 1
+
+
 def _table_json(table: TableSchema) -> str:
     """The table's schema as JSON, kept in the file so a reader knows each column's Kind."""
     doc = {f.name: getattr(table, f.name) for f in dataclasses.fields(table)}
@@ -570,8 +591,11 @@ class _ParquetWriter(_FormatWriter):
                  row_group_rows: int) -> None:
         import pyarrow.parquet as pq
 
+        self.stream = stream
         self._layout = _parquet_layout(table, version)
         self._writer = pq.ParquetWriter(stream, self._layout.schema, compression=codec)
+        self._row_groups = 0
+        self._leaves = sum(_leaf_columns(field.type) for field in self._layout.schema)
         self._rows: list[dict[str, Any]] = []
         self._events: list[ChangeEvent] = []
         self._row_group_rows = row_group_rows
@@ -611,7 +635,14 @@ class _ParquetWriter(_FormatWriter):
                 return rejected
             table = pa.Table.from_pylist(good, schema=self._layout.schema)
         self._writer.write_table(table)
+        self._row_groups += 1
         return rejected
+
+    @property
+    def size(self) -> int:
+        # The footer keeps statistics for every column chunk of every row group: ~105 bytes
+        # each, a lot for small row groups of wide tables.
+        return self.stream.size + self._row_groups * self._leaves * _FOOTER_BYTES_PER_CHUNK
 
     def close(self) -> _Rejected:
         rejected = self._flush()
@@ -716,8 +747,9 @@ class _WriteFilesFn(beam.DoFn):
                          event.schema_version)
 
     def _dead_letter(self, step: str, event: ChangeEvent, exc: Exception) -> DeadLetter:
-        return DeadLetter(step=step, error=f'{type(exc).__name__}: {exc}', payload=repr(event),
-                          source=event.table.name)
+        # Our own errors already say which field and why; others keep their type's name.
+        error = str(exc) if isinstance(exc, _EncodeError) else f'{type(exc).__name__}: {exc}'
+        return DeadLetter(step=step, error=error, payload=repr(event), source=event.table.name)
 
     def process(self, event: ChangeEvent) -> Iterator[Any]:
         entry = self._file_for(event)
@@ -732,7 +764,7 @@ class _WriteFilesFn(beam.DoFn):
         for bad, error in rejected:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER,
                                            self._dead_letter(entry.writer.step, bad, error))
-        if entry.stream.size >= self._settings.max_file_bytes:
+        if entry.writer.size >= self._settings.max_file_bytes:
             # Roll: commit the full file now, the next event of its table starts another.
             for bad, error in self._commit(entry):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER,
