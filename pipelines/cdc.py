@@ -58,6 +58,10 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
         max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
         server_name=config.server_name, dead_letter=config.dead_letter,
         progress=config.progress)
+    from transforms.schema.evolve import EvolveSchema
+
+    events = events | 'EvolveSchema' >> EvolveSchema(config.schema_registry,
+                                                      config.schema_change)
     if config.sink.is_file:
         from transforms.sinks.files import WriteChangesToFiles
 
@@ -99,10 +103,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         build(pipeline, config)
     except OptionError as exc:
         parser.error(str(exc))
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:
+        message = _setup_failure(exc)
+        if message is None:
+            raise  # a bug: the traceback is what a developer needs
+        sys.stderr.write(f'{parser.prog}: error: {message}\n')
+        return 1
     _summary(result)
     return 0
+
+
+def _setup_failure(exc: BaseException) -> str | None:
+    """One line for a failure the user must fix (connection, configuration, a schema change
+    under strict), or None for anything else."""
+    known = ('SourceSetupError', 'ReplicationError', 'OperationalError', 'SchemaChangeError',
+             'BinlogConfigError', 'BinlogPurgedError', 'BinlogConnectionLost')
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__name__ in known:
+            text = str(cause).split(" [while running '")[0].strip()
+            return text if type(cause).__name__ == 'SchemaChangeError' else \
+                ' '.join(text.split())
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _summary(result: beam.runners.runner.PipelineResult) -> None:

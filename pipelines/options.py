@@ -70,6 +70,7 @@ class CdcConfig:
     slot_name: str
     publication: str
     schema_change: str
+    schema_registry: str
     heartbeat_secs: float
     server_name: str
     progress: bool
@@ -116,6 +117,10 @@ class CdcOptions(PipelineOptions):
             help='What a schema change does: evolve (register a new version, sinks follow), '
                  'strict (stop with the difference), lenient (additive changes only), '
                  'ignore (keep the first schema). Default: evolve.')
+        group.add_argument(
+            '--schema_registry', default=None,
+            help='Where table schema versions are kept: a directory, gs://… or s3://… '
+                 '(default: DIR/_schemas under a jsonl:DIR sink, else ./schemas).')
         group.add_argument(
             '--heartbeat_secs', default='10',
             help='How often an idle source writes a heartbeat so the slot keeps advancing '
@@ -193,6 +198,12 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         dead_letter = f'jsonl:{sink.target.rstrip("/")}/_dead_letters'
     else:
         dead_letter = 'jsonl:dead-letters'
+    if opts.schema_registry:
+        schema_registry = opts.schema_registry
+    elif sink.is_file and '://' not in sink.target:
+        schema_registry = f'{sink.target.rstrip("/")}/_schemas'
+    else:
+        schema_registry = 'schemas'
     slot = opts.slot_name or _default_slot(source.database)
     if not _SLOT.match(slot):
         raise OptionError('--slot_name', slot, 'use 1-63 lower-case letters, digits or _')
@@ -211,6 +222,7 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         slot_name=slot,
         publication=publication,
         schema_change=_choice('--schema_change', opts.schema_change, SCHEMA_CHANGE_POLICIES),
+        schema_registry=schema_registry,
         heartbeat_secs=heartbeat or 0.0,
         server_name=opts.server_name or source.database or 'changebeam',
         progress=progress == 'on' or (progress == 'auto' and _stderr_is_tty()),

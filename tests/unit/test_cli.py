@@ -32,7 +32,7 @@ def _cases(out: str) -> dict[str, list[str]]:
                          '--snapshot', 'sometimes'],
         'bad_max_idle': ['--source', PG, '--sink', sink, '--max_idle_secs', 'soon'],
         'mysql': ['--source', 'mysql://u:topsecret@db.invalid/shop', '--sink', sink],
-        'avro_sink': ['--source', PG, '--sink', f'avro:{out}'],
+        'avro_sink': ['--source', PG, '--sink', 'avro:ftp://files.invalid/lake'],
     }
 
 

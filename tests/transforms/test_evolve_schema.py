@@ -1,0 +1,123 @@
+"""Schema versions and the four schema-change policies, run in a real Beam pipeline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+
+from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, TableSchema
+from transforms.schema.evolve import EvolveSchema, SchemaChangeError, diff
+from transforms.schema.registry import SchemaRegistry, fingerprint
+
+V1 = TableSchema('public', 'orders', (
+    Column('id', Kind.INT32, 'integer', False), Column('qty', Kind.INT32, 'integer'),
+    Column('note', Kind.STRING, 'character varying(20)')), key=('id',))
+ADDED = TableSchema('public', 'orders', (*V1.columns, Column('paid', Kind.BOOLEAN, 'boolean')),
+                    key=('id',))
+WIDENED = TableSchema('public', 'orders', (
+    V1.columns[0], Column('qty', Kind.INT64, 'bigint'), Column('note', Kind.TEXT, 'text')),
+    key=('id',))
+RETYPED = TableSchema('public', 'orders', (
+    V1.columns[0], Column('qty', Kind.TEXT, 'text'), V1.columns[2]), key=('id',))
+
+
+def event(table: TableSchema, lsn: int, **after: Any) -> ChangeEvent:
+    return ChangeEvent(op=Op.CREATE, table=table, after=after, source=SourcePosition(
+        'postgresql', 'shop', 'shop', table.schema, table.table, 0, lsn=lsn, commit_lsn=lsn))
+
+
+_COLLECTED: dict[str, list[ChangeEvent]] = {}  # the in-process runner shares module state
+
+
+class _Collect(beam.DoFn):
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def process(self, element: ChangeEvent) -> None:
+        _COLLECTED.setdefault(self._key, []).append(element)
+
+
+def run(events: list[ChangeEvent], registry: Path, policy: str) -> list[ChangeEvent]:
+    key = f'{registry}:{len(_COLLECTED)}'
+    # One bundle, in order: a DoFn keeps per-table state, as it does behind a source.
+    with beam.Pipeline() as pipeline:
+        _ = (pipeline | beam.Create([events]) | beam.FlatMap(lambda batch: batch)
+             | EvolveSchema(str(registry), policy) | beam.ParDo(_Collect(key)))
+    return _COLLECTED.pop(key, [])
+
+
+def test_registry_ids_are_stable_across_instances_and_ordered_by_position(tmp_path: Path) -> None:
+    first = SchemaRegistry(str(tmp_path)).register(V1, position='0001')
+    again = SchemaRegistry(str(tmp_path)).register(V1, position='0009')
+    assert first.version == again.version == fingerprint(V1)
+    assert again.position == '0001'  # written once: the first position stays
+    SchemaRegistry(str(tmp_path)).register(ADDED, position='0005')
+    versions = SchemaRegistry(str(tmp_path)).versions('public.orders')
+    assert [v.schema for v in versions] == [V1, ADDED]
+    assert fingerprint(ADDED) != fingerprint(V1)
+
+
+def test_diff_names_added_removed_and_retyped_columns() -> None:
+    change = diff(V1, RETYPED)
+    assert change.retyped == (('qty', 'integer', 'text'),) and not change.added
+    change = diff(ADDED, V1)
+    assert change.removed == ('paid',) and 'paid' in change.describe()
+
+
+def test_evolve_emits_a_schema_change_before_the_first_row_of_each_version(
+        tmp_path: Path) -> None:
+    out = run([event(V1, 10, id=1, qty=2, note='a'), event(ADDED, 20, id=2, qty=1, note='b',
+                                                           paid=True)], tmp_path, 'evolve')
+    assert [e.op for e in out] == [Op.MESSAGE, Op.CREATE, Op.MESSAGE, Op.CREATE]
+    assert out[0].message['kind'] == 'schema_change' and out[0].message['previous_version'] is None
+    assert out[2].message['added'] == ['paid'] and out[2].message['compatible']
+    assert out[1].schema_version == fingerprint(V1) == out[0].schema_version
+    assert out[3].schema_version == fingerprint(ADDED) == out[2].message['version']
+    assert [v.schema for v in SchemaRegistry(str(tmp_path)).versions('public.orders')] == \
+        [V1, ADDED]
+
+
+def test_a_restarted_pipeline_continues_from_the_registered_version(tmp_path: Path) -> None:
+    run([event(V1, 10, id=1, qty=2, note='a')], tmp_path, 'evolve')
+    out = run([event(V1, 30, id=3, qty=2, note='c')], tmp_path, 'evolve')
+    assert [e.op for e in out] == [Op.CREATE]  # same version: no new schema-change event
+    assert out[0].schema_version == fingerprint(V1)
+
+
+def test_strict_passes_compatible_widening_and_stops_on_an_incompatible_retype(
+        tmp_path: Path) -> None:
+    out = run([event(V1, 10, id=1, qty=2, note='a'),
+               event(WIDENED, 20, id=2, qty=3, note='b')], tmp_path / 'ok', 'strict')
+    assert out[-1].schema_version == fingerprint(WIDENED)
+    with pytest.raises(Exception) as info:
+        run([event(V1, 10, id=1, qty=2, note='a'), event(RETYPED, 20, id=2, qty='many',
+                                                         note='b')], tmp_path / 'no', 'strict')
+    text = str(info.value)
+    assert SchemaChangeError.__name__ in text or 'incompatible schema change' in text
+    assert 'qty: integer -> text' in text
+
+
+def test_lenient_moves_an_incompatible_retype_to_a_new_column(tmp_path: Path) -> None:
+    out = run([event(V1, 10, id=1, qty=2, note='a'),
+               event(RETYPED, 20, id=2, qty='many', note='b')], tmp_path, 'lenient')
+    last = out[-1]
+    assert last.after == {'id': 2, 'qty__text': 'many', 'note': 'b'}
+    assert [c.name for c in last.table.columns] == ['id', 'qty', 'note', 'qty__text']
+    assert last.message == {'lenient': ['qty']}
+    assert out[-2].message['kind'] == 'schema_change' and not out[-2].message['compatible']
+
+
+def test_ignore_projects_every_event_onto_the_first_schema(tmp_path: Path) -> None:
+    out = run([event(V1, 10, id=1, qty=2, note='a'),
+               event(ADDED, 20, id=2, qty=1, note='b', paid=True)], tmp_path, 'ignore')
+    last = out[-1]
+    assert last.table == V1 and last.after == {'id': 2, 'qty': 1, 'note': 'b'}
+    assert last.schema_version == fingerprint(V1) and last.message == {'ignore': ['paid']}
+    assert [e.op for e in out].count(Op.MESSAGE) == 1
+
+
+def test_bad_policy_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'sometimes' must be one of evolve, strict"):
+        EvolveSchema(str(tmp_path), 'sometimes')

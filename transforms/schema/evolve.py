@@ -1,0 +1,229 @@
+"""``EvolveSchema``: tag every event with its table's schema version and handle schema changes.
+
+    events | 'EvolveSchema' >> EvolveSchema('/var/lib/cb/schemas', policy='evolve')
+
+When a table's schema differs from the version before (a column added, dropped, renamed or
+retyped; a new table), the new version is registered (see ``registry``) and a schema-change
+event (``op: m``, ``message.kind = 'schema_change'``, with the difference) is emitted *before*
+the first row of the new version, so sinks and consumers react in order.  Policies:
+
+- ``evolve`` (default): every change is registered; sinks follow (ALTER, new files).
+- ``strict``: compatible changes pass as under ``evolve``; an incompatible one (Avro BACKWARD
+  rules: new readers must read old data) stops the pipeline with the difference printed.
+- ``lenient``: compatible changes pass; for an incompatible one the event keeps the previous
+  columns and the retyped value moves to a new column ``<name>__<kind>``; the event is marked
+  (``message.lenient``).  A dropped column stays in the schema, NULL from then on.
+- ``ignore``: every event is projected onto the table's first registered schema: new columns
+  are left out; a retyped column's values are left out too (marked in ``message.ignored``).
+
+A renamed column cannot be told apart from a drop plus an add in the WAL: it is handled as
+both (the old name stays in targets, NULL for new rows).  DROP TABLE leaves no trace in the
+log: the target table is kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.envelope import ChangeEvent, Column, Op, TableSchema
+from transforms.schema.compatibility import Mode, incompatibilities
+from transforms.schema.registry import SchemaRegistry, SchemaVersion
+
+__all__ = ['POLICIES', 'EvolveSchema', 'SchemaChange', 'SchemaChangeError', 'diff']
+
+_LOG = logging.getLogger(__name__)
+
+POLICIES = ('evolve', 'strict', 'lenient', 'ignore')
+
+
+class SchemaChangeError(RuntimeError):
+    """An incompatible schema change under ``strict``; the message holds the difference."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaChange:
+    """What changed between two versions of a table (names; types as source type text)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    retyped: tuple[tuple[str, str, str], ...] = ()  # (column, old type, new type)
+    key_changed: bool = False
+
+    def describe(self) -> str:
+        lines = [f'  + {name}' for name in self.added]
+        lines += [f'  - {name}' for name in self.removed]
+        lines += [f'  ~ {name}: {old} -> {new}' for name, old, new in self.retyped]
+        if self.key_changed:
+            lines.append('  ~ key columns changed')
+        return '\n'.join(lines) or '  (no column change)'
+
+    def to_json(self) -> dict[str, Any]:
+        return {'added': list(self.added), 'removed': list(self.removed),
+                'retyped': [list(r) for r in self.retyped], 'key_changed': self.key_changed}
+
+
+def _type_text(column: Column) -> str:
+    return column.source_type or column.kind.value
+
+
+def diff(old: TableSchema, new: TableSchema) -> SchemaChange:
+    old_columns, new_columns = old.by_name, new.by_name
+    return SchemaChange(
+        added=tuple(n for n in new_columns if n not in old_columns),
+        removed=tuple(n for n in old_columns if n not in new_columns),
+        retyped=tuple((n, _type_text(old_columns[n]), _type_text(c))
+                      for n, c in new_columns.items()
+                      if n in old_columns and (c.kind, c.element, c.source_type) != (
+                          old_columns[n].kind, old_columns[n].element,
+                          old_columns[n].source_type)),
+        key_changed=old.key != new.key)
+
+
+def _incompatible(old: TableSchema, new: TableSchema) -> list[str]:
+    from transforms.envelope_avro import avro_schema
+
+    problems = incompatibilities(avro_schema(new), avro_schema(old), Mode.BACKWARD)
+    return [str(p) for p in problems]
+
+
+def _lenient_schema(old: TableSchema, new: TableSchema) -> tuple[TableSchema, dict[str, str]]:
+    """Old columns kept with their types (dropped ones too), new ones appended, and a retyped
+    column's new values moved to ``<name>__<kind>``."""
+    columns = list(old.columns)
+    moved: dict[str, str] = {}
+    names = {c.name for c in columns}
+    for column in new.columns:
+        previous = old.by_name.get(column.name)
+        if previous is None:
+            columns.append(dataclasses.replace(column, nullable=True))
+        elif (previous.kind, previous.element) != (column.kind, column.element):
+            target = f'{column.name}__{column.kind.value}'
+            moved[column.name] = target
+            if target not in names:
+                columns.append(dataclasses.replace(column, name=target, nullable=True))
+                names.add(target)
+    merged = TableSchema(old.schema, old.table, tuple(
+        dataclasses.replace(c, nullable=True) if c.name not in new.by_name else c
+        for c in columns), old.key)
+    return merged, moved
+
+
+def _project(row: Any, schema: TableSchema, moved: dict[str, str]) -> tuple[Any, list[str]]:
+    if row is None:
+        return None, []
+    out, dropped = {}, []
+    for name, value in row.items():
+        target = moved.get(name, name)
+        if target in schema.by_name:
+            out[target] = value
+        else:
+            dropped.append(name)
+    return out, dropped
+
+
+# (the source's TableSchema object, the version events are tagged with, the schema they are
+#  projected onto under lenient/ignore or None, column moves under lenient)
+_State = tuple[TableSchema, SchemaVersion, 'TableSchema | None', dict[str, str]]
+
+
+class _EvolveSchemaFn(beam.DoFn):
+    def __init__(self, registry_uri: str, policy: str) -> None:
+        self._uri = registry_uri
+        self._policy = policy
+
+    def setup(self) -> None:
+        self._registry = SchemaRegistry(self._uri)
+        self._current: dict[str, _State] = {}
+        self._changes = Metrics.counter('EvolveSchema', 'schema_changes')
+
+    def process(self, event: ChangeEvent) -> Iterator[ChangeEvent]:
+        table = event.table
+        if not table.columns:  # a logical message: no table, no schema
+            yield event
+            return
+        state = self._current.get(table.name)
+        if state is None or (state[0] is not table and state[0] != table):
+            state = yield from self._new_schema(event, state)
+        _, version, target, moved = state
+        if target is None:
+            yield event.replace(schema_version=version.version)
+            return
+        before, dropped_before = _project(event.before, target, moved)
+        after, dropped_after = _project(event.after, target, moved)
+        mark = {self._policy: sorted(set(dropped_before + dropped_after) | moved.keys())}
+        yield event.replace(table=target, before=before, after=after,
+                            unchanged=frozenset(moved.get(n, n) for n in event.unchanged
+                                                if moved.get(n, n) in target.by_name),
+                            schema_version=version.version,
+                            message={**(event.message or {}), **mark})
+
+    def _new_schema(self, event: ChangeEvent,
+                    state: _State | None) -> Generator[ChangeEvent, None, _State]:
+        table = event.table
+        position = event.source.sort_key
+        previous: SchemaVersion | None = state[1] if state else self._registry.latest(table.name)
+        new_state: _State
+        if previous is not None and previous.schema == table:
+            new_state = (table, previous, None, {})
+            self._current[table.name] = new_state
+            return new_state
+        if self._policy == 'ignore' and previous is not None:
+            first = self._registry.versions(table.name)[0]
+            new_state = (table, first, first.schema, {})
+            self._current[table.name] = new_state
+            _LOG.warning('%s changed schema; --schema_change ignore keeps version %016x',
+                         table.name, first.version)
+            return new_state
+        change = diff(previous.schema, table) if previous is not None else \
+            SchemaChange(added=tuple(c.name for c in table.columns))
+        problems = _incompatible(previous.schema, table) if previous is not None else []
+        registered_schema, target = table, None
+        moved: dict[str, str] = {}
+        if problems and self._policy == 'strict':
+            old_id = previous.version if previous is not None else 0
+            raise SchemaChangeError(
+                f'{table.name}: incompatible schema change at {position} under '
+                f'--schema_change strict (from version {old_id:016x}):\n'
+                f'{change.describe()}\nwhy: ' + '; '.join(problems))
+        if problems and self._policy == 'lenient':
+            assert previous is not None
+            registered_schema, moved = _lenient_schema(previous.schema, table)
+            target = registered_schema
+        version = self._registry.register(registered_schema, position)
+        self._changes.inc()
+        _LOG.info('%s: schema version %016x at %s\n%s', table.name, version.version, position,
+                  change.describe())
+        yield ChangeEvent(
+            op=Op.MESSAGE, table=registered_schema, source=event.source, ts_ms=event.ts_ms,
+            schema_version=version.version,
+            message={'kind': 'schema_change', 'table': table.name,
+                     'version': version.version,
+                     'previous_version': previous.version if previous else None,
+                     'compatible': not problems, 'policy': self._policy,
+                     'incompatibilities': problems, **change.to_json()})
+        new_state = (table, version, target, moved)
+        self._current[table.name] = new_state
+        return new_state
+
+
+class EvolveSchema(beam.PTransform):
+    """Tags ChangeEvents with schema versions kept in a registry at ``registry_uri``."""
+
+    def __init__(self, registry_uri: str, policy: str = 'evolve') -> None:
+        super().__init__()
+        if policy not in POLICIES:
+            raise ValueError(f'schema change policy {policy!r} must be one of '
+                             f'{", ".join(POLICIES)}')
+        SchemaRegistry(registry_uri)  # validates the URI
+        self._uri = registry_uri
+        self._policy = policy
+
+    def expand(self, events: beam.PCollection) -> beam.PCollection:
+        return events | 'TagVersions' >> beam.ParDo(
+            _EvolveSchemaFn(self._uri, self._policy)).with_output_types(ChangeEvent)
+
