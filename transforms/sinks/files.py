@@ -455,10 +455,6 @@ def _arrow_type(kind: Kind, column: Column) -> Any:
     return pa.string()  # STRING, TEXT, JSON, UUID, ENUM, INTERVAL, TIMETZ: the text form
 
 
-def _is_typed(value: Any) -> bool:
-    return not isinstance(value, str)
-
-
 @dataclasses.dataclass(frozen=True)
 class _ParquetField:
     """How one column's value (as ``to_avro_record`` normalized it) becomes a Parquet value.
@@ -475,18 +471,18 @@ class _ParquetField:
     element_typed: bool  # an array whose elements are not strings
 
     def split(self, value: Any) -> tuple[Any, str | None]:
-        """(value for the typed field, text for the ``_text`` map or None)."""
-        if value is None:
-            return None, None
+        """(value for the typed field, text for the ``_text`` map or None); value not None."""
         if isinstance(value, list):
-            if self.element_typed and not all(map(_is_typed, value)):
-                return None, json.dumps(encode_json_value(self.column, value),
-                                        ensure_ascii=False, separators=(',', ':'))
-            if not self.element_typed:  # a decimal of more than 38 digits, in a string list
+            if self.element_typed:
+                for item in value:
+                    if isinstance(item, str):  # one element is a text form: the whole array
+                        return None, json.dumps(encode_json_value(self.column, value),
+                                                ensure_ascii=False, separators=(',', ':'))
+            elif self.column.element is Kind.DECIMAL:  # more than 38 digits: a string list
                 return [v if v is None or isinstance(v, str) else str(v) for v in value], None
             return value, None
         if self.typed:
-            return (value, None) if _is_typed(value) else (None, value)
+            return (None, value) if isinstance(value, str) else (value, None)
         return str(value), None  # a Decimal of a decimal column stored as string
 
 
@@ -494,6 +490,13 @@ class _ParquetField:
 class _ParquetLayout:
     schema: Any  # pyarrow.Schema
     fields: tuple[_ParquetField, ...]
+    # The fields whose normalized value may need another form; the others pass as they are.
+    special: tuple[_ParquetField, ...]
+    renamed: bool  # some column's Avro field name is not its SQL name
+
+
+_SPECIAL_KINDS = frozenset({Kind.DATE, Kind.TIME, Kind.TIMESTAMP, Kind.TIMESTAMPTZ,
+                            Kind.DECIMAL, Kind.ARRAY})
 
 
 _SOURCE_FIELDS = (('version', 'string'), ('connector', 'string'), ('name', 'string'),
@@ -536,7 +539,9 @@ def _parquet_layout(table: TableSchema, version: int) -> _ParquetLayout:
         'changebeam.table': _table_json(table),
         'changebeam.schema_version': str(version),
     })
-    return _ParquetLayout(schema, tuple(fields))
+    special = tuple(f for f in fields if f.column.kind in _SPECIAL_KINDS)
+    renamed = any(f.avro != f.column.name for f in fields)
+    return _ParquetLayout(schema, tuple(fields), special, renamed)
 
 
 def _leaf_columns(arrow: Any) -> int:
@@ -562,23 +567,25 @@ def _table_json(table: TableSchema) -> str:
 
 
 def _parquet_row(layout: _ParquetLayout, record: dict[str, Any]) -> dict[str, Any]:
-    row = dict(record)
-    for key in ('before', 'after'):
+    """A row of ``layout.schema`` from a fresh ``to_avro_record`` result (changed in place)."""
+    for key, text_key in (('before', 'before_text'), ('after', 'after_text')):
         values = record[key]
-        if values is None:
-            row[f'{key}_text'] = None
-            continue
-        typed: dict[str, Any] = {}
         text: list[tuple[str, str]] | None = None
-        for field in layout.fields:
-            value, as_text = field.split(values[field.avro])
-            typed[field.column.name] = value
-            if as_text is not None:
-                text = text or []
-                text.append((field.column.name, as_text))
-        row[key] = typed
-        row[f'{key}_text'] = text
-    return row
+        if values is not None:
+            if layout.renamed:
+                values = record[key] = {f.column.name: values[f.avro] for f in layout.fields}
+            for field in layout.special:
+                name = field.column.name
+                value = values[name]
+                if value is None:
+                    continue
+                typed, as_text = field.split(value)
+                if as_text is not None:
+                    text = text or []
+                    text.append((name, as_text))
+                values[name] = typed
+        record[text_key] = text
+    return record
 
 
 class _ParquetWriter(_FormatWriter):
