@@ -516,17 +516,20 @@ def test_events_that_cannot_be_encoded_are_dead_letters_naming_the_field(
         tmp_path: pathlib.Path, fmt: str, step: str) -> None:
     wrong_type = ChangeEvent(op=Op.CREATE, table=ORDERS, source=position(ORDERS, 7),
                              after={'id': 7, 'raw': 'not bytes'})
+    # A lone surrogate (undecodable source bytes) has no UTF-8 form: Avro and Parquet refuse
+    # it; JSON may carry it as a \udc80 escape, which is the envelope's business.
     surrogate = ChangeEvent(op=Op.UPDATE, table=CUSTOMERS, source=position(CUSTOMERS, 8),
                             after={'id': 8, 'name': 'bad \udc80 byte'})
     good = [order(1), customer(2), order(3)]
-    letters = run([good[0], wrong_type, good[1], surrogate, good[2]], f'{fmt}:{tmp_path}',
+    bad = [wrong_type] if fmt == 'jsonl' else [wrong_type, surrogate]
+    letters = run([good[0], *bad[:1], good[1], *bad[1:], good[2]], f'{fmt}:{tmp_path}',
                   row_group_rows=2)
-    assert sorted((s, src) for s, _, src in letters) == \
-        [(step, 'crm.customers'), (step, 'public.orders')]
     errors = {src: error for _, error, src in letters}
-    assert errors['crm.customers'].startswith('after.name: '), errors
-    assert 'surrogate' in errors['crm.customers'], errors
+    assert sorted((s, src) for s, _, src in letters) == sorted((step, e.table.name) for e in bad)
     assert 'after.raw: ' in errors['public.orders'], errors
+    if fmt != 'jsonl':
+        assert errors['crm.customers'].startswith('after.name: '), errors
+        assert 'surrogate' in errors['crm.customers'], errors
     got: list[ChangeEvent] = []
     for table in (ORDERS, CUSTOMERS):
         for path in visible(tmp_path / table.name, fmt):
