@@ -104,6 +104,12 @@ class ChangeEventCoder(beam.coders.Coder):
             message=message,
         )
 
+    def estimate_size(self, event: ChangeEvent) -> int:
+        # Runners sample element sizes for their statistics; encoding each sampled event (with
+        # its schema) would cost more than processing it, so estimate from the row widths.
+        row = event.after if event.after is not None else event.before
+        return 96 + 24 * (len(row) if row else 0)
+
     def is_deterministic(self) -> bool:
         return True
 

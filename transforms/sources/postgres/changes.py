@@ -74,6 +74,8 @@ class ChangeAssembler:
         self._types: dict[int, pgtypes.TypeInfo] = {}
         self._relations: dict[int, RelationState] = {}
         self._begin: Begin | None = None
+        self._tx_id = ''
+        self._tx_source: dict[str, Any] = {}
         self._total_order = 0
         self._table_order: dict[str, int] = {}
 
@@ -91,6 +93,13 @@ class ChangeAssembler:
         self._begin = message
         self._total_order = 0
         self._table_order = {}
+        self._tx_id = f'{message.xid}:{message.final_lsn}'
+        # Every field of the transaction's source positions but schema, table and lsn.
+        self._tx_source = {
+            'connector': 'postgresql', 'name': self._server, 'db': self._database,
+            'schema': '', 'table': '', 'ts_ms': message.commit_ts // 1000, 'snapshot': 'false',
+            'tx_id': message.xid, 'lsn': None, 'commit_lsn': message.final_lsn, 'file': None,
+            'pos': None, 'row': None, 'gtid': None, 'server_id': None, 'thread': None}
 
     def commit(self, message: Commit) -> None:
         self._begin = None
@@ -168,26 +177,22 @@ class ChangeAssembler:
 
     def _event(self, op: Op, state: RelationState, lsn: int, before: dict[str, Any] | None,
                after: dict[str, Any] | None, unchanged: frozenset[str]) -> ChangeEvent:
-        begin = self._begin
-        if begin is None:
+        if self._begin is None:
             raise ValueError(f'{op.name} of {state.schema.name} arrived outside a transaction')
         table = state.schema
+        name = table.name
         self._total_order += 1
-        order = self._table_order[table.name] = self._table_order.get(table.name, 0) + 1
-        return ChangeEvent(
-            op=op,
-            table=table,
-            source=SourcePosition(
-                connector='postgresql', name=self._server, db=self._database,
-                schema=table.schema, table=table.table, ts_ms=begin.commit_ts // 1000,
-                tx_id=begin.xid, lsn=lsn, commit_lsn=begin.final_lsn),
-            before=before,
-            after=after,
-            ts_ms=int(self._clock() * 1000),
-            transaction=TransactionInfo(f'{begin.xid}:{begin.final_lsn}', self._total_order,
-                                        order),
-            unchanged=unchanged,
-        )
+        order = self._table_order[name] = self._table_order.get(name, 0) + 1
+        fields = self._tx_source.copy()
+        fields['schema'] = table.schema
+        fields['table'] = table.table
+        fields['lsn'] = lsn
+        # Built without the dataclasses' __init__: this runs once per change (hot path).
+        return ChangeEvent.from_fields({
+            'op': op, 'table': table, 'source': SourcePosition.from_fields(fields),
+            'before': before, 'after': after, 'ts_ms': int(self._clock() * 1000),
+            'transaction': TransactionInfo(self._tx_id, self._total_order, order),
+            'schema_version': None, 'unchanged': unchanged, 'message': None})
 
     def message(self, message: LogicalMessage, lsn: int) -> ChangeEvent | None:
         """An ``m`` event for an application's logical message; None for our heartbeats."""

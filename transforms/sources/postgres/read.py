@@ -302,24 +302,31 @@ class _ReadSlotFn(beam.DoFn):
         letters: list[DeadLetter] = []
         confirm_lsn = 0
         commit_ts = None
+        received = 0
         skipping = False  # replayed by the server, emitted before a reconnect
         while True:
             in_tx = assembler.in_transaction
-            timeout = 5.0 if in_tx else deadline - time.monotonic()
+            if in_tx:
+                timeout = 5.0  # a transaction is never cut: wait for its remaining changes
+            else:
+                timeout = deadline - time.monotonic()
+                if confirm_lsn:
+                    # Something committed this round: once the stream pauses, end the round
+                    # so the sink commits it now (latency) instead of at the deadline.
+                    timeout = min(timeout, _CAUGHT_UP_S)
             if timeout <= 0:
                 break
             frame = stream.read(timeout)
             if frame is None:
                 if in_tx:
-                    continue  # a transaction is never cut: wait for its remaining changes
+                    continue
                 break
-            self._bytes.inc(len(frame.payload))
-            where = f'{config.slot}@{format_lsn(frame.data_start)}'
+            received += len(frame.payload)
             try:
                 message = decoder.decode(frame.payload)
             except ValueError as exc:
                 letters.append(DeadLetter.from_exception('DecodeWal', exc, bytes(frame.payload),
-                                                         source=where))
+                                                         source=_where(config, frame)))
                 continue
             if isinstance(message, _CHANGES):
                 if skipping:
@@ -328,7 +335,7 @@ class _ReadSlotFn(beam.DoFn):
                     batch.extend(assembler.change(message, frame.data_start))
                 except (ValueError, KeyError) as exc:
                     letters.append(DeadLetter.from_exception(
-                        'ConvertRow', exc, bytes(frame.payload), source=where))
+                        'ConvertRow', exc, bytes(frame.payload), source=_where(config, frame)))
                 if len(batch) >= config.batch_size:
                     yield from self._emit(batch)
                     batch = []
@@ -344,7 +351,9 @@ class _ReadSlotFn(beam.DoFn):
             elif isinstance(message, Commit):
                 assembler.commit(message)
                 if not skipping:
-                    if batch:
+                    # Whole transactions only; several small ones share a batch (one Beam
+                    # element each costs more than the changes of a small transaction).
+                    if len(batch) >= config.batch_size:
                         yield from self._emit(batch)
                         batch = []
                     confirm_lsn = message.end_lsn
@@ -371,13 +380,17 @@ class _ReadSlotFn(beam.DoFn):
                     assembler.relation(message)
                 except (ValueError, KeyError) as exc:
                     letters.append(DeadLetter.from_exception(
-                        'DecodeRelation', exc, bytes(frame.payload), source=where))
+                        'DecodeRelation', exc, bytes(frame.payload), source=_where(config, frame)))
             elif isinstance(message, TypeMessage):
                 assembler.type(message)
             elif not isinstance(message, Origin):
                 letters.append(DeadLetter(
                     'DecodeWal', f'unexpected {type(message).__name__} message (streamed '
-                    'transactions are not requested)', bytes(frame.payload), source=where))
+                    'transactions are not requested)', bytes(frame.payload),
+                    source=_where(config, frame)))
+        if batch:
+            yield from self._emit(batch)
+        self._bytes.inc(received)
         if letters:
             self._dead.inc(len(letters))
             for letter in letters:
@@ -440,6 +453,11 @@ class _ReadSlotFn(beam.DoFn):
 
 
 _CHANGES = (Insert, Update, Delete, Truncate)
+_CAUGHT_UP_S = 0.015
+
+
+def _where(config: _SourceConfig, frame: Any) -> str:
+    return f'{config.slot}@{format_lsn(frame.data_start)}'
 
 
 def _unbatch(batch: list[ChangeEvent]) -> list[ChangeEvent]:
@@ -457,7 +475,7 @@ class ReadPostgresChanges(beam.PTransform):
                  publication: str | None = None, snapshot: str = 'initial',
                  max_idle_secs: float | None = None, heartbeat_secs: float = 10.0,
                  server_name: str | None = None, dead_letter: str = 'jsonl:dead-letters',
-                 round_secs: float = 0.5, batch_size: int = 500,
+                 round_secs: float = 0.2, batch_size: int = 500,
                  progress: bool = False) -> None:
         super().__init__()
         parsed = parse_dsn(dsn, option='dsn')
@@ -482,7 +500,8 @@ class ReadPostgresChanges(beam.PTransform):
         read = (pbegin
                 | 'Start' >> beam.Impulse()
                 | 'ReadSlot' >> beam.ParDo(_ReadSlotFn(self._config))
-                .with_output_types(list[ChangeEvent]).with_outputs(DEAD_LETTER, main='changes'))
+                .with_output_types(beam.typehints.List[ChangeEvent])
+                .with_outputs(DEAD_LETTER, main='changes'))
         _ = read[DEAD_LETTER] | 'WriteDeadLetters' >> WriteDeadLetters(self._dead_letter)
         return read.changes | 'Unbatch' >> beam.FlatMap(_unbatch).with_output_types(
             ChangeEvent)
