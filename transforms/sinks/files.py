@@ -703,7 +703,7 @@ class _WriteFilesFn(beam.DoFn):
         self._open: dict[Any, _OpenFile] = {}
 
     def start_bundle(self) -> None:
-        self._open = {}
+        self._abort_open()  # left by a bundle that failed: its events will be retried
         self._last: _OpenFile | None = None
 
     def _key(self, event: ChangeEvent) -> Any:
@@ -810,6 +810,9 @@ class _WriteFilesFn(beam.DoFn):
         self._last = None
 
     def teardown(self) -> None:
+        self._abort_open()
+
+    def _abort_open(self) -> None:
         for entry in getattr(self, '_open', {}).values():
             # Never committed: the source has not been acknowledged and will replay them.
             self._store.abort(entry.raw, entry.temp)
