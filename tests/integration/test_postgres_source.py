@@ -363,3 +363,32 @@ def test_sigkill_during_snapshot_takes_it_again(pg_db: Any, tmp_path: Path) -> N
         output = finish(second)
         assert 'taking the snapshot again' in output
         assert_rebuilt_equals_source(conn, read_jsonl_dir(str(out)), ['public.wide'])
+
+
+def test_lost_slot_is_refused_with_the_recovery(tmp_path: Path) -> None:
+    from tests.services.postgres import PostgresServer
+
+    server = PostgresServer.start(extra_settings={
+        'max_slot_wal_keep_size': '1MB', 'min_wal_size': '32MB', 'max_wal_size': '32MB'})
+    try:
+        dsn = server.dsn('postgres')
+        with server.connect('postgres') as conn:
+            conn.execute('CREATE TABLE t (id integer PRIMARY KEY, payload text)')
+            conn.execute("SELECT pg_create_logical_replication_slot('changebeam_postgres', "
+                         "'pgoutput')")
+            for _ in range(40):  # the inactive slot falls ~80 MB behind; checkpoints remove it
+                conn.execute("INSERT INTO t SELECT g, repeat('x', 2000) "
+                             'FROM generate_series(1, 1000) g ON CONFLICT (id) DO UPDATE '
+                             'SET payload = excluded.payload')
+                conn.execute('SELECT pg_switch_wal()')
+                conn.execute('CHECKPOINT')
+                status = conn.execute('SELECT wal_status FROM pg_replication_slots').fetchone()
+                if status[0] == 'lost':
+                    break
+            assert status[0] == 'lost'
+        output = run_until_error(dsn, tmp_path, '--snapshot', 'never')
+    finally:
+        server.stop()
+    assert "slot 'changebeam_postgres' is lost" in output
+    assert "pg_drop_replication_slot('changebeam_postgres')" in output
+    assert '--snapshot initial' in output
