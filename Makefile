@@ -25,6 +25,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.coder
 	$(PY) -m bench.postgres_cdc
+	$(PY) -m bench.sinks
+	$(PY) -m bench.files
+	$(PY) -m bench.mysql_cdc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-out

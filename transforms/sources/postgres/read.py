@@ -475,7 +475,7 @@ class ReadPostgresChanges(beam.PTransform):
                  publication: str | None = None, snapshot: str = 'initial',
                  max_idle_secs: float | None = None, heartbeat_secs: float = 10.0,
                  server_name: str | None = None, dead_letter: str = 'jsonl:dead-letters',
-                 round_secs: float = 0.2, batch_size: int = 500,
+                 round_secs: float = 0.15, batch_size: int = 500,
                  progress: bool = False) -> None:
         super().__init__()
         parsed = parse_dsn(dsn, option='dsn')
