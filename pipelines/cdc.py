@@ -47,17 +47,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
     """Adds source → sink (and dead letters) to ``pipeline``."""
-    if config.source.kind != 'postgresql':
-        raise OptionError('--source', str(config.source),
-                          'mysql:// sources are not available yet; use postgresql://')
-    from transforms.sources.postgres.read import ReadPostgresChanges
+    if config.source.kind == 'mysql':
+        from transforms.sources.mysql.read import ReadMySqlChanges
 
-    events = pipeline | 'ReadPostgresChanges' >> ReadPostgresChanges(
-        config.source.raw, tables=config.tables, slot_name=config.slot_name,
-        publication=config.publication, snapshot=config.snapshot,
-        max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
-        server_name=config.server_name, dead_letter=config.dead_letter,
-        progress=config.progress)
+        try:
+            read_mysql = ReadMySqlChanges(
+                config.source.raw, tables=config.tables, snapshot=config.snapshot,
+                max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
+                offset_store=config.offset_store, server_name=config.server_name,
+                dead_letter=config.dead_letter, progress=config.progress)
+        except ValueError as exc:
+            raise OptionError('--source', str(config.source), str(exc)) from None
+        events = pipeline | 'ReadMySqlChanges' >> read_mysql
+    else:
+        from transforms.sources.postgres.read import ReadPostgresChanges
+
+        events = pipeline | 'ReadPostgresChanges' >> ReadPostgresChanges(
+            config.source.raw, tables=config.tables, slot_name=config.slot_name,
+            publication=config.publication, snapshot=config.snapshot,
+            max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
+            server_name=config.server_name, dead_letter=config.dead_letter,
+            progress=config.progress)
     from transforms.schema.evolve import EvolveSchema
 
     events = events | 'EvolveSchema' >> EvolveSchema(config.schema_registry,

@@ -74,6 +74,7 @@ class CdcConfig:
     heartbeat_secs: float
     server_name: str
     progress: bool
+    offset_store: str = ''  # MySQL/MariaDB sources only
 
 
 class CdcOptions(PipelineOptions):
@@ -125,6 +126,11 @@ class CdcOptions(PipelineOptions):
             '--heartbeat_secs', default='10',
             help='How often an idle source writes a heartbeat so the slot keeps advancing '
                  '(default: 10; 0 disables).')
+        group.add_argument(
+            '--offset_store', default=None,
+            help='Where a MySQL/MariaDB source records the binlog position the sink reached: '
+                 'a file path, gs://… or s3://… (default: DIR/_offsets/NAME.json under a '
+                 'jsonl:DIR sink, else ./offsets/NAME.json; NAME is --server_name).')
         group.add_argument(
             '--server_name', default=None,
             help='Logical name of the source in events (source.name; default: the DB name).')
@@ -212,6 +218,7 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         raise OptionError('--publication', publication, 'use 1-63 lower-case letters, digits or _')
     heartbeat = _positive_float('--heartbeat_secs', opts.heartbeat_secs, allow_zero=True)
     progress = _choice('--progress', opts.progress, ('on', 'off', 'auto'))
+    server_name = opts.server_name or source.database or 'changebeam'
     return CdcConfig(
         source=source,
         tables=_tables(opts.tables or ''),
@@ -224,9 +231,24 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         schema_change=_choice('--schema_change', opts.schema_change, SCHEMA_CHANGE_POLICIES),
         schema_registry=schema_registry,
         heartbeat_secs=heartbeat or 0.0,
-        server_name=opts.server_name or source.database or 'changebeam',
+        server_name=server_name,
+        offset_store=_offset_store(opts.offset_store, sink, server_name),
         progress=progress == 'on' or (progress == 'auto' and _stderr_is_tty()),
     )
+
+
+def _offset_store(value: str | None, sink: SinkSpec, server_name: str) -> str:
+    if value:
+        scheme, sep, rest = value.partition('://')
+        if (sep and scheme not in ('gs', 's3', 'file')) or value.endswith('/') or \
+                (sep and '/' not in rest.strip('/')):
+            raise OptionError('--offset_store', value,
+                              'use a file path, gs://BUCKET/PATH or s3://BUCKET/PATH')
+        return value
+    name = re.sub(r'[^A-Za-z0-9_.-]', '_', server_name) + '.json'
+    if sink.is_file and '://' not in sink.target:
+        return f'{sink.target.rstrip("/")}/_offsets/{name}'
+    return f'offsets/{name}'
 
 
 def _default_slot(database: str) -> str:
