@@ -38,7 +38,8 @@ def start_cdc_to(dsn: str, sink: str, workdir: Path, *extra: str) -> subprocess.
     """The pipeline with a database sink; dead letters under ``workdir``."""
     return subprocess.Popen(
         [sys.executable, '-m', 'pipelines.cdc', '--source', dsn, '--sink', sink,
-         '--dead_letter', f'jsonl:{workdir / "dead"}', '--progress', 'off', *extra],
+         '--dead_letter', f'jsonl:{workdir / "dead"}', '--schema_registry',
+         str(workdir / 'schemas'), '--progress', 'off', *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
