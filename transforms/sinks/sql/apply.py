@@ -5,11 +5,16 @@
     letters = applier.apply(events)            # committed; [(DeadLetter, event), ...] for rejects
     applier.close()
 
-One batch is one transaction: the target tables' locks, then per table the truncate, deletes,
-upserts and appends that :func:`~transforms.sinks.sql.batch.plan_batch` reduced the batch to,
-each skipped where the target already holds a newer position (row ``_cb_pos``, tombstone,
-truncate mark).  If the target rejects the batch, it is retried row by row, one savepoint per
-row, and only the rows the target rejects become dead letters.  A lost connection (or a
+One batch is one transaction: the target tables' locks, then per table the schema step (create
+the table on first sight; when the batch brings a schema not seen before, read the table's
+columns from the catalog once and ALTER it so it holds that schema's rows, see ``alter``), then
+the truncate, deletes, upserts and appends that :func:`~transforms.sinks.sql.batch.plan_batch`
+reduced the batch to, each skipped where the target already holds a newer position (row
+``_cb_pos``, tombstone, truncate mark).  A target whose DDL commits implicitly (MariaDB) runs
+the schema step just before the transaction instead; a table the sink cannot make fit
+dead-letters that table's events of the batch with the reason.  If the target rejects the
+batch, it is retried row by row, one savepoint per row, and only the rows the target rejects
+become dead letters.  A lost connection (or a
 deadlock, serialization failure, shutdown) is retried with exponential backoff on a new
 connection, ``max_attempts`` times in all, then raised: never dead-lettered.
 """
@@ -29,7 +34,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.dead_letter import DEAD_LETTER, DeadLetter
-from transforms.envelope import ChangeEvent, TableSchema, to_debezium_json
+from transforms.envelope import ChangeEvent, Column, TableSchema, to_debezium_json
+from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import RowChange, TableBatch, plan_batch
 from transforms.sinks.sql.routing import TargetTable
 from transforms.sinks.sql.statements import TRUNCATED
@@ -44,10 +50,14 @@ class Target(abc.ABC):
     """One connection to a SQL target and its dialect's statements (picklable until connected).
 
     ``permanent`` lists the exception types that mean "the target rejects this" (as opposed to
-    :meth:`is_retryable` failures, which mean "try again on a new connection").
+    :meth:`is_retryable` failures, which mean "try again on a new connection").  ``dialect``
+    names the type system (see ``alter``); ``transactional_ddl`` says whether CREATE/ALTER can
+    run inside the batch transaction.
     """
 
     step: str
+    dialect: str
+    transactional_ddl: bool
     permanent: tuple[type[BaseException], ...]
 
     @abc.abstractmethod
@@ -66,8 +76,24 @@ class Target(abc.ABC):
         return f'{type(exc).__name__}: {exc}'.strip()
 
     @abc.abstractmethod
-    def ensure(self, tb: TableBatch) -> None:
-        """Create or extend the target table for every schema of ``tb``; commits."""
+    def columns(self, target: TargetTable) -> dict[str, TargetColumn]:
+        """The table's columns as its catalog shows them now; empty if it does not exist."""
+
+    @abc.abstractmethod
+    def column_type(self, column: Column, connector: str, key: bool) -> str:
+        """The type the sink gives ``column`` (of a ``connector`` source) in this target."""
+
+    @abc.abstractmethod
+    def create(self, target: TargetTable, schema: TableSchema, connector: str) -> None:
+        """Create the table (and its schema) for ``schema``'s rows, if it does not exist."""
+
+    @abc.abstractmethod
+    def high_water(self, target: TargetTable) -> str:
+        """The newest source position the table reflects (rows, deletes, truncate); ''."""
+
+    @abc.abstractmethod
+    def alter(self, target: TargetTable, alteration: Alteration) -> None:
+        """Run ``alteration``'s ADD / widening / DROP NOT NULL as one ALTER TABLE."""
 
     @abc.abstractmethod
     def begin(self, row_by_row: bool) -> None: ...
@@ -141,6 +167,10 @@ class Applier:
         self._latency = Metrics.distribution(step, 'apply_latency_ms')
         self._per_table: dict[TargetTable, Any] = {}
         self._connected = False
+        # (target, schema) pairs the target table is known to hold, and its columns then.
+        self._fitted: set[tuple[TargetTable, TableSchema]] = set()
+        self._target_columns: dict[TargetTable, frozenset[str]] = {}
+        self._altered = Metrics.counter(step, 'tables_altered')
 
     def open(self) -> None:
         self._retry(lambda: None)
@@ -163,18 +193,7 @@ class Applier:
             _LOG.warning('%d delete(s) of table(s) without a key not applied (no row identity): %s',
                          len(plan.unkeyed_deletes),
                          sorted({e.table.name for e in plan.unkeyed_deletes}))
-        tables = []
-        for tb in plan.tables.values():
-            try:
-                self._retry(functools.partial(self.target.ensure, tb))
-            except Exception as exc:
-                if not self._rejected(exc):
-                    raise
-                error = f'cannot create or extend {tb.target}: {self.target.describe(exc)}'
-                _LOG.error('%s', error)
-                letters += [(self._letter(error, e), e) for e in tb.events()]
-                continue
-            tables.append(tb)
+        tables = list(plan.tables.values())
         if tables:
             try:
                 written = self._retry(lambda: self._write(tables, row_by_row=False))
@@ -239,11 +258,89 @@ class Applier:
                 time.sleep(delay)
         raise AssertionError('unreachable')
 
+    def _fit(self, tb: TableBatch,
+             fitted: dict[TargetTable, frozenset[str]]) -> str | None:
+        """Create or ALTER ``tb``'s target so it holds every schema of the batch; None when
+        done (``fitted`` gets the table's columns), else why it cannot be."""
+        target = self.target
+        todo = [s for s in tb.schemas if (tb.target, s) not in self._fitted]
+        if not todo:
+            tb.target_columns = self._target_columns[tb.target]
+            return None
+        try:
+            existing = target.columns(tb.target)
+            if not existing:
+                target.create(tb.target, todo[0], tb.connector)
+                _LOG.info('%s created table %s', target.step, tb.target)
+                existing = target.columns(tb.target)
+            high_water: str | None = None
+            for schema in todo:
+                wanted = functools.partial(self._column_type, tb, schema)
+                # A schema older than another of the batch needs only to fit (its rows were
+                # converted at the source like the target's column; MariaDB may have altered
+                # the table already in an attempt that then failed).
+                older = schema is not tb.schemas[-1]
+                alteration = plan_alteration(existing, schema, wanted, target.dialect,
+                                             older=older)
+                if alteration.problems and not older:
+                    # So do rows from before the target's shape (a replay after a restart).
+                    # A real change the target cannot follow never gets a row applied, so its
+                    # rows are always newer than everything the table reflects.
+                    if high_water is None:
+                        high_water = target.high_water(tb.target)
+                    if tb.since[-1] < high_water:
+                        alteration = plan_alteration(existing, schema, wanted, target.dialect,
+                                                     older=True)
+                if alteration.problems:
+                    return (f'{target.step} cannot make {tb.target} hold the rows of '
+                            f'{schema.name} as the source now has it: '
+                            + '; '.join(alteration.problems))
+                if alteration:
+                    target.alter(tb.target, alteration)
+                    self._altered.inc()
+                    _LOG.info('%s altered %s for a new schema of %s: added %s, widened %s, '
+                              'made nullable %s', target.step, tb.target, schema.name,
+                              [c[0] for c in alteration.add] + list(alteration.hidden),
+                              [f'{w.column} {w.old} -> {w.new}' for w in alteration.widen],
+                              [c.name for c in alteration.relax])
+                    existing = target.columns(tb.target)
+                if alteration.kept:
+                    _LOG.info('%s keeps column(s) %s of %s that %s no longer has: NULL in the '
+                              'rows written from now on', target.step, list(alteration.kept),
+                              tb.target, schema.name)
+        except Exception as exc:
+            if not self._rejected(exc):
+                raise
+            return f'cannot create or alter {tb.target}: {target.describe(exc)}'
+        tb.target_columns = fitted[tb.target] = frozenset(existing)
+        return None
+
+    def _column_type(self, tb: TableBatch, schema: TableSchema, column: Column) -> str:
+        return self.target.column_type(column, tb.connector, column.name in schema.key)
+
+    def _fit_all(self, tables: list[TableBatch], written: _Written,
+                 fitted: dict[TargetTable, frozenset[str]]) -> list[TableBatch]:
+        """The tables whose targets hold their rows; the others' events become dead letters."""
+        ready = []
+        for tb in tables:
+            error = self._fit(tb, fitted)
+            if error is None:
+                ready.append(tb)
+                continue
+            _LOG.error('%s', error)
+            written.letters += [(self._letter(error, e), e) for e in tb.events()]
+        return ready
+
     def _write(self, tables: list[TableBatch], row_by_row: bool) -> _Written:
         target = self.target
         written = _Written()
+        fitted: dict[TargetTable, frozenset[str]] = {}
+        if not target.transactional_ddl:  # its DDL would commit the batch transaction
+            tables = self._fit_all(tables, written, fitted)
         target.begin(row_by_row)
         target.lock(sorted({tb.target for tb in tables}))
+        if target.transactional_ddl:  # after the lock: one writer alters a table at a time
+            tables = self._fit_all(tables, written, fitted)
         for tb in tables:
             marks = target.tombstones(tb.target, [c.key_hash for c in tb.changes.values()])
             truncated = marks.get(TRUNCATED)
@@ -282,6 +379,9 @@ class Applier:
                 target.drop_tombstones(tb.target, revived)
             written.applied[tb.target] = len(done)
         target.commit()
+        # Only now: a rolled-back transaction took its ALTERs with it (PostgreSQL).
+        self._target_columns.update(fitted)
+        self._fitted.update((tb.target, s) for tb in tables for s in tb.schemas)
         return written
 
     def _one(self, tb: TableBatch, change: RowChange) -> None:

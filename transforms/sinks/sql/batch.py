@@ -65,15 +65,29 @@ class TableBatch:
     target: TargetTable
     table: TableSchema  # the newest schema seen in the batch
     schemas: list[TableSchema]  # every distinct schema seen, oldest first
+    since: list[str]  # the position of each schema's first event in the batch
     connector: str  # the source's connector name (decides whether types are reused verbatim)
     truncate: str | None = None
     truncate_events: list[ChangeEvent] = dataclasses.field(default_factory=list)
     changes: dict[str, RowChange] = dataclasses.field(default_factory=dict)
     appends: list[RowChange] = dataclasses.field(default_factory=list)
+    # The target table's columns, once the sink has made it hold every schema of the batch.
+    target_columns: frozenset[str] = frozenset()
+    _nulled: dict[int, tuple[TableSchema, tuple[str, ...]]] = dataclasses.field(
+        default_factory=dict, repr=False)
 
     @property
     def keyed(self) -> bool:
         return bool(self.table.key)
+
+    def nulled(self, table: TableSchema) -> tuple[str, ...]:
+        """Target columns a row of ``table`` must set NULL: kept after the source dropped
+        (or renamed) them, so their old values do not outlive the change."""
+        cached = self._nulled.get(id(table))
+        if cached is None or cached[0] is not table:
+            names = tuple(sorted(self.target_columns - table.by_name.keys() - RESERVED))
+            cached = self._nulled[id(table)] = (table, names)
+        return cached[1]
 
     def events(self) -> list[ChangeEvent]:
         out = list(self.truncate_events)
@@ -128,7 +142,7 @@ def _problem(event: ChangeEvent) -> str | None:
     return None
 
 
-def _table_batch(batch: Batch, table: TableSchema, connector: str,
+def _table_batch(batch: Batch, table: TableSchema, pos: str, connector: str,
                  target_of: Callable[[TableSchema], TargetTable]) -> TableBatch | str:
     """The batch of ``table``'s target (made on first sight), or why its events are rejected."""
     reserved = RESERVED.intersection(table.by_name)
@@ -140,11 +154,12 @@ def _table_batch(batch: Batch, table: TableSchema, connector: str,
         return f'route: {exc}'
     tb = batch.tables.get(target)
     if tb is None:
-        tb = batch.tables[target] = TableBatch(target, table, [table], connector)
+        tb = batch.tables[target] = TableBatch(target, table, [table], [pos], connector)
     elif tb.table != table:  # events are in position order: this schema is the newer one
         tb.table = table
         if table not in tb.schemas:
             tb.schemas.append(table)
+            tb.since.append(pos)
     return tb
 
 
@@ -166,7 +181,8 @@ def plan_batch(events: Iterable[ChangeEvent],
         table = event.table
         tb = known.get(id(table))
         if tb is None:
-            tb = known[id(table)] = _table_batch(batch, table, event.source.connector, target_of)
+            tb = known[id(table)] = _table_batch(batch, table, pos, event.source.connector,
+                                                 target_of)
         if isinstance(tb, str):
             batch.rejected.append((event, tb))
             continue

@@ -3,7 +3,9 @@
     dead = events | 'WriteToMariaDB' >> WriteChangesToMySQL('mysql://app@db:3306/replica')
 
 Source ``schema.table`` goes to ``table`` in the DSN's database (created on first sight: source
-types verbatim from a MySQL/MariaDB source, else the typemap's).  Each batch is one
+types verbatim from a MySQL/MariaDB source, else the typemap's; altered when the source's
+schema changes, see ``alter``: MariaDB commits DDL implicitly, so the ALTER runs just before
+the batch transaction, and is idempotent if the batch is retried).  Each batch is one
 transaction of multi-row ``INSERT … ON DUPLICATE KEY UPDATE c = IF(row older, new, old)``
 statements (measured in bench/sinks.py against ``LOAD DATA LOCAL INFILE``; see docs/sinks.md).
 The session runs in strict mode with ``NO_AUTO_VALUE_ON_ZERO`` and UTC: a value MariaDB cannot
@@ -27,6 +29,7 @@ from transforms.dead_letter import DEAD_LETTER
 from transforms.dsn import parse_dsn, redact
 from transforms.envelope import Column, Kind, TableSchema, encode_json_value
 from transforms.sinks.sql import statements as sql
+from transforms.sinks.sql.alter import Alteration, TargetColumn
 from transforms.sinks.sql.apply import Target, _ApplyChangesFn
 from transforms.sinks.sql.batch import RowChange, TableBatch
 from transforms.sinks.sql.routing import Route, TargetTable, check_route, mysql_target
@@ -245,6 +248,8 @@ def _null_safe(name: str, convert: Callable[[Any], str]) -> Callable[[Any], str]
 
 class _MySQLTarget(Target):
     step = _STEP
+    dialect = 'mysql'
+    transactional_ddl = False
 
     def __init__(self, dsn: str, route: Route = None) -> None:
         self._dsn = dsn
@@ -268,7 +273,6 @@ class _MySQLTarget(Target):
         pymysql = _pymysql()
         self._conn = pymysql.connect(autocommit=True, **self._args)
         self._cur = self._conn.cursor()
-        self._ensured: set[tuple[TargetTable, TableSchema]] = set()
         self._literals: dict[int, tuple[TableSchema, dict[str, Callable[[Any], str]]]] = {}
         self._run(f"SET SESSION sql_mode = '{_SQL_MODE}', time_zone = '+00:00'")
         self._run('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
@@ -321,33 +325,31 @@ class _MySQLTarget(Target):
 
     # -- tables ---------------------------------------------------------------------------
 
-    def ensure(self, tb: TableBatch) -> None:
-        todo = [s for s in tb.schemas if (tb.target, s) not in self._ensured]
-        if not todo:
-            return
-        target = tb.target
-        existing = self._columns(target)
-        for schema in todo:
-            definitions = [(c.name, mysql_type(c, tb.connector, key=c.name in schema.key),
-                            c.nullable) for c in schema.columns]
-            if not existing:
-                self._run(sql.my_create_table(target, definitions, schema.key))
-                _LOG.info('%s created table %s', _STEP, target)
-            else:
-                missing = [d for d in definitions if d[0] not in existing]
-                hidden = [sql.POS] if sql.POS not in existing else []
-                if not schema.key and sql.ROW_ID not in existing:
-                    hidden.append(sql.ROW_ID)
-                for statement in sql.my_add_columns(target, missing, hidden):
-                    self._run(statement)
-            existing = self._columns(target)
-        self._ensured.update((target, s) for s in todo)
-
-    def _columns(self, target: TargetTable) -> set[str]:
+    def columns(self, target: TargetTable) -> dict[str, TargetColumn]:
         database = self._literal(target.schema) if target.schema else 'DATABASE()'
-        self._run('SELECT COLUMN_NAME FROM information_schema.COLUMNS '
-                  f'WHERE TABLE_SCHEMA = {database} AND TABLE_NAME = {self._literal(target.table)}')
-        return {row[0] for row in self._cur.fetchall()}
+        self._run("SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI' "
+                  f'FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {database} '
+                  f'AND TABLE_NAME = {self._literal(target.table)} ORDER BY ORDINAL_POSITION')
+        return {name: TargetColumn(name, type_, bool(nullable), bool(key))
+                for name, type_, nullable, key in self._cur.fetchall()}
+
+    def column_type(self, column: Column, connector: str, key: bool) -> str:
+        return mysql_type(column, connector, key=key)
+
+    def create(self, target: TargetTable, schema: TableSchema, connector: str) -> None:
+        definitions = [(c.name, self.column_type(c, connector, c.name in schema.key),
+                        c.nullable) for c in schema.columns]
+        self._run(sql.my_create_table(target, definitions, schema.key))
+
+    def high_water(self, target: TargetTable) -> str:
+        self._run(sql.my_high_water(target, self._literal(sql.my_label(target))))
+        return str(self._cur.fetchone()[0] or '')
+
+    def alter(self, target: TargetTable, alteration: Alteration) -> None:
+        modify = [(w.column, w.new, w.nullable) for w in alteration.widen]
+        modify += [(c.name, c.type, True) for c in alteration.relax]
+        for statement in sql.my_alter_table(target, alteration.add, modify, alteration.hidden):
+            self._run(statement)
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -411,22 +413,24 @@ class _MySQLTarget(Target):
                 [f"({label}, '{c.key_hash}', '{c.pos}')" for c in chunk]))
 
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
-        for columns, rows in self._rows(tb, changes, with_id=False):
-            self._run(sql.my_upsert(tb.target, columns, tb.table.key, rows))
+        for columns, nulled, rows in self._rows(tb, changes, with_id=False):
+            self._run(sql.my_upsert(tb.target, columns, tb.table.key, rows, nulled))
         return 0  # MariaDB's affected-row count cannot tell a stale row from an unchanged one
 
     def append(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
-        for columns, rows in self._rows(tb, changes, with_id=True):
+        for columns, _, rows in self._rows(tb, changes, with_id=True):
             self._run(sql.my_append(tb.target, columns, rows))
 
     def _rows(self, tb: TableBatch, changes: Sequence[RowChange],
-              with_id: bool) -> list[tuple[list[str], list[str]]]:
-        """Changes grouped by the columns they write, as escaped row tuples, in chunks."""
-        groups: dict[tuple[str, ...], list[RowChange]] = {}
-        for change in changes:
-            groups.setdefault(change.columns, []).append(change)
+              with_id: bool) -> list[tuple[list[str], tuple[str, ...], list[str]]]:
+        """Changes grouped by the columns they write (and the kept columns they set NULL), as
+        escaped row tuples, in chunks."""
+        groups: dict[tuple[tuple[str, ...], int], list[RowChange]] = {}
+        for change in changes:  # by schema too: a column's type can differ between versions
+            groups.setdefault((change.columns, id(change.table)), []).append(change)
         out = []
-        for columns, group in groups.items():
+        for (columns, _), group in groups.items():
+            nulled = tb.nulled(group[0].table)
             names = [*columns, sql.POS] + ([sql.ROW_ID] if with_id else [])
             table = group[0].table
             converters = self._convert(table)
@@ -442,10 +446,10 @@ class _MySQLTarget(Target):
             limit = _STATEMENT_BYTES
             for end, size in enumerate(accumulate(map(len, rows)), start=1):
                 if size >= limit:
-                    out.append((names, rows[start:end]))
+                    out.append((names, nulled, rows[start:end]))
                     start, limit = end, size + _STATEMENT_BYTES
             if start < len(rows):
-                out.append((names, rows[start:]))
+                out.append((names, nulled, rows[start:]))
         return out
 
     def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None:

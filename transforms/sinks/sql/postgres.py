@@ -4,7 +4,8 @@
     dead | 'WriteDeadLetters' >> WriteDeadLetters('jsonl:/var/lib/changebeam/dead')
 
 Source ``schema.table`` goes to ``schema.table`` (schema and table are created on first sight,
-with the source's column types verbatim from a PostgreSQL source, else the typemap's).  Each
+with the source's column types verbatim from a PostgreSQL source, else the typemap's, and
+altered inside the batch transaction when the source's schema changes: see ``alter``).  Each
 batch is one transaction: rows are COPYed into a temp staging table shaped like the target and
 merged with ``INSERT … SELECT … ON CONFLICT (key) DO UPDATE … WHERE row._cb_pos < new._cb_pos``
 (measured in bench/sinks.py against plain COPY; see docs/sinks.md).  Staging also makes every
@@ -24,6 +25,7 @@ from transforms.dead_letter import DEAD_LETTER
 from transforms.dsn import parse_dsn, redact
 from transforms.envelope import Column, TableSchema
 from transforms.sinks.sql import statements as sql
+from transforms.sinks.sql.alter import Alteration, TargetColumn
 from transforms.sinks.sql.apply import Target, _ApplyChangesFn
 from transforms.sinks.sql.batch import RowChange, TableBatch
 from transforms.sinks.sql.copytext import rows_text
@@ -39,6 +41,14 @@ _STEP = 'WriteChangesToPostgres'
 _RETRYABLE_CLASSES = frozenset({'08', '40', '53', '57', '58'})
 _RETRYABLE_STATES = frozenset({'55P03'})  # lock_not_available
 _COPY_CHUNK_ROWS = 1000
+# The live columns of a table: format_type prints the type text a PostgreSQL source's columns
+# carry (Column.source_type), so the two compare as text; key = part of the primary key.
+_COLUMNS = ('SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, '
+            'COALESCE(a.attnum = ANY(i.indkey::int2[]), false) '
+            'FROM pg_attribute a LEFT JOIN pg_index i '
+            'ON i.indrelid = a.attrelid AND i.indisprimary '
+            'WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped '
+            'ORDER BY a.attnum')
 
 
 def _psycopg() -> Any:
@@ -62,6 +72,8 @@ def _parse(dsn: str) -> str:
 
 class _PostgresTarget(Target):
     step = _STEP
+    dialect = 'postgresql'
+    transactional_ddl = True
 
     def __init__(self, dsn: str, route: Route = None) -> None:
         self._dsn = dsn
@@ -85,7 +97,7 @@ class _PostgresTarget(Target):
         self._conn = psycopg.connect(self._dsn, autocommit=True)
         self._cur = self._conn.cursor()
         self._stages: dict[tuple[Any, ...], str] = {}
-        self._ensured: set[tuple[TargetTable, TableSchema]] = set()
+        self._known_types: dict[str, bool] = {}
         self._generation = 0
         for attempt in (1, 2):
             try:
@@ -131,56 +143,59 @@ class _PostgresTarget(Target):
 
     # -- tables ---------------------------------------------------------------------------
 
-    def ensure(self, tb: TableBatch) -> None:
-        todo = [s for s in tb.schemas if (tb.target, s) not in self._ensured]
-        if not todo:
-            return
-        target = tb.target
-        with self._conn.transaction():
-            existing = self._columns(target)
-            for schema in todo:
-                definitions = [(c.name, self._type(c, tb.connector), c.nullable)
-                               for c in schema.columns]
-                if not existing:
-                    for statement in sql.pg_create_table(target, definitions, schema.key):
-                        self._run(statement)
-                    _LOG.info('%s created table %s', _STEP, target)
-                else:
-                    missing = [d for d in definitions if d[0] not in existing]
-                    hidden = [sql.POS] if sql.POS not in existing else []
-                    if not schema.key and sql.ROW_ID not in existing:
-                        hidden.append(sql.ROW_ID)
-                    for statement in sql.pg_add_columns(target, missing, hidden):
-                        self._run(statement)
-                    if missing or hidden:
-                        _LOG.info('%s added column(s) %s to %s', _STEP,
-                                  [d[0] for d in missing] + hidden, target)
-                existing = self._columns(target)
-        self._ensured.update((target, s) for s in todo)
-        self._generation += 1  # staging tables copy the target's columns: make new ones
+    def columns(self, target: TargetTable) -> dict[str, TargetColumn]:
+        self._run(_COLUMNS, (sql.pg_label(target),))
+        return {name: TargetColumn(name, type_, nullable, key)
+                for name, type_, nullable, key in self._cur.fetchall()}
 
-    def _columns(self, target: TargetTable) -> set[str]:
-        self._run('SELECT column_name FROM information_schema.columns '
-                  'WHERE table_schema = %s AND table_name = %s',
-                  (target.schema or 'public', target.table))
-        return {row[0] for row in self._cur.fetchall()}
-
-    def _type(self, column: Column, connector: str) -> str:
+    def column_type(self, column: Column, connector: str, key: bool) -> str:
         type_ = postgres_type(column, connector)
-        if connector == 'postgresql' and type_ == column.source_type:
-            # A user-defined source type (enum, domain) may not exist here: then map the kind.
+        if connector != 'postgresql' or type_ != column.source_type:
+            return type_
+        # A user-defined source type (enum, domain) may not exist here: then map the kind.
+        known = self._known_types.get(type_)
+        if known is None:
             psycopg = _psycopg()
             try:
-                with self._conn.transaction():
+                with self._conn.transaction():  # a savepoint inside the batch transaction
                     self._run('SELECT to_regtype(%s)', (type_,))
                     known = self._cur.fetchone()[0] is not None
             except psycopg.Error:
                 known = False
-            if not known:
-                _LOG.warning('%s: type %r of column %r does not exist in the target; using %r',
-                             _STEP, type_, column.name, postgres_type(column))
-                return postgres_type(column)
+            self._known_types[type_] = known
+        if not known:
+            _LOG.warning('%s: type %r of column %r does not exist in the target; using %r',
+                         _STEP, type_, column.name, postgres_type(column))
+            return postgres_type(column)
         return type_
+
+    def create(self, target: TargetTable, schema: TableSchema, connector: str) -> None:
+        definitions = [(c.name, self.column_type(c, connector, c.name in schema.key),
+                        c.nullable) for c in schema.columns]
+        psycopg = _psycopg()
+        for attempt in (1, 2):
+            try:
+                with self._conn.transaction():  # a savepoint: a failure leaves the batch usable
+                    for statement in sql.pg_create_table(target, definitions, schema.key):
+                        self._run(statement)
+                break
+            except psycopg.errors.UniqueViolation:
+                if attempt == 2:  # another writer created the schema at the same time
+                    raise
+        self._generation += 1
+
+    def high_water(self, target: TargetTable) -> str:
+        self._run(sql.pg_high_water(target), (sql.pg_label(target),))
+        return self._cur.fetchone()[0] or ''
+
+    def alter(self, target: TargetTable, alteration: Alteration) -> None:
+        statements = sql.pg_alter_table(
+            target, alteration.add, [(w.column, w.new) for w in alteration.widen],
+            [c.name for c in alteration.relax], alteration.hidden)
+        with self._conn.transaction():
+            for statement in statements:
+                self._run(statement)
+        self._generation += 1  # staging tables copy the target's column types: make new ones
 
     def _stage(self, target: TargetTable, columns: Sequence[str], extra: Sequence[str] = ()) -> str:
         key = (target, tuple(columns), tuple(extra), self._generation)
@@ -265,20 +280,20 @@ class _PostgresTarget(Target):
 
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
         stale = 0
-        for columns, group in _by_columns(changes).items():
+        for columns, nulled, group in _by_columns(tb, changes):
             names = [*columns, sql.POS]
             stage = self._stage(tb.target, names)
             by_name = group[0].table.by_name
             self._copy(stage, [by_name[n] for n in columns], [sql.POS],
                        [c.row.values() for c in group],  # type: ignore[union-attr]
                        [c.pos for c in group])
-            self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key))
+            self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key, nulled))
             stale += len(group) - max(self._cur.rowcount, 0)
             self._run(f'TRUNCATE {stage}')
         return stale
 
     def append(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
-        for columns, group in _by_columns(changes).items():
+        for columns, _, group in _by_columns(tb, changes):
             names = [*columns, sql.POS, sql.ROW_ID]
             stage = self._stage(tb.target, names)
             by_name = group[0].table.by_name
@@ -292,11 +307,15 @@ class _PostgresTarget(Target):
         self._run(sql.PG_DROP_TOMBSTONES, (sql.pg_label(target), ','.join(hashes)))
 
 
-def _by_columns(changes: Sequence[RowChange]) -> dict[tuple[str, ...], list[RowChange]]:
-    groups: dict[tuple[str, ...], list[RowChange]] = {}
+def _by_columns(tb: TableBatch, changes: Sequence[RowChange]
+                ) -> list[tuple[tuple[str, ...], tuple[str, ...], list[RowChange]]]:
+    """Changes grouped by the columns they write (with the kept columns they set NULL), and by
+    schema: the same column names can have other types in another version."""
+    groups: dict[tuple[tuple[str, ...], int], list[RowChange]] = {}
     for change in changes:
-        groups.setdefault(change.columns, []).append(change)
-    return groups
+        groups.setdefault((change.columns, id(change.table)), []).append(change)
+    return [(columns, tb.nulled(group[0].table), group)
+            for (columns, _), group in groups.items()]
 
 
 class WriteChangesToPostgres(beam.PTransform):

@@ -35,6 +35,7 @@ __all__ = [
     'RESERVED',
     'ROW_ID',
     'TRUNCATED',
+    'my_alter_table',
     'my_append',
     'my_create_table',
     'my_create_tombstones',
@@ -43,6 +44,7 @@ __all__ = [
     'my_record_tombstones',
     'my_table',
     'my_upsert',
+    'pg_alter_table',
     'pg_append',
     'pg_copy',
     'pg_create_stage',
@@ -143,6 +145,23 @@ def pg_add_columns(target: TargetTable, columns: Sequence[ColumnDef],
     return statements
 
 
+def pg_alter_table(target: TargetTable, add: Sequence[ColumnDef] = (),
+                   retype: Sequence[tuple[str, str]] = (), relax: Sequence[str] = (),
+                   hidden: Sequence[str] = ()) -> list[str]:
+    """One ALTER TABLE (one rewrite at most): columns to add (nullable), ``(column, type)`` to
+    convert with ``USING column::type`` (PostgreSQL's own cast, as the source's ALTER used),
+    columns to make nullable, and missing bookkeeping columns."""
+    parts = [f'ALTER COLUMN {pg_ident(n)} TYPE {t} USING {pg_ident(n)}::{t}' for n, t in retype]
+    parts += [f'ALTER COLUMN {pg_ident(n)} DROP NOT NULL' for n in relax]
+    statements = pg_add_columns(target, add, hidden)
+    if parts:
+        if statements and statements[0].startswith('ALTER TABLE'):
+            statements[0] += ', ' + ', '.join(parts)
+        else:
+            statements.insert(0, f'ALTER TABLE {pg_table(target)} {", ".join(parts)}')
+    return statements
+
+
 def pg_stage(number: int) -> str:
     return f'pg_temp.{pg_ident(f"_cb_stage_{number}")}'
 
@@ -162,13 +181,15 @@ def pg_copy(stage: str, columns: Sequence[str]) -> str:
 
 
 def pg_upsert(target: TargetTable, stage: str, columns: Sequence[str],
-              key: Sequence[str]) -> str:
+              key: Sequence[str], nulled: Sequence[str] = ()) -> str:
     """Insert staged rows; update a row only if the staged position is newer than the row's.
 
     ``columns`` includes the key and ``_cb_pos``; the staged rows have distinct keys.
+    ``nulled`` are target columns the rows' schema lacks (dropped at the source): set NULL.
     """
     updates = [c for c in columns if c not in key]
-    assignments = ', '.join(f'{pg_ident(c)} = EXCLUDED.{pg_ident(c)}' for c in updates)
+    assignments = ', '.join([f'{pg_ident(c)} = EXCLUDED.{pg_ident(c)}' for c in updates]
+                            + [f'{pg_ident(c)} = NULL' for c in nulled])
     pos = pg_ident(POS)
     return (f'INSERT INTO {pg_table(target)} AS _cb_t ({_pg_list(columns)}) '
             f'SELECT {_pg_list(columns)} FROM {stage} '
@@ -213,6 +234,13 @@ PG_MARK_TRUNCATE = (f'INSERT INTO {PG_TOMBSTONES} AS _cb_d (tbl, key, pos) '
 
 def pg_newer_rows_exist(target: TargetTable) -> str:
     return f'SELECT EXISTS (SELECT 1 FROM {pg_table(target)} WHERE {pg_ident(POS)} >= %s)'
+
+
+def pg_high_water(target: TargetTable) -> str:
+    """The newest position the table reflects: its rows', deletes' and truncate's (parameter:
+    the target's label).  Scans the table: only run when a schema change needs it."""
+    return (f'SELECT GREATEST((SELECT max({pg_ident(POS)}) FROM {pg_table(target)}), '
+            f'(SELECT max(pos) FROM {PG_TOMBSTONES} WHERE tbl = %s))')
 
 
 def pg_truncate(target: TargetTable) -> str:
@@ -292,18 +320,35 @@ def my_add_columns(target: TargetTable, columns: Sequence[ColumnDef],
     return [f'ALTER TABLE {my_table(target)} {", ".join(adds)}'] if adds else []
 
 
+def my_alter_table(target: TargetTable, add: Sequence[ColumnDef] = (),
+                   modify: Sequence[ColumnDef] = (), hidden: Sequence[str] = ()) -> list[str]:
+    """One ALTER TABLE: columns to add (nullable), columns to redefine as ``(name, type,
+    nullable)`` (MODIFY restates the whole definition), missing bookkeeping columns."""
+    statements = my_add_columns(target, add, hidden)
+    parts = [f'MODIFY COLUMN {_my_column(c)}' for c in modify]
+    if parts:
+        if statements:
+            statements[0] += ', ' + ', '.join(parts)
+        else:
+            statements.append(f'ALTER TABLE {my_table(target)} {", ".join(parts)}')
+    return statements
+
+
 def my_upsert(target: TargetTable, columns: Sequence[str], key: Sequence[str],
-              rows: Sequence[str]) -> str:
+              rows: Sequence[str], nulled: Sequence[str] = ()) -> str:
     """A multi-row upsert; ``rows`` are escaped ``(v1, v2, …)`` tuples in ``columns`` order.
 
     MariaDB evaluates the UPDATE assignments left to right against the row being updated, so
     ``_cb_pos`` is assigned last and every earlier assignment still sees the stored position.
+    ``nulled`` are target columns the rows' schema lacks (dropped at the source): set NULL.
     """
     pos = my_ident(POS)
     newer = f'{pos} IS NULL OR {pos} < VALUES({pos})'
-    updates = [c for c in columns if c not in key and c != POS] + [POS]
+    updates = [c for c in columns if c not in key and c != POS]
     assignments = ', '.join(
-        f'{my_ident(c)} = IF({newer}, VALUES({my_ident(c)}), {my_ident(c)})' for c in updates)
+        [f'{my_ident(c)} = IF({newer}, VALUES({my_ident(c)}), {my_ident(c)})' for c in updates]
+        + [f'{my_ident(c)} = IF({newer}, NULL, {my_ident(c)})' for c in nulled]
+        + [f'{pos} = IF({newer}, VALUES({pos}), {pos})'])
     return (f'INSERT INTO {my_table(target)} ({_my_list(columns)}) VALUES {", ".join(rows)} '
             f'ON DUPLICATE KEY UPDATE {assignments}')
 
@@ -350,6 +395,12 @@ def my_truncate_tombstones(tbl: str, pos: str) -> str:
 def my_delete_older(target: TargetTable, pos: str) -> str:
     column = my_ident(POS)
     return f'DELETE FROM {my_table(target)} WHERE {column} IS NULL OR {column} < {pos}'
+
+
+def my_high_water(target: TargetTable, tbl: str) -> str:
+    """The newest position the table reflects (escaped label ``tbl``); scans the table."""
+    return (f'SELECT GREATEST(COALESCE((SELECT max({my_ident(POS)}) FROM {my_table(target)}), '
+            f"''), COALESCE((SELECT max(pos) FROM {MY_TOMBSTONES} WHERE tbl = {tbl}), ''))")
 
 
 def my_lock_name(target: TargetTable) -> str:
