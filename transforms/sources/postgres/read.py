@@ -306,14 +306,9 @@ class _ReadSlotFn(beam.DoFn):
         skipping = False  # replayed by the server, emitted before a reconnect
         while True:
             in_tx = assembler.in_transaction
-            if in_tx:
-                timeout = 5.0  # a transaction is never cut: wait for its remaining changes
-            else:
-                timeout = deadline - time.monotonic()
-                if confirm_lsn:
-                    # Something committed this round: once the stream pauses, end the round
-                    # so the sink commits it now (latency) instead of at the deadline.
-                    timeout = min(timeout, _CAUGHT_UP_S)
+            # A transaction is never cut: inside one, wait for its remaining changes.  The
+            # round length bounds commit-to-sink latency; each round is one sink file per table.
+            timeout = 5.0 if in_tx else deadline - time.monotonic()
             if timeout <= 0:
                 break
             frame = stream.read(timeout)
@@ -453,7 +448,6 @@ class _ReadSlotFn(beam.DoFn):
 
 
 _CHANGES = (Insert, Update, Delete, Truncate)
-_CAUGHT_UP_S = 0.015
 
 
 def _where(config: _SourceConfig, frame: Any) -> str:
