@@ -88,7 +88,7 @@ def replay(docs: list[dict[str, Any]], schemas: dict[str, TableSchema]
     # apply_envelopes sorts stably by PostgreSQL positions, which MySQL events lack: the
     # binlog order given here is kept.
     state = apply_envelopes(ordered, {name: s.key for name, s in schemas.items()})
-    typed = {}
+    typed: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     for name, rows in state.items():
         table = schemas[name]
         typed[name] = {}

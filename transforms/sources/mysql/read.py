@@ -595,6 +595,7 @@ class _ReadBinlogFn(beam.DoFn):
         commit_ts: int | None = None
         in_tx = False
         skipping = False  # replayed by the server after a reconnect: emitted before
+        file, file_base = '', 0
         Rows, Gtid, Query = binlog.Rows, binlog.Gtid, binlog.Query
         while True:
             timeout = 5.0 if in_tx else deadline - time.monotonic()
@@ -605,7 +606,7 @@ class _ReadBinlogFn(beam.DoFn):
             except BinlogPurgedError as exc:
                 raise self._purged(str(exc)) from None
             except BinlogConnectionLost as exc:
-                if in_tx or batch:
+                if in_tx:
                     raise  # mid-transaction: the offset store is where to resume
                 _LOG.warning('%s; reconnecting', exc)
                 self._resync = True
@@ -630,7 +631,9 @@ class _ReadBinlogFn(beam.DoFn):
                 continue
             if kind is Gtid or (kind is Query and not in_tx):
                 # The transaction's first event: claim it (or skip a replay).
-                position = encode_position(item.file, item.pos)
+                if item.file is not file:
+                    file, file_base = item.file, encode_position(item.file, 0)
+                position = file_base | item.pos
                 if position < start:
                     skipping = True
                 elif tracker.try_claim(position):
@@ -657,7 +660,9 @@ class _ReadBinlogFn(beam.DoFn):
             if item.checkpoint is not None:
                 self._resume = item.checkpoint
                 if not skipping:
-                    if batch:
+                    # Several small transactions travel in one list: Beam's cost is per
+                    # element, and what the round emits is committed as a whole anyway.
+                    if len(batch) >= config.batch_size:
                         yield from self._emit(batch)
                         batch = []
                     confirm = item.checkpoint
@@ -665,6 +670,8 @@ class _ReadBinlogFn(beam.DoFn):
                 in_tx = skipping = False
                 if time.monotonic() >= deadline:
                     break
+        if batch:  # whole transactions only: the loop ends between transactions
+            yield from self._emit(batch)
         if letters:
             self._dead.inc(len(letters))
             for letter in letters:

@@ -250,6 +250,8 @@ def describe_table(conn: Any, db: str, table: str) -> SnapshotTable:
 # Values: the server's text -> what the binlog decoder produces
 
 _UTC = dt.timezone.utc
+_date_iso = dt.date.fromisoformat
+_datetime_iso = dt.datetime.fromisoformat
 _F32 = struct.Struct('<f')
 
 
@@ -257,28 +259,35 @@ def _micros(frac: str) -> int:
     return int(frac.ljust(6, '0')) if frac else 0
 
 
+# fromisoformat (C) is ~9x faster than slicing the text; the slicing path serves what it
+# refuses: 1, 2, 4 or 5 fraction digits before Python 3.11, and values Python cannot hold.
+
 def _date(text: str) -> dt.date | str:
     try:
-        return dt.date(int(text[0:4]), int(text[5:7]), int(text[8:10]))
+        return _date_iso(text)
     except ValueError:
         return text  # the zero date or another value Python's date cannot hold
 
 
+def _datetime_parts(text: str) -> dt.datetime:
+    return dt.datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                       int(text[14:16]), int(text[17:19]), _micros(text[20:]))
+
+
 def _datetime(text: str) -> dt.datetime | str:
     try:
-        return dt.datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
-                           int(text[14:16]), int(text[17:19]), _micros(text[20:]))
+        return _datetime_iso(text)
     except ValueError:
-        return text
+        try:
+            return _datetime_parts(text)
+        except ValueError:
+            return text
 
 
 def _timestamp(text: str) -> dt.datetime | str:
     # The session's time zone is UTC (begin_snapshot sets it), as the binlog's seconds are.
-    try:
-        return dt.datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
-                           int(text[14:16]), int(text[17:19]), _micros(text[20:]), _UTC)
-    except ValueError:
-        return text  # the zero timestamp, as the decoder gives it
+    value = _datetime(text)
+    return value if isinstance(value, str) else value.replace(tzinfo=_UTC)
 
 
 def _time(text: str) -> dt.time | str:
@@ -374,6 +383,9 @@ def begin_snapshot(conn: Any) -> BinlogPosition:
     return BinlogPosition(file_name, int(pos), str(gtid) if gtid else None)
 
 
+_new = object.__new__
+
+
 def read_snapshot(conn: Any, tables: Sequence[tuple[str, str]], position: BinlogPosition, *,
                   server_name: str, server_id: int | None, batch_size: int = 1000,
                   clock: Callable[[], float] = time.time) -> Iterator[list[ChangeEvent]]:
@@ -394,6 +406,9 @@ def read_snapshot(conn: Any, tables: Sequence[tuple[str, str]], position: Binlog
                 connector='mysql', name=server_name, db=db, schema=db, table=name,
                 ts_ms=now_ms, snapshot='true', file=position.file, pos=position.pos, row=0,
                 gtid=position.gtid, server_id=server_id)
+            # Every row's event differs from this one only in ``after``: copying its fields
+            # costs a third of a frozen dataclass's __init__, which matters per row.
+            template = ChangeEvent(op=Op.READ, table=table, source=source, ts_ms=now_ms).__dict__
             sql = f'SELECT {", ".join(described.select)} FROM {quote(db)}.{quote(name)}'
             with conn.cursor(pymysql.cursors.SSCursor) as cur:
                 cur.execute(sql)
@@ -404,8 +419,10 @@ def read_snapshot(conn: Any, tables: Sequence[tuple[str, str]], position: Binlog
                     for values in rows:
                         if pending is not None:
                             batch.append(pending)
-                        pending = ChangeEvent(op=Op.READ, table=table, source=source,
-                                              after=convert(values), ts_ms=now_ms)
+                        pending = _new(ChangeEvent)
+                        state = pending.__dict__
+                        state.update(template)
+                        state['after'] = convert(values)
                     if len(batch) >= batch_size:
                         yield batch
                         batch = []
