@@ -1,0 +1,352 @@
+"""DDL on a captured table while it is being written, through ``python -m pipelines.cdc`` as a
+user runs it: PostgreSQL and MariaDB targets follow every change and end equal to the source,
+the schema registry holds one version per DDL step, JSON Lines rows carry the columns of their
+version; under ``--schema_change strict`` an incompatible change stops the pipeline before
+anything after it is confirmed, and ``--schema_change evolve`` then delivers the rest."""
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.test_postgres_source import REPO, wait_for_slot
+from transforms.schema.registry import SchemaRegistry
+from transforms.sources.postgres.replication import parse_lsn
+
+pytestmark = pytest.mark.integration
+
+ITEMS = ('CREATE TABLE items (id integer PRIMARY KEY, n integer NOT NULL, code varchar(10), '
+         'm integer, gone text, old_name text, touched integer NOT NULL DEFAULT 0)')
+# (what the step does to the columns, the DDL); the last one creates a captured table.
+STEPS = [
+    ('add c1', 'ALTER TABLE items ADD COLUMN c1 text'),
+    ('add c2 with a default', 'ALTER TABLE items ADD COLUMN c2 integer DEFAULT 7'),
+    ('drop gone', 'ALTER TABLE items DROP COLUMN gone'),
+    ('n int -> bigint', 'ALTER TABLE items ALTER COLUMN n TYPE bigint'),
+    ('code varchar(10) -> text', 'ALTER TABLE items ALTER COLUMN code TYPE text'),
+    ('m int -> text', 'ALTER TABLE items ALTER COLUMN m TYPE text'),
+    ('rename old_name', 'ALTER TABLE items RENAME COLUMN old_name TO new_name'),
+    ('create extra', 'CREATE TABLE extra (k text PRIMARY KEY, v numeric(8,2), at timestamptz)'),
+]
+# The columns of public.items after each step (the first entry: before any), as the WAL shows.
+VERSIONS = [
+    ['id', 'n', 'code', 'm', 'gone', 'old_name', 'touched'],
+    ['id', 'n', 'code', 'm', 'gone', 'old_name', 'touched', 'c1'],
+    ['id', 'n', 'code', 'm', 'gone', 'old_name', 'touched', 'c1', 'c2'],
+    ['id', 'n', 'code', 'm', 'old_name', 'touched', 'c1', 'c2'],
+    ['id', 'n', 'code', 'm', 'old_name', 'touched', 'c1', 'c2'],
+    ['id', 'n', 'code', 'm', 'old_name', 'touched', 'c1', 'c2'],
+    ['id', 'n', 'code', 'm', 'old_name', 'touched', 'c1', 'c2'],
+    ['id', 'n', 'code', 'm', 'new_name', 'touched', 'c1', 'c2'],
+]
+RETYPED = {4: ('n', 'bigint'), 5: ('code', 'text'), 6: ('m', 'text')}
+# Columns the source dropped (or renamed away) and the step: targets keep them, NULL from then.
+KEPT = {'gone': 3, 'old_name': 7}
+
+
+def start_pipeline(source: str, sink: str, work: Path, name: str, *extra: str,
+                   run: str = '') -> tuple[subprocess.Popen[str], Path]:
+    """The CDC pipeline with its own slot, publication, registry and log file (a pipe could
+    fill up and block it during a long run); ``run`` tells the log files of restarts apart."""
+    log = work / f'{name}{run}.log'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'pipelines.cdc', '--source', source, '--sink', sink,
+         '--max_idle_secs', '4', '--schema_registry', str(work / f'{name}-schemas'),
+         '--slot_name', name, '--publication', name,
+         '--dead_letter', f'jsonl:{work / f"{name}-dead"}', '--progress', 'off', *extra],
+        cwd=REPO, stdout=log.open('w'), stderr=subprocess.STDOUT, text=True)
+    return process, log
+
+
+def finish(process: subprocess.Popen[str], log: Path, timeout: float = 120) -> str:
+    process.wait(timeout=timeout)
+    output = log.read_text()
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+class Writer(threading.Thread):
+    """Inserts, updates and deletes rows of items (and extra, once it exists) continuously,
+    building each statement from the table's current columns, so DDL can land at any moment
+    (a statement that raced a DDL is retried)."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.stop = threading.Event()
+        self.extra = threading.Event()
+        self.transactions = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            # Not prepared: a prepared INSERT keeps its parameter types across ALTER … TYPE.
+            with psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None) as conn:
+                self._loop(conn)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def _loop(self, conn: psycopg.Connection[Any]) -> None:
+        next_id, cursor = 1000, -1
+        while not self.stop.is_set():
+            try:
+                with conn.transaction():
+                    columns = conn.execute(
+                        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                        "WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped "
+                        "AND attname NOT IN ('id', 'touched', 'c2') ORDER BY attnum").fetchall()
+                    names = ', '.join(name for name, _ in columns)
+                    conn.execute(f'INSERT INTO items (id, {names}) VALUES (%s'
+                                 + ', %s' * len(columns) + ')',
+                                 [next_id, *(_value(name, type_, next_id)
+                                             for name, type_ in columns)])
+                    touched = conn.execute(
+                        'UPDATE items SET touched = touched + 1, n = n + 1 WHERE id IN '
+                        '(SELECT id FROM items WHERE id > %s ORDER BY id LIMIT 3) RETURNING id',
+                        (cursor,)).fetchall()
+                    # Round robin; at the end start over (the newest rows would keep it busy).
+                    cursor = max(r[0] for r in touched) if len(touched) == 3 else -1
+                    conn.execute('DELETE FROM items WHERE id = %s', (next_id - 40,))
+                    if self.extra.is_set():
+                        conn.execute(
+                            "INSERT INTO extra VALUES (%s, %s, now()) ON CONFLICT (k) DO UPDATE "
+                            'SET v = extra.v + 1', (f'k{next_id % 7}', next_id % 10000 / 100))
+            except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable,
+                    psycopg.errors.DatatypeMismatch):
+                continue  # the table changed under the statement: build it again
+            next_id += 1
+            self.transactions += 1
+            time.sleep(0.01)
+
+
+def _value(name: str, type_: str, number: int) -> str:
+    """A value for column ``name`` of ``type_``, as text (the server casts it)."""
+    if type_ == 'integer':
+        return str(number)
+    if type_ == 'bigint':
+        return str(2**40 + number)  # beyond integer: the widened column must hold it
+    if type_.startswith('character varying'):
+        return f'v{number % 10**8}'
+    return f'{name}-{number}'
+
+
+def run_ddl(conn: psycopg.Connection[Any], statement: str) -> int:
+    """Runs ``statement``; the id of its transaction (rows with a newer xmin came after it)."""
+    with conn.transaction():
+        conn.execute(statement)
+        return int(conn.execute('SELECT pg_current_xact_id()::text').fetchone()[0])
+
+
+def wait_all_rows_rewritten(conn: psycopg.Connection[Any], xid: int, timeout: float = 60) -> None:
+    """Until every row of items was written after transaction ``xid`` (so each version has
+    rows, and rows from before an ADD … DEFAULT or RENAME carry the new column in the WAL)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = conn.execute('SELECT count(*) FROM items WHERE xmin::text::bigint <= %s',
+                            (xid,)).fetchone()[0]
+        if left == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f'rows of items still not rewritten after transaction {xid}')
+
+
+@contextlib.contextmanager
+def writing(dsn: str) -> Iterator[Writer]:
+    writer = Writer(dsn)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    assert writer.error is None, writer.error
+
+
+@contextlib.contextmanager
+def stopped_on_failure(pipelines: dict[str, Any]) -> Iterator[None]:
+    """Kills the pipelines still running if the test fails (they would outlive it)."""
+    try:
+        yield
+    except BaseException:
+        for process, _ in pipelines.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        raise
+
+
+def pg_docs(conn: Any, table: str, drop: str = '_cb_pos') -> dict[Any, dict[str, Any]]:
+    rows = conn.execute(f"SELECT to_jsonb(t) - '{drop}' FROM {table} t").fetchall()
+    return {json.dumps(r[0].get('id', r[0].get('k'))): r[0] for r in rows}
+
+
+def test_targets_follow_ddl_under_load(postgres: Any, pg_db: Any, mariadb_db: Any,
+                                       tmp_path: Path) -> None:
+    target = postgres.database('replica')
+    out = tmp_path / 'changes'
+    try:
+        with pg_db.connect() as conn:
+            conn.execute(ITEMS)
+            conn.execute("INSERT INTO items SELECT g, g, 'v' || g, g, 'g' || g, 'o' || g "
+                         'FROM generate_series(1, 20) g')
+            pipelines: dict[str, Any] = {}
+            xids = []
+            # Writing from the start: a pipeline that saw no change for --max_idle_secs while
+            # the next one starts up would end.
+            with writing(pg_db.dsn) as writer, stopped_on_failure(pipelines):
+                for name, sink in (('to_pg', target.dsn), ('to_maria', mariadb_db.dsn),
+                                   ('to_files', f'jsonl:{out}')):
+                    pipelines[name] = start_pipeline(pg_db.dsn, sink, tmp_path, name)
+                    wait_for_slot(conn, name)
+                for number, (_, ddl) in enumerate(STEPS, start=1):
+                    xids.append(run_ddl(conn, ddl))
+                    if number == len(STEPS):
+                        conn.execute("INSERT INTO extra VALUES ('first', 1.5, now())")
+                        writer.extra.set()
+                        time.sleep(1)
+                    else:
+                        wait_all_rows_rewritten(conn, xids[-1])
+                assert writer.transactions > 50
+                writer.stop.set()
+                outputs = {name: finish(*pipeline) for name, pipeline in pipelines.items()}
+
+            check_postgres_target(conn, target, xids)
+            check_mariadb_target(conn, mariadb_db)
+            versions = check_registry(tmp_path / 'to_pg-schemas')
+            check_files(out, versions)
+        for name, output in outputs.items():
+            assert 'Traceback' not in output, (name, output[-3000:])
+            assert not list((tmp_path / f'{name}-dead').glob('*.jsonl')), name
+    finally:
+        postgres.drop_database(target.name)
+
+
+def check_postgres_target(conn: Any, target: Any, xids: list[int]) -> None:
+    source = pg_docs(conn, 'items')
+    written = {str(row[0]): int(row[1]) for row in conn.execute(
+        'SELECT id, xmin::text FROM items').fetchall()}
+    with target.connect() as tconn:
+        replica = pg_docs(tconn, 'public.items')
+        assert pg_docs(tconn, 'public.extra') == pg_docs(conn, 'extra')
+        types = dict(tconn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'public.items'::regclass AND attnum > 0").fetchall())
+    assert len(source) > 20 and replica.keys() == source.keys()
+    for key, row in replica.items():
+        for column, step in KEPT.items():
+            value = row.pop(column)
+            if written[key] > xids[step - 1]:  # written after the DROP / RENAME
+                assert value is None, (key, column, value)
+        assert row == source[key], key
+    assert {c: types[c] for c in ('n', 'code', 'm', 'c1', 'c2', 'new_name')} == {
+        'n': 'bigint', 'code': 'text', 'm': 'text', 'c1': 'text', 'c2': 'integer',
+        'new_name': 'text'}
+
+
+def check_mariadb_target(conn: Any, mariadb_db: Any) -> None:
+    columns = 'id, n, code, m, c1, c2, new_name, touched'
+    source = {r[0]: r for r in conn.execute(f'SELECT {columns} FROM items').fetchall()}
+    extra = {r[0]: r for r in conn.execute('SELECT k, v FROM extra').fetchall()}
+    with mariadb_db.connect() as mconn, mconn.cursor() as cursor:
+        cursor.execute(f'SELECT {columns}, gone, old_name FROM items')
+        rows = cursor.fetchall()
+        cursor.execute('SELECT k, v FROM extra')
+        replica_extra = {r[0]: r for r in cursor.fetchall()}
+    replica = {r[0]: r[:-2] for r in rows}
+    assert replica == source
+    # Every row was rewritten after the DROP and the RENAME: the kept columns are all NULL.
+    assert {r[-2:] for r in rows} == {(None, None)}
+    assert replica_extra == extra
+
+
+def check_registry(directory: Path) -> list[Any]:
+    registry = SchemaRegistry(str(directory))
+    versions = registry.versions('public.items')
+    assert [[c.name for c in v.schema.columns] for v in versions] == VERSIONS
+    for step, (column, type_) in RETYPED.items():
+        before, after = versions[step - 1].schema, versions[step].schema
+        assert (before.column(column).source_type, after.column(column).source_type) != (
+            type_, type_) and after.column(column).source_type == type_, step
+    assert len(registry.versions('public.extra')) == 1
+    return versions
+
+
+def check_files(out: Path, versions: list[Any]) -> None:
+    docs = [json.loads(line) for path in sorted((out / 'public.items').glob('*.jsonl'))
+            for line in path.read_text().splitlines()]
+    docs.sort(key=lambda d: (d['source']['commit_lsn'], d['source']['lsn']))
+    columns = {v.version: [c.name for c in v.schema.columns] for v in versions}
+    order = [v.version for v in versions]
+    seen: list[int] = []
+    announced: set[int] = set()
+    for doc in docs:
+        version = doc['schema_version']
+        if doc['op'] == 'm':
+            assert doc['message']['kind'] == 'schema_change'
+            announced.add(doc['message']['version'])
+            continue
+        assert version in announced, f'a row of version {version:016x} before its change event'
+        image = doc['after'] if doc['op'] != 'd' else None
+        if image is not None:
+            assert list(image) == columns[version], (doc['op'], version, list(image))
+        if not seen or seen[-1] != version:
+            seen.append(version)
+    # Rows before and after each DDL, versions in the order of the steps.
+    assert seen == order, [order.index(v) for v in seen]
+
+
+def wait_for_rows(conn: Any, table: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(psycopg.errors.UndefinedTable):  # not created yet
+            if conn.execute(f'SELECT count(*) FROM {table}').fetchone()[0] >= count:
+                return
+        assert time.monotonic() < deadline, f'{table} never reached {count} rows'
+        time.sleep(0.1)
+
+
+def test_strict_stops_before_an_incompatible_change_and_evolve_delivers_the_rest(
+        postgres: Any, pg_db: Any, tmp_path: Path) -> None:
+    target = postgres.database('replica')
+    pipelines: dict[str, Any] = {}
+    try:
+        with pg_db.connect() as conn, target.connect() as tconn, stopped_on_failure(pipelines):
+            conn.execute('CREATE TABLE t (id integer PRIMARY KEY, m integer)')
+            conn.execute('INSERT INTO t SELECT g, g FROM generate_series(1, 10) g')
+            strict, log = pipelines['strict'] = start_pipeline(
+                pg_db.dsn, target.dsn, tmp_path, 'cdc', '--schema_change', 'strict')
+            wait_for_slot(conn, 'cdc')
+            conn.execute('INSERT INTO t SELECT g, g FROM generate_series(11, 20) g')
+            wait_for_rows(tconn, 'public.t', 20)  # applied (and so confirmable) before the change
+            conn.execute('ALTER TABLE t ALTER COLUMN m TYPE text')
+            change = parse_lsn(conn.execute('SELECT pg_current_wal_lsn()::text').fetchone()[0])
+            conn.execute("INSERT INTO t VALUES (21, 'twenty-one')")
+            conn.execute("UPDATE t SET m = 'x' || m WHERE id <= 5")
+
+            strict.wait(timeout=120)
+            output = log.read_text()
+            assert strict.returncode == 1, output[-3000:]
+            ending = output[output.rindex('python -m pipelines.cdc: error: '):]
+            assert 'incompatible schema change' in ending and '~ m: integer -> text' in ending
+            confirmed = conn.execute('SELECT confirmed_flush_lsn::text FROM pg_replication_slots '
+                                     "WHERE slot_name = 'cdc'").fetchone()[0]
+            assert parse_lsn(confirmed) <= change, (confirmed, change)
+            rows = dict(tconn.execute('SELECT id, m FROM public.t').fetchall())
+            assert rows == {i: i for i in range(1, 21)}  # nothing after the change applied
+
+            evolve, log = pipelines['evolve'] = start_pipeline(
+                pg_db.dsn, target.dsn, tmp_path, 'cdc', '--schema_change', 'evolve', run='-2')
+            finish(evolve, log)
+            assert pg_docs(tconn, 'public.t') == pg_docs(conn, 't')
+            assert pg_docs(conn, 't')['21'] == {'id': 21, 'm': 'twenty-one'}
+    finally:
+        postgres.drop_database(target.name)
