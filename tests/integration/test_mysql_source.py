@@ -513,3 +513,65 @@ def test_offset_store_on_s3(moto_server: Any) -> None:
         for item in s3.list_objects_v2(Bucket=bucket).get('Contents', []):
             s3.delete_object(Bucket=bucket, Key=item['Key'])
         s3.delete_bucket(Bucket=bucket)
+
+
+def test_sigkill_during_snapshot_takes_it_again(mariadb_db: Any, tmp_path: Path) -> None:
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE wide (id INT PRIMARY KEY, payload VARCHAR(300))',
+            "INSERT INTO wide SELECT seq, REPEAT('p', 200) FROM seq_1_to_150000")
+    out = tmp_path / 'out'
+    first = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path)
+    deadline = time.monotonic() + 60
+    while not list(out.glob('*/.part-*.tmp')):  # the snapshot is being written
+        assert time.monotonic() < deadline and first.poll() is None, 'snapshot never started'
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not list(out.glob('*/*.jsonl')), 'the killed snapshot committed a file'
+    stored = OffsetStore(str(tmp_path / 'offsets.json')).load()
+    assert stored is not None and stored.snapshot == 'pending'
+    execute(conn, 'UPDATE wide SET payload = NULL WHERE id % 1000 = 0',
+            'DELETE FROM wide WHERE id > 149000')
+    second = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, '--max_idle_secs', '3')
+    wait_for_offsets(tmp_path / 'offsets.json', second)
+    execute(conn, "INSERT INTO wide VALUES (0, 'after the restart')")
+    output = finish(second)
+    assert 'taking the snapshot again' in output
+    assert_rebuilt_equals_source(conn, mariadb_db.name, read_jsonl_dir(str(out)), ['wide'])
+    stored = OffsetStore(str(tmp_path / 'offsets.json')).load()
+    assert stored is not None and stored.snapshot == 'done'
+
+
+def test_a_row_image_other_than_full_is_refused_with_the_fix(mariadb: Any, mariadb_db: Any,
+                                                             tmp_path: Path) -> None:
+    with mariadb.connect() as admin:
+        execute(admin, 'SET GLOBAL binlog_row_image = MINIMAL')
+        try:
+            output = run_until_error(mariadb_db.dsn, tmp_path)
+        finally:
+            execute(admin, 'SET GLOBAL binlog_row_image = FULL')
+    last = output.strip().splitlines()[-1]
+    assert 'binlog_row_image is MINIMAL, needs FULL' in last and 'SET GLOBAL' in last
+
+
+def test_ddl_waits_for_the_snapshot_instead_of_breaking_it(mariadb_db: Any) -> None:
+    from transforms.sources.mysql.snapshot import begin_snapshot, read_snapshot, text_conversions
+
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE first (id INT PRIMARY KEY)',
+            'CREATE TABLE later (id INT PRIMARY KEY)', 'INSERT INTO first VALUES (1)',
+            'INSERT INTO later VALUES (1), (2)')
+    snapshot = mariadb_db.connect(conv=text_conversions())
+    tables = [(mariadb_db.name, 'first'), (mariadb_db.name, 'later')]
+    at = begin_snapshot(snapshot, tables)
+    # Without the metadata lock, TRUNCATE would succeed and the snapshot's read of `later`
+    # would fail with "Table definition has changed".
+    execute(conn, 'SET SESSION lock_wait_timeout = 1')
+    with pytest.raises(pymysql.err.OperationalError, match='Lock wait timeout'):
+        execute(conn, 'TRUNCATE later')
+    execute(conn, 'INSERT INTO later VALUES (3)')  # row writes go on
+    events = [e for batch in read_snapshot(snapshot, tables, at, server_name='s', server_id=1)
+              for e in batch]
+    assert [(e.table.table, e.after) for e in events] == \
+        [('first', {'id': 1}), ('later', {'id': 1}), ('later', {'id': 2})]
+    execute(conn, 'TRUNCATE later')  # the snapshot ended: its locks are gone

@@ -549,7 +549,7 @@ class _ReadBinlogFn(beam.DoFn):
         assert self._info is not None
         conn = self._connect(conv=text_conversions())
         try:
-            position = begin_snapshot(conn)
+            position = begin_snapshot(conn, tables)
             assert position.file is not None
             if not tracker.try_claim(encode_position(position.file, position.pos) - 1):
                 return None

@@ -1,4 +1,4 @@
-"""The initial snapshot of MariaDB tables at a binlog position, without locking the tables.
+"""The initial snapshot of MariaDB tables at a binlog position, without blocking row writes.
 
 ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` pins an InnoDB read view and MariaDB reports
 the binlog position that view corresponds to (``Binlog_snapshot_file`` /
@@ -7,7 +7,7 @@ before that position is in the snapshot, none after it.  Streaming from that pos
 has no gap and no overlap::
 
     conn = pymysql.connect(..., conv=text_conversions())
-    position = begin_snapshot(conn)                       # BinlogPosition(file, pos, gtid)
+    position = begin_snapshot(conn, tables)               # BinlogPosition(file, pos, gtid)
     for batch in read_snapshot(conn, tables, position, server_name='shop', server_id=1):
         emit(batch)                                       # lists of op 'r' ChangeEvents
 
@@ -356,12 +356,42 @@ def row_converter(columns: Sequence[t.ColumnInfo]) -> Callable[[Sequence[Any]], 
 # ---------------------------------------------------------------------------------------------
 # The snapshot
 
-def begin_snapshot(conn: Any) -> BinlogPosition:
+_ER_TABLE_DEF_CHANGED = 1412
+_ATTEMPTS = 5
+
+
+def begin_snapshot(conn: Any, tables: Sequence[tuple[str, str]] = ()) -> BinlogPosition:
     """Opens a consistent-snapshot transaction on ``conn`` and returns its binlog position.
 
-    Lock-free: MariaDB reports the binlog position matching the InnoDB read view.  ``conn``
-    then reads the snapshot until :func:`read_snapshot` (or the caller) ends the transaction.
+    Lock-free for rows: MariaDB reports the binlog position matching the InnoDB read view.
+    Each of ``tables`` is then opened once, so the transaction holds its metadata lock until
+    the snapshot ends: a DDL statement (ALTER, TRUNCATE) on a table not read yet would
+    otherwise make it unreadable from this read view ("Table definition has changed").  A DDL
+    that slips in before the locks are taken makes this start over (nothing was read yet);
+    one issued later waits until the snapshot is read.  ``conn`` then reads the snapshot until
+    :func:`read_snapshot` (or the caller) ends the transaction.
     """
+    import pymysql
+
+    for attempt in range(1, _ATTEMPTS + 1):
+        position = _start_transaction(conn)
+        try:
+            with conn.cursor() as cur:
+                for db, table in tables:
+                    cur.execute(f'SELECT 1 FROM {quote(db)}.{quote(table)} LIMIT 1')
+                    cur.fetchall()
+        except pymysql.err.MySQLError as exc:
+            with conn.cursor() as cur:
+                cur.execute('ROLLBACK')
+            if exc.args[0] != _ER_TABLE_DEF_CHANGED or attempt == _ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
+            continue
+        return position
+    raise AssertionError('unreachable')  # the loop returns or raises
+
+
+def _start_transaction(conn: Any) -> BinlogPosition:
     with conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")
         cur.execute('SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ')
