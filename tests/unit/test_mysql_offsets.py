@@ -1,9 +1,11 @@
-"""The MySQL source's resume state: restriction positions and the offset store on local disk."""
+"""The MySQL source's pure parts: restriction positions, the offset store on local disk, what
+ReadMySqlChanges refuses at construction, and how statements become events."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +102,86 @@ def test_an_offset_needs_a_position() -> None:
         Offset(file=None, pos=4)
     with pytest.raises(ValueError, match='snapshot state'):
         Offset(file='bin.000001', pos=4, snapshot='maybe')
+
+
+# ---------------------------------------------------------------------------------------------
+# ReadMySqlChanges: what it refuses at construction, and how statements become events
+
+@pytest.mark.parametrize('dsn, options, problem', [
+    ('postgresql://u@h/db', {}, 'not a mysql:// DSN'),
+    ('mysql://u@h/db?colour=red', {}, "unknown parameter 'colour'"),
+    ('mysql://u@h', {}, 'names no database'),
+    ('mysql://u@h/db', {'offset_store': None}, 'offset_store is required'),
+    ('mysql://u@h/db', {'offset_store': 'ftp://x/o.json'}, "unsupported scheme 'ftp'"),
+    ('mysql://u@h/db', {'snapshot': 'sometimes'}, 'initial, never, only'),
+    ('mysql://u@h/db', {'server_id': 0}, 'server_id 0'),
+    ('mysql://u@h/db', {'tables': ['mysql.user']}, 'system database'),
+    ('mysql://u@h/db', {'max_idle_secs': 0}, 'max_idle_secs'),
+    ('mysql://u:hunter2@h/db', {'dead_letter': 'csv:x'}, 'jsonl:DIR'),
+])
+def test_read_mysql_changes_refuses_bad_options(dsn: str, options: dict[str, object],
+                                                problem: str) -> None:
+    from transforms.sources.mysql.read import ReadMySqlChanges
+
+    arguments: dict[str, object] = {'offset_store': '/tmp/o.json', **options}
+    with pytest.raises(ValueError, match=problem) as info:
+        ReadMySqlChanges(dsn, **arguments)  # type: ignore[arg-type]
+    assert 'hunter2' not in str(info.value)
+
+
+def test_tables_may_come_from_several_databases() -> None:
+    from transforms.sources.mysql.read import ReadMySqlChanges
+
+    read = ReadMySqlChanges('mysql://u@h', tables=['shop.orders', '`b.d`.`t``x`'],
+                            offset_store='/tmp/o.json')
+    config = read._config
+    assert config.tables == (('shop', 'orders'), ('b.d', 't`x'))
+    assert config.databases == ()
+    assert 0x40000000 <= config.server_id < 2 ** 32 and not config.server_id_explicit
+
+
+def _builder(tables: set[tuple[str, str]]) -> object:
+    from transforms.envelope import Column, Kind, TableSchema
+    from transforms.sources.mysql.read import _EventBuilder
+
+    def lookup(db: str, table: str) -> TableSchema:
+        return TableSchema(db, table, (Column('id', Kind.INT32),), ('id',))
+
+    return _EventBuilder('srv', lambda db, table: (db, table) in tables,
+                         frozenset(db for db, _ in tables), lookup, clock=lambda: 1.0)
+
+
+def _query(sql: str, db: str = 'shop') -> object:
+    from transforms.sources.mysql.binlog import Query
+
+    return Query(sql, db, thread_id=7, error_code=0, timestamp=1700000000, server_id=1,
+                 next_pos=500)
+
+
+def test_ddl_of_captured_tables_becomes_an_m_event() -> None:
+    builder: Any = _builder({('shop', 'orders')})
+    [event] = builder.statement(_query('ALTER TABLE `orders` ADD COLUMN note TEXT'),
+                                'bin.000001', 400, '0-1-9')
+    assert event.op.value == 'm' and not event.table.columns
+    assert event.message == {'kind': 'ddl', 'sql': 'ALTER TABLE `orders` ADD COLUMN note TEXT',
+                             'db': 'shop', 'table': 'orders'}
+    source = event.source
+    assert (source.db, source.table, source.file, source.pos, source.gtid, source.thread,
+            source.ts_ms) == ('shop', 'orders', 'bin.000001', 400, '0-1-9', 7, 1700000000000)
+    assert builder.statement(_query('DROP TABLE IF EXISTS other.orders'), 'bin.000001', 4,
+                             None) == []
+    assert builder.statement(_query('ALTER TABLE customers ADD x INT'), 'bin.000001', 4,
+                             None) == []  # a table of the database that is not captured
+    assert builder.statement(_query("GRANT SELECT ON *.* TO 'u'@'%'"), 'bin.000001', 4,
+                             None) == []
+    [index] = builder.statement(_query('CREATE INDEX i ON orders (id)'), 'bin.000001', 4, None)
+    assert index.message['table'] is None and index.message['db'] == 'shop'
+
+
+def test_truncate_of_a_captured_table_is_a_t_event() -> None:
+    builder: Any = _builder({('shop', 'orders')})
+    [event] = builder.statement(_query('TRUNCATE TABLE shop.`orders`', db=''), 'bin.000002',
+                                90, '0-1-3')
+    assert event.op.value == 't' and event.table.name == 'shop.orders'
+    assert event.table.key == ('id',)
+    assert builder.statement(_query('TRUNCATE other'), 'bin.000002', 90, None) == []
