@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         '%(message)s')
     for noisy in ('apache_beam', 'absl'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A failing bundle's exception reaches main() below, which prints one line for a setup
+    # failure or re-raises with the traceback; the runner logging it first only doubles it.
+    logging.getLogger('apache_beam.runners').setLevel(logging.CRITICAL)
     _LOG.info('capturing %s into %s:%s', config.source, config.sink.kind,
               '***' if not config.sink.is_file else config.sink.target)
     pipeline = beam.Pipeline(options=options)

@@ -121,3 +121,13 @@ def test_ignore_projects_every_event_onto_the_first_schema(tmp_path: Path) -> No
 def test_bad_policy_is_refused_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'sometimes' must be one of evolve, strict"):
         EvolveSchema(str(tmp_path), 'sometimes')
+
+
+def test_rows_replayed_after_a_restart_are_not_a_reverse_change(tmp_path: Path) -> None:
+    run([event(V1, 10, id=1, qty=2, note='a'), event(WIDENED, 20, id=2, qty=3, note='b')],
+        tmp_path, 'strict')
+    # The restarted pipeline sees the slot replay rows from before the widening first.
+    out = run([event(V1, 10, id=1, qty=2, note='a'), event(WIDENED, 20, id=2, qty=3, note='b')],
+              tmp_path, 'strict')
+    assert [e.op for e in out] == [Op.CREATE, Op.CREATE]
+    assert [e.schema_version for e in out] == [fingerprint(V1), fingerprint(WIDENED)]

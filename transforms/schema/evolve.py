@@ -17,7 +17,9 @@ the first row of the new version, so sinks and consumers react in order.  Polici
   are left out; a retyped column's values are left out too (marked in ``message.ignored``).
 
 A renamed column cannot be told apart from a drop plus an add in the WAL: it is handled as
-both (the old name stays in targets, NULL for new rows).  DROP TABLE leaves no trace in the
+both (the old name stays in targets, NULL for new rows).  A schema that is already registered
+(rows replayed after a restart, or a table changed back to an earlier shape) is used as it is,
+without a schema-change event.  DROP TABLE leaves no trace in the
 log: the target table is kept.
 """
 from __future__ import annotations
@@ -168,8 +170,12 @@ class _EvolveSchemaFn(beam.DoFn):
         position = event.source.sort_key
         previous: SchemaVersion | None = state[1] if state else self._registry.latest(table.name)
         new_state: _State
-        if previous is not None and previous.schema == table:
-            new_state = (table, previous, None, {})
+        known = previous if previous is not None and previous.schema == table else \
+            self._registry.lookup(table)
+        if known is not None and self._policy != 'ignore':
+            # A schema already registered is no change: after a restart the slot replays rows
+            # written before a later version, and they must not read as a reverse change.
+            new_state = (table, known, None, {})
             self._current[table.name] = new_state
             return new_state
         if self._policy == 'ignore' and previous is not None:

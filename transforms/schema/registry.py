@@ -109,6 +109,19 @@ class SchemaRegistry:
             self._cache[key] = version
         return version
 
+    def lookup(self, table: TableSchema) -> SchemaVersion | None:
+        """The registered version of exactly this schema, or None (nothing is written)."""
+        version_id = fingerprint(table)
+        with self._lock:
+            cached = self._cache.get((table.name, version_id))
+        if cached is not None:
+            return cached
+        found = self._read(f'{self._table_dir(table.name)}/{version_id:016x}.json')
+        if found is not None:
+            with self._lock:
+                self._cache[(table.name, version_id)] = found
+        return found
+
     def versions(self, name: str) -> list[SchemaVersion]:
         """Every registered version of table ``name``, oldest (by source position) first."""
         found = []
