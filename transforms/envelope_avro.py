@@ -424,7 +424,7 @@ def avro_schema(table: TableSchema, version: int | None = None) -> dict[str, Any
             {'name': 'op', 'type': 'string'},
             {'name': 'ts_ms', 'type': 'long'},
             {'name': 'transaction', **_nullable(transaction)},
-            {'name': 'schema_version', **_nullable('int')},
+            {'name': 'schema_version', **_nullable('long')},
             {'name': 'unchanged', **_name_list()},
             {'name': 'message', **_nullable('string')},  # the JSON text of an 'm' payload
             {'name': 'before_absent', **_name_list()},
@@ -509,7 +509,7 @@ def to_avro_record(event: ChangeEvent) -> dict[str, Any]:
         'op': event.op.value,
         'ts_ms': _check_range(event.ts_ms, 'ts_ms'),
         'transaction': transaction,
-        'schema_version': _check_range(event.schema_version, 'schema_version', 'int'),
+        'schema_version': _check_range(event.schema_version, 'schema_version', 'long'),
         'unchanged': sorted(event.unchanged),
         'message': message,
         'before_absent': before_absent,

@@ -259,7 +259,7 @@ def test_value_that_avro_cannot_hold_is_named(after: dict[str, Any], field: str)
     ({'source': SourcePosition('postgresql', 'pg', 'db', 's', 't', 0, lsn=2**64 - 1)},
      'source.lsn'),
     ({'ts_ms': 2**63}, 'ts_ms'),
-    ({'schema_version': 2**31}, 'schema_version'),
+    ({'schema_version': 2**63}, 'schema_version'),  # ids are 63-bit fingerprints
     ({'transaction': TransactionInfo('x', -(2**64), 0)}, 'transaction.total_order'),
     ({'message': {'x': math.nan}}, 'message'),
 ])
