@@ -153,10 +153,15 @@ def _summary(result: beam.runners.runner.PipelineResult) -> None:
     for counter in counters:
         name = f'{counter.key.metric.namespace}.{counter.key.metric.name}'
         totals[name] = totals.get(name, 0) + (counter.committed or counter.attempted or 0)
-    wanted = ['ReadPostgresChanges.changes', 'WriteChangesToFiles.events',
+    wanted = ['ReadPostgresChanges.changes', 'ReadMySqlChanges.changes',
+              'EvolveSchema.schema_changes', 'WriteChangesToFiles.events',
               'WriteChangesToFiles.files', 'WriteChangesToPostgres.rows_applied',
-              'WriteChangesToMySQL.rows_applied', 'ReadPostgresChanges.dead_letters']
+              'WriteChangesToMySQL.rows_applied', 'ReadPostgresChanges.dead_letters',
+              'ReadMySqlChanges.dead_letters']
     parts = [f'{name.split(".")[1]}={totals[name]:,}' for name in wanted if name in totals]
+    dead = sum(v for k, v in totals.items() if k.startswith('DeadLetters.'))
+    if dead:
+        parts.append(f'dead letters written={dead:,}')
     print('changebeam summary: ' + (', '.join(parts) or 'no changes'), file=sys.stderr)
 
 

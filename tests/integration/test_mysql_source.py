@@ -39,6 +39,8 @@ def start_cdc(dsn: str, sink: str, workdir: Path, *extra: str) -> subprocess.Pop
     unless ``extra`` says otherwise."""
     if not any(arg == '--offset_store' for arg in extra):
         extra = ('--offset_store', str(workdir / 'offsets.json'), *extra)
+    if not any(arg == '--schema_registry' for arg in extra):
+        extra = ('--schema_registry', str(workdir / 'schemas'), *extra)
     return subprocess.Popen(
         [sys.executable, '-m', 'pipelines.cdc', '--source', dsn, '--sink', sink,
          '--dead_letter', f'jsonl:{workdir / "dead"}', '--progress', 'off', *extra],
