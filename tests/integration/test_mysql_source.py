@@ -200,7 +200,7 @@ def test_state_check_every_column_type(mariadb_db: Any, tmp_path: Path) -> None:
     assert ops['r'] == 3 and ops['d'] == 2 and ops['u'] >= 4, ops
     assert sum(d['op'] == 't' for d in docs) == 1
     # The snapshot's schema (information_schema) and the binlog's are the same version.
-    versions = list((out / '_schemas' / f'{mariadb_db.name}.all_types').glob('*.json'))
+    versions = list((tmp_path / 'schemas' / f'{mariadb_db.name}.all_types').glob('*.json'))
     assert len(versions) == 1, versions
     # One transaction over two tables: one GTID, orders counted per table.
     multi = [d for d in docs if d['op'] == 'c' and d['source']['table'] == 'other'

@@ -35,10 +35,8 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
@@ -71,6 +69,8 @@ from transforms.sources.mysql.stream import (
     ServerInfo,
     check_server,
 )
+from transforms.sources.progress import ProgressLine
+from transforms.sources.stream_range import StreamRestrictionProvider
 
 __all__ = ['SNAPSHOT_MODES', 'ReadMySqlChanges', 'connect_args']
 
@@ -292,45 +292,6 @@ class _EventBuilder:
 # ---------------------------------------------------------------------------------------------
 # The splittable DoFn
 
-class _PositionRestrictionProvider(RestrictionProvider):
-    """One unsplittable, unbounded range of binlog positions per source."""
-
-    def initial_restriction(self, element: Any) -> OffsetRange:
-        return OffsetRange(0, POSITION_END)
-
-    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
-        return OffsetRestrictionTracker(restriction)
-
-    def restriction_size(self, element: Any, restriction: OffsetRange) -> int:
-        return restriction.size()
-
-    def split(self, element: Any, restriction: OffsetRange) -> Iterator[OffsetRange]:
-        yield restriction  # one binlog dump per source: never split up front
-
-    def truncate(self, element: Any, restriction: OffsetRange) -> None:
-        return None  # on drain, stop reading
-
-
-class _Progress:
-    """A live line on stderr: confirmed changes, rate, lag, binlog position."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
-        self._last = time.monotonic()
-        self._last_total = 0
-
-    def update(self, emitted: int, confirmed: int, lag_ms: float | None, where: str) -> None:
-        now = time.monotonic()
-        if not self._enabled or now - self._last < 1.0:
-            return
-        rate = (emitted - self._last_total) / (now - self._last)
-        lag = '-' if lag_ms is None else f'{lag_ms:,.0f} ms'
-        sys.stderr.write(f'\r[changebeam] {emitted:,} changes read, {confirmed:,} confirmed · '
-                         f'{rate:,.0f}/s · lag {lag} · binlog at {where}   ')
-        sys.stderr.flush()
-        self._last, self._last_total = now, emitted
-
-
 def _check_monitor_privilege(conn: Any, info: ServerInfo) -> None:
     """SHOW MASTER STATUS / SHOW BINARY LOGS need BINLOG MONITOR (MariaDB 10.5+) or
     REPLICATION CLIENT (MySQL); check_server covers REPLICATION SLAVE."""
@@ -366,7 +327,7 @@ class _ReadBinlogFn(beam.DoFn):
         self._changes = Metrics.counter(_METRICS, 'changes')
         self._lag = Metrics.distribution(_METRICS, 'lag_ms')
         self._dead = Metrics.counter(_METRICS, 'dead_letters')
-        self._progress = _Progress(config.progress)
+        self._progress = ProgressLine(config.progress)
         self._store = OffsetStore(config.offset_store, dict(config.offset_options))
         self._remote_store = '://' in config.offset_store
         self._emitted = 0
@@ -432,7 +393,7 @@ class _ReadBinlogFn(beam.DoFn):
 
     def process(self, element: Any,
                 finalizer=beam.DoFn.BundleFinalizerParam,
-                tracker=beam.DoFn.RestrictionParam(_PositionRestrictionProvider()),
+                tracker=beam.DoFn.RestrictionParam(StreamRestrictionProvider(POSITION_END)),
                 watermark=beam.DoFn.WatermarkEstimatorParam(
                     ManualWatermarkEstimator.default_provider()),
                 ) -> Iterator[Any]:
@@ -563,7 +524,7 @@ class _ReadBinlogFn(beam.DoFn):
                 rows += len(batch)
                 yield from self._emit(batch)
                 self._progress.update(self._emitted, self._confirmed_changes, None,
-                                      f'{position.file}:{position.pos}')
+                                      f'snapshot at {position.file}:{position.pos}')
         finally:
             conn.close()
         _LOG.info('snapshot of %d table(s) at %s:%s: %d rows', len(tables), position.file,
@@ -698,7 +659,7 @@ class _ReadBinlogFn(beam.DoFn):
         if confirm is not None:
             self._where = f'{confirm.file}:{confirm.pos}'
         self._progress.update(self._emitted, self._confirmed_changes, self._last_lag,
-                              self._where)
+                              f'binlog at {self._where}')
         if stopping:
             _LOG.info('no change for %.1f s: stopping', idle)
             tracker.try_claim(POSITION_END - 1)

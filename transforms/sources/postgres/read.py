@@ -24,10 +24,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
@@ -56,6 +54,8 @@ from transforms.sources.postgres.replication import (
     parse_lsn,
 )
 from transforms.sources.postgres.snapshot import read_snapshot
+from transforms.sources.progress import ProgressLine
+from transforms.sources.stream_range import StreamRestrictionProvider
 
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
 
@@ -86,45 +86,6 @@ class _SourceConfig:
     progress: bool
 
 
-class _LsnRestrictionProvider(RestrictionProvider):
-    """One unsplittable, unbounded range of positions per slot."""
-
-    def initial_restriction(self, element: Any) -> OffsetRange:
-        return OffsetRange(0, _END)
-
-    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
-        return OffsetRestrictionTracker(restriction)
-
-    def restriction_size(self, element: Any, restriction: OffsetRange) -> int:
-        return restriction.size()
-
-    def split(self, element: Any, restriction: OffsetRange) -> Iterator[OffsetRange]:
-        yield restriction  # one replication stream per slot: never split up front
-
-    def truncate(self, element: Any, restriction: OffsetRange) -> None:
-        return None  # on drain, stop reading
-
-
-class _Progress:
-    """A live line on stderr: confirmed changes, rate, lag."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
-        self._last = time.monotonic()
-        self._last_total = 0
-
-    def update(self, emitted: int, confirmed: int, lag_ms: float | None, lsn: int) -> None:
-        now = time.monotonic()
-        if not self._enabled or now - self._last < 1.0:
-            return
-        rate = (emitted - self._last_total) / (now - self._last)
-        lag = '-' if lag_ms is None else f'{lag_ms:,.0f} ms'
-        sys.stderr.write(f'\r[changebeam] {emitted:,} changes read, {confirmed:,} confirmed · '
-                         f'{rate:,.0f}/s · lag {lag} · slot at {format_lsn(lsn)}   ')
-        sys.stderr.flush()
-        self._last, self._last_total = now, emitted
-
-
 @beam.DoFn.unbounded_per_element()
 class _ReadSlotFn(beam.DoFn):
     """Reads one replication slot; emits lists of ChangeEvents (a transaction or a chunk)."""
@@ -141,7 +102,7 @@ class _ReadSlotFn(beam.DoFn):
         self._lag = Metrics.distribution(_METRICS, 'lag_ms')
         self._retained = Metrics.gauge(_METRICS, 'slot_retained_bytes')
         self._dead = Metrics.counter(_METRICS, 'dead_letters')
-        self._progress = _Progress(self._config.progress)
+        self._progress = ProgressLine(self._config.progress)
         self._emitted = 0
         self._confirmed_changes = 0
         self._last_lag: float | None = None
@@ -186,7 +147,7 @@ class _ReadSlotFn(beam.DoFn):
 
     def process(self, element: Any,
                 finalizer=beam.DoFn.BundleFinalizerParam,
-                tracker=beam.DoFn.RestrictionParam(_LsnRestrictionProvider()),
+                tracker=beam.DoFn.RestrictionParam(StreamRestrictionProvider(_END)),
                 watermark=beam.DoFn.WatermarkEstimatorParam(
                     ManualWatermarkEstimator.default_provider()),
                 ) -> Iterator[Any]:
@@ -257,7 +218,7 @@ class _ReadSlotFn(beam.DoFn):
                 self._changes.inc(len(batch))
                 yield batch
                 self._progress.update(self._emitted, self._confirmed_changes, None,
-                                      consistent_point)
+                                      f'snapshot at {format_lsn(consistent_point)}')
         _LOG.info('snapshot of %d table(s): %d rows', len(tables), rows)
         if slot_marker:
             finalizer.register(lambda: self._snapshot_committed(rows))
@@ -405,7 +366,7 @@ class _ReadSlotFn(beam.DoFn):
             finalizer.register(lambda lsn=confirm_lsn, n=emitted: self._confirm(lsn, n))
         self._maybe_heartbeat(now)
         self._progress.update(self._emitted, self._confirmed_changes, self._last_lag,
-                              stream.confirmed_lsn)
+                              f'slot at {format_lsn(stream.confirmed_lsn)}')
         idle = now - self._idle_since
         if config.max_idle_secs is not None and idle >= config.max_idle_secs:
             _LOG.info('no change for %.1f s: stopping', idle)
