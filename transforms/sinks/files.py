@@ -45,6 +45,7 @@ from transforms.envelope import (
     TableSchema,
     avro_schema,
     dumps,
+    dumps_bytes,
     encode_json_value,
     to_avro_record,
     to_debezium_json,
@@ -304,7 +305,7 @@ class _JsonLinesWriter(_FormatWriter):
 
     def add(self, event: ChangeEvent) -> _Rejected:
         try:
-            line = (dumps(to_debezium_json(event)) + '\n').encode('utf-8')
+            line = dumps_bytes(to_debezium_json(event)) + b'\n'
         except (TypeError, ValueError, AttributeError) as exc:
             raise _EncodeError(_json_failure(event, exc)) from None
         self.stream.write(line)
