@@ -114,6 +114,7 @@ class Column:
     ``source_type`` is the database's own type name (``numeric(10,2)``, ``varchar(20)``,
     ``int unsigned``), kept so a sink of the same database can recreate the column exactly.
     ``element`` is the element kind of an ARRAY; ``symbols`` the labels of an ENUM.
+    ``default``: PostgreSQL text form (not SQL) of the value rows older than the column hold.
     """
 
     name: str
@@ -124,7 +125,7 @@ class Column:
     precision: int | None = None
     scale: int | None = None
     symbols: tuple[str, ...] = ()
-    default: str | None = None  # the default's SQL text, when the source tells it
+    default: str | None = None  # text form of the value rows older than the column hold
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit import strategies as cst
-from transforms.envelope import ChangeEvent, Kind, Op, dumps, from_debezium_json, to_debezium_json
+from transforms.envelope import (
+    ChangeEvent,
+    Column,
+    Kind,
+    Op,
+    dumps,
+    from_debezium_json,
+    to_debezium_json,
+)
 from transforms.sources.postgres import pgtypes
 from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
 from transforms.sources.postgres.pgoutput import (
@@ -515,3 +523,62 @@ def test_any_row_decodes_to_its_values_and_round_trips(
                 'tags': tags}
     assert cst.comparable(event.after) == cst.comparable(expected)
     assert cst.comparable(round_trip(event)) == cst.comparable(event)
+
+
+# -- columns added with a constant default (attmissingval) ------------------------------------
+
+
+def test_a_column_older_rows_read_a_missing_value_of_carries_it_as_default() -> None:
+    lookups: list[int] = []
+
+    def lookup_missing(oid: int) -> dict[str, str]:
+        lookups.append(oid)
+        return {'c2': '{7}', 'label': '{"a \\"b\\" c"}', 'nums': '{"{1,2}"}', 'gone': '{NULL}'}
+
+    catalog = FakeCatalog()
+    extra = (RelationColumn('c2', INT4, -1, False), RelationColumn('label', TEXT, -1, False),
+             RelationColumn('nums', INT4_ARRAY, -1, False),
+             RelationColumn('gone', INT4, -1, False))
+    asm = ChangeAssembler('shop-prod', 'shop', catalog.lookup_key, catalog.lookup_types,
+                          lookup_missing, clock=lambda: NOW)
+    table = asm.relation(orders(extra=extra)).schema
+    assert lookups == [ORDERS]
+    assert {c.name: c.default for c in table.columns} == {
+        'id': None, 'note': None, 'amount': None, 'placed_at': None, 'doc': None, 'tags': None,
+        'c2': '7', 'label': 'a "b" c', 'nums': '{1,2}', 'gone': None}
+    # The rows still decode as before: the default is only the text older rows read.
+    begin(asm)
+    event = one(asm.change(Insert(xid=None, relation_oid=ORDERS,
+                                  new=(*ROW, '8', 'x', '{3}', None)), 1))
+    assert event.after is not None and event.after['c2'] == 8
+
+
+def test_without_missing_values_the_schema_is_the_same_as_without_the_lookup() -> None:
+    catalog = FakeCatalog()
+    plain = assembler(catalog).relation(orders()).schema
+    asm = ChangeAssembler('shop-prod', 'shop', catalog.lookup_key, catalog.lookup_types,
+                          lambda oid: {}, clock=lambda: NOW)
+    assert asm.relation(orders()).schema == plain
+    assert all(c.default is None for c in plain.columns)
+
+
+@pytest.mark.parametrize(('column', 'text', 'expected'), [
+    (Column('c', Kind.INT32, 'integer'), '{7}', '7'),
+    (Column('c', Kind.INT32, 'integer'), '{NULL}', None),
+    (Column('c', Kind.TEXT, 'text'), '{"NULL"}', 'NULL'),
+    (Column('c', Kind.TEXT, 'text'), '{""}', ''),
+    (Column('c', Kind.TEXT, 'text'), '{"a,b \\\\ {c}"}', 'a,b \\ {c}'),
+    (Column('c', Kind.TIMESTAMPTZ, 'timestamp with time zone'), '{"2024-03-01 08:15:30+00"}',
+     '2024-03-01 08:15:30+00'),
+    (Column('c', Kind.ARRAY, 'text[]', element=Kind.TEXT), '{"{a,\\"b c\\"}"}',
+     '{a,"b c"}'),
+    (Column('c', Kind.TEXT, 'box'), '{(1,1),(0,0)}', '(1,1),(0,0)'),
+])
+def test_missing_values_are_the_element_of_a_one_element_array(column, text, expected) -> None:
+    assert pgtypes.missing_value_text(column, text) == expected
+
+
+@pytest.mark.parametrize('text', ['{}', '{1,2}', '{{1}}', '7', '{"unterminated}'])
+def test_a_missing_value_that_is_not_one_element_is_refused(text) -> None:
+    with pytest.raises(ValueError, match="missing value of column 'c'"):
+        pgtypes.missing_value_text(Column('c', Kind.INT32, 'integer'), text)

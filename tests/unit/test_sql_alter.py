@@ -9,6 +9,9 @@ from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, T
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
     TargetColumn,
+    add_default,
+    drop_defaults,
+    filled,
     holds,
     plan_alteration,
     storable,
@@ -285,3 +288,74 @@ def test_a_batch_knows_each_schema_and_where_it_starts_and_what_rows_set_null():
     assert tb.since == [event(1, V1).source.sort_key, event(3, v2).source.sort_key]
     tb.target_columns = frozenset(TARGET)
     assert tb.nulled(v2) == ('gone',) and tb.nulled(V1) == ()
+
+
+# --- ADD COLUMN … DEFAULT: the value rows older than the column hold at the source ----------
+
+def test_a_new_column_with_a_missing_value_is_added_with_it_as_default():
+    c2 = Column('c2', Kind.INT32, 'integer', default='7')
+    v2 = TableSchema('public', 'items', (*V1.columns, c2), key=('id',))
+    plan = pg_plan(v2)
+    assert plan.add == (('c2', 'integer', True),) and plan.defaults == (c2,)
+    assert pg_plan(TableSchema('public', 'items', V1.columns, key=('id',))).defaults == ()
+    # A column the target has already needs nothing, whatever its default.
+    have = {**TARGET, 'c2': TargetColumn('c2', 'integer')}
+    assert not pg_plan(v2, target=have) and pg_plan(v2, target=have).defaults == ()
+
+
+def test_pg_adds_the_default_as_a_cast_literal_then_drops_it():
+    add = add_default(('c2', 'integer', True), '7', 'postgresql')
+    assert add == ('c2', "integer DEFAULT '7'::integer", True)
+    statements = sql.pg_alter_table(T, [add, ('c1', 'text', True)])
+    statements += drop_defaults(T, ['c2'], 'postgresql')
+    assert statements == [
+        'ALTER TABLE "public"."items" ADD COLUMN IF NOT EXISTS "c2" integer DEFAULT '
+        "'7'::integer, ADD COLUMN IF NOT EXISTS \"c1\" text",
+        'ALTER TABLE "public"."items" ALTER COLUMN "c2" DROP DEFAULT']
+    # Quotes doubled; '%' doubled too (statements run with a parameter sequence).
+    assert add_default(('t', 'character varying(5)', True), "it's 5%", 'postgresql')[1] == (
+        "character varying(5) DEFAULT 'it''s 5%%'::character varying(5)")
+    assert drop_defaults(T, [], 'postgresql') == []
+
+
+def test_mariadb_adds_the_default_literal_then_drops_it():
+    target = TargetTable(None, 'items')
+    add = add_default(('c2', 'INT', True), '7', 'mysql')
+    statements = sql.my_alter_table(target, [add]) + drop_defaults(target, ['c2', 'd`'], 'mysql')
+    assert statements == [
+        'ALTER TABLE `items` ADD COLUMN IF NOT EXISTS `c2` INT DEFAULT 7 NULL',
+        'ALTER TABLE `items` ALTER COLUMN `c2` DROP DEFAULT, ALTER COLUMN `d``` DROP DEFAULT']
+
+
+def test_mariadb_default_literals_are_converted_like_values():
+    from transforms.sinks.sql.mysql import _default_literal
+
+    def literal(column: Column) -> str:
+        return _default_literal(column, lambda t: t.replace("'", "\\'"))
+
+    assert literal(Column('c', Kind.INT32, 'integer', default='7')) == '7'
+    assert literal(Column('c', Kind.BOOLEAN, 'boolean', default='t')) == '1'
+    assert literal(Column('c', Kind.TEXT, 'text', default="it's")) == "'it\\'s'"
+    assert literal(Column('c', Kind.TIMESTAMPTZ, 'timestamp with time zone',
+                          default='2024-03-01 10:15:30+02')) == "'2024-03-01 08:15:30'"
+    assert literal(Column('c', Kind.ARRAY, 'integer[]', element=Kind.INT32,
+                          default='{1,NULL}')) == "'[1, null]'"
+    # What MariaDB cannot hold is refused, naming the column (the rows become dead letters).
+    with pytest.raises(ValueError, match=r"column 'c'.*cannot hold float"):
+        literal(Column('c', Kind.FLOAT64, 'double precision', default='NaN'))
+
+
+def test_rows_older_than_a_column_with_a_default_get_it_in_the_same_batch():
+    c2 = Column('c2', Kind.INT32, 'integer', default='7')
+    v2 = TableSchema('public', 'items', (*V1.columns, Column('c1', Kind.TEXT, 'text')),
+                     key=('id',))
+    v3 = TableSchema('public', 'items', (*v2.columns, c2), key=('id',))
+    v4 = TableSchema('public', 'items', (*V1.columns, Column('c1', Kind.TEXT, 'text'),
+                                         Column('c2', Kind.INT64, 'bigint')), key=('id',))
+    # c1 came without a default: NULL; c2 with one: 7, for rows of V1 and of v2 alike.
+    assert filled([V1, v2, v3], V1, ['c1', 'c2', 'gone']) == {'c2': c2}
+    assert filled([V1, v2, v3], v2, ['c2']) == {'c2': c2}
+    assert filled([V1, v2, v3], v3, ['gone']) == {}
+    # The first newer schema having the column says (a rewrite later cleared the value).
+    assert filled([V1, v3, v4], V1, ['c2']) == {'c2': c2}
+    assert filled([V1, v4], V1, ['c2']) == {}

@@ -7,7 +7,10 @@
 
 Targets only ever grow, so every version's rows keep fitting and a replayed old row still lands:
 
-* a new source column is added, nullable;
+* a new source column is added, nullable; one whose ``Column.default`` is set (the value rows
+  older than the column read at the source, e.g. after ``ADD COLUMN c int DEFAULT 7``) is added
+  with that value as its DEFAULT, so the target's existing rows get it, and the DEFAULT is
+  dropped right after (``add_default`` / ``drop_defaults``): later rows come with their values;
 * a retyped column is widened only when the target's current type cannot hold the new type's
   values (``integer`` → ``bigint``, ``varchar(10)`` → ``text``, ``numeric(10,2)`` →
   ``numeric(14,4)``, anything → ``text``): to the new source type when that holds every value
@@ -31,12 +34,23 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from transforms.envelope import Column, TableSchema
-from transforms.sinks.sql.statements import POS, RESERVED, ROW_ID, ColumnDef
+from transforms.sinks.sql.routing import TargetTable
+from transforms.sinks.sql.statements import (
+    POS,
+    RESERVED,
+    ROW_ID,
+    ColumnDef,
+    my_ident,
+    my_table,
+    pg_ident,
+    pg_table,
+)
 
-__all__ = ['Alteration', 'TargetColumn', 'holds', 'plan_alteration', 'storable', 'widened']
+__all__ = ['Alteration', 'TargetColumn', 'add_default', 'drop_defaults', 'filled', 'holds',
+           'plan_alteration', 'storable', 'widened']
 
 DIALECTS = ('postgresql', 'mysql')
 
@@ -67,7 +81,8 @@ class Alteration:
 
     ``kept`` are target columns the schema lacks (the sink writes NULL into them); ``relax``
     those of them that must drop NOT NULL first (as ``TargetColumn`` s, for their types);
-    ``hidden`` the sink's bookkeeping columns a table made by someone else lacks.
+    ``hidden`` the sink's bookkeeping columns a table made by someone else lacks; ``defaults``
+    the source columns among ``add`` whose ``default`` the target's existing rows must get.
     """
 
     add: tuple[ColumnDef, ...] = ()
@@ -76,6 +91,7 @@ class Alteration:
     hidden: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    defaults: tuple[Column, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.add or self.widen or self.relax or self.hidden)
@@ -351,6 +367,7 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
     if dialect not in DIALECTS:
         raise ValueError(f'dialect {dialect!r} is not one of {", ".join(DIALECTS)}')
     add: list[ColumnDef] = []
+    defaults: list[Column] = []
     widen: list[Widening] = []
     problems: list[str] = []
     for column in schema.columns:
@@ -358,6 +375,8 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
         want = wanted(column)
         if have is None:
             add.append((column.name, want, True))
+            if column.default is not None:
+                defaults.append(column)
             continue
         if holds(have.type, want, dialect) or (older and storable(have.type, want, dialect)):
             continue
@@ -381,4 +400,51 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
                   if not existing[name].nullable and not existing[name].key)
     hidden = tuple(name for name in (POS, ROW_ID) if name not in existing
                    and (name == POS or not schema.key))
-    return Alteration(tuple(add), tuple(widen), relax, hidden, kept, tuple(problems))
+    return Alteration(tuple(add), tuple(widen), relax, hidden, kept, tuple(problems),
+                      tuple(defaults))
+
+
+# ---------------------------------------------------------------------------------------------
+# Values older rows hold: ADD COLUMN … DEFAULT, then DROP DEFAULT
+
+def add_default(definition: ColumnDef, literal: str, dialect: str) -> ColumnDef:
+    """``definition`` (of an ADD COLUMN) with a DEFAULT: ``literal`` is the value's SQL literal
+    on MariaDB (``7``, ``'a''b'``), its PostgreSQL text form on PostgreSQL (cast to the type)."""
+    name, type_, nullable = definition
+    if dialect == 'postgresql':
+        # '%' doubled: the PostgreSQL sink runs every statement with a parameter sequence.
+        quoted = "'" + literal.replace("'", "''").replace('%', '%%') + "'"
+        return name, f'{type_} DEFAULT {quoted}::{type_}', nullable
+    return name, f'{type_} DEFAULT {literal}', nullable
+
+
+def drop_defaults(target: TargetTable, names: Sequence[str], dialect: str) -> list[str]:
+    """The ALTER dropping the DEFAULTs :func:`add_default` gave, so that a later row without
+    a value for the column is never filled silently."""
+    if not names:
+        return []
+    if dialect == 'postgresql':
+        parts = [f'ALTER COLUMN {pg_ident(n)} DROP DEFAULT' for n in names]
+        return [f'ALTER TABLE {pg_table(target)} {", ".join(parts)}']
+    parts = [f'ALTER COLUMN {my_ident(n)} DROP DEFAULT' for n in names]
+    return [f'ALTER TABLE {my_table(target)} {", ".join(parts)}']
+
+
+def filled(schemas: Sequence[TableSchema], table: TableSchema,
+           missing: Iterable[str]) -> dict[str, Column]:
+    """Of the target columns ``missing`` from ``table``'s rows, those a newer schema of the
+    batch (``schemas``, oldest first) added with a ``default``: a row of ``table`` is older than
+    the column, so the source's row holds the default (not NULL) unless written again later."""
+    try:
+        index = next(i for i, s in enumerate(schemas) if s is table)
+    except StopIteration:
+        index = schemas.index(table) if table in schemas else len(schemas)
+    out: dict[str, Column] = {}
+    for name in missing:
+        for newer in schemas[index + 1:]:
+            column = newer.by_name.get(name)
+            if column is not None:
+                if column.default is not None:
+                    out[name] = column
+                break
+    return out

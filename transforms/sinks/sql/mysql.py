@@ -29,7 +29,13 @@ from transforms.dead_letter import DEAD_LETTER
 from transforms.dsn import parse_dsn, redact
 from transforms.envelope import Column, Kind, TableSchema, encode_json_value
 from transforms.sinks.sql import statements as sql
-from transforms.sinks.sql.alter import Alteration, TargetColumn
+from transforms.sinks.sql.alter import (
+    Alteration,
+    TargetColumn,
+    add_default,
+    drop_defaults,
+    filled,
+)
 from transforms.sinks.sql.apply import Target, _ApplyChangesFn
 from transforms.sinks.sql.batch import RowChange, TableBatch
 from transforms.sinks.sql.routing import Route, TargetTable, check_route, mysql_target
@@ -246,6 +252,18 @@ def _null_safe(name: str, convert: Callable[[Any], str]) -> Callable[[Any], str]
     return literal
 
 
+def _default_literal(column: Column, escape: Callable[[str], str]) -> str:
+    """The SQL literal of ``column.default`` (a PostgreSQL source's text form of the value rows
+    older than the column hold), converted like every value of its kind: ValueError naming the
+    column for one MariaDB cannot hold."""
+    from transforms.sources.postgres.pgtypes import text_parser
+
+    assert column.default is not None
+    value = text_parser(column)(column.default)
+    convert = _converters(TableSchema('', '', (column,)), escape)[column.name]
+    return _null_safe(column.name, convert)(value)
+
+
 class _MySQLTarget(Target):
     step = _STEP
     dialect = 'mysql'
@@ -348,7 +366,16 @@ class _MySQLTarget(Target):
     def alter(self, target: TargetTable, alteration: Alteration) -> None:
         modify = [(w.column, w.new, w.nullable) for w in alteration.widen]
         modify += [(c.name, c.type, True) for c in alteration.relax]
-        for statement in sql.my_alter_table(target, alteration.add, modify, alteration.hidden):
+        # A column older rows hold a value of at the source (ADD COLUMN … DEFAULT <constant>):
+        # added with that DEFAULT so existing rows get it, which is then dropped.  A value
+        # MariaDB cannot hold raises (ValueError, or the server's error) before any DDL: the
+        # table's rows become dead letters.
+        defaults = {c.name: _default_literal(c, self._escape) for c in alteration.defaults}
+        add = [add_default(c, defaults[c[0]], self.dialect) if c[0] in defaults else c
+               for c in alteration.add]
+        statements = sql.my_alter_table(target, add, modify, alteration.hidden)
+        statements += drop_defaults(target, list(defaults), self.dialect)
+        for statement in statements:
             self._run(statement)
 
     # -- transactions -----------------------------------------------------------------------
@@ -431,13 +458,19 @@ class _MySQLTarget(Target):
         out = []
         for (columns, _), group in groups.items():
             nulled = tb.nulled(group[0].table)
-            names = [*columns, sql.POS] + ([sql.ROW_ID] if with_id else [])
             table = group[0].table
+            # Rows older than a column a newer schema of the batch added with a default: the
+            # source's rows hold the default, not NULL.
+            fill = filled(tb.schemas, table, nulled) if len(tb.schemas) > 1 and nulled else {}
+            nulled = tuple(n for n in nulled if n not in fill)
+            names = [*columns, *fill, sql.POS] + ([sql.ROW_ID] if with_id else [])
             converters = self._convert(table)
             by_column = [
                 _column_literals(table.by_name[name], values, converters[name])
                 for name, values in zip(columns, zip(*(c.row.values() for c in group),  # type: ignore[union-attr]
                                                      strict=True), strict=True)]
+            for column in fill.values():
+                by_column.append([_default_literal(column, self._escape)] * len(group))
             by_column.append([f"'{c.pos}'" for c in group])
             if with_id:
                 by_column.append([f"'{c.key_hash}'" for c in group])

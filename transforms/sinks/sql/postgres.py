@@ -23,9 +23,15 @@ import apache_beam as beam
 
 from transforms.dead_letter import DEAD_LETTER
 from transforms.dsn import parse_dsn, redact
-from transforms.envelope import Column, TableSchema
+from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import statements as sql
-from transforms.sinks.sql.alter import Alteration, TargetColumn
+from transforms.sinks.sql.alter import (
+    Alteration,
+    TargetColumn,
+    add_default,
+    drop_defaults,
+    filled,
+)
 from transforms.sinks.sql.apply import Target, _ApplyChangesFn
 from transforms.sinks.sql.batch import RowChange, TableBatch
 from transforms.sinks.sql.copytext import rows_text
@@ -189,9 +195,17 @@ class _PostgresTarget(Target):
         return self._cur.fetchone()[0] or ''
 
     def alter(self, target: TargetTable, alteration: Alteration) -> None:
+        # A column older rows hold a value of at the source (ADD COLUMN … DEFAULT <constant>)
+        # is added with it as DEFAULT, the source's text form cast to the column's type (a
+        # value the type cannot take fails the ALTER: the table's rows become dead letters),
+        # and the DEFAULT is dropped in the same transaction.
+        defaults = {c.name: c.default for c in alteration.defaults if c.default is not None}
+        add = [add_default(c, defaults[c[0]], self.dialect) if c[0] in defaults else c
+               for c in alteration.add]
         statements = sql.pg_alter_table(
-            target, alteration.add, [(w.column, w.new) for w in alteration.widen],
+            target, add, [(w.column, w.new) for w in alteration.widen],
             [c.name for c in alteration.relax], alteration.hidden)
+        statements += drop_defaults(target, list(defaults), self.dialect)
         with self._conn.transaction():
             for statement in statements:
                 self._run(statement)
@@ -281,24 +295,24 @@ class _PostgresTarget(Target):
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
         stale = 0
         for columns, nulled, group in _by_columns(tb, changes):
-            names = [*columns, sql.POS]
+            fill = _fill(tb, group[0].table, nulled)
+            names = [*columns, *fill, sql.POS]
             stage = self._stage(tb.target, names)
-            by_name = group[0].table.by_name
-            self._copy(stage, [by_name[n] for n in columns], [sql.POS],
-                       [c.row.values() for c in group],  # type: ignore[union-attr]
-                       [c.pos for c in group])
-            self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key, nulled))
+            self._copy(stage, _copy_columns(group[0].table, columns, fill), [sql.POS],
+                       _values(group, fill), [c.pos for c in group])
+            self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key,
+                                    [n for n in nulled if n not in fill]))
             stale += len(group) - max(self._cur.rowcount, 0)
             self._run(f'TRUNCATE {stage}')
         return stale
 
     def append(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
-        for columns, _, group in _by_columns(tb, changes):
-            names = [*columns, sql.POS, sql.ROW_ID]
+        for columns, nulled, group in _by_columns(tb, changes):
+            fill = _fill(tb, group[0].table, nulled)
+            names = [*columns, *fill, sql.POS, sql.ROW_ID]
             stage = self._stage(tb.target, names)
-            by_name = group[0].table.by_name
-            self._copy(stage, [by_name[n] for n in columns], [sql.POS, sql.ROW_ID],
-                       [c.row.values() for c in group],  # type: ignore[union-attr]
+            self._copy(stage, _copy_columns(group[0].table, columns, fill),
+                       [sql.POS, sql.ROW_ID], _values(group, fill),
                        [f'{c.pos}\t{c.key_hash}' for c in group])
             self._run(sql.pg_append(tb.target, stage, names))
             self._run(f'TRUNCATE {stage}')
@@ -316,6 +330,28 @@ def _by_columns(tb: TableBatch, changes: Sequence[RowChange]
         groups.setdefault((change.columns, id(change.table)), []).append(change)
     return [(columns, tb.nulled(group[0].table), group)
             for (columns, _), group in groups.items()]
+
+
+def _fill(tb: TableBatch, table: TableSchema, nulled: Sequence[str]) -> dict[str, str]:
+    """Columns rows of ``table`` lack that a newer schema of the batch added with a default:
+    the rows are older than the column, so they get its value (text form) rather than NULL."""
+    if len(tb.schemas) < 2 or not nulled:
+        return {}
+    return {name: column.default for name, column in filled(tb.schemas, table, nulled).items()
+            if column.default is not None}
+
+
+def _copy_columns(table: TableSchema, columns: Sequence[str],
+                  fill: dict[str, str]) -> list[Column]:
+    # A filled value is already its PostgreSQL text form: COPY it as text.
+    return [table.by_name[n] for n in columns] + [Column(n, Kind.TEXT) for n in fill]
+
+
+def _values(group: Sequence[RowChange], fill: dict[str, str]) -> list[Iterable[Any]]:
+    if not fill:
+        return [c.row.values() for c in group]  # type: ignore[union-attr]
+    texts = tuple(fill.values())
+    return [(*c.row.values(), *texts) for c in group]  # type: ignore[union-attr]
 
 
 class WriteChangesToPostgres(beam.PTransform):

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ['SlotInfo', 'SourceSetupError', 'TableRef', 'check_server', 'ensure_publication',
-           'primary_key', 'quote_ident', 'resolve_tables', 'slot_info', 'table_columns']
+           'missing_values', 'primary_key', 'quote_ident', 'resolve_tables', 'slot_info',
+           'table_columns']
 
 _LOG = logging.getLogger(__name__)
 
@@ -192,3 +193,12 @@ def table_columns(conn: Any, relation_oid: int) -> list[tuple[str, int, int]]:
         "SELECT attname, atttypid::int, atttypmod FROM pg_attribute WHERE attrelid = %s "
         "AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
         (relation_oid,)).fetchall()
+
+
+def missing_values(conn: Any, relation_oid: int) -> dict[str, str]:
+    """``attmissingval::text`` by column name: the value rows older than an ``ADD COLUMN …
+    DEFAULT <constant>`` read (PostgreSQL 11+, no rewrite), as a one-element array literal."""
+    rows = conn.execute(
+        'SELECT attname, attmissingval::text FROM pg_attribute WHERE attrelid = %s '
+        'AND atthasmissing AND NOT attisdropped', (relation_oid,)).fetchall()
+    return {name: text for name, text in rows if text is not None}

@@ -1,9 +1,10 @@
 """Turns decoded pgoutput messages into ChangeEvents: relation cache, row values, transactions.
 
-Pure apart from two look-up callables (primary keys and type catalog rows), so the whole
-message-to-event logic is tested without a server::
+Pure apart from look-up callables (primary keys, type catalog rows and, optionally, the
+missing values of columns added with a constant default), so the whole message-to-event logic
+is tested without a server::
 
-    assembler = ChangeAssembler('shop', 'shop', lookup_key, lookup_types)
+    assembler = ChangeAssembler('shop', 'shop', lookup_key, lookup_types, lookup_missing)
     assembler.begin(begin)
     events = assembler.change(insert, lsn)      # list of ChangeEvent
     assembler.commit(commit)
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from transforms.envelope import (
     ChangeEvent,
+    Column,
     Op,
     SourcePosition,
     TableSchema,
@@ -41,6 +44,8 @@ from transforms.sources.postgres.pgoutput import (
 )
 
 __all__ = ['HEARTBEAT_PREFIX', 'MESSAGES_TABLE', 'ChangeAssembler', 'RelationState']
+
+_LOG = logging.getLogger(__name__)
 
 HEARTBEAT_PREFIX = 'changebeam_heartbeat'
 """Prefix of the logical messages the source emits to keep an idle slot advancing."""
@@ -65,11 +70,15 @@ class ChangeAssembler:
     def __init__(self, server_name: str, database: str,
                  lookup_key: Callable[[int], tuple[str, ...]],
                  lookup_types: Callable[[Sequence[int]], Mapping[int, pgtypes.TypeInfo]],
+                 lookup_missing: Callable[[int], Mapping[str, str]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """``lookup_missing(relation_oid)``: ``attmissingval::text`` by column name (see
+        ``catalog.missing_values``); it becomes ``Column.default``.  None: no defaults."""
         self._server = server_name
         self._database = database
         self._lookup_key = lookup_key
         self._lookup_types = lookup_types
+        self._lookup_missing = lookup_missing
         self._clock = clock
         self._types: dict[int, pgtypes.TypeInfo] = {}
         self._relations: dict[int, RelationState] = {}
@@ -116,6 +125,8 @@ class ChangeAssembler:
         if unknown:
             self._types.update(self._lookup_types(unknown))
         columns = tuple(pgtypes.column_for(c, self._types) for c in message.columns)
+        if self._lookup_missing is not None:
+            columns = self._with_missing_values(message, columns)
         identity = tuple(c.name for c in message.columns if c.is_key)
         key = self._lookup_key(message.oid)
         if not key and message.replica_identity == 'i':
@@ -125,6 +136,28 @@ class ChangeAssembler:
         state = RelationState(message, table, pgtypes.row_decoder(columns), identity)
         self._relations[message.oid] = state
         return state
+
+    def _with_missing_values(self, message: Relation,
+                             columns: tuple[Column, ...]) -> tuple[Column, ...]:
+        """Columns added by ``ADD COLUMN … DEFAULT <constant>`` (PostgreSQL 11+) carry the value
+        the rows older than it read, which the log never shows, as ``Column.default``."""
+        assert self._lookup_missing is not None
+        missing = self._lookup_missing(message.oid)
+        if not missing:
+            return columns
+        out = []
+        for column in columns:
+            text = missing.get(column.name)
+            if text is not None:
+                try:
+                    default = pgtypes.missing_value_text(column, text)
+                except ValueError as exc:  # never seen; the column stays without a default
+                    _LOG.warning('%s.%s: %s', message.namespace, message.name, exc)
+                    default = None
+                if default is not None:
+                    column = dataclasses.replace(column, default=default)
+            out.append(column)
+        return tuple(out)
 
     def type(self, message: TypeMessage) -> None:
         # Type messages only name a type; enums and domains need the catalog, so forget what we

@@ -34,6 +34,7 @@ __all__ = [
     'column_for',
     'format_type',
     'is_builtin',
+    'missing_value_text',
     'row_decoder',
     'text_parser',
     'type_infos',
@@ -568,6 +569,26 @@ def _raw_parser(column: Column, delimiter: str | None = None) -> Callable[[str],
         element = _SCALAR_PARSERS.get(column.element or Kind.TEXT)
         return _array_parser(element, delimiter or _delimiter_of(column))
     return _SCALAR_PARSERS.get(column.kind)
+
+
+def missing_value_text(column: Column, text: str) -> str | None:
+    """The text form of the value ``pg_attribute.attmissingval`` holds for ``column``.
+
+    ``text`` is ``attmissingval::text``: a one-element array of the column's type (``'{7}'``,
+    ``'{"a b"}'``, ``'{"{1,2}"}'`` for an array column).  None for a NULL element.  Raises
+    ValueError for anything but one element.
+    """
+    # The array's delimiter is that of the column's own type: ';' for box (an array column's
+    # type, itself an array type, uses ',').
+    delimiter = ';' if column.source_type == 'box' else ','
+    try:
+        values = _array_parser(None, delimiter)(text)
+    except ValueError as exc:
+        raise ValueError(f'missing value of column {column.name!r}: {exc}: {text!r}') from None
+    if len(values) != 1 or isinstance(values[0], list):
+        raise ValueError(f'missing value of column {column.name!r} is not one value: {text!r}')
+    value: str | None = values[0]
+    return value
 
 
 _CONVERSION_ERRORS = (ValueError, ArithmeticError, KeyError, IndexError, TypeError)

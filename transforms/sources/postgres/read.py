@@ -116,7 +116,8 @@ class _ReadSlotFn(beam.DoFn):
         self._control = psycopg.connect(config.dsn, autocommit=True, options=SESSION_OPTIONS)
         catalog.check_server(self._control)
         self._assembler = ChangeAssembler(config.server_name, config.database,
-                                          self._lookup_key, self._lookup_types)
+                                          self._lookup_key, self._lookup_types,
+                                          self._lookup_missing)
         self._decoder = PgOutputDecoder()
         self._resync = False  # the stream read past the restriction it was handed
         self._idle_since = time.monotonic()
@@ -126,6 +127,10 @@ class _ReadSlotFn(beam.DoFn):
     def _lookup_key(self, relation_oid: int) -> tuple[str, ...]:
         with self._lock:
             return catalog.primary_key(self._control, relation_oid)
+
+    def _lookup_missing(self, relation_oid: int) -> dict[str, str]:
+        with self._lock:
+            return catalog.missing_values(self._control, relation_oid)
 
     def _lookup_types(self, oids: Sequence[int]) -> dict[int, pgtypes.TypeInfo]:
         with self._lock:
