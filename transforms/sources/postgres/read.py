@@ -193,14 +193,21 @@ class _ReadSlotFn(beam.DoFn):
         stream = ReplicationStream.connect(config.dsn)
         if slot is None:
             self._set_marker(_SNAPSHOT_PENDING)
-            created = stream.create_slot(config.slot, export_snapshot=wants_snapshot)
-            start_lsn = created.consistent_point
-            _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
             if wants_snapshot:
-                yield from self._snapshot(created.snapshot, tables, start_lsn, tracker,
-                                          finalizer, slot_marker=True)
-            else:
-                self._set_marker(_SNAPSHOT_DONE)
+                # From before the consistent point until the snapshot transaction holds its own
+                # locks, no TRUNCATE or table rewrite may commit: it would look empty to it.
+                self._hold_tables(tables)
+            try:
+                created = stream.create_slot(config.slot, export_snapshot=wants_snapshot)
+                start_lsn = created.consistent_point
+                _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
+                if wants_snapshot:
+                    yield from self._snapshot(created.snapshot, tables, start_lsn, tracker,
+                                              finalizer, slot_marker=True)
+                else:
+                    self._set_marker(_SNAPSHOT_DONE)
+            finally:
+                self._release_tables()
         else:
             start_lsn = parse_lsn(slot.confirmed_flush or '0/0')
         stream.start(config.slot, max(start_lsn, start), config.publication)
@@ -217,7 +224,8 @@ class _ReadSlotFn(beam.DoFn):
         with psycopg.connect(self._config.dsn, autocommit=True,
                              options=SESSION_OPTIONS) as conn:
             for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
-                                       batch_size=self._config.batch_size):
+                                       batch_size=self._config.batch_size,
+                                       on_locked=self._release_tables):
                 rows += len(batch)
                 self._emitted += len(batch)
                 self._changes.inc(len(batch))
@@ -227,6 +235,19 @@ class _ReadSlotFn(beam.DoFn):
         _LOG.info('snapshot of %d table(s): %d rows', len(tables), rows)
         if slot_marker:
             finalizer.register(lambda: self._snapshot_committed(rows))
+
+    def _hold_tables(self, tables: Sequence[catalog.TableRef]) -> None:
+        if not tables:
+            return
+        with self._lock:
+            self._control.execute('BEGIN')
+            self._control.execute('LOCK TABLE ' + ', '.join(t.quoted for t in tables)
+                                  + ' IN ACCESS SHARE MODE')
+
+    def _release_tables(self) -> None:
+        with self._lock:
+            if self._control.info.transaction_status != 0:  # not idle: our lock transaction
+                self._control.execute('COMMIT')
 
     def _snapshot_committed(self, rows: int) -> None:
         self._confirmed_changes += rows

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from transforms.envelope import ChangeEvent, Op, SourcePosition
@@ -46,16 +46,25 @@ def relation_from_catalog(conn: Any, ref: TableRef) -> Relation:
 
 def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                   assembler: ChangeAssembler, consistent_point: int, *,
-                  batch_size: int = 1000) -> Iterator[list[ChangeEvent]]:
+                  batch_size: int = 1000,
+                  on_locked: Callable[[], None] | None = None) -> Iterator[list[ChangeEvent]]:
     """Batches of ``op: r`` events of every row of ``tables``; the last row says snapshot 'last'.
 
-    ``conn`` must be a non-autocommit psycopg connection; ``snapshot`` is the name the slot
-    exported (None: read the current state, for ``--snapshot only``).
+    ``snapshot`` is the name the slot exported (None: read the current state, for
+    ``--snapshot only``).  The tables are locked in ACCESS SHARE mode for the whole read, then
+    ``on_locked`` is called: TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL,
+    CLUSTER) are not MVCC-safe — an older snapshot sees the table empty — so they must wait
+    until the snapshot is read.  Ordinary writes are not blocked.
     """
     conn.execute('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
     try:
         if snapshot:
             conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        if tables:
+            conn.execute('LOCK TABLE ' + ', '.join(t.quoted for t in tables)
+                         + ' IN ACCESS SHARE MODE')
+        if on_locked is not None:
+            on_locked()
         pending: ChangeEvent | None = None
         batch: list[ChangeEvent] = []
         for ref in tables:
