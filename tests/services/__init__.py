@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -63,6 +64,7 @@ class ServiceStartError(ServiceError):
 
 
 _S = TypeVar('_S', bound='Service')
+_L = TypeVar('_L')
 
 
 class Service:
@@ -217,3 +219,30 @@ def _stop_leftovers() -> None:
     for server in leftovers:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+PORT_ATTEMPTS = 3
+
+
+def launch_until_ready(launch: Callable[[], _L], name: Callable[[_L], str],
+                       ready: Callable[[_L], bool], timeout: float,
+                       abort_signal: int = signal.SIGKILL) -> _L:
+    """Launches a server (each attempt on a fresh free port) until it answers.
+
+    A port taken between picking and binding it is retried; any other failure, or Ctrl-C,
+    stops the half-started process and raises: no server is ever left behind.
+    """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        server = launch()
+        try:
+            wait_until_ready(name(server), functools.partial(ready, server), server._process,
+                             server.log_path, timeout)
+        except BaseException as exc:
+            stop_process_group(server._process, abort_signal, timeout=5)
+            if (isinstance(exc, ServiceStartError) and attempt < PORT_ATTEMPTS
+                    and port_conflict(log_tail(server.log_path))):
+                continue
+            raise
+        track(server)
+        return server
+    raise AssertionError("unreachable")  # the loop returns or raises

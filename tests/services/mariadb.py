@@ -29,14 +29,12 @@ from tests.services import (
     Service,
     ServiceStartError,
     free_port,
+    launch_until_ready,
     log_tail,
     make_private_dir,
-    port_conflict,
     require_binary,
     stop_process_group,
-    track,
     untrack,
-    wait_until_ready,
 )
 
 __all__ = ["MariaDBDatabase", "MariaDBServer"]
@@ -44,7 +42,6 @@ __all__ = ["MariaDBDatabase", "MariaDBServer"]
 _PACKAGE = "mariadb-server"
 _OS_USER = "mysql"
 _START_TIMEOUT_S = 60.0
-_PORT_ATTEMPTS = 3
 
 # What CDC needs (FACTS.md): without binlog_row_metadata=FULL the binlog carries no column
 # names. Durability knobs are relaxed because the instance is thrown away.
@@ -104,36 +101,22 @@ class MariaDBServer(Service):
         base = make_private_dir("changebeam-mariadb-", owner=_OS_USER)
         try:
             _install_db(install_db, base, settings)
-            for attempt in range(1, _PORT_ATTEMPTS + 1):
-                server = cls._launch(mariadbd, base, settings)
-                try:
-                    wait_until_ready(
-                        f"mariadbd (port {server.port})",
-                        server._accepts_connections,
-                        server._process,
-                        server.log_path,
-                        timeout,
-                    )
-                except BaseException as exc:  # Ctrl-C included: never leave it running
-                    stop_process_group(server._process, signal.SIGKILL, timeout=5)
-                    if (
-                        isinstance(exc, ServiceStartError)
-                        and attempt < _PORT_ATTEMPTS
-                        and port_conflict(log_tail(server.log_path))
-                    ):
-                        continue
-                    raise
-                track(server)
-                try:
-                    server._remove_anonymous_users()
-                except BaseException:
-                    server.stop()
-                    raise
-                return server
+            server = launch_until_ready(
+                lambda: cls._launch(mariadbd, base, settings),
+                lambda s: f"mariadbd (port {s.port})",
+                MariaDBServer._accepts_connections,
+                timeout,
+                signal.SIGKILL,
+            )
+            try:
+                server._remove_anonymous_users()
+            except BaseException:
+                server.stop()
+                raise
+            return server
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     @classmethod
     def _launch(cls, mariadbd: str, base: Path, settings: dict[str, str]) -> MariaDBServer:

@@ -30,15 +30,13 @@ from tests.services import (
     Service,
     ServiceStartError,
     free_port,
+    launch_until_ready,
     log_tail,
     make_private_dir,
-    port_conflict,
     privileges_for,
     require_binary,
     stop_process_group,
-    track,
     untrack,
-    wait_until_ready,
 )
 
 __all__ = ["PgDatabase", "PostgresServer"]
@@ -47,7 +45,6 @@ _DEFAULT_BINDIR = Path("/usr/lib/postgresql/15/bin")
 _PACKAGE = "postgresql-15"
 _OS_USER = "postgres"
 _START_TIMEOUT_S = 60.0
-_PORT_ATTEMPTS = 3
 
 # fsync and full_page_writes off: a crash loses a throwaway cluster anyway, and tests spend
 # less time in fsync. synchronous_commit stays on so a committed change reaches the walsender
@@ -128,31 +125,17 @@ class PostgresServer(Service):
             data = base / "data"
             _initdb(initdb, data, base)
             (data / "pg_hba.conf").write_text(_PG_HBA)
-            for attempt in range(1, _PORT_ATTEMPTS + 1):
-                server = cls._launch(postgres, base, data, settings)
-                try:
-                    wait_until_ready(
-                        f"postgres (port {server.port})",
-                        server._accepts_connections,
-                        server._process,
-                        server.log_path,
-                        timeout,
-                    )
-                except BaseException as exc:  # Ctrl-C included: never leave it running
-                    stop_process_group(server._process, signal.SIGQUIT, timeout=5)
-                    if (
-                        isinstance(exc, ServiceStartError)
-                        and attempt < _PORT_ATTEMPTS
-                        and port_conflict(log_tail(server.log_path))
-                    ):
-                        continue
-                    raise
-                track(server)
-                return server
+            server = launch_until_ready(
+                lambda: cls._launch(postgres, base, data, settings),
+                lambda s: f"postgres (port {s.port})",
+                PostgresServer._accepts_connections,
+                timeout,
+                signal.SIGQUIT,
+            )
+            return server
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     @classmethod
     def _launch(

@@ -21,16 +21,12 @@ from pathlib import Path
 
 from tests.services import (
     Service,
-    ServiceStartError,
     free_port,
-    log_tail,
+    launch_until_ready,
     make_private_dir,
-    port_conflict,
     require_binary,
     stop_process_group,
-    track,
     untrack,
-    wait_until_ready,
 )
 
 __all__ = ["PubSubEmulator"]
@@ -41,7 +37,6 @@ _JAVA_PACKAGE = "default-jre"
 _LAUNCHER = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 _DEFAULT_SDK_ROOT = Path("/usr/lib/google-cloud-sdk")
 _START_TIMEOUT_S = 60.0
-_PORT_ATTEMPTS = 3
 
 
 def _launcher_path() -> Path:
@@ -75,31 +70,17 @@ class PubSubEmulator(Service):
         require_binary("java", _JAVA_PACKAGE)  # the launcher needs it on PATH
         base = make_private_dir("changebeam-pubsub-")
         try:
-            for attempt in range(1, _PORT_ATTEMPTS + 1):
-                emulator = cls._launch(launcher, base)
-                try:
-                    wait_until_ready(
-                        f"Pub/Sub emulator ({emulator.host})",
-                        emulator._answers,
-                        emulator._process,
-                        emulator.log_path,
-                        timeout,
-                    )
-                except BaseException as exc:  # Ctrl-C included: never leave it running
-                    stop_process_group(emulator._process, signal.SIGKILL, timeout=5)
-                    if (
-                        isinstance(exc, ServiceStartError)
-                        and attempt < _PORT_ATTEMPTS
-                        and port_conflict(log_tail(emulator.log_path))
-                    ):
-                        continue
-                    raise
-                track(emulator)
-                return emulator
+            emulator = launch_until_ready(
+                lambda: cls._launch(launcher, base),
+                lambda s: f"Pub/Sub emulator ({s.host})",
+                PubSubEmulator._answers,
+                timeout,
+                signal.SIGKILL,
+            )
+            return emulator
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     @classmethod
     def _launch(cls, launcher: str, base: Path) -> PubSubEmulator:
