@@ -415,3 +415,25 @@ def test_table_rewrite_during_the_snapshot_loses_no_row(pg_db: Any, tmp_path: Pa
         docs = read_jsonl_dir(str(tmp_path / 'out'))
         assert sum(d['op'] == 'r' and d['source']['table'] == 'z_small' for d in docs) == 1000
         assert_rebuilt_equals_source(conn, docs, ['public.a_big', 'public.z_small'])
+
+
+def test_a_snapshot_older_than_a_rewrite_is_refused_not_read_empty(pg_db: Any) -> None:
+    from transforms.sources.postgres.catalog import resolve_tables
+    from transforms.sources.postgres.replication import ReplicationStream
+    from transforms.sources.postgres.snapshot import SnapshotInvalidated, read_snapshot
+
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE t (id integer PRIMARY KEY, v integer)')
+        conn.execute('INSERT INTO t SELECT g, g FROM generate_series(1, 100) g')
+        stream = ReplicationStream.connect(pg_db.dsn)
+        try:
+            created = stream.create_slot('probe', export_snapshot=True)
+            conn.execute('ALTER TABLE t ALTER COLUMN v TYPE bigint')  # after the snapshot
+            assembler = ChangeAssembler('t', 't', lambda oid: primary_key(conn, oid),
+                                        lambda oids: {})
+            with pg_db.connect(options=SESSION_OPTIONS) as reader:
+                with pytest.raises(SnapshotInvalidated, match='rewritten during the snapshot: t'):
+                    list(read_snapshot(reader, created.snapshot, resolve_tables(conn, ()),
+                                       assembler, created.consistent_point))
+        finally:
+            stream.close()

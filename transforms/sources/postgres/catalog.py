@@ -11,7 +11,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ['SlotInfo', 'SourceSetupError', 'TableRef', 'check_server', 'ensure_publication',
+__all__ = ['SlotInfo', 'SourceSetupError', 'TableRef', 'check_server', 'drop_slot',
+           'ensure_publication',
            'missing_values', 'primary_key', 'quote_ident', 'resolve_tables', 'slot_info',
            'table_columns']
 
@@ -202,3 +203,21 @@ def missing_values(conn: Any, relation_oid: int) -> dict[str, str]:
         'SELECT attname, attmissingval::text FROM pg_attribute WHERE attrelid = %s '
         'AND atthasmissing AND NOT attisdropped', (relation_oid,)).fetchall()
     return {name: text for name, text in rows if text is not None}
+
+
+def drop_slot(conn: Any, name: str, timeout: float = 30.0) -> None:
+    """Drop a slot once no walsender holds it (one we just disconnected exits asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute('SELECT active FROM pg_replication_slots WHERE slot_name = %s',
+                           (name,)).fetchone()
+        if row is None:
+            return
+        if not row[0]:
+            conn.execute('SELECT pg_drop_replication_slot(%s)', (name,))
+            return
+        if time.monotonic() > deadline:
+            raise SourceSetupError(f'slot {name!r} is still in use; cannot drop it')
+        time.sleep(0.05)

@@ -53,7 +53,7 @@ from transforms.sources.postgres.replication import (
     format_lsn,
     parse_lsn,
 )
-from transforms.sources.postgres.snapshot import read_snapshot
+from transforms.sources.postgres.snapshot import SnapshotInvalidated, read_snapshot
 from transforms.sources.progress import ProgressLine
 from transforms.sources.stream_range import StreamRestrictionProvider
 
@@ -63,6 +63,7 @@ _LOG = logging.getLogger(__name__)
 
 SNAPSHOT_MODES = ('initial', 'never', 'only')
 _END = (1 << 63) - 1
+_SNAPSHOT_ATTEMPTS = 5
 _SNAPSHOT_PENDING = 'changebeam: snapshot pending for slot '
 _SNAPSHOT_DONE = 'changebeam: snapshot confirmed for slot '
 _METRICS = 'ReadPostgresChanges'
@@ -188,28 +189,31 @@ class _ReadSlotFn(beam.DoFn):
         if slot is not None and wants_snapshot and not self._snapshot_confirmed():
             _LOG.warning('slot %s exists but its snapshot was never confirmed downstream: '
                          'dropping it and taking the snapshot again', config.slot)
-            self._control.execute('SELECT pg_drop_replication_slot(%s)', (config.slot,))
+            catalog.drop_slot(self._control, config.slot)
             slot = None
-        stream = ReplicationStream.connect(config.dsn)
-        if slot is None:
+        for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
+            stream = ReplicationStream.connect(config.dsn)
+            if slot is not None:
+                start_lsn = parse_lsn(slot.confirmed_flush or '0/0')
+                break
             self._set_marker(_SNAPSHOT_PENDING)
-            if wants_snapshot:
-                # From before the consistent point until the snapshot transaction holds its own
-                # locks, no TRUNCATE or table rewrite may commit: it would look empty to it.
-                self._hold_tables(tables)
+            created = stream.create_slot(config.slot, export_snapshot=wants_snapshot)
+            start_lsn = created.consistent_point
+            _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
+            if not wants_snapshot:
+                self._set_marker(_SNAPSHOT_DONE)
+                break
             try:
-                created = stream.create_slot(config.slot, export_snapshot=wants_snapshot)
-                start_lsn = created.consistent_point
-                _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
-                if wants_snapshot:
-                    yield from self._snapshot(created.snapshot, tables, start_lsn, tracker,
-                                              finalizer, slot_marker=True)
-                else:
-                    self._set_marker(_SNAPSHOT_DONE)
-            finally:
-                self._release_tables()
-        else:
-            start_lsn = parse_lsn(slot.confirmed_flush or '0/0')
+                yield from self._snapshot(created.snapshot, tables, start_lsn, tracker,
+                                          finalizer, slot_marker=True)
+                break
+            except SnapshotInvalidated as exc:
+                if attempt == _SNAPSHOT_ATTEMPTS:
+                    raise
+                _LOG.warning('%s: dropping slot %s and taking the snapshot again', exc,
+                             config.slot)
+                stream.close()
+                catalog.drop_slot(self._control, config.slot)
         stream.start(config.slot, max(start_lsn, start), config.publication)
         self._stream = stream
 
@@ -224,8 +228,7 @@ class _ReadSlotFn(beam.DoFn):
         with psycopg.connect(self._config.dsn, autocommit=True,
                              options=SESSION_OPTIONS) as conn:
             for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
-                                       batch_size=self._config.batch_size,
-                                       on_locked=self._release_tables):
+                                       batch_size=self._config.batch_size):
                 rows += len(batch)
                 self._emitted += len(batch)
                 self._changes.inc(len(batch))
@@ -235,19 +238,6 @@ class _ReadSlotFn(beam.DoFn):
         _LOG.info('snapshot of %d table(s): %d rows', len(tables), rows)
         if slot_marker:
             finalizer.register(lambda: self._snapshot_committed(rows))
-
-    def _hold_tables(self, tables: Sequence[catalog.TableRef]) -> None:
-        if not tables:
-            return
-        with self._lock:
-            self._control.execute('BEGIN')
-            self._control.execute('LOCK TABLE ' + ', '.join(t.quoted for t in tables)
-                                  + ' IN ACCESS SHARE MODE')
-
-    def _release_tables(self) -> None:
-        with self._lock:
-            if self._control.info.transaction_status != 0:  # not idle: our lock transaction
-                self._control.execute('COMMIT')
 
     def _snapshot_committed(self, rows: int) -> None:
         self._confirmed_changes += rows

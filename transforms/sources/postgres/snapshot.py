@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from transforms.envelope import ChangeEvent, Op, SourcePosition
@@ -24,7 +24,7 @@ from transforms.sources.postgres.catalog import TableRef, quote_ident, table_col
 from transforms.sources.postgres.changes import ChangeAssembler
 from transforms.sources.postgres.pgoutput import Relation, RelationColumn
 
-__all__ = ['read_snapshot', 'relation_from_catalog']
+__all__ = ['SnapshotInvalidated', 'read_snapshot', 'relation_from_catalog']
 
 
 def relation_from_catalog(conn: Any, ref: TableRef) -> Relation:
@@ -44,17 +44,23 @@ def relation_from_catalog(conn: Any, ref: TableRef) -> Relation:
     return Relation(None, ref.oid, ref.schema, ref.table, ref.replica_identity, columns)
 
 
+class SnapshotInvalidated(RuntimeError):
+    """A captured table was truncated or rewritten after the snapshot's point: its rows are
+    invisible to the snapshot, so the snapshot must be taken again."""
+
+
 def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                   assembler: ChangeAssembler, consistent_point: int, *,
-                  batch_size: int = 1000,
-                  on_locked: Callable[[], None] | None = None) -> Iterator[list[ChangeEvent]]:
+                  batch_size: int = 1000) -> Iterator[list[ChangeEvent]]:
     """Batches of ``op: r`` events of every row of ``tables``; the last row says snapshot 'last'.
 
     ``snapshot`` is the name the slot exported (None: read the current state, for
-    ``--snapshot only``).  The tables are locked in ACCESS SHARE mode for the whole read, then
-    ``on_locked`` is called: TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL,
-    CLUSTER) are not MVCC-safe — an older snapshot sees the table empty — so they must wait
-    until the snapshot is read.  Ordinary writes are not blocked.
+    ``--snapshot only``).  TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL,
+    CLUSTER) are not MVCC-safe: a snapshot from before them sees the table empty.  So the
+    tables are locked in ACCESS SHARE mode for the read (such DDL waits; writes do not), and
+    one that was rewritten between the snapshot's point and the lock — its file node as of the
+    snapshot differs from the current one — raises :class:`SnapshotInvalidated` before any row
+    is produced.
     """
     conn.execute('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
     try:
@@ -63,8 +69,15 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
         if tables:
             conn.execute('LOCK TABLE ' + ', '.join(t.quoted for t in tables)
                          + ' IN ACCESS SHARE MODE')
-        if on_locked is not None:
-            on_locked()
+            # pg_class read through the transaction's snapshot vs the relcache (current state).
+            rewritten = conn.execute(
+                'SELECT relname FROM pg_class WHERE oid = ANY(%s) '
+                'AND relfilenode IS DISTINCT FROM pg_relation_filenode(oid)',
+                ([t.oid for t in tables],)).fetchall()
+            if rewritten:
+                raise SnapshotInvalidated(
+                    'truncated or rewritten during the snapshot: '
+                    + ', '.join(name for (name,) in rewritten))
         pending: ChangeEvent | None = None
         batch: list[ChangeEvent] = []
         for ref in tables:
