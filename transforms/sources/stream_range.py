@@ -1,25 +1,36 @@
-"""The restriction every streaming source reads over: one unsplittable, unbounded range.
+"""How a streaming source walks its positions: one unsplittable, unbounded range, in rounds.
 
 A replication slot or a binlog dump is one ordered stream: it cannot be read from two places at
-once, so the range of positions is never split up front, and on drain reading simply stops::
+once, so the range of positions is never split up front, and on drain reading simply stops.
+:class:`StreamReadFn` is the round structure both database sources share::
 
-    tracker=beam.DoFn.RestrictionParam(StreamRestrictionProvider(END))
+    @beam.DoFn.unbounded_per_element()
+    class _ReadSlotFn(StreamReadFn):
+        def _open(self): ...            # connections
+        def _begin(self, start, tracker, finalizer): ...   # slot, snapshot; sets self._stream
+        def _reconnect(self, start): ...                    # stream positioned elsewhere
+        def _stream_round(self, tracker, finalizer, watermark): ...
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 
-__all__ = ['StreamRestrictionProvider']
+__all__ = ['END', 'StreamReadFn', 'StreamRestrictionProvider']
+
+END = (1 << 63) - 1
+"""The end of every source's position range (the largest int64 Beam's OffsetRange holds)."""
 
 
 class StreamRestrictionProvider(RestrictionProvider):
     """``[0, end)`` of a source's integer positions (LSNs, encoded binlog positions)."""
 
-    def __init__(self, end: int) -> None:
+    def __init__(self, end: int = END) -> None:
         self._end = end
 
     def initial_restriction(self, element: Any) -> OffsetRange:
@@ -36,3 +47,49 @@ class StreamRestrictionProvider(RestrictionProvider):
 
     def truncate(self, element: Any, restriction: OffsetRange) -> None:
         return None  # on drain, stop reading
+
+
+class StreamReadFn(beam.DoFn):
+    """Rounds of a streaming source: the first sets up (and may snapshot), later ones read.
+
+    Subclasses set ``self._control``, ``self._stream`` (None until streaming) and
+    ``self._resync`` (the stream read past the restriction it was handed) and implement the
+    four hooks.  The BundleFinalizerParam comes before the restriction and watermark
+    parameters, as the local runner requires.
+    """
+
+    _control: Any = None
+    _stream: Any = None
+    _resync: bool = False
+
+    def process(self, element: Any,
+                finalizer=beam.DoFn.BundleFinalizerParam,
+                tracker=beam.DoFn.RestrictionParam(StreamRestrictionProvider()),
+                watermark=beam.DoFn.WatermarkEstimatorParam(
+                    ManualWatermarkEstimator.default_provider()),
+                ) -> Iterator[Any]:
+        if self._control is None:
+            self._open()
+        start = tracker.current_restriction().start
+        if self._stream is None:
+            yield from self._begin(start, tracker, finalizer)
+            if self._stream is None:  # snapshot only: nothing streams
+                tracker.try_claim(END - 1)
+                return
+            tracker.defer_remainder()
+            return
+        if self._resync:
+            self._reconnect(start)
+        yield from self._stream_round(tracker, finalizer, watermark)
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _begin(self, start: int, tracker: Any, finalizer: Any) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _reconnect(self, start: int) -> None:
+        raise NotImplementedError
+
+    def _stream_round(self, tracker: Any, finalizer: Any, watermark: Any) -> Iterator[Any]:
+        raise NotImplementedError

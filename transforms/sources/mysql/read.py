@@ -35,7 +35,6 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
@@ -45,7 +44,6 @@ from transforms.dsn import display, parse_dsn, redact
 from transforms.envelope import ChangeEvent, Op, SourcePosition, TableSchema, TransactionInfo
 from transforms.sources.mysql import binlog
 from transforms.sources.mysql.offsets import (
-    POSITION_END,
     Offset,
     OffsetStore,
     decode_position,
@@ -70,7 +68,7 @@ from transforms.sources.mysql.stream import (
     check_server,
 )
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import StreamRestrictionProvider
+from transforms.sources.stream_range import END, StreamReadFn
 
 __all__ = ['SNAPSHOT_MODES', 'ReadMySqlChanges', 'connect_args']
 
@@ -312,7 +310,7 @@ _CHECKPOINT_QUERIES = frozenset({'COMMIT', 'ROLLBACK'})
 
 
 @beam.DoFn.unbounded_per_element()
-class _ReadBinlogFn(beam.DoFn):
+class _ReadBinlogFn(StreamReadFn):
     """Reads one binlog dump; emits lists of ChangeEvents (a transaction or a chunk of one)."""
 
     def __init__(self, config: _SourceConfig) -> None:
@@ -390,26 +388,6 @@ class _ReadBinlogFn(beam.DoFn):
             sys.stderr.write('\n')
 
     # -- the splittable process ----------------------------------------------------------------
-
-    def process(self, element: Any,
-                finalizer=beam.DoFn.BundleFinalizerParam,
-                tracker=beam.DoFn.RestrictionParam(StreamRestrictionProvider(POSITION_END)),
-                watermark=beam.DoFn.WatermarkEstimatorParam(
-                    ManualWatermarkEstimator.default_provider()),
-                ) -> Iterator[Any]:
-        if self._control is None:
-            self._open()
-        start = tracker.current_restriction().start
-        if self._stream is None:
-            yield from self._begin(start, tracker, finalizer)
-            if self._stream is None:  # snapshot only: nothing streams
-                tracker.try_claim(POSITION_END - 1)
-                return
-            tracker.defer_remainder()
-            return
-        if self._resync:
-            self._reconnect(start)
-        yield from self._stream_round(tracker, finalizer, watermark)
 
     def _begin(self, start: int, tracker: Any, finalizer: Any) -> Iterator[Any]:
         """First round: tables, the offset store and (maybe) the snapshot."""
@@ -662,7 +640,7 @@ class _ReadBinlogFn(beam.DoFn):
                               f'binlog at {self._where}')
         if stopping:
             _LOG.info('no change for %.1f s: stopping', idle)
-            tracker.try_claim(POSITION_END - 1)
+            tracker.try_claim(END - 1)
             return
         tracker.defer_remainder()
 

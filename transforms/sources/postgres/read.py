@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
@@ -55,14 +54,13 @@ from transforms.sources.postgres.replication import (
 )
 from transforms.sources.postgres.snapshot import SnapshotInvalidated, read_snapshot
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import StreamRestrictionProvider
+from transforms.sources.stream_range import END, StreamReadFn
 
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
 
 _LOG = logging.getLogger(__name__)
 
 SNAPSHOT_MODES = ('initial', 'never', 'only')
-_END = (1 << 63) - 1
 _SNAPSHOT_ATTEMPTS = 5
 _SNAPSHOT_PENDING = 'changebeam: snapshot pending for slot '
 _SNAPSHOT_DONE = 'changebeam: snapshot confirmed for slot '
@@ -88,7 +86,7 @@ class _SourceConfig:
 
 
 @beam.DoFn.unbounded_per_element()
-class _ReadSlotFn(beam.DoFn):
+class _ReadSlotFn(StreamReadFn):
     """Reads one replication slot; emits lists of ChangeEvents (a transaction or a chunk)."""
 
     def __init__(self, config: _SourceConfig) -> None:
@@ -150,26 +148,6 @@ class _ReadSlotFn(beam.DoFn):
             sys.stderr.write('\n')
 
     # -- the splittable process ----------------------------------------------------------------
-
-    def process(self, element: Any,
-                finalizer=beam.DoFn.BundleFinalizerParam,
-                tracker=beam.DoFn.RestrictionParam(StreamRestrictionProvider(_END)),
-                watermark=beam.DoFn.WatermarkEstimatorParam(
-                    ManualWatermarkEstimator.default_provider()),
-                ) -> Iterator[Any]:
-        if self._control is None:
-            self._open()
-        start = tracker.current_restriction().start
-        if self._stream is None:
-            yield from self._begin(start, tracker, finalizer)
-            if self._stream is None:  # snapshot only: nothing streams
-                tracker.try_claim(_END - 1)
-                return
-            tracker.defer_remainder()
-            return
-        if self._resync:
-            self._restart(start)
-        yield from self._stream_round(tracker, finalizer, watermark)
 
     def _begin(self, start: int, tracker: Any, finalizer: Any) -> Iterator[Any]:
         """First round: publication, slot and (maybe) the snapshot."""
@@ -258,7 +236,7 @@ class _ReadSlotFn(beam.DoFn):
             ('pg_publication', self._config.publication)).fetchone()
         return bool(row) and row[0] == _SNAPSHOT_DONE + self._config.slot
 
-    def _restart(self, start: int) -> None:
+    def _reconnect(self, start: int) -> None:
         """The runner handed us a restriction we are not positioned at: reconnect there."""
         _LOG.info('restarting replication at %s', format_lsn(start))
         assert self._stream is not None
@@ -386,7 +364,7 @@ class _ReadSlotFn(beam.DoFn):
         idle = now - self._idle_since
         if config.max_idle_secs is not None and idle >= config.max_idle_secs:
             _LOG.info('no change for %.1f s: stopping', idle)
-            tracker.try_claim(_END - 1)
+            tracker.try_claim(END - 1)
             return
         tracker.defer_remainder()
 
