@@ -37,10 +37,10 @@ from transforms.dead_letter import DEAD_LETTER, DeadLetter
 from transforms.envelope import ChangeEvent, Column, TableSchema, to_debezium_json
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import RowChange, TableBatch, plan_batch
-from transforms.sinks.sql.routing import TargetTable
+from transforms.sinks.sql.routing import Route, TargetTable, check_route
 from transforms.sinks.sql.statements import TRUNCATED
 
-__all__ = ['Applier', 'Target']
+__all__ = ['Applier', 'Target', 'WriteChanges']
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar('_T')
@@ -461,3 +461,36 @@ class _ApplyChangesFn(beam.DoFn):
         applier = getattr(self, '_applier', None)
         if applier is not None:
             applier.close()
+
+
+class WriteChanges(beam.PTransform):
+    """What the database sinks share: option checks, the applying DoFn, dead letters out.
+
+    ``route`` maps source ``schema.table`` to a target (see ``routing``); ``max_batch_size``
+    bounds the events applied per transaction (a bundle is flushed at its end in any case);
+    a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised.
+    Subclasses parse their DSN and say which :class:`Target` applies the changes.
+    """
+
+    def __init__(self, *, route: Route = None, max_batch_size: int = 5000,
+                 max_attempts: int = 6, backoff_s: float = 0.5) -> None:
+        super().__init__()
+        check_route(route)
+        if max_batch_size < 1:
+            raise ValueError(f'max_batch_size {max_batch_size} must be at least 1')
+        if max_attempts < 1:
+            raise ValueError(f'max_attempts {max_attempts} must be at least 1')
+        self._route = route
+        self._max_batch_size = max_batch_size
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+
+    def _target(self) -> Target:
+        raise NotImplementedError
+
+    def expand(self, events: beam.PCollection) -> beam.PCollection:
+        fn = _ApplyChangesFn(self._target(), max_batch_size=self._max_batch_size,
+                             max_attempts=self._max_attempts, backoff_s=self._backoff_s)
+        results = events | 'ApplyChanges' >> beam.ParDo(fn).with_outputs(DEAD_LETTER,
+                                                                            main='applied')
+        return results[DEAD_LETTER]

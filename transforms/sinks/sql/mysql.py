@@ -23,9 +23,6 @@ from decimal import Decimal
 from itertools import accumulate
 from typing import Any
 
-import apache_beam as beam
-
-from transforms.dead_letter import DEAD_LETTER
 from transforms.dsn import parse_dsn, redact
 from transforms.envelope import Column, Kind, TableSchema, encode_json_value
 from transforms.sinks.sql import statements as sql
@@ -36,9 +33,9 @@ from transforms.sinks.sql.alter import (
     drop_defaults,
     filled,
 )
-from transforms.sinks.sql.apply import Target, _ApplyChangesFn
+from transforms.sinks.sql.apply import Target, WriteChanges
 from transforms.sinks.sql.batch import RowChange, TableBatch
-from transforms.sinks.sql.routing import Route, TargetTable, check_route, mysql_target
+from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
 from transforms.sinks.sql.typemap import mysql_type
 
 __all__ = ['WriteChangesToMySQL']
@@ -490,33 +487,18 @@ class _MySQLTarget(Target):
         self._run(sql.my_drop_tombstones(label, [f"'{h}'" for h in hashes]))
 
 
-class WriteChangesToMySQL(beam.PTransform):
+class WriteChangesToMySQL(WriteChanges):
     """Applies :class:`~transforms.envelope.ChangeEvent` s to MariaDB/MySQL; returns dead letters.
 
-    ``route`` maps source ``schema.table`` to a target (see ``routing``); ``max_batch_size``
-    bounds the events applied per transaction (a bundle is flushed at its end in any case);
-    a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised.
+    Options as :class:`~transforms.sinks.sql.apply.WriteChanges`.
     """
 
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5) -> None:
-        super().__init__()
+        super().__init__(route=route, max_batch_size=max_batch_size,
+                         max_attempts=max_attempts, backoff_s=backoff_s)
         _connect_args(dsn)
-        check_route(route)
-        if max_batch_size < 1:
-            raise ValueError(f'max_batch_size {max_batch_size} must be at least 1')
-        if max_attempts < 1:
-            raise ValueError(f'max_attempts {max_attempts} must be at least 1')
         self._dsn = dsn
-        self._route = route
-        self._max_batch_size = max_batch_size
-        self._max_attempts = max_attempts
-        self._backoff_s = backoff_s
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
-        fn = _ApplyChangesFn(_MySQLTarget(self._dsn, self._route),
-                             max_batch_size=self._max_batch_size,
-                             max_attempts=self._max_attempts, backoff_s=self._backoff_s)
-        results = events | 'ApplyChanges' >> beam.ParDo(fn).with_outputs(DEAD_LETTER,
-                                                                            main='applied')
-        return results[DEAD_LETTER]
+    def _target(self) -> Target:
+        return _MySQLTarget(self._dsn, self._route)

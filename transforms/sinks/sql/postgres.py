@@ -19,9 +19,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import apache_beam as beam
-
-from transforms.dead_letter import DEAD_LETTER
 from transforms.dsn import parse_dsn, redact
 from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import statements as sql
@@ -32,10 +29,10 @@ from transforms.sinks.sql.alter import (
     drop_defaults,
     filled,
 )
-from transforms.sinks.sql.apply import Target, _ApplyChangesFn
+from transforms.sinks.sql.apply import Target, WriteChanges
 from transforms.sinks.sql.batch import RowChange, TableBatch
 from transforms.sinks.sql.copytext import rows_text
-from transforms.sinks.sql.routing import Route, TargetTable, check_route, postgres_target
+from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
 from transforms.sinks.sql.typemap import postgres_type
 
 __all__ = ['WriteChangesToPostgres']
@@ -354,32 +351,17 @@ def _values(group: Sequence[RowChange], fill: dict[str, str]) -> list[Iterable[A
     return [(*c.row.values(), *texts) for c in group]  # type: ignore[union-attr]
 
 
-class WriteChangesToPostgres(beam.PTransform):
+class WriteChangesToPostgres(WriteChanges):
     """Applies :class:`~transforms.envelope.ChangeEvent` s to PostgreSQL; returns dead letters.
 
-    ``route`` maps source ``schema.table`` to a target (see ``routing``); ``max_batch_size``
-    bounds the events applied per transaction (a bundle is flushed at its end in any case);
-    a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised.
+    Options as :class:`~transforms.sinks.sql.apply.WriteChanges`.
     """
 
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5) -> None:
-        super().__init__()
+        super().__init__(route=route, max_batch_size=max_batch_size,
+                         max_attempts=max_attempts, backoff_s=backoff_s)
         self._dsn = _parse(dsn)
-        check_route(route)
-        if max_batch_size < 1:
-            raise ValueError(f'max_batch_size {max_batch_size} must be at least 1')
-        if max_attempts < 1:
-            raise ValueError(f'max_attempts {max_attempts} must be at least 1')
-        self._route = route
-        self._max_batch_size = max_batch_size
-        self._max_attempts = max_attempts
-        self._backoff_s = backoff_s
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
-        fn = _ApplyChangesFn(_PostgresTarget(self._dsn, self._route),
-                             max_batch_size=self._max_batch_size,
-                             max_attempts=self._max_attempts, backoff_s=self._backoff_s)
-        results = events | 'ApplyChanges' >> beam.ParDo(fn).with_outputs(DEAD_LETTER,
-                                                                            main='applied')
-        return results[DEAD_LETTER]
+    def _target(self) -> Target:
+        return _PostgresTarget(self._dsn, self._route)
