@@ -64,7 +64,6 @@ class ServiceStartError(ServiceError):
 
 
 _S = TypeVar('_S', bound='Service')
-_L = TypeVar('_L')
 
 
 class Service:
@@ -82,6 +81,18 @@ class Service:
 
 class _Stoppable(Protocol):
     def stop(self) -> None: ...
+
+
+class _Launched(Protocol):
+    """A server process as launch_until_ready handles it."""
+
+    _process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None: ...
+
+
+_L = TypeVar('_L', bound=_Launched)
 
 
 def require_binary(path_or_name: str | Path, package: str) -> str:
