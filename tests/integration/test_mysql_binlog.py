@@ -284,8 +284,13 @@ def test_resume_delivers_the_next_transaction_exactly_once(
     stream = open_stream(mariadb_db.server.connect(), mariadb_db.name, start)
     try:
         items = read_until(stream, lambda items: len(commits(items)) == 4)
-        while (extra := stream.read(1.0)) is not None:  # a duplicate would arrive by now
-            items.append(extra)
+        # Listen 2 s more: a duplicate would arrive by then. Bounded by time, not by a silent
+        # read, since heartbeats keep arriving about once a second.
+        deadline = time.monotonic() + 2.0
+        while (remaining := deadline - time.monotonic()) > 0:
+            extra = stream.read(remaining)
+            if extra is not None:
+                items.append(extra)
     finally:
         stream.close()
     assert [r['id'] for e in rows_of(items) for r in e.rows] == [4, 5, 6, 7]
