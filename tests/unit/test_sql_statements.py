@@ -352,7 +352,9 @@ _KIND_VALUES = {
     Kind.BOOLEAN: st.booleans(),
     Kind.BYTES: st.binary(max_size=8),
     Kind.TEXT: st.text(max_size=8),
-    Kind.TIMESTAMPTZ: st.datetimes(timezones=st.just(dt.timezone.utc)) | st.just('infinity'),
+    Kind.TIMESTAMPTZ: st.datetimes(timezones=st.just(dt.timezone.utc)) | st.just('infinity')
+    | st.datetimes(timezones=st.sampled_from([dt.timezone(dt.timedelta(hours=-5)),
+                                              dt.timezone(dt.timedelta(minutes=330))])),
     Kind.DATE: st.dates() | st.just('infinity'),
 }
 
@@ -365,3 +367,29 @@ def test_column_fast_paths_render_like_the_per_value_path(kind_values):
     render = copytext.value_renderer(column)
     assert copytext.column_texts(column, values) == \
         [copytext.NULL if v is None else render(v) for v in values]
+
+
+_ELEMENTS = {
+    Kind.TEXT: st.text(max_size=4),
+    Kind.INT64: st.integers(),
+    Kind.FLOAT64: st.floats(),
+}
+
+
+@given(st.sampled_from(list(_ELEMENTS)).flatmap(lambda kind: st.tuples(
+    st.just(kind), st.lists(st.none() | st.lists(st.none() | _ELEMENTS[kind] | st.lists(
+        _ELEMENTS[kind], max_size=2), max_size=3), max_size=6))))
+def test_array_fast_paths_render_like_the_per_value_path(kind_values):
+    kind, values = kind_values
+    column = Column('c', Kind.ARRAY, element=kind)
+    render = copytext.value_renderer(column)
+    assert copytext.column_texts(column, values) == \
+        [copytext.NULL if v is None else render(v) for v in values]
+
+
+def test_array_fast_path_quotes_like_postgres_expects():
+    column = Column('c', Kind.ARRAY, element=Kind.TEXT)
+    assert copytext.column_texts(column, [['a', 'b c'], [], None, ['']]) == \
+        ['{"a","b c"}', '{}', '\\N', '{""}']
+    ints = Column('c', Kind.ARRAY, element=Kind.INT32)
+    assert copytext.column_texts(ints, [[1, -2], []]) == ['{"1","-2"}', '{}']
