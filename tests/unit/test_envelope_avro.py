@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit import strategies as cst
+from transforms import envelope_avro
 from transforms.envelope import (
     ChangeEvent,
     Column,
@@ -23,7 +24,12 @@ from transforms.envelope import (
     TableSchema,
     TransactionInfo,
 )
-from transforms.envelope_avro import avro_schema, from_avro_record, to_avro_record
+from transforms.envelope_avro import (
+    avro_record_converter,
+    avro_schema,
+    from_avro_record,
+    to_avro_record,
+)
 
 batches = cst.table_schemas().flatmap(
     lambda table: st.lists(cst.change_events(table), min_size=1, max_size=3))
@@ -316,3 +322,159 @@ def test_missing_source_field_is_named() -> None:
     with pytest.raises(EnvelopeError) as err:
         from_avro_record(record, TABLE)
     assert err.value.field == 'source.connector'
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled conversion and the writer-only records of avro_record_converter
+
+class _Int(int):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+class _DateTime(dt.datetime):
+    pass
+
+
+def _unusual(column: Column) -> st.SearchStrategy[Any]:
+    """Values off each column's inlined common case: subclasses, other zones, wrong types."""
+    return st.one_of(
+        cst.values(column),
+        st.integers(-(2**64), 2**64).map(_Int),
+        cst.text.map(_Str),
+        st.binary(max_size=4).map(bytearray),
+        st.datetimes().map(lambda d: _DateTime.fromisoformat(d.isoformat())),
+        st.datetimes(timezones=st.sampled_from([dt.timezone(dt.timedelta(0)),
+                                                dt.timezone(dt.timedelta(hours=-3))])),
+        st.sampled_from([True, 0, 1.0, 'x', b'x', Decimal('1'), [1], [[1]], dt.date(2024, 1, 1),
+                         dt.time(1, tzinfo=dt.timezone.utc), object()]),
+    )
+
+
+@st.composite
+def _rows_of_anything(draw: Any) -> tuple[TableSchema, dict[str, Any]]:
+    table = draw(cst.table_schemas())
+    row = {}
+    for column in table.columns:
+        if draw(st.integers(0, 3)):
+            row[column.name] = draw(st.none() | _unusual(column))
+    if draw(st.integers(0, 9)) == 0:
+        row[draw(cst.column_names())] = 1  # perhaps no column of the table
+    return table, row
+
+
+def _outcome(convert: Any, *args: Any) -> Any:
+    try:
+        return ('ok', cst.comparable(convert(*args)))
+    except EnvelopeError as exc:
+        return ('error', exc.field)
+
+
+@given(_rows_of_anything())
+def test_compiled_row_conversion_equals_the_reference(case: tuple[TableSchema, dict]) -> None:
+    table, row = case
+    compiled = envelope_avro._compiled(table)
+    reference = _outcome(envelope_avro._row_to_avro, compiled.codec, row, 'after')
+    assert _outcome(compiled.rows.convert, row, 'after') == reference
+    tagged = _outcome(compiled.tagged_rows.convert, row, 'after')
+    assert tagged[0] == reference[0]
+    if reference[0] == 'error':
+        assert tagged == reference
+
+
+def _encoded(table: TableSchema, records: list[dict[str, Any]]) -> list[bytes]:
+    schema = fastavro.parse_schema(avro_schema(table))
+    out = []
+    for record in records:
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, schema, record)
+        out.append(buffer.getvalue())
+    return out
+
+
+@given(batches)
+def test_writer_records_encode_to_the_same_bytes_as_plain_records(
+        events: list[ChangeEvent]) -> None:
+    table = events[0].table
+    convert = avro_record_converter(table)
+    assert _encoded(table, [convert(e) for e in events]) == \
+        _encoded(table, [to_avro_record(e) for e in events])
+
+
+def _order(**after: Any) -> ChangeEvent:
+    row = {'id': 1, 'total': 1, 'at': None, 'local': None, 'day': None, 't': None,
+           'amount': None, 'order id': None} | after
+    return ChangeEvent(Op.UPDATE, TABLE, _source(), before={'id': 1}, after=row,
+                       transaction=TransactionInfo('7:1', 2, 1), schema_version=5)
+
+
+EDGE_EVENTS = [
+    _order(),  # NULLs, and `before` with only the key
+    _order(at='infinity', local='-infinity', day='10000-01-01', t='24:00:00'),
+    _order(at=dt.datetime.min.replace(tzinfo=dt.timezone.utc), local=dt.datetime.max,
+           day=dt.date.min, t=dt.time.max),
+    _order(at=dt.datetime(2024, 1, 1, 9, tzinfo=dt.timezone(dt.timedelta(hours=9)))),
+    _order(amount=Decimal('123.45')), _order(amount=Decimal('1.5')),
+    _order(amount=Decimal('-0.00')), _order(amount=Decimal('NaN')),
+    _order(id=2**31 - 1, total=-(2**63)),
+    ChangeEvent(Op.UPDATE, TABLE, _source(), before=None, after={'id': 1, 'total': 2},
+                unchanged=frozenset({'order id', 'day'})),  # unchanged TOASTed columns
+    ChangeEvent(Op.DELETE, TABLE, _source(), before={'id': 1}),
+    ChangeEvent(Op.TRUNCATE, TABLE, _source()),
+    ChangeEvent(Op.MESSAGE, TABLE, _source(), schema_version=6, message={
+        'kind': 'schema_change', 'version': 6, 'previous_version': 5,
+        'added': ['memo'], 'removed': [], 'retyped': {}, 'key_changed': False}),
+]
+KINDS_TABLE = TableSchema('public', 'kinds', (
+    Column('id', Kind.INT64), Column('raw', Kind.BYTES), Column('doc', Kind.JSON),
+    Column('ok', Kind.BOOLEAN), Column('ratio', Kind.FLOAT64),
+    Column('days', Kind.ARRAY, element=Kind.DATE),
+    Column('prices', Kind.ARRAY, element=Kind.DECIMAL, precision=4, scale=2),
+    Column('tags', Kind.ARRAY, element=Kind.TEXT)))
+KINDS_EVENTS = [
+    ChangeEvent(Op.CREATE, KINDS_TABLE, _source(), after={
+        'id': 1, 'raw': b'\x00\xff', 'doc': '{"a": [1, null]}', 'ok': False, 'ratio': math.nan,
+        'days': [dt.date(2024, 2, 29), None, 'infinity'],
+        'prices': [Decimal('1.00'), Decimal('1.5'), None], 'tags': []}),
+    ChangeEvent(Op.CREATE, KINDS_TABLE, _source(), after={
+        'id': 2, 'raw': b'', 'doc': 'null', 'ok': True, 'ratio': -0.0,
+        'days': [[dt.date(2024, 1, 1)], [None]], 'prices': None, 'tags': [['a', None], []]}),
+]
+
+
+@pytest.mark.parametrize('event', EDGE_EVENTS + KINDS_EVENTS,
+                         ids=lambda e: f'{e.op.value}-{sorted((e.after or {}).items())!r}'[:60])
+def test_writer_records_read_back_as_the_event(event: ChangeEvent) -> None:
+    out = io.BytesIO()
+    fastavro.writer(out, fastavro.parse_schema(avro_schema(event.table, 5)),
+                    [avro_record_converter(event.table)(event)])
+    out.seek(0)
+    [record] = fastavro.reader(out)
+    assert cst.comparable(from_avro_record(record, event.table)) == cst.comparable(event)
+
+
+def test_equal_table_schemas_convert_alike() -> None:
+    copy = TableSchema(TABLE.schema, TABLE.table, tuple(TABLE.columns))
+    assert copy is not TABLE
+    event = _order(amount=Decimal('1.23'))
+    moved = ChangeEvent(event.op, copy, event.source, event.before, event.after,
+                        transaction=event.transaction, schema_version=5)
+    assert to_avro_record(moved) == to_avro_record(event)
+    assert envelope_avro._compiled(copy) is envelope_avro._compiled(TABLE)
+
+
+@pytest.mark.parametrize(('after', 'field'), [
+    ({'id': _Int(2**31)}, 'after.id'),
+    ({'id': 1.0}, 'after.id'),
+    ({'at': _DateTime(2024, 1, 1)}, 'after.at'),
+    ({'order id': 1}, 'after.order id'),
+    ({'ghost': None}, 'after.ghost'),
+])
+def test_writer_records_name_the_field_that_cannot_be_held(after: dict[str, Any],
+                                                           field: str) -> None:
+    with pytest.raises(EnvelopeError) as err:
+        avro_record_converter(TABLE)(ChangeEvent(Op.CREATE, TABLE, _source(), after=after))
+    assert err.value.field == field
