@@ -50,6 +50,7 @@ from transforms.envelope import (
     to_avro_record,
     to_debezium_json,
 )
+from transforms.envelope_avro import avro_record_converter
 
 __all__ = ['FILE_FORMATS', 'WriteChangesToFiles']
 
@@ -385,19 +386,21 @@ class _AvroWriter(_FormatWriter):
         self._schema = _parsed_avro_schema(table, version)
         self._writer = fastavro.write.Writer(cast(IO[bytes], stream), self._schema, codec=codec)
         self._serialize = fastavro.schemaless_writer
+        # Records with each union's branch named: fastavro need not try every branch.
+        self._convert = avro_record_converter(table)
         self._block = io.BytesIO()
         self._count = 0
         self._block_bytes = block_bytes
 
     def add(self, event: ChangeEvent) -> _Rejected:
-        record = to_avro_record(event)  # EnvelopeError names the field
+        record = self._convert(event)  # EnvelopeError names the field
         start = self._block.tell()
         try:
             self._serialize(self._block, self._schema, record)
         except (TypeError, ValueError, OverflowError) as exc:
             self._block.seek(start)
             self._block.truncate()
-            field = _find_unencodable(record, '')
+            field = _find_unencodable(to_avro_record(event), '')  # the plain form: no tags
             raise _EncodeError(f'{field}: {exc}' if field else str(exc)) from None
         self._count += 1
         if self._block.tell() >= self._block_bytes:
