@@ -119,8 +119,10 @@ class Target(abc.ABC):
         """Serialize writers of the same tables until commit (in this sorted order)."""
 
     @abc.abstractmethod
-    def tombstones(self, target: TargetTable, hashes: Sequence[str]) -> dict[str, str]:
-        """Tombstone positions of these key hashes, and the truncate mark under ``'*'``."""
+    def tombstones(self, target: TargetTable, changes: Sequence[RowChange]) -> dict[str, str]:
+        """Tombstone positions of these changes' keys by key hash, and the truncate mark under
+        ``'*'``.  Hashes not computed yet need computing (``batch.hashed``) only if the table
+        has tombstones."""
 
     @abc.abstractmethod
     def truncate(self, target: TargetTable, pos: str) -> None:
@@ -342,7 +344,7 @@ class Applier:
         if target.transactional_ddl:  # after the lock: one writer alters a table at a time
             tables = self._fit_all(tables, written, fitted)
         for tb in tables:
-            marks = target.tombstones(tb.target, [c.key_hash for c in tb.changes.values()])
+            marks = target.tombstones(tb.target, list(tb.changes.values()))
             truncated = marks.get(TRUNCATED)
             if tb.truncate and (truncated is None or tb.truncate > truncated):
                 pos = tb.truncate
@@ -350,9 +352,11 @@ class Applier:
                               tb.truncate_events, written):
                     truncated = pos
             deletes, upserts = [], []
+            floor = truncated or ''
+            keyed_marks = len(marks) > (TRUNCATED in marks)  # else no key hash is needed
             for change in tb.changes.values():
-                if ((truncated is not None and change.pos <= truncated)
-                        or change.pos <= marks.get(change.key_hash, '')):
+                if change.pos <= floor or (keyed_marks
+                                           and change.pos <= marks.get(change.key_hash, '')):
                     written.stale += 1
                 elif change.row is None:
                     deletes.append(change)
@@ -374,7 +378,8 @@ class Applier:
                     if self._step(True, functools.partial(self._one, tb, change), change.events,
                                   written):
                         done.append(change)
-            revived = [c.key_hash for c in done if c.row is not None and c.key_hash in marks]
+            revived = [c.key_hash for c in done if c.row is not None and c.key_hash in marks] \
+                if keyed_marks else []
             if revived:
                 target.drop_tombstones(tb.target, revived)
             written.applied[tb.target] = len(done)

@@ -34,7 +34,7 @@ from transforms.sinks.sql.alter import (
     filled,
 )
 from transforms.sinks.sql.apply import Target, WriteChanges
-from transforms.sinks.sql.batch import RowChange, TableBatch
+from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
 from transforms.sinks.sql.typemap import mysql_type
 
@@ -412,10 +412,15 @@ class _MySQLTarget(Target):
 
     # -- writes -----------------------------------------------------------------------------
 
-    def tombstones(self, target: TargetTable, hashes: Sequence[str]) -> dict[str, str]:
-        keys = [f"'{h}'" for h in hashes]  # hex digests: nothing to escape
-        self._run(sql.my_read_tombstones(self._literal(sql.my_label(target)), keys))
-        return dict(self._cur.fetchall())
+    def tombstones(self, target: TargetTable, changes: Sequence[RowChange]) -> dict[str, str]:
+        label = self._literal(sql.my_label(target))
+        self._run(sql.my_tombstone_marks(label))
+        marks = dict(self._cur.fetchall())
+        if len(marks) > (sql.TRUNCATED in marks) and changes:
+            keys = [f"'{h}'" for h in hashed(changes)]  # hex digests: nothing to escape
+            self._run(sql.my_read_tombstones(label, keys))
+            marks = dict(self._cur.fetchall())
+        return marks
 
     def truncate(self, target: TargetTable, pos: str) -> None:
         position = f"'{pos}'"  # a hex sort key

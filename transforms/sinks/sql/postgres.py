@@ -30,7 +30,7 @@ from transforms.sinks.sql.alter import (
     filled,
 )
 from transforms.sinks.sql.apply import Target, WriteChanges
-from transforms.sinks.sql.batch import RowChange, TableBatch
+from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.copytext import rows_text
 from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
 from transforms.sinks.sql.typemap import postgres_type
@@ -266,9 +266,14 @@ class _PostgresTarget(Target):
 
     # -- writes -----------------------------------------------------------------------------
 
-    def tombstones(self, target: TargetTable, hashes: Sequence[str]) -> dict[str, str]:
-        self._run(sql.PG_READ_TOMBSTONES, (sql.pg_label(target), ','.join(hashes)))
-        return dict(self._cur.fetchall())
+    def tombstones(self, target: TargetTable, changes: Sequence[RowChange]) -> dict[str, str]:
+        label = sql.pg_label(target)
+        self._run(sql.PG_TOMBSTONE_MARKS, (label,))
+        marks = dict(self._cur.fetchall())
+        if len(marks) > (sql.TRUNCATED in marks) and changes:
+            self._run(sql.PG_READ_TOMBSTONES, (label, ','.join(hashed(changes))))
+            marks = dict(self._cur.fetchall())
+        return marks
 
     def truncate(self, target: TargetTable, pos: str) -> None:
         self._run(sql.pg_newer_rows_exist(target), (pos,))

@@ -224,6 +224,11 @@ def pg_record_tombstones(stage: str) -> str:
 # costs far less to send than a 5000-element array parameter.
 PG_READ_TOMBSTONES = (f'SELECT key, pos FROM {PG_TOMBSTONES} WHERE tbl = %s '
                       "AND key = ANY(string_to_array(%s, ',') || '*'::text)")
+# The table's truncate mark and whether it has any key's tombstone: '*' sorts before every hex
+# digest, so the first two entries in key order tell both (the common case, a table without
+# deletes, then needs no key hashes and no lookup of 5000 keys).
+PG_TOMBSTONE_MARKS = (f'SELECT key, pos FROM {PG_TOMBSTONES} WHERE tbl = %s '
+                      'ORDER BY key LIMIT 2')
 PG_DROP_TOMBSTONES = (f'DELETE FROM {PG_TOMBSTONES} '
                       "WHERE tbl = %s AND key = ANY(string_to_array(%s, ','))")
 PG_TRUNCATE_TOMBSTONES = f'DELETE FROM {PG_TOMBSTONES} WHERE tbl = %s AND pos < %s'
@@ -381,6 +386,12 @@ def my_read_tombstones(tbl: str, keys: Sequence[str]) -> str:
     """The tombstones of escaped ``keys`` and the truncate mark of escaped table label ``tbl``."""
     wanted = ', '.join([*keys, f"'{TRUNCATED}'"])
     return f'SELECT `key`, pos FROM {MY_TOMBSTONES} WHERE tbl = {tbl} AND `key` IN ({wanted})'
+
+
+def my_tombstone_marks(tbl: str) -> str:
+    """The truncate mark of escaped table label ``tbl`` and its first key's tombstone, if any
+    (``'*'`` sorts before every hex digest: see ``PG_TOMBSTONE_MARKS``)."""
+    return f'SELECT `key`, pos FROM {MY_TOMBSTONES} WHERE tbl = {tbl} ORDER BY `key` LIMIT 2'
 
 
 def my_drop_tombstones(tbl: str, keys: Sequence[str]) -> str:
