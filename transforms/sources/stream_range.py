@@ -13,6 +13,7 @@ once, so the range of positions is never split up front, and on drain reading si
 """
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,6 +71,10 @@ class StreamReadFn(beam.DoFn):
                 ) -> Iterator[Any]:
         if self._control is None:
             self._open()
+            # Everything alive now (Beam's worker, modules, this DoFn) lives until the end: move
+            # it out of the collector's sight.  Otherwise each full collection walks that heap,
+            # about 150 ms a time, for a quarter of the CPU time of a busy stream.
+            gc.freeze()
         start = tracker.current_restriction().start
         if self._stream is None:
             yield from self._begin(start, tracker, finalizer)
