@@ -65,6 +65,8 @@ _SNAPSHOT_ATTEMPTS = 5
 _SNAPSHOT_PENDING = 'changebeam: snapshot pending for slot '
 _SNAPSHOT_DONE = 'changebeam: snapshot confirmed for slot '
 _METRICS = 'ReadPostgresChanges'
+_BEHIND_US = 1_000_000  # a commit sent this long after it happened means a backlog
+_CATCH_UP_ROUND_S = 1.0  # the longest round while catching up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +254,9 @@ class _ReadSlotFn(StreamReadFn):
         assert stream is not None
         decoder, assembler = self._decoder, self._assembler
         start = tracker.current_restriction().start
-        deadline = time.monotonic() + config.round_secs
+        began = time.monotonic()
+        deadline = began + config.round_secs
+        longest = began + max(config.round_secs, _CATCH_UP_ROUND_S)
         batch: list[ChangeEvent] = []
         letters: list[DeadLetter] = []
         confirm_lsn = 0
@@ -310,7 +314,13 @@ class _ReadSlotFn(StreamReadFn):
                     commit_ts = message.commit_ts
                 skipping = False
                 if time.monotonic() >= deadline:
-                    break
+                    if deadline < longest and \
+                            frame.send_time_us - message.commit_ts > _BEHIND_US:
+                        # Sent long after its commit: a backlog.  Catch up in longer rounds,
+                        # since every round is a bundle that costs ~30 ms to finish and start.
+                        deadline = longest
+                    else:
+                        break
             elif isinstance(message, LogicalMessage):
                 if message.transactional:
                     if not skipping:
