@@ -50,7 +50,7 @@ from transforms.envelope import (
     to_avro_record,
     to_debezium_json,
 )
-from transforms.envelope_avro import avro_record_converter
+from transforms.envelope_avro_binary import avro_encoder
 
 __all__ = ['FILE_FORMATS', 'WriteChangesToFiles']
 
@@ -370,9 +370,10 @@ def _parsed_avro_schema(table: TableSchema, version: int) -> Any:
 class _AvroWriter(_FormatWriter):
     """An Avro object container file with the table's schema embedded.
 
-    Each record is serialized on its own into the current block (``schemaless_writer``) and
-    the block handed to fastavro's container writer when full: a record that fails halfway
-    (a lone surrogate in a string) is cut off the block again instead of corrupting it.
+    Each event is encoded on its own (``avro_encoder``: the bytes fastavro would write for
+    ``to_avro_record(event)``, three times faster) and appended to the current block, which is
+    handed to fastavro's container writer when full: an event that cannot be encoded (a lone
+    surrogate in a string) leaves the block as it was.
     """
 
     step = 'EncodeAvro'
@@ -383,25 +384,22 @@ class _AvroWriter(_FormatWriter):
         import fastavro
 
         self.stream = stream
-        self._schema = _parsed_avro_schema(table, version)
-        self._writer = fastavro.write.Writer(cast(IO[bytes], stream), self._schema, codec=codec)
-        self._serialize = fastavro.schemaless_writer
-        # Records with each union's branch named: fastavro need not try every branch.
-        self._convert = avro_record_converter(table)
+        self._writer = fastavro.write.Writer(cast(IO[bytes], stream),
+                                             _parsed_avro_schema(table, version), codec=codec)
+        self._encode = avro_encoder(table)
         self._block = io.BytesIO()
         self._count = 0
         self._block_bytes = block_bytes
 
     def add(self, event: ChangeEvent) -> _Rejected:
-        record = self._convert(event)  # EnvelopeError names the field
-        start = self._block.tell()
         try:
-            self._serialize(self._block, self._schema, record)
+            data = self._encode(event)
+        except EnvelopeError:
+            raise  # names the field already
         except (TypeError, ValueError, OverflowError) as exc:
-            self._block.seek(start)
-            self._block.truncate()
-            field = _find_unencodable(to_avro_record(event), '')  # the plain form: no tags
+            field = _find_unencodable(to_avro_record(event), '')
             raise _EncodeError(f'{field}: {exc}' if field else str(exc)) from None
+        self._block.write(data)
         self._count += 1
         if self._block.tell() >= self._block_bytes:
             self._flush_block()
