@@ -9,6 +9,10 @@ with :class:`WriteDeadLetters`::
 
 A dead-letter file is JSON Lines, one record a line, appended and fsynced per bundle, so what a
 bundle reported is on disk before the source acknowledges the bundle's position.
+
+A sink's dead letter carries the event it could not write as :func:`event_payload`, which
+:func:`event_from_payload` turns back into the same :class:`~transforms.envelope.ChangeEvent`,
+so ``python -m pipelines.redrive`` can apply it again once the cause is fixed.
 """
 from __future__ import annotations
 
@@ -24,7 +28,18 @@ from typing import IO, Any
 
 import apache_beam as beam
 
-__all__ = ['DEAD_LETTER', 'DeadLetter', 'WriteDeadLetters', 'parse_dead_letter_uri']
+from transforms.envelope import ChangeEvent, EnvelopeError, from_debezium_json, to_debezium_json
+from transforms.schema.registry import schema_from_json, schema_to_json
+
+__all__ = [
+    'DEAD_LETTER',
+    'DeadLetter',
+    'NotAnEvent',
+    'WriteDeadLetters',
+    'event_from_payload',
+    'event_payload',
+    'parse_dead_letter_uri',
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -77,6 +92,44 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return repr(value)
+
+
+class NotAnEvent(ValueError):
+    """A dead letter's payload does not hold a change event (undecodable WAL, a broken value)."""
+
+
+def event_payload(event: ChangeEvent) -> dict[str, Any]:
+    """The payload of a change event's dead letter, readable and lossless given itself::
+
+        {"event": <Debezium JSON, to_debezium_json>, "table": <TableSchema, schema_to_json>}
+
+    An event whose values do not fit its schema (the reason a file sink rejects it) cannot be
+    encoded; it is kept as ``{"unencodable": repr(event), "encode_error": …}`` for a person.
+    """
+    try:
+        payload = {'event': to_debezium_json(event), 'table': schema_to_json(event.table)}
+        json.dumps(payload, allow_nan=False)  # a value of the wrong type may pass the encoders
+    except Exception as exc:
+        return {'unencodable': repr(event), 'encode_error': f'{type(exc).__name__}: {exc}'}
+    return payload
+
+
+def event_from_payload(payload: Any) -> ChangeEvent:
+    """The inverse of :func:`event_payload` (as read back from JSON); :class:`NotAnEvent`
+    saying why for any other payload."""
+    if not isinstance(payload, dict) or not {'event', 'table'} <= payload.keys():
+        if isinstance(payload, dict) and 'unencodable' in payload:
+            raise NotAnEvent(f'the event could not be encoded: {payload.get("encode_error")}')
+        shape = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise NotAnEvent(f'not a change event payload (expected event and table, got {shape})')
+    try:
+        table = schema_from_json(payload['table'])
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise NotAnEvent(f'table: not a table schema ({type(exc).__name__}: {exc})') from None
+    try:
+        return from_debezium_json(payload['event'], table)
+    except EnvelopeError as exc:
+        raise NotAnEvent(f'event.{exc}') from None
 
 
 def parse_dead_letter_uri(uri: str) -> str:

@@ -132,7 +132,7 @@ def test_mariadb_replica_equals_postgres_source(pg_db: Any, mariadb_db: Any,
     # MariaDB's DOUBLE cannot hold NaN: that row is dead-lettered with the reason, not altered.
     letters = [json.loads(line) for path in (tmp_path / 'dead').glob('*.jsonl')
                for line in path.read_text().splitlines()]
-    assert len(letters) == 1 and letters[0]['payload']['after']['id'] == 1000, letters
+    assert len(letters) == 1 and letters[0]['payload']['event']['after']['id'] == 1000, letters
     assert "column 'weight'" in letters[0]['error'], letters[0]['error']
     del source[1000]
     assert replica.keys() == source.keys()

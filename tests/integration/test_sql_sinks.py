@@ -235,13 +235,13 @@ def test_rows_the_target_rejects_become_dead_letters_and_the_rest_commits(pg_db,
         change('u', 8, before={'id': 1}, after={'id': 1, 'price': Decimal('9'), 'note': 'b'}),
     ]
     letters, metrics = run(events, sink, tmp_path)
-    errors = {letter['payload']['after']['id']: letter['error'] for letter in letters}
+    errors = {letter['payload']['event']['after']['id']: letter['error'] for letter in letters}
     assert set(errors) == {2, 4, 5}
     assert 'price_positive' in errors[2] and '[23514]' in errors[2]
     assert 'null value in column "note"' in errors[4]
     assert 'overflow' in errors[5]
     assert all(letter['step'] == 'WriteChangesToPostgres' for letter in letters)
-    assert letters[0]['payload']['source']['lsn'] in (4, 6, 7)
+    assert letters[0]['payload']['event']['source']['lsn'] in (4, 6, 7)
     assert counter(metrics, 'dead_letters') == 3
     with pg_db.connect() as conn:
         assert conn.execute('SELECT id, note FROM shop.items ORDER BY id').fetchall() == \
@@ -417,7 +417,7 @@ def test_mariadb_rejects_become_dead_letters_and_the_rest_commits(mariadb_db, tm
         change('u', 9, before={'id': 1}, after={'id': 1, 'price': Decimal('9'), 'note': 'b'}),
     ]
     letters, _ = run(events, sink, tmp_path)
-    errors = {letter['payload']['after']['id']: letter['error'] for letter in letters}
+    errors = {letter['payload']['event']['after']['id']: letter['error'] for letter in letters}
     assert set(errors) == {2, 4, 5, 6}
     assert 'price_positive' in errors[2] and '[4025]' in errors[2]
     assert 'NaN' in errors[4]

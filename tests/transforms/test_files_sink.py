@@ -162,7 +162,9 @@ def test_an_event_that_cannot_be_encoded_is_a_dead_letter(tmp_path: pathlib.Path
         dead = (pipeline
                 | 'Create' >> beam.Create([order(1), broken, order(2)])
                 | 'WriteChangesToFiles' >> WriteChangesToFiles(f'jsonl:{tmp_path}'))
-        assert_that(dead | 'Describe' >> beam.Map(lambda d: (d.step, d.source, d.payload)),
+        # Not an event any more (its value does not fit its column): kept for a person to read.
+        assert_that(dead | 'Describe' >> beam.Map(
+                        lambda d: (d.step, d.source, d.payload['unencodable'])),
                     equal_to([('EncodeJson', 'public.orders', repr(broken))]))
     assert sorted(e.after['id'] for e in read_back(tmp_path, ORDERS) if e.after) == [1, 2]
 

@@ -36,7 +36,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.dead_letter import DEAD_LETTER, DeadLetter
+from transforms.dead_letter import DEAD_LETTER, DeadLetter, event_payload
 from transforms.envelope import (
     ChangeEvent,
     Column,
@@ -758,7 +758,8 @@ class _WriteFilesFn(beam.DoFn):
     def _dead_letter(self, step: str, event: ChangeEvent, exc: Exception) -> DeadLetter:
         # Our own errors already say which field and why; others keep their type's name.
         error = str(exc) if isinstance(exc, _EncodeError) else f'{type(exc).__name__}: {exc}'
-        return DeadLetter(step=step, error=error, payload=repr(event), source=event.table.name)
+        return DeadLetter(step=step, error=error, payload=event_payload(event),
+                          source=event.table.name)
 
     def process(self, event: ChangeEvent) -> Iterator[Any]:
         entry = self._file_for(event)

@@ -33,8 +33,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.dead_letter import DEAD_LETTER, DeadLetter
-from transforms.envelope import ChangeEvent, Column, TableSchema, to_debezium_json
+from transforms.dead_letter import DEAD_LETTER, DeadLetter, event_payload
+from transforms.envelope import ChangeEvent, Column, TableSchema
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import RowChange, TableBatch, plan_batch
 from transforms.sinks.sql.routing import Route, TargetTable, check_route
@@ -229,11 +229,8 @@ class Applier:
             self._stale.inc(written.stale)
 
     def _letter(self, error: str, event: ChangeEvent) -> DeadLetter:
-        try:
-            payload: Any = to_debezium_json(event)
-        except Exception as exc:  # a value of the wrong type: keep what can be shown
-            payload = {'unencodable': repr(event), 'encode_error': str(exc)}
-        return DeadLetter(step=self.target.step, error=error, payload=payload,
+        # The event with its schema, so pipelines.redrive can apply it once the cause is fixed.
+        return DeadLetter(step=self.target.step, error=error, payload=event_payload(event),
                           source=f'{event.table.name}@{event.source.sort_key}')
 
     def _retry(self, work: Callable[[], _T]) -> _T:
