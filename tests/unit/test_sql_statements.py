@@ -319,6 +319,28 @@ def test_sinks_refuse_bad_options():
         WriteChangesToPostgres('postgresql://db/x', route=42)
     with pytest.raises(ValueError, match='max_batch_size'):
         WriteChangesToMySQL('mysql://db/x', max_batch_size=0)
+    with pytest.raises(ValueError, match=r'tombstone_retention .* must not be negative'):
+        WriteChangesToPostgres('postgresql://db/x', tombstone_retention=dt.timedelta(hours=-1))
+    with pytest.raises(ValueError, match=r'tombstone_retention 3600 must be a datetime\.timedelta'):
+        WriteChangesToMySQL('mysql://db/x', tombstone_retention=3600)  # type: ignore[arg-type]
+    # Zero and None both keep tombstones forever.
+    WriteChangesToPostgres('postgresql://db/x', tombstone_retention=dt.timedelta(0))
+    WriteChangesToMySQL('mysql://db/x', tombstone_retention=None)
+
+
+def test_tombstone_prunes_are_bounded_and_leave_rewritten_tombstones():
+    # Oldest first, a bounded number per statement, only rows still old when deleted (a batch
+    # may rewrite a tombstone between the subquery and the delete).
+    assert 'ORDER BY written_at LIMIT %s' in sql.PG_PRUNE_TOMBSTONES
+    assert sql.PG_PRUNE_TOMBSTONES.endswith('AND written_at < now() - make_interval(secs => %s)')
+    assert sql.my_prune_tombstones(7 * 86400, 5000).endswith(
+        'WHERE written_at < NOW(6) - INTERVAL 604800000000 MICROSECOND '
+        'ORDER BY written_at, tbl, `key` LIMIT 5000')
+    # A rewritten tombstone (a newer delete of the key) counts as written now.
+    assert 'written_at = EXCLUDED.written_at WHERE _cb_d.pos < EXCLUDED.pos' in \
+        sql.pg_record_tombstones('stage')
+    assert 'written_at = IF(pos < VALUES(pos), CURRENT_TIMESTAMP(6), written_at), ' \
+        'pos = GREATEST(pos, VALUES(pos))' in sql.my_record_tombstones(["('t', 'k', 'p')"])
 
 
 # --- COPY text -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from transforms.sinks.sql.alter import (
     drop_defaults,
     filled,
 )
-from transforms.sinks.sql.apply import Target, WriteChanges
+from transforms.sinks.sql.apply import DEFAULT_TOMBSTONE_RETENTION, Target, WriteChanges
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
 from transforms.sinks.sql.typemap import mysql_type
@@ -292,6 +292,11 @@ class _MySQLTarget(Target):
         self._run(f"SET SESSION sql_mode = '{_SQL_MODE}', time_zone = '+00:00'")
         self._run('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
         self._run(sql.my_create_tombstones())
+        self._run(sql.MY_TOMBSTONES_CURRENT)
+        if not self._cur.fetchone()[0]:
+            _LOG.info('%s: adding written_at to %s (made by an older version)', _STEP,
+                      sql.MY_TOMBSTONES)
+            self._run(sql.my_upgrade_tombstones())
         _LOG.info('%s connected to %s', _STEP, redact(self._dsn))
 
     def close(self) -> None:
@@ -491,6 +496,9 @@ class _MySQLTarget(Target):
         label = self._literal(sql.my_label(target))
         self._run(sql.my_drop_tombstones(label, [f"'{h}'" for h in hashes]))
 
+    def prune_tombstones(self, older_than_s: float, limit: int) -> int:
+        return int(self._run(sql.my_prune_tombstones(older_than_s, limit)))  # autocommitted
+
 
 class WriteChangesToMySQL(WriteChanges):
     """Applies :class:`~transforms.envelope.ChangeEvent` s to MariaDB/MySQL; returns dead letters.
@@ -499,9 +507,12 @@ class WriteChangesToMySQL(WriteChanges):
     """
 
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
-                 max_attempts: int = 6, backoff_s: float = 0.5) -> None:
+                 max_attempts: int = 6, backoff_s: float = 0.5,
+                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION
+                 ) -> None:
         super().__init__(route=route, max_batch_size=max_batch_size,
-                         max_attempts=max_attempts, backoff_s=backoff_s)
+                         max_attempts=max_attempts, backoff_s=backoff_s,
+                         tombstone_retention=tombstone_retention)
         _connect_args(dsn)
         self._dsn = dsn
 

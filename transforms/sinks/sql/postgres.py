@@ -14,6 +14,7 @@ value go through PostgreSQL's own input function for the target type, so text fo
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -29,7 +30,7 @@ from transforms.sinks.sql.alter import (
     drop_defaults,
     filled,
 )
-from transforms.sinks.sql.apply import Target, WriteChanges
+from transforms.sinks.sql.apply import DEFAULT_TOMBSTONE_RETENTION, Target, WriteChanges
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.copytext import rows_text
 from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
@@ -107,6 +108,12 @@ class _PostgresTarget(Target):
                 with self._conn.transaction():
                     for statement in sql.pg_create_tombstones():
                         self._run(statement)
+                    self._run(sql.PG_TOMBSTONES_CURRENT)
+                    if not self._cur.fetchone()[0]:
+                        _LOG.info('%s: adding written_at to %s (made by an older version)',
+                                  _STEP, sql.PG_TOMBSTONES)
+                        for statement in sql.pg_upgrade_tombstones():
+                            self._run(statement)
                 break
             except psycopg.errors.UniqueViolation:
                 if attempt == 2:  # two workers creating it at once: the other one won
@@ -322,6 +329,14 @@ class _PostgresTarget(Target):
     def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None:
         self._run(sql.PG_DROP_TOMBSTONES, (sql.pg_label(target), ','.join(hashes)))
 
+    def prune_tombstones(self, older_than_s: float, limit: int) -> int:
+        # Its own short transaction; a tombstone row a batch holds makes it give up (55P03)
+        # rather than keep the rows it already deleted locked while it waits.
+        with self._conn.transaction():
+            self._run("SET LOCAL lock_timeout = '2s'")
+            self._run(sql.PG_PRUNE_TOMBSTONES, (older_than_s, limit, older_than_s))
+            return max(self._cur.rowcount, 0)
+
 
 def _by_columns(tb: TableBatch, changes: Sequence[RowChange]
                 ) -> list[tuple[tuple[str, ...], tuple[str, ...], list[RowChange]]]:
@@ -363,9 +378,12 @@ class WriteChangesToPostgres(WriteChanges):
     """
 
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
-                 max_attempts: int = 6, backoff_s: float = 0.5) -> None:
+                 max_attempts: int = 6, backoff_s: float = 0.5,
+                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION
+                 ) -> None:
         super().__init__(route=route, max_batch_size=max_batch_size,
-                         max_attempts=max_attempts, backoff_s=backoff_s)
+                         max_attempts=max_attempts, backoff_s=backoff_s,
+                         tombstone_retention=tombstone_retention)
         self._dsn = _parse(dsn)
 
     def _target(self) -> Target:

@@ -20,7 +20,8 @@ Bookkeeping the sinks add to a target (names starting ``_cb_`` are reserved):
   with ``(tbl, key, pos)``: the position of the last delete of each deleted key (``key`` is a
   hash of the key values) and, under key ``'*'``, of the table's last truncate.  A change older
   than its key's tombstone or the table's truncate is not applied, so an old insert arriving after
-  the delete does not resurrect the row.
+  the delete does not resurrect the row.  ``written_at`` (the target's clock when the sink wrote
+  the mark) lets the sink prune marks older than its retention (:data:`PG_PRUNE_TOMBSTONES`).
 """
 from __future__ import annotations
 
@@ -104,11 +105,39 @@ def _pg_list(names: Sequence[str], prefix: str = '') -> str:
     return ', '.join(prefix + pg_ident(n) for n in names)
 
 
+# When the sink wrote a tombstone (its newest position): what retention prunes by.  The
+# target's clock, not the source's commit time: a tombstone protects against replays, which
+# come from positions the source has not confirmed yet, and the source confirms a position
+# soon after the sink commits it; a week-old backlog caught up today must not be pruned today.
+_PG_WRITTEN_AT = 'written_at timestamptz NOT NULL DEFAULT now()'
+_PG_WRITTEN_AT_INDEX = '"tombstones_written_at"'
+
+
 def pg_create_tombstones() -> list[str]:
     return [
         'CREATE SCHEMA IF NOT EXISTS "_changebeam"',
         f'CREATE TABLE IF NOT EXISTS {PG_TOMBSTONES} (tbl text COLLATE "C" NOT NULL, '
-        'key text COLLATE "C" NOT NULL, pos text COLLATE "C" NOT NULL, PRIMARY KEY (tbl, key))',
+        'key text COLLATE "C" NOT NULL, pos text COLLATE "C" NOT NULL, '
+        f'{_PG_WRITTEN_AT}, PRIMARY KEY (tbl, key))',
+    ]
+
+
+# Whether the tombstone table has ``written_at`` and its index (a table made by an older
+# version has neither).  Checked first because ALTER TABLE takes its exclusive lock even when
+# IF NOT EXISTS then finds nothing to do, and would queue every batch behind it.
+PG_TOMBSTONES_CURRENT = (
+    'SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '
+    "to_regclass('\"_changebeam\".\"tombstones\"') AND attname = 'written_at' "
+    "AND NOT attisdropped) AND to_regclass('\"_changebeam\".\"tombstones_written_at\"') "
+    'IS NOT NULL')
+
+
+def pg_upgrade_tombstones() -> list[str]:
+    """Add ``written_at`` to an older tombstone table: its tombstones count as written now
+    (``now()`` is stable, so PostgreSQL 11+ adds the column without rewriting the table)."""
+    return [
+        f'ALTER TABLE {PG_TOMBSTONES} ADD COLUMN IF NOT EXISTS {_PG_WRITTEN_AT}',
+        f'CREATE INDEX IF NOT EXISTS {_PG_WRITTEN_AT_INDEX} ON {PG_TOMBSTONES} (written_at)',
     ]
 
 
@@ -216,8 +245,8 @@ def pg_record_tombstones(stage: str) -> str:
     """Tombstones for the staged deletes (parameter: the target's name), keeping the newest."""
     return (f'INSERT INTO {PG_TOMBSTONES} AS _cb_d (tbl, key, pos) '
             f'SELECT %s, {pg_ident(KEY_HASH)}, {pg_ident(POS)} FROM {stage} '
-            'ON CONFLICT (tbl, key) DO UPDATE SET pos = EXCLUDED.pos '
-            'WHERE _cb_d.pos < EXCLUDED.pos')
+            'ON CONFLICT (tbl, key) DO UPDATE SET pos = EXCLUDED.pos, '
+            'written_at = EXCLUDED.written_at WHERE _cb_d.pos < EXCLUDED.pos')
 
 
 # Key hashes travel as one comma-separated text parameter: hex needs no quoting, and one string
@@ -234,7 +263,16 @@ PG_DROP_TOMBSTONES = (f'DELETE FROM {PG_TOMBSTONES} '
 PG_TRUNCATE_TOMBSTONES = f'DELETE FROM {PG_TOMBSTONES} WHERE tbl = %s AND pos < %s'
 PG_MARK_TRUNCATE = (f'INSERT INTO {PG_TOMBSTONES} AS _cb_d (tbl, key, pos) '
                     f"VALUES (%s, '{TRUNCATED}', %s) ON CONFLICT (tbl, key) DO UPDATE "
-                    'SET pos = EXCLUDED.pos WHERE _cb_d.pos < EXCLUDED.pos')
+                    'SET pos = EXCLUDED.pos, written_at = EXCLUDED.written_at '
+                    'WHERE _cb_d.pos < EXCLUDED.pos')
+# Up to %s (limit) tombstones and truncate marks, of every table, written more than %s seconds
+# ago, oldest first (parameters: seconds, limit, seconds).  The outer condition is not
+# redundant: a tombstone a batch rewrote meanwhile is a new row version, and PostgreSQL
+# re-checks only that condition (not the ctid list) on it.
+PG_PRUNE_TOMBSTONES = (
+    f'DELETE FROM {PG_TOMBSTONES} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {PG_TOMBSTONES} '
+    'WHERE written_at < now() - make_interval(secs => %s) ORDER BY written_at LIMIT %s)) '
+    'AND written_at < now() - make_interval(secs => %s)')
 
 
 def pg_newer_rows_exist(target: TargetTable) -> str:
@@ -292,11 +330,30 @@ def _my_list(names: Sequence[str]) -> str:
     return ', '.join(my_ident(n) for n in names)
 
 
+# As _PG_WRITTEN_AT; the session's time zone is UTC (set on connect).
+_MY_WRITTEN_AT = 'written_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)'
+
+
 def my_create_tombstones() -> str:
     return (f'CREATE TABLE IF NOT EXISTS {MY_TOMBSTONES} ('
             'tbl VARCHAR(400) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL, '
-            f'`key` {_MY_POS_TYPE} NOT NULL, pos {_MY_POS_TYPE} NOT NULL, '
-            f'PRIMARY KEY (tbl, `key`)) {_MY_TABLE_OPTIONS}')
+            f'`key` {_MY_POS_TYPE} NOT NULL, pos {_MY_POS_TYPE} NOT NULL, {_MY_WRITTEN_AT}, '
+            f'PRIMARY KEY (tbl, `key`), KEY written_at (written_at)) {_MY_TABLE_OPTIONS}')
+
+
+# Whether the tombstone table has ``written_at``'s index, and so the column (see
+# PG_TOMBSTONES_CURRENT; an ALTER would also commit a transaction, and wait for every batch).
+MY_TOMBSTONES_CURRENT = (
+    'SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() '
+    "AND TABLE_NAME = '_changebeam_tombstones' AND INDEX_NAME = 'written_at' "
+    "AND COLUMN_NAME = 'written_at')")
+
+
+def my_upgrade_tombstones() -> str:
+    """Add ``written_at`` (and its index) to an older tombstone table; its tombstones count as
+    written now."""
+    return (f'ALTER TABLE {MY_TOMBSTONES} ADD COLUMN IF NOT EXISTS {_MY_WRITTEN_AT}, '
+            'ADD INDEX IF NOT EXISTS written_at (written_at)')
 
 
 def _my_column(column: ColumnDef) -> str:
@@ -378,8 +435,11 @@ def my_delete(target: TargetTable, key: Sequence[str],
 
 def my_record_tombstones(rows: Sequence[str]) -> str:
     """Tombstones from escaped ``(tbl, key, pos)`` tuples, keeping the newest position."""
+    # written_at first: MariaDB assigns left to right, and it must still see the old pos.
     return (f'INSERT INTO {MY_TOMBSTONES} (tbl, `key`, pos) VALUES {", ".join(rows)} '
-            'ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))')
+            'ON DUPLICATE KEY UPDATE '
+            'written_at = IF(pos < VALUES(pos), CURRENT_TIMESTAMP(6), written_at), '
+            'pos = GREATEST(pos, VALUES(pos))')
 
 
 def my_read_tombstones(tbl: str, keys: Sequence[str]) -> str:
@@ -401,6 +461,15 @@ def my_drop_tombstones(tbl: str, keys: Sequence[str]) -> str:
 def my_truncate_tombstones(tbl: str, pos: str) -> str:
     """Tombstones (and the truncate mark) older than a truncate at escaped ``pos``."""
     return f'DELETE FROM {MY_TOMBSTONES} WHERE tbl = {tbl} AND pos < {pos}'
+
+
+def my_prune_tombstones(seconds: float, limit: int) -> str:
+    """Up to ``limit`` tombstones and truncate marks, of every table, written more than
+    ``seconds`` ago, oldest first; a row lock held by a batch makes it give up after 2 s."""
+    micros = int(seconds * 1_000_000)
+    return ('SET STATEMENT innodb_lock_wait_timeout = 2 FOR '
+            f'DELETE FROM {MY_TOMBSTONES} WHERE written_at < NOW(6) - INTERVAL {micros:d} '
+            f'MICROSECOND ORDER BY written_at, tbl, `key` LIMIT {int(limit):d}')
 
 
 def my_delete_older(target: TargetTable, pos: str) -> str:
