@@ -230,6 +230,13 @@ class TransactionInfo:
     total_order: int
     data_collection_order: int
 
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> TransactionInfo:
+        """Build from a dict holding every field, without the dataclass __init__."""
+        info = object.__new__(cls)
+        info.__dict__.update(fields)
+        return info
+
 
 @dataclasses.dataclass(frozen=True)
 class ChangeEvent:

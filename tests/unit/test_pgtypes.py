@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import struct
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +28,7 @@ from transforms.sources.postgres.pgtypes import (
     row_decoder,
     text_parser,
     type_infos,
+    wire_row_decoder,
 )
 
 UTC = dt.timezone.utc
@@ -442,6 +444,74 @@ def test_row_decoder_conversion_error_names_column() -> None:
 def test_row_decoder_rejects_wrong_arity() -> None:
     with pytest.raises(ValueError, match='2 values for 6 columns'):
         row_decoder(ROW_COLUMNS)(('1', None))
+
+
+# ---------------------------------------------------------------------------------------------
+# wire_row_decoder: the fast path must give exactly the general path's rows, or decline
+
+def tuple_data(values: tuple[Any, ...]) -> bytes:
+    """A pgoutput TupleData, as the walsender sends it."""
+    out = [struct.pack('!H', len(values))]
+    for value in values:
+        if value is None:
+            out.append(b'n')
+        elif value is UNCHANGED_TOAST:
+            out.append(b'u')
+        else:
+            kind, data = (b'b', value) if isinstance(value, bytes) else (b't', value.encode())
+            out.append(kind + struct.pack('!I', len(data)) + data)
+    return b''.join(out)
+
+
+_TEXT_CASES = [(oid, text) for oid, text, _ in SCALAR_CASES]
+
+
+@st.composite
+def wire_rows(draw: Any) -> tuple[tuple[Column, ...], tuple[Any, ...]]:
+    cases = draw(st.lists(st.sampled_from(_TEXT_CASES), min_size=1, max_size=8))
+    columns = tuple(col(oid, name=f'c{i}') for i, (oid, _) in enumerate(cases))
+    values = tuple(draw(st.sampled_from([text, None, text, UNCHANGED_TOAST, b'\x01']))
+                   for _, text in cases)
+    return columns, values
+
+
+@given(wire_rows())
+def test_wire_row_decoder_agrees_with_the_general_path(case: Any) -> None:
+    columns, values = case
+    frame = b'I\x00\x00\x00\x01N' + tuple_data(values)
+    fast = wire_row_decoder(columns)(frame, 6)
+    try:
+        row, unchanged = row_decoder(columns)(values)
+    except ValueError:
+        assert fast is None  # a binary value for a non-bytea column: the general path says why
+        return
+    if unchanged or any(isinstance(v, bytes) for v in values):
+        assert fast is None  # not text or null: left to the general path
+        return
+    assert fast == (row, len(frame))
+    assert [type(v) for v in fast[0].values()] == [type(v) for v in row.values()]
+
+
+def test_wire_row_decoder_declines_what_it_cannot_read() -> None:
+    columns = ROW_COLUMNS
+    good = ('7', 'x', '1.50', None, '\\x01', '2024-01-01 00:00:00+00')
+    decode = wire_row_decoder(columns)
+    frame = tuple_data(good)
+    assert decode(frame, 0) == ({'id': 7, 'name': 'x', 'amount': Decimal('1.50'), 'doc': None,
+                                 'blob': b'\x01', 'at': dt.datetime(2024, 1, 1, tzinfo=UTC)},
+                                len(frame))
+    assert decode(frame[:-3], 0) is None  # truncated: the last value overruns the frame
+    assert decode(tuple_data(good[:5]), 0) is None  # one value short
+    assert decode(tuple_data(('7', 'x', 'abc', None, None, None)), 0) is None  # bad numeric
+    assert decode(tuple_data(('7x', None, None, None, None, None)), 0) is None  # bad integer
+    assert decode(frame.replace(b't', b'q', 1), 0) is None  # unknown column kind
+
+
+def test_wire_row_decoder_column_names_are_data_not_code() -> None:
+    name = "x']=1\nimport os\nos._exit(3)#"
+    columns = (col(23, name=name), col(25, name='"; DROP'))
+    assert wire_row_decoder(columns)(tuple_data(('5', 'y')), 0) == (
+        {name: 5, '"; DROP': 'y'}, 14)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -47,6 +48,10 @@ __all__ = ['HEARTBEAT_PREFIX', 'MESSAGES_TABLE', 'ChangeAssembler', 'RelationSta
 
 _LOG = logging.getLogger(__name__)
 
+_INSERT, _UPDATE, _NEW_TUPLE = b'IUN'
+_U32 = struct.Struct('!I')
+_NO_COLUMNS: frozenset[str] = frozenset()
+
 HEARTBEAT_PREFIX = 'changebeam_heartbeat'
 """Prefix of the logical messages the source emits to keep an idle slot advancing."""
 
@@ -62,6 +67,7 @@ class RelationState:
     schema: TableSchema
     decode_row: Callable[[Sequence[Any]], tuple[dict[str, Any], frozenset[str]]]
     identity: tuple[str, ...]  # replica identity columns, as flagged in the Relation message
+    decode_wire: Callable[[bytes, int], tuple[dict[str, Any], int] | None]  # the fast path
 
 
 class ChangeAssembler:
@@ -133,7 +139,8 @@ class ChangeAssembler:
             key = identity
         table = TableSchema(schema=message.namespace, table=message.name, columns=columns,
                             key=key)
-        state = RelationState(message, table, pgtypes.row_decoder(columns), identity)
+        state = RelationState(message, table, pgtypes.row_decoder(columns), identity,
+                              pgtypes.wire_row_decoder(columns))
         self._relations[message.oid] = state
         return state
 
@@ -197,6 +204,26 @@ class ChangeAssembler:
         before = self._old_row(state, message.old, message.key)
         return [self._event(Op.DELETE, state, lsn, before, None, frozenset())]
 
+    def change_from_frame(self, buf: bytes, lsn: int) -> list[ChangeEvent] | None:
+        """The fast path of :meth:`change` for the commonest frames, still undecoded: an
+        Insert, or an Update without an old tuple, whose values are all text or null.
+
+        None when the frame is anything else (or does not parse): decode it with
+        ``PgOutputDecoder`` and call :meth:`change`, which also gives the precise errors.
+        Never for frames inside a streamed (protocol v2) block, which carry an xid first.
+        """
+        kind = buf[0]
+        if (kind != _INSERT and kind != _UPDATE) or len(buf) < 6 or buf[5] != _NEW_TUPLE:
+            return None
+        state = self._relations.get(_U32.unpack_from(buf, 1)[0])
+        if state is None:
+            return None
+        decoded = state.decode_wire(buf, 6)
+        if decoded is None or decoded[1] != len(buf):
+            return None
+        op = Op.CREATE if kind == _INSERT else Op.UPDATE
+        return [self._event(op, state, lsn, None, decoded[0], _NO_COLUMNS)]
+
     def _old_row(self, state: RelationState, old: Sequence[Any] | None,
                  key: Sequence[Any] | None) -> dict[str, Any] | None:
         if old is not None:
@@ -224,7 +251,9 @@ class ChangeAssembler:
         return ChangeEvent.from_fields({
             'op': op, 'table': table, 'source': SourcePosition.from_fields(fields),
             'before': before, 'after': after, 'ts_ms': int(self._clock() * 1000),
-            'transaction': TransactionInfo(self._tx_id, self._total_order, order),
+            'transaction': TransactionInfo.from_fields({
+                'id': self._tx_id, 'total_order': self._total_order,
+                'data_collection_order': order}),
             'schema_version': None, 'unchanged': unchanged, 'message': None})
 
     def message(self, message: LogicalMessage, lsn: int) -> ChangeEvent | None:

@@ -275,11 +275,25 @@ class _ReadSlotFn(StreamReadFn):
                 if in_tx:
                     continue
                 break
-            received += len(frame.payload)
+            payload = bytes(frame.payload)
+            received += len(payload)
+            if not skipping and not decoder.in_stream:
+                try:
+                    events = assembler.change_from_frame(payload, frame.data_start)
+                except (ValueError, KeyError) as exc:
+                    letters.append(DeadLetter.from_exception(
+                        'ConvertRow', exc, payload, source=_where(config, frame)))
+                    continue
+                if events is not None:  # the fast path took it
+                    batch.extend(events)
+                    if len(batch) >= config.batch_size:
+                        yield from self._emit(batch)
+                        batch = []
+                    continue
             try:
-                message = decoder.decode(frame.payload)
+                message = decoder.decode(payload)
             except ValueError as exc:
-                letters.append(DeadLetter.from_exception('DecodeWal', exc, bytes(frame.payload),
+                letters.append(DeadLetter.from_exception('DecodeWal', exc, payload,
                                                          source=_where(config, frame)))
                 continue
             if isinstance(message, _CHANGES):
@@ -289,7 +303,7 @@ class _ReadSlotFn(StreamReadFn):
                     batch.extend(assembler.change(message, frame.data_start))
                 except (ValueError, KeyError) as exc:
                     letters.append(DeadLetter.from_exception(
-                        'ConvertRow', exc, bytes(frame.payload), source=_where(config, frame)))
+                        'ConvertRow', exc, payload, source=_where(config, frame)))
                 if len(batch) >= config.batch_size:
                     yield from self._emit(batch)
                     batch = []
@@ -340,13 +354,13 @@ class _ReadSlotFn(StreamReadFn):
                     assembler.relation(message)
                 except (ValueError, KeyError) as exc:
                     letters.append(DeadLetter.from_exception(
-                        'DecodeRelation', exc, bytes(frame.payload), source=_where(config, frame)))
+                        'DecodeRelation', exc, payload, source=_where(config, frame)))
             elif isinstance(message, TypeMessage):
                 assembler.type(message)
             elif not isinstance(message, Origin):
                 letters.append(DeadLetter(
                     'DecodeWal', f'unexpected {type(message).__name__} message (streamed '
-                    'transactions are not requested)', bytes(frame.payload),
+                    'transactions are not requested)', payload,
                     source=_where(config, frame)))
         if batch:
             yield from self._emit(batch)
