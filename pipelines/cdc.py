@@ -9,6 +9,7 @@ the program with exit status 2 and one line naming the option, the value and wha
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,10 +17,10 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import CdcConfig, CdcOptions, OptionError, validate_cdc
+from pipelines.options import CdcConfig, CdcOptions, OptionError, SinkSpec, validate_cdc
 from transforms.dead_letter import WriteDeadLetters
 
-__all__ = ['build', 'main']
+__all__ = ['build', 'main', 'sink_transform']
 
 _LOG = logging.getLogger(__name__)
 
@@ -72,24 +73,38 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
 
     events = events | 'EvolveSchema' >> EvolveSchema(config.schema_registry,
                                                       config.schema_change)
-    if config.sink.is_file:
+    label, writer = sink_transform(config.sink,
+                                   tombstone_retention_hours=config.tombstone_retention_hours)
+    dead = events | label >> writer
+    _ = dead | 'WriteSinkDeadLetters' >> WriteDeadLetters(config.dead_letter)
+
+
+def sink_transform(sink: SinkSpec, *, tombstone_retention_hours: float = 168.0
+                   ) -> tuple[str, beam.PTransform]:
+    """The label and sink transform for ``sink`` (also used by ``pipelines.redrive``);
+    ``tombstone_retention_hours`` is for database sinks (0: keep tombstones forever)."""
+    if sink.is_file:
         from transforms.sinks.files import WriteChangesToFiles
 
         try:
-            writer = WriteChangesToFiles(f'{config.sink.kind}:{config.sink.target}')
+            return 'WriteChangesToFiles', WriteChangesToFiles(f'{sink.kind}:{sink.target}')
         except ValueError as exc:
-            raise OptionError('--sink', f'{config.sink.kind}:{config.sink.target}',
+            raise OptionError('--sink', f'{sink.kind}:{sink.target}',
                               str(exc).split(': ', 1)[-1]) from None
-        dead = events | 'WriteChangesToFiles' >> writer
-    elif config.sink.kind == 'postgresql':
+    if sink.kind == 'postgresql':
         from transforms.sinks.sql import WriteChangesToPostgres
 
-        dead = events | 'WriteChangesToPostgres' >> WriteChangesToPostgres(config.sink.target)
-    else:
-        from transforms.sinks.sql import WriteChangesToMySQL
+        return 'WriteChangesToPostgres', WriteChangesToPostgres(
+            sink.target, tombstone_retention=_tombstone_retention(tombstone_retention_hours))
+    from transforms.sinks.sql import WriteChangesToMySQL
 
-        dead = events | 'WriteChangesToMySQL' >> WriteChangesToMySQL(config.sink.target)
-    _ = dead | 'WriteSinkDeadLetters' >> WriteDeadLetters(config.dead_letter)
+    return 'WriteChangesToMySQL', WriteChangesToMySQL(
+        sink.target, tombstone_retention=_tombstone_retention(tombstone_retention_hours))
+
+
+def _tombstone_retention(hours: float) -> dt.timedelta | None:
+    """``--tombstone_retention_hours`` as the database sinks take it (0: keep forever)."""
+    return dt.timedelta(hours=hours) if hours else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

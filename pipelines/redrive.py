@@ -1,0 +1,291 @@
+"""Redrive: apply the change events of dead letters again, once what rejected them is fixed.
+
+    python -m pipelines.redrive --dead_letter jsonl:dead-letters \\
+        --sink postgresql://cdc@replica/shop [--only_step WriteChangesToPostgres] [--dry_run]
+
+A sink that cannot write an event (a CHECK constraint, a value the target column cannot hold)
+dead-letters it with the event and its table schema (``transforms.dead_letter.event_payload``).
+Once the cause is fixed (the column widened, the constraint dropped), this reads every
+``*.jsonl`` file directly in the dead-letter directory, turns each letter that holds an event
+back into a :class:`~transforms.envelope.ChangeEvent` and applies them, in source order, through
+the same sink transform as ``pipelines.cdc --sink``.  Events rejected again go to a new
+dead-letter directory (``--failed``, default ``DIR/failed-<UTC time>``).
+
+Only after the pipeline finished, i.e. the sink committed, are the redriven letters moved into
+``DIR/redriven/`` (a file keeps, in place, only its letters that were not redriven), so a second
+run does not apply them again.  Database sinks would ignore them anyway: every target row keeps
+the source position that last wrote it (``_cb_pos``) and older events are skipped.  A letter
+that holds no event (undecodable WAL, an unencodable value) is counted as skipped and stays.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
+from pipelines.cdc import _OneLineParser, _setup_failure, sink_transform
+from pipelines.options import OptionError, SinkSpec, parse_sink
+from transforms.dead_letter import (
+    NotAnEvent,
+    WriteDeadLetters,
+    event_from_payload,
+    parse_dead_letter_uri,
+)
+from transforms.envelope import ChangeEvent
+
+__all__ = ['Inventory', 'Letter', 'main', 'move_aside', 'read_dead_letters']
+
+_LOG = logging.getLogger(__name__)
+
+REDRIVEN = 'redriven'
+"""The subdirectory of the dead-letter directory that redriven letters are moved into."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Letter:
+    """One line of a dead-letter file: ``event`` when it holds one, else ``skipped`` says why
+    (``other step`` for a letter ``--only_step`` leaves out)."""
+
+    path: str
+    line: str  # as read, without the newline: moved aside byte for byte
+    step: str
+    event: ChangeEvent | None = None
+    skipped: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    """What a dead-letter directory holds, read once before anything is applied."""
+
+    letters: tuple[Letter, ...]
+
+    @property
+    def events(self) -> list[ChangeEvent]:
+        """The letters' events in source order, each distinct event once."""
+        unique: dict[tuple[str, str, str, str], ChangeEvent] = {}
+        for letter in self.letters:
+            event = letter.event
+            if event is not None:
+                unique.setdefault(_identity(event), event)
+        return sorted(unique.values(), key=lambda e: e.source.sort_key)
+
+    def count(self, skipped: str | None = None) -> int:
+        if skipped is None:
+            return sum(letter.event is not None for letter in self.letters)
+        return sum(letter.skipped == skipped for letter in self.letters)
+
+
+def _identity(event: ChangeEvent) -> tuple[str, str, str, str]:
+    # The same change dead-lettered twice (a bundle the runner retried) is applied once.
+    return (event.source.name, event.table.name, event.source.sort_key, event.op.value)
+
+
+_NOT_AN_EVENT = 'not an event'
+_OTHER_STEP = 'other step'
+
+
+def read_dead_letters(directory: str, only_step: str | None = None) -> Inventory:
+    """Every letter of the ``*.jsonl`` files directly in ``directory`` (not ``redriven/``)."""
+    letters = []
+    names = sorted(n for n in os.listdir(directory) if n.endswith('.jsonl')
+                   and os.path.isfile(os.path.join(directory, n)))
+    for name in names:
+        path = os.path.join(directory, name)
+        with open(path, encoding='utf-8') as handle:
+            lines = handle.read().splitlines()
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                letters.append(_letter(path, number, line, only_step))
+    return Inventory(tuple(letters))
+
+
+def _letter(path: str, number: int, line: str, only_step: str | None) -> Letter:
+    try:
+        doc = json.loads(line)
+    except ValueError as exc:
+        _LOG.warning('%s:%d is not JSON (%s): skipped', path, number, exc)
+        return Letter(path, line, '', skipped=_NOT_AN_EVENT)
+    step = doc.get('step', '') if isinstance(doc, dict) else ''
+    if only_step is not None and step != only_step:
+        return Letter(path, line, step, skipped=_OTHER_STEP)
+    try:
+        event = event_from_payload(doc.get('payload') if isinstance(doc, dict) else None)
+    except NotAnEvent as exc:
+        _LOG.info('%s:%d (step %s) holds no change event: %s', path, number, step or '?', exc)
+        return Letter(path, line, step, skipped=_NOT_AN_EVENT)
+    return Letter(path, line, step, event=event)
+
+
+def move_aside(inventory: Inventory) -> int:
+    """Move the letters whose events were applied into ``redriven/`` next to their file; a file
+    keeps only its skipped letters (and is removed when none are left).  Returns the number of
+    files touched.
+
+    The redriven lines are appended and fsynced before the original is replaced, so a crash in
+    between leaves them in both places (a later run applies them again: harmless for database
+    sinks, see the module docstring), never in neither.
+    """
+    by_file: dict[str, list[Letter]] = {}
+    for letter in inventory.letters:
+        by_file.setdefault(letter.path, []).append(letter)
+    touched = 0
+    for path, letters in by_file.items():
+        done = [letter.line for letter in letters if letter.event is not None]
+        if not done:
+            continue
+        kept = [letter.line for letter in letters if letter.event is None]
+        directory, name = os.path.split(path)
+        aside = os.path.join(directory, REDRIVEN)
+        os.makedirs(aside, exist_ok=True)
+        _append(os.path.join(aside, name), done)
+        if kept:
+            temp = os.path.join(directory, f'.{name}.redrive-tmp')
+            with open(temp, 'w', encoding='utf-8') as handle:
+                handle.write(''.join(line + '\n' for line in kept))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        else:
+            os.unlink(path)
+        touched += 1
+    return touched
+
+
+def _append(path: str, lines: Iterable[str]) -> None:
+    with open(path, 'a', encoding='utf-8') as handle:
+        handle.write(''.join(line + '\n' for line in lines))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _count_lines(directory: str, before: set[str]) -> int:
+    if not os.path.isdir(directory):
+        return 0
+    total = 0
+    for name in set(os.listdir(directory)) - before:
+        if name.endswith('.jsonl'):
+            with open(os.path.join(directory, name), encoding='utf-8') as handle:
+                total += sum(1 for line in handle if line.strip())
+    return total
+
+
+def build(pipeline: beam.Pipeline, events: Sequence[ChangeEvent], sink: SinkSpec,
+          failed: str) -> None:
+    """Adds events → sink → failed dead letters to ``pipeline``."""
+    label, writer = sink_transform(sink)
+    # No reshuffle: one bundle, in source order, as the stream delivered them.
+    created = pipeline | 'CreateEvents' >> beam.Create(list(events), reshuffle=False)
+    dead = created | label >> writer
+    _ = dead | 'WriteFailedAgain' >> WriteDeadLetters(failed)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog='python -m pipelines.redrive',
+        description='Apply the change events of dead letters again, through the same sink as '
+                    'pipelines.cdc, once what rejected them is fixed.',
+        epilog='Any other Beam pipeline option (--runner, --s3_endpoint_url …) is passed to '
+               'the runner. Default runner: DirectRunner.')
+    parser.add_argument('--dead_letter', '--dead-letter', required=True,
+                        help='The dead-letter directory to redrive, as jsonl:DIR.')
+    parser.add_argument('--sink', required=True,
+                        help='Where the events go, as for pipelines.cdc: jsonl:DIR, avro:DIR, '
+                             'parquet:DIR, postgresql://… or mysql://….')
+    parser.add_argument('--only_step', '--only-step', default=None,
+                        help='Redrive only the dead letters of this step (e.g. '
+                             'WriteChangesToPostgres); others are left in place.')
+    parser.add_argument('--failed', default=None,
+                        help='Where events rejected again go, as jsonl:DIR '
+                             '(default: jsonl:DIR/failed-<UTC time> under --dead_letter).')
+    parser.add_argument('--dry_run', '--dry-run', action='store_true',
+                        help='Read and decode the dead letters, print what would be redriven, '
+                             'apply and move nothing.')
+    parser.add_argument('--runner', default='DirectRunner', help='Beam runner.')
+    return parser
+
+
+def _summary(read: int, applied: int | None, failed: int, inventory: Inventory,
+             duplicates: int, dry_run: bool) -> str:
+    parts = [f'read {read:,}']
+    if dry_run:
+        parts.append(f'would re-apply {inventory.count() - duplicates:,}')
+    else:
+        parts += [f're-applied {applied or 0:,}', f'failed again {failed:,}']
+    parts.append(f'skipped {inventory.count(_NOT_AN_EVENT):,} (not an event)')
+    if inventory.count(_OTHER_STEP):
+        parts.append(f'left {inventory.count(_OTHER_STEP):,} (other step)')
+    if duplicates:
+        parts.append(f'duplicates {duplicates:,}')
+    return 'changebeam redrive: ' + ', '.join(parts) + (' (dry run)' if dry_run else '')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        try:
+            directory = parse_dead_letter_uri(args.dead_letter)
+        except ValueError:
+            raise OptionError('--dead_letter', args.dead_letter, 'use jsonl:DIR') from None
+        if not os.path.isdir(directory):
+            raise OptionError('--dead_letter', args.dead_letter, 'no such directory')
+        sink = parse_sink(args.sink)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+        failed = args.failed or f'jsonl:{os.path.join(directory, f"failed-{stamp}")}'
+        try:
+            failed_dir = parse_dead_letter_uri(failed)
+        except ValueError:
+            raise OptionError('--failed', failed, 'use jsonl:DIR') from None
+        sink_transform(sink)  # a bad sink URI is an option error before anything is read
+    except OptionError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: '
+                        '%(message)s')
+    for noisy in ('apache_beam', 'absl'):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger('apache_beam.runners').setLevel(logging.CRITICAL)
+
+    inventory = read_dead_letters(directory, args.only_step)
+    events = inventory.events
+    duplicates = inventory.count() - len(events)
+    read = len(inventory.letters)
+    if args.dry_run or not events:
+        print(_summary(read, 0, 0, inventory, duplicates, args.dry_run), file=sys.stderr)
+        return 0
+    _LOG.info('redriving %d event(s) from %s into %s', len(events), directory,
+              sink.target if sink.is_file else sink.kind)
+    options = PipelineOptions(beam_args)
+    options.view_as(StandardOptions).runner = args.runner
+    before = set(os.listdir(failed_dir)) if os.path.isdir(failed_dir) else set()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, events, sink, failed)
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as exc:
+        message = _setup_failure(exc)
+        if message is None:
+            raise
+        sys.stderr.write(f'{parser.prog}: error: {message} (nothing was moved)\n')
+        return 1
+    # The sink committed and the events it rejected again are on disk: only now move aside.
+    failed_again = _count_lines(failed_dir, before)
+    move_aside(inventory)
+    print(_summary(read, len(events) - failed_again, failed_again, inventory, duplicates,
+                   False), file=sys.stderr)
+    if failed_again:
+        print(f'changebeam redrive: events rejected again are in {failed}', file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
