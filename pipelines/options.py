@@ -35,6 +35,7 @@ DATABASE_SINKS = ('postgresql', 'postgres', 'mysql', 'mariadb')
 _IDENT = r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"'
 _TABLE = re.compile(rf'^(?:(?P<schema>{_IDENT})\.)?(?P<table>{_IDENT})$')
 _SLOT = re.compile(r'^[a-z0-9_]{1,63}$')
+_MAX_RETENTION_HOURS = 24 * 366 * 100.0
 
 
 class OptionError(ValueError):
@@ -75,6 +76,7 @@ class CdcConfig:
     server_name: str
     progress: bool
     offset_store: str = ''  # MySQL/MariaDB sources only
+    tombstone_retention_hours: float = 168.0  # database sinks only; 0: keep forever
 
 
 class CdcOptions(PipelineOptions):
@@ -135,6 +137,11 @@ class CdcOptions(PipelineOptions):
             '--server_name', default=None,
             help='Logical name of the source in events (source.name; default: the DB name).')
         group.add_argument(
+            '--tombstone_retention_hours', default='168',
+            help='Database sinks: hours a deleted row\'s tombstone keeps stopping late, older '
+                 'changes of it from bringing the row back, before it is pruned '
+                 '(default: 168 = 7 days; 0 keeps tombstones forever).')
+        group.add_argument(
             '--progress', default='auto',
             help='Print a live progress line to stderr: on, off or auto (on for a terminal).')
 
@@ -158,7 +165,8 @@ def parse_sink(value: str | None, option: str = '--sink') -> SinkSpec:
     raise OptionError(option, display(value) if '://' in value else value, valid)
 
 
-def _positive_float(option: str, value: str | None, *, allow_zero: bool = False) -> float | None:
+def _positive_float(option: str, value: str | None, *, allow_zero: bool = False,
+                    unit: str = 'seconds') -> float | None:
     if value is None or value == '':
         return None
     try:
@@ -167,7 +175,7 @@ def _positive_float(option: str, value: str | None, *, allow_zero: bool = False)
         number = -1.0
     if number < 0 or (number == 0 and not allow_zero) or number != number:
         least = 'zero or more' if allow_zero else 'more than zero'
-        raise OptionError(option, value, f'must be a number of seconds, {least}')
+        raise OptionError(option, value, f'must be a number of {unit}, {least}')
     return number
 
 
@@ -234,7 +242,18 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         server_name=server_name,
         offset_store=_offset_store(opts.offset_store, sink, server_name),
         progress=progress == 'on' or (progress == 'auto' and _stderr_is_tty()),
+        tombstone_retention_hours=_retention_hours(opts.tombstone_retention_hours),
     )
+
+
+def _retention_hours(value: str | None) -> float:
+    hours = _positive_float('--tombstone_retention_hours', value, allow_zero=True,
+                            unit='hours') or 0.0
+    if hours > _MAX_RETENTION_HOURS:  # infinity, or more than a timedelta holds
+        raise OptionError('--tombstone_retention_hours', value,
+                          f'must be at most {_MAX_RETENTION_HOURS:.0f} hours; 0 keeps '
+                          'tombstones forever')
+    return hours
 
 
 def _offset_store(value: str | None, sink: SinkSpec, server_name: str) -> str:

@@ -228,6 +228,25 @@ def test_bad_heartbeat_secs(value: str) -> None:
                           'zero or more')
 
 
+@pytest.mark.parametrize('value, hours', [(None, 168.0), ('0', 0.0), ('0.5', 0.5),
+                                          ('720', 720.0)])
+def test_tombstone_retention_hours_default_to_a_week_and_zero_keeps_forever(
+        value: str | None, hours: float) -> None:
+    args = ('--tombstone_retention_hours', value) if value is not None else ()
+    assert config(*args, sink='postgresql://u@replica/shop').tombstone_retention_hours == hours
+
+
+@pytest.mark.parametrize('value, valid', [
+    ('-1', 'must be a number of hours, zero or more'),
+    ('a week', 'must be a number of hours, zero or more'),
+    ('inf', 'must be at most 878400 hours; 0 keeps tombstones forever'),
+])
+def test_bad_tombstone_retention_hours(value: str, valid: str) -> None:
+    error = rejected('--tombstone_retention_hours', value)
+    assert error.option == '--tombstone_retention_hours'
+    assert str(error) == f'--tombstone_retention_hours {value!r}: {valid}'
+
+
 def test_tables_are_split_trimmed_and_may_be_quoted() -> None:
     cfg = config('--tables', ' public.orders, customers ,,"My Schema"."Order Lines"')
     assert cfg.tables == ('public.orders', 'customers', '"My Schema"."Order Lines"')
