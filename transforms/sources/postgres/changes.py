@@ -91,6 +91,11 @@ class ChangeAssembler:
         self._begin: Begin | None = None
         self._tx_id = ''
         self._tx_source: dict[str, Any] = {}
+        self._source_template: dict[str, Any] = {
+            'connector': 'postgresql', 'name': server_name, 'db': database, 'schema': '',
+            'table': '', 'ts_ms': 0, 'snapshot': 'false', 'tx_id': None, 'lsn': None,
+            'commit_lsn': None, 'file': None, 'pos': None, 'row': None, 'gtid': None,
+            'server_id': None, 'thread': None}
         self._total_order = 0
         self._table_order: dict[str, int] = {}
 
@@ -110,11 +115,10 @@ class ChangeAssembler:
         self._table_order = {}
         self._tx_id = f'{message.xid}:{message.final_lsn}'
         # Every field of the transaction's source positions but schema, table and lsn.
-        self._tx_source = {
-            'connector': 'postgresql', 'name': self._server, 'db': self._database,
-            'schema': '', 'table': '', 'ts_ms': message.commit_ts // 1000, 'snapshot': 'false',
-            'tx_id': message.xid, 'lsn': None, 'commit_lsn': message.final_lsn, 'file': None,
-            'pos': None, 'row': None, 'gtid': None, 'server_id': None, 'thread': None}
+        source = self._tx_source = self._source_template.copy()
+        source['ts_ms'] = message.commit_ts // 1000
+        source['tx_id'] = message.xid
+        source['commit_lsn'] = message.final_lsn
 
     def commit(self, message: Commit) -> None:
         self._begin = None

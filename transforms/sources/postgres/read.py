@@ -277,7 +277,7 @@ class _ReadSlotFn(StreamReadFn):
                 break
             payload = bytes(frame.payload)
             received += len(payload)
-            if not skipping and not decoder.in_stream:
+            if (payload[0] in _FAST_KINDS) and not skipping and not decoder.in_stream:
                 try:
                     events = assembler.change_from_frame(payload, frame.data_start)
                 except (ValueError, KeyError) as exc:
@@ -296,18 +296,7 @@ class _ReadSlotFn(StreamReadFn):
                 letters.append(DeadLetter.from_exception('DecodeWal', exc, payload,
                                                          source=_where(config, frame)))
                 continue
-            if isinstance(message, _CHANGES):
-                if skipping:
-                    continue
-                try:
-                    batch.extend(assembler.change(message, frame.data_start))
-                except (ValueError, KeyError) as exc:
-                    letters.append(DeadLetter.from_exception(
-                        'ConvertRow', exc, payload, source=_where(config, frame)))
-                if len(batch) >= config.batch_size:
-                    yield from self._emit(batch)
-                    batch = []
-            elif isinstance(message, Begin):
+            if type(message) is Begin:
                 assembler.begin(message)
                 if message.final_lsn < start:
                     skipping = True
@@ -316,7 +305,7 @@ class _ReadSlotFn(StreamReadFn):
                 else:
                     self._resync = True  # this Begin is the residual's: reread it there
                     break
-            elif isinstance(message, Commit):
+            elif type(message) is Commit:
                 assembler.commit(message)
                 if not skipping:
                     # Whole transactions only; several small ones share a batch (one Beam
@@ -335,6 +324,17 @@ class _ReadSlotFn(StreamReadFn):
                         deadline = longest
                     else:
                         break
+            elif isinstance(message, _CHANGES):
+                if skipping:
+                    continue
+                try:
+                    batch.extend(assembler.change(message, frame.data_start))
+                except (ValueError, KeyError) as exc:
+                    letters.append(DeadLetter.from_exception(
+                        'ConvertRow', exc, payload, source=_where(config, frame)))
+                if len(batch) >= config.batch_size:
+                    yield from self._emit(batch)
+                    batch = []
             elif isinstance(message, LogicalMessage):
                 if message.transactional:
                     if not skipping:
@@ -427,6 +427,7 @@ class _ReadSlotFn(StreamReadFn):
 
 
 _CHANGES = (Insert, Update, Delete, Truncate)
+_FAST_KINDS = b'IU'  # the frames ChangeAssembler.change_from_frame may take
 
 
 def _where(config: _SourceConfig, frame: Any) -> str:
