@@ -7,10 +7,10 @@ table of bench/coder.py) written to a local temporary directory:
 
 - ``pipeline``: ``Impulse | FlatMap(generate) | WriteChangesToFiles(...)`` on DirectRunner,
   wall clock of the whole run (pipeline start-up included);
-- ``direct``: the same events converted and written without Beam, in one loop
-  (Avro: the sink's ``avro_encoder`` into 64 KiB blocks of a fastavro container, deflate;
-  Parquet: the same row mapping + ``pyarrow`` ``ParquetWriter``, snappy, a row group per
-  10,000 rows) — the sink's limit;
+- ``direct``: the same events written without Beam by the sink's own format writer, in one
+  loop (Avro: ``avro_encoder`` into 64 KiB blocks of a fastavro container, deflate; Parquet:
+  ``to_avro_record`` + the row mapping, converted to Arrow 1,000 rows at a time, ``pyarrow``
+  ``ParquetWriter``, snappy, a row group per 10,000 rows) — the sink's limit;
 - ``writer only``: fastavro / pyarrow writing records or rows built beforehand.  For Avro
   twice: ``to_avro_record``'s plain records, and the same with each union's branch named
   (``avro_record_converter``), fastavro's fastest way of writing them.
@@ -21,7 +21,7 @@ the absolute numbers move with the load; the ratios of one run are comparable.
 from __future__ import annotations
 
 import argparse
-import io
+import gc
 import os
 import shutil
 import tempfile
@@ -36,7 +36,6 @@ import pyarrow.parquet as pq
 from bench.coder import TABLE, make_events
 from transforms.envelope import ChangeEvent, avro_schema, to_avro_record
 from transforms.envelope_avro import avro_record_converter
-from transforms.envelope_avro_binary import avro_encoder
 from transforms.sinks import files as sink
 from transforms.sinks.files import WriteChangesToFiles
 
@@ -44,6 +43,9 @@ _CHUNK = 1000
 
 
 def generate(total: int) -> Iterator[ChangeEvent]:
+    # As the streaming sources do once the worker is up (transforms/sources/stream_range.py):
+    # without it, each full collection walks Beam's heap, a third of a Parquet run's time.
+    gc.freeze()
     for start in range(0, total, _CHUNK):
         yield from make_events(min(_CHUNK, total - start))
 
@@ -66,23 +68,25 @@ def _files(directory: str, fmt: str) -> list[str]:
             for name in names if name.endswith(f'.{fmt}')]
 
 
-def avro_direct(total: int, path: str) -> float:
-    schema = fastavro.parse_schema(avro_schema(TABLE, 0))
+def _direct(fmt: str, total: int, path: str) -> float:
+    """The sink's own format writer, without Beam."""
     start = time.perf_counter()
-    encode = avro_encoder(TABLE)
     with open(path, 'wb') as out:
-        writer = fastavro.write.Writer(out, schema, codec='deflate')
-        block, count = io.BytesIO(), 0
-        for event in generate(total):
-            block.write(encode(event))
-            count += 1
-            if block.tell() >= 64 * 1024:
-                writer.write_block(sink._AvroBlock(block, count))
-                block, count = io.BytesIO(), 0
-        if count:
-            writer.write_block(sink._AvroBlock(block, count))
-        writer.flush()
+        stream = sink._CountingStream(out)
+        writer: sink._FormatWriter
+        if fmt == 'avro':
+            writer = sink._AvroWriter(stream, TABLE, 0, 'deflate', sink._AVRO_BLOCK_BYTES)
+        else:
+            writer = sink._ParquetWriter(stream, TABLE, 0, 'snappy',
+                                         sink._DEFAULT_ROW_GROUP_ROWS)
+        rejected = [bad for event in generate(total) for bad in writer.add(event)]
+        rejected += writer.close()
+    assert not rejected, rejected[:1]
     return time.perf_counter() - start
+
+
+def avro_direct(total: int, path: str) -> float:
+    return _direct('avro', total, path)
 
 
 def avro_writer_only(total: int, path: str, plain: bool = True) -> float:
@@ -101,19 +105,8 @@ def _parquet_rows(events: Iterator[ChangeEvent]) -> Iterator[dict]:
         yield sink._parquet_row(layout, to_avro_record(event))
 
 
-def parquet_direct(total: int, path: str, group: int = 10_000) -> float:
-    schema = sink._parquet_layout(TABLE, 0).schema
-    start = time.perf_counter()
-    with pq.ParquetWriter(path, schema, compression='snappy') as writer:
-        batch = []
-        for row in _parquet_rows(generate(total)):
-            batch.append(row)
-            if len(batch) == group:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-    return time.perf_counter() - start
+def parquet_direct(total: int, path: str) -> float:
+    return _direct('parquet', total, path)
 
 
 def parquet_writer_only(total: int, path: str, group: int = 10_000) -> float:

@@ -670,3 +670,20 @@ def test_a_killed_avro_writer_leaves_only_complete_avro_files(tmp_path: pathlib.
     leftovers = [p for p in lake.rglob('*') if p.is_file() and not p.name.endswith('.avro')]
     assert leftovers
     assert all(re.fullmatch(r'\.part-[0-9a-f]{12}-\d+\.avro\.tmp', p.name) for p in leftovers)
+
+
+def test_parquet_row_groups_keep_their_size_across_arrow_batches() -> None:
+    """Rows go to Arrow a batch at a time; a row group still holds row_group_rows events."""
+    surrogate = ChangeEvent(op=Op.UPDATE, table=CUSTOMERS, source=position(CUSTOMERS, 1500),
+                            after={'id': 1500, 'name': 'bad \udc80 byte'})
+    events = [surrogate if n == 1500 else customer(n) for n in range(2700)]
+    out = io.BytesIO()
+    writer = files._ParquetWriter(files._CountingStream(out), CUSTOMERS, 0, 'snappy', 1200)
+    rejected = [bad for event in events for bad, _ in writer.add(event)]
+    rejected += [bad for bad, _ in writer.close()]
+    assert rejected == [surrogate]
+    metadata = pq.ParquetFile(io.BytesIO(out.getvalue())).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == \
+        [1200, 1199, 300]
+    got = parquet_to_events(pq.read_table(io.BytesIO(out.getvalue())), CUSTOMERS)
+    assert got == [e for e in events if e is not surrogate]

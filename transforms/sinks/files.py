@@ -65,6 +65,7 @@ _DEFAULT_MAX_FILE_BYTES = 128 * 2**20
 _DEFAULT_ROW_GROUP_ROWS = 10_000
 _AVRO_BLOCK_BYTES = 64 * 1024
 _FOOTER_BYTES_PER_CHUNK = 110
+_ARROW_BATCH_ROWS = 1_000  # Parquet rows converted to Arrow at a time
 _GCS_CHUNK_BYTES = 8 * 2**20  # resumable upload chunk: memory per open gs:// file
 # The filesystem options a worker needs; captured from the pipeline's options at expand time.
 _FILESYSTEM_OPTION_PREFIXES = ('s3_', 'project')
@@ -591,7 +592,13 @@ def _parquet_row(layout: _ParquetLayout, record: dict[str, Any]) -> dict[str, An
 
 
 class _ParquetWriter(_FormatWriter):
-    """A Parquet file of one table version, written a row group every ``row_group_rows``."""
+    """A Parquet file of one table version, written a row group every ``row_group_rows``.
+
+    Rows are converted to Arrow ``_ARROW_BATCH_ROWS`` at a time and the row group kept as
+    Arrow tables until it is full: a whole row group held as Python dicts (and its events)
+    gave the garbage collector's full collections three times the objects to walk (bench.files:
+    0.27 s instead of 0.09 s per 60,000 events), and holds more memory.
+    """
 
     step = 'EncodeParquet'
     extension = 'parquet'
@@ -607,16 +614,21 @@ class _ParquetWriter(_FormatWriter):
         self._leaves = sum(_leaf_columns(field.type) for field in self._layout.schema)
         self._rows: list[dict[str, Any]] = []
         self._events: list[ChangeEvent] = []
+        self._converted: list[Any] = []  # pyarrow.Table: this row group's converted rows
+        self._group_events = 0  # events offered to this row group
         self._row_group_rows = row_group_rows
 
     def add(self, event: ChangeEvent) -> _Rejected:
         self._rows.append(_parquet_row(self._layout, to_avro_record(event)))
         self._events.append(event)
-        if len(self._rows) >= self._row_group_rows:
+        self._group_events += 1
+        if self._group_events >= self._row_group_rows:
             return self._flush()
+        if len(self._rows) >= _ARROW_BATCH_ROWS:
+            return self._convert()
         return []
 
-    def _flush(self) -> _Rejected:
+    def _convert(self) -> _Rejected:
         import pyarrow as pa
 
         rows, events = self._rows, self._events
@@ -629,7 +641,7 @@ class _ParquetWriter(_FormatWriter):
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             # Only a value the Avro checks let through and Arrow refuses (a lone surrogate):
             # find the rows that fail alone, write the others.
-            _LOG.debug('row group conversion failed (%s); converting row by row', exc)
+            _LOG.debug('row batch conversion failed (%s); converting row by row', exc)
             good = []
             for row, event in zip(rows, events, strict=True):
                 try:
@@ -643,8 +655,19 @@ class _ParquetWriter(_FormatWriter):
             if not good:
                 return rejected
             table = pa.Table.from_pylist(good, schema=self._layout.schema)
-        self._writer.write_table(table)
-        self._row_groups += 1
+        self._converted.append(table)
+        return rejected
+
+    def _flush(self) -> _Rejected:
+        import pyarrow as pa
+
+        rejected = self._convert()
+        tables, self._converted = self._converted, []
+        self._group_events = 0
+        if tables:
+            # One row group, whatever the number of chunks (up to pyarrow's 1Mi rows a group).
+            self._writer.write_table(pa.concat_tables(tables))
+            self._row_groups += 1
         return rejected
 
     @property
