@@ -263,13 +263,19 @@ class _ReadSlotFn(StreamReadFn):
         commit_ts = None
         received = 0
         skipping = False  # replayed by the server, emitted before a reconnect
+        catching_up = False  # a commit arrived long after it happened: read on while frames wait
         while True:
             in_tx = assembler.in_transaction
             # A transaction is never cut: inside one, wait for its remaining changes.  The
             # round length bounds commit-to-sink latency; each round is one sink file per table.
-            timeout = 5.0 if in_tx else deadline - time.monotonic()
-            if timeout <= 0:
-                break
+            if in_tx:
+                timeout = 5.0
+            elif catching_up:
+                timeout = 0.0  # only what is already there; caught up ends the round
+            else:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
             frame = stream.read(timeout)
             if frame is None:
                 if in_tx:
@@ -316,14 +322,12 @@ class _ReadSlotFn(StreamReadFn):
                     confirm_lsn = message.end_lsn
                     commit_ts = message.commit_ts
                 skipping = False
-                if time.monotonic() >= deadline:
-                    if deadline < longest and \
-                            frame.send_time_us - message.commit_ts > _BEHIND_US:
-                        # Sent long after its commit: a backlog.  Catch up in longer rounds,
-                        # since every round is a bundle that costs ~30 ms to finish and start.
-                        deadline = longest
-                    else:
-                        break
+                if frame.send_time_us - message.commit_ts > _BEHIND_US:
+                    # Sent long after its commit: a backlog.  Catch up in longer rounds, since
+                    # every round is a bundle that costs ~30 ms to finish and start.
+                    catching_up = True
+                if time.monotonic() >= (longest if catching_up else deadline):
+                    break
             elif isinstance(message, _CHANGES):
                 if skipping:
                     continue

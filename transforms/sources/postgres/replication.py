@@ -184,13 +184,15 @@ class ReplicationStream:
             if size == 0:
                 self._maybe_send_status()
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                # Wake at least every status interval so the server hears from us.
+                # Wake at least every status interval so the server hears from us.  Once the
+                # time is up, still take what already waits in the socket (timeout 0 polls).
                 ready, _, _ = select.select([pgconn.socket], [], [],
-                                            min(remaining, _STATUS_INTERVAL_S))
+                                            max(0.0, min(remaining, _STATUS_INTERVAL_S)))
                 if ready:
                     pgconn.consume_input()
+                    continue
+                if remaining <= 0:
+                    return None
                 continue
             self._streaming = False
             result = pgconn.get_result()
