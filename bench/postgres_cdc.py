@@ -227,9 +227,14 @@ def read_pg_recvlogical(work: Workload, slot: str) -> float:
     return seconds
 
 
-def read_python(work: Workload, slot: str, encode: bool) -> tuple[float, int]:
-    """Receive + decode + assemble ChangeEvents (and, with ``encode``, the Debezium JSON line of
-    each) in a plain loop without Beam.  Returns (seconds, changes)."""
+def read_python(work: Workload, slot: str, mode: str) -> tuple[float, int]:
+    """A plain loop without Beam over the slot; returns (seconds, changes).
+
+    ``receive``: frames read through ``ReplicationStream`` and dropped (changes counted by the
+    message type byte), the floor of any Python reader over libpq; ``decode``: also decoded
+    and assembled into ChangeEvents the way the pipeline does (fast path first);
+    ``json``: also the Debezium JSON line of each event.
+    """
     import psycopg
 
     from transforms.envelope import dumps, to_debezium_json
@@ -268,24 +273,35 @@ def read_python(work: Workload, slot: str, encode: bool) -> tuple[float, int]:
             frame = stream.read(10.0)
             if frame is None:
                 break  # nothing for 10 s: the caller reports the shortfall
-            message: Any = decoder.decode(frame.payload)
-            kind = type(message)
-            if kind in changes_types:
-                events = assembler.change(message, frame.data_start)
+            payload = bytes(frame.payload)
+            if mode == 'receive':
+                if payload[0] in b'IUD':
+                    count += 1
+                elif payload[0] == 0x43 and count >= work.changes:  # 'C'ommit
+                    break
+                continue
+            events = assembler.change_from_frame(payload, frame.data_start) \
+                if payload[0] in b'IU' else None
+            if events is None:
+                message: Any = decoder.decode(payload)
+                kind = type(message)
+                if kind in changes_types:
+                    events = assembler.change(message, frame.data_start)
+                elif kind is Begin:
+                    assembler.begin(message)
+                elif kind is Commit:
+                    assembler.commit(message)
+                    if count >= work.changes:
+                        break
+                elif kind is Relation:
+                    assembler.relation(message)
+                elif kind is TypeMessage:
+                    assembler.type(message)
+            if events:
                 count += len(events)
-                if encode:
+                if mode == 'json':
                     for event in events:
                         encoded_bytes += len(dumps(to_debezium_json(event)))
-            elif kind is Begin:
-                assembler.begin(message)
-            elif kind is Commit:
-                assembler.commit(message)
-                if count >= work.changes:
-                    break
-            elif kind is Relation:
-                assembler.relation(message)
-            elif kind is TypeMessage:
-                assembler.type(message)
         seconds = time.perf_counter() - started
     finally:
         stream.close()
@@ -569,6 +585,7 @@ class Row:
     workload: str
     changes: int
     limit_secs: list[float]
+    receive: tuple[float, int]
     decode: tuple[float, int]
     encode: tuple[float, int] | None
     pipeline: PipelineRun
@@ -579,17 +596,22 @@ class Row:
 
 
 def read_all(work: Workload, args: argparse.Namespace, workdir: Path) -> Row:
-    recv1, decode_slot, encode_slot, beam_slot, recv2 = work.slots[:5]
+    recv1, decode_slot, encode_slot, beam_slot, recv2, receive_slot = work.slots[:6]
     limits = [read_pg_recvlogical(work, recv1)]
     say(f'{work.name}: pg_recvlogical {limits[0]:.2f} s '
         f'({fmt_rate(rate(work.changes, limits[0]))}/s)')
-    decode = read_python(work, decode_slot, encode=False)
+    receive = read_python(work, receive_slot, 'receive')
+    say(f'{work.name}: receive only {receive[0]:.2f} s '
+        f'({fmt_rate(rate(receive[1], receive[0]))}/s)')
+    if receive[1] != work.changes:
+        loud(f'{work.name}: receive loop saw {receive[1]:,} changes, expected {work.changes:,}')
+    decode = read_python(work, decode_slot, 'decode')
     say(f'{work.name}: receive+decode {decode[0]:.2f} s ({fmt_rate(rate(decode[1], decode[0]))}/s)')
     if decode[1] != work.changes:
         loud(f'{work.name}: decode-only loop saw {decode[1]:,} changes, expected {work.changes:,}')
     encode = None
     if not args.skip_encode:
-        encode = read_python(work, encode_slot, encode=True)
+        encode = read_python(work, encode_slot, 'json')
         say(f'{work.name}: receive+decode+JSON {encode[0]:.2f} s '
             f'({fmt_rate(rate(encode[1], encode[0]))}/s)')
     run = run_pipeline(work.name, work, beam_slot, work.changes, workdir)
@@ -598,16 +620,18 @@ def read_all(work: Workload, args: argparse.Namespace, workdir: Path) -> Row:
         f'max RSS {run.max_rss_kib / 1024:,.0f} MiB)')
     limits.append(read_pg_recvlogical(work, recv2))
     say(f'{work.name}: pg_recvlogical again {limits[1]:.2f} s')
-    return Row(work.name, work.changes, limits, decode, encode, run)
+    return Row(work.name, work.changes, limits, receive, decode, encode, run)
 
 
 def print_table(rows: Sequence[Row]) -> None:
-    header = (f'{"workload":<9}{"changes":>11}{"pg_recvlogical/s":>18}{"decode-only/s":>15}'
+    header = (f'{"workload":<9}{"changes":>11}{"pg_recvlogical/s":>18}{"receive-only/s":>16}'
+              f'{"decode-only/s":>15}'
               f'{"+JSON/s":>11}{"changebeam/s":>14}{"ratio":>8}{"target":>8}  ok')
     print(header)
     print('-' * len(header))
     for row in rows:
         limit = row.limit_rate
+        receive = rate(row.receive[1], row.receive[0])
         decode = rate(row.decode[1], row.decode[0])
         encode = rate(row.encode[1], row.encode[0]) if row.encode else None
         beam = rate(row.pipeline.scan.lines, row.pipeline.streaming_secs)
@@ -615,7 +639,8 @@ def print_table(rows: Sequence[Row]) -> None:
         target = 0.5 if row.workload == 'bulk' else 0.9
         verdict = ('DATA LOSS' if not row.pipeline.ok
                    else 'yes' if ratio is not None and ratio >= target else 'NO')
-        print(f'{row.workload:<9}{row.changes:>11,}{fmt_rate(limit):>18}{fmt_rate(decode):>15}'
+        print(f'{row.workload:<9}{row.changes:>11,}{fmt_rate(limit):>18}{fmt_rate(receive):>16}'
+              f'{fmt_rate(decode):>15}'
               f'{fmt_rate(encode):>11}{fmt_rate(beam):>14}'
               f'{"-" if ratio is None else f"{ratio:.2f}x":>8}{f"{target}x":>8}  {verdict}')
     print()
@@ -687,7 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f'PostgreSQL 15 on port {server.port}')
 
         # -- bulk -------------------------------------------------------------------------------
-        slots = ['bulk_recv1', 'bulk_decode', 'bulk_encode', 'bulk_beam', 'bulk_recv2']
+        slots = ['bulk_recv1', 'bulk_decode', 'bulk_encode', 'bulk_beam', 'bulk_recv2',
+                 'bulk_receive']
         if args.profile is not None:
             slots.append('bulk_profile')
         bulk = prepare_database(server, 'bulk', slots)
@@ -712,7 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # -- OLTP -------------------------------------------------------------------------------
         oltp = prepare_database(
             server, 'oltp', ['oltp_recv1', 'oltp_decode', 'oltp_encode', 'oltp_beam',
-                             'oltp_recv2'], preload=oltp_preload(args.oltp_preload))
+                             'oltp_recv2', 'oltp_receive'],
+            preload=oltp_preload(args.oltp_preload))
         write_oltp(server, oltp, args.oltp_tx, args.oltp_preload, workdir)
         say(f'oltp: {oltp.changes:,} single-change transactions written in '
             f'{oltp.write_secs:.1f} s (end {oltp.end_lsn})')
