@@ -42,6 +42,7 @@ __all__ = [
     'TableSchema',
     'TransactionInfo',
     'avro_schema',  # noqa: F822 (lazy, see __getattr__)
+    'debezium_json_bytes',
     'decode_json_value',
     'dumps',
     'dumps_bytes',
@@ -157,6 +158,18 @@ class TableSchema:
     def json_converters(self) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
         """The columns whose values change form in JSON (most do not: ints, text)."""
         return tuple((name, fn) for name, fn in self.json_encoders if fn is not _identity)
+
+    @cached_property
+    def orjson_converters(self) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+        """``json_converters`` but for the values orjson renders as they are (DECIMAL through
+        its ``default``, TIMESTAMPTZ when a UTC datetime): see :func:`debezium_json_bytes`."""
+        return tuple((c.name, fn) for c, (_, fn)
+                     in zip(self.columns, self.json_encoders, strict=True)
+                     if fn is not _identity and c.kind not in _ORJSON_NATIVE)
+
+    @cached_property
+    def timestamptz_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.kind is Kind.TIMESTAMPTZ)
 
     @cached_property
     def json_decoders(self) -> dict[str, Callable[[Any], Any]]:
@@ -518,10 +531,16 @@ def _source_to_json(source: SourcePosition) -> dict[str, Any]:
 
 def to_debezium_json(event: ChangeEvent) -> dict[str, Any]:
     """The Debezium envelope (``payload`` part) as a JSON-ready dict."""
+    return _debezium_doc(event, _row_to_json)
+
+
+def _debezium_doc(event: ChangeEvent,
+                  encode_row: Callable[[TableSchema, Mapping[str, Any] | None], Any]
+                  ) -> dict[str, Any]:
     table = event.table
     doc: dict[str, Any] = {
-        'before': _row_to_json(table, event.before),
-        'after': _row_to_json(table, event.after),
+        'before': encode_row(table, event.before),
+        'after': encode_row(table, event.after),
         'source': _source_to_json(event.source),
         'op': event.op.value,
         'ts_ms': event.ts_ms,
@@ -538,6 +557,51 @@ def to_debezium_json(event: ChangeEvent) -> dict[str, Any]:
     if event.message is not None:
         doc['message'] = dict(event.message)
     return doc
+
+
+_ORJSON_NATIVE = frozenset((Kind.DECIMAL, Kind.TIMESTAMPTZ))
+_UTC = dt.timezone.utc
+
+
+def _row_for_orjson(table: TableSchema, row: Mapping[str, Any] | None) -> Any:
+    if row is None:
+        return None
+    out: dict[str, Any] | None = None  # a copy only when a value must change form
+    for name, encode in table.orjson_converters:
+        value = row.get(name)
+        if value is not None:
+            if out is None:
+                out = dict(row)
+            out[name] = encode(value)
+    for name in table.timestamptz_columns:
+        value = row.get(name)
+        # orjson writes a UTC datetime exactly as _timestamptz_to_json does ('…Z'); another
+        # zone would keep its offset, so those (never from our sources) are converted here.
+        if value.__class__ is dt.datetime and value.tzinfo is not _UTC:
+            if out is None:
+                out = dict(row)
+            out[name] = _timestamptz_to_json(value)
+    return row if out is None else out
+
+
+def _orjson_default(value: Any) -> Any:
+    if value.__class__ is Decimal:
+        return str(value)
+    raise TypeError(f'{type(value).__name__} is not JSON')
+
+
+def debezium_json_bytes(event: ChangeEvent) -> bytes:
+    """``dumps_bytes(to_debezium_json(event))``, byte for byte, at about half the cost.
+
+    The rows go to orjson as they are, but for the values whose JSON form orjson does not
+    write itself: decimals and UTC timestamps need no per-value Python call.  Anything orjson
+    refuses takes the general path.
+    """
+    doc = _debezium_doc(event, _row_for_orjson)
+    try:
+        return orjson.dumps(doc, default=_orjson_default, option=orjson.OPT_UTC_Z)
+    except TypeError:
+        return dumps_bytes(to_debezium_json(event))
 
 
 def _require(doc: Mapping[str, Any], field: str, types: type | tuple[type, ...],

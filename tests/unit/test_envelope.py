@@ -22,8 +22,10 @@ from transforms.envelope import (
     SourcePosition,
     TableSchema,
     TransactionInfo,
+    debezium_json_bytes,
     decode_json_value,
     dumps,
+    dumps_bytes,
     encode_json_value,
     from_cloudevent,
     from_debezium_json,
@@ -43,6 +45,27 @@ def _over_the_wire(doc: dict[str, Any]) -> Any:
 def test_debezium_json_round_trip_is_lossless(event: ChangeEvent) -> None:
     decoded = from_debezium_json(_over_the_wire(to_debezium_json(event)), event.table)
     assert cst.comparable(decoded) == cst.comparable(event)
+
+
+@given(events)
+def test_debezium_json_bytes_is_the_general_encoding_byte_for_byte(event: ChangeEvent) -> None:
+    assert debezium_json_bytes(event) == dumps_bytes(to_debezium_json(event))
+
+
+def test_debezium_json_bytes_converts_other_zones_and_falls_back_for_big_integers() -> None:
+    table = TableSchema('s', 't', (Column('id', Kind.INT64), Column('at', Kind.TIMESTAMPTZ),
+                                   Column('n', Kind.DECIMAL)), key=('id',))
+    zone = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    event = ChangeEvent(op=Op.CREATE, table=table,
+                        source=SourcePosition('postgresql', 's', 'd', 's', 't', 0),
+                        after={'id': 1, 'at': dt.datetime(2024, 1, 1, 5, 30, tzinfo=zone),
+                               'n': Decimal('1.50')})
+    line = debezium_json_bytes(event)
+    assert json.loads(line)['after'] == {'id': 1, 'at': '2024-01-01T00:00:00Z', 'n': '1.50'}
+    assert line == dumps_bytes(to_debezium_json(event))
+    assert event.after is not None and event.after['at'].tzinfo is zone  # not changed in place
+    huge = event.replace(after={'id': 2**70, 'at': None, 'n': None})
+    assert json.loads(debezium_json_bytes(huge))['after']['id'] == 2**70
 
 
 @given(events)

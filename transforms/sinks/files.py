@@ -44,11 +44,10 @@ from transforms.envelope import (
     Kind,
     TableSchema,
     avro_schema,
+    debezium_json_bytes,
     dumps,
-    dumps_bytes,
     encode_json_value,
     to_avro_record,
-    to_debezium_json,
 )
 from transforms.envelope_avro_binary import avro_encoder
 
@@ -307,7 +306,7 @@ class _JsonLinesWriter(_FormatWriter):
 
     def add(self, event: ChangeEvent) -> _Rejected:
         try:
-            line = dumps_bytes(to_debezium_json(event)) + b'\n'
+            line = debezium_json_bytes(event) + b'\n'
         except (TypeError, ValueError, AttributeError) as exc:
             raise _EncodeError(_json_failure(event, exc)) from None
         self.stream.write(line)
