@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from decimal import MAX_PREC, Context, Decimal
 from typing import Any, cast
 
-from transforms.envelope import _VERSION, ChangeEvent, Kind, TableSchema
+from transforms.envelope import _VERSION, ChangeEvent, Kind, Op, TableSchema
 from transforms.envelope_avro import (
     _INT_RANGE,
     _LONG_RANGE,
@@ -228,6 +228,7 @@ def _generate_rows(table: TableSchema) -> _RowWriter:
 
 _LONG_MIN, _LONG_MAX = _LONG_RANGE
 _VERSION_BYTES = _string(_VERSION)
+_OPS = {op: _string(op.value) for op in Op}
 
 
 def _checked_long(value: Any) -> bytes:
@@ -237,7 +238,11 @@ def _checked_long(value: Any) -> bytes:
 
 
 def _optional_long(value: Any) -> bytes:
-    return _NULL if value is None else b'\x02' + _checked_long(value)
+    if value is None:
+        return _NULL
+    if type(value) is int and _LONG_MIN <= value <= _LONG_MAX:
+        return b'\x02' + _long(value)
+    raise ValueError(f'not an Avro long: {value!r}')
 
 
 def _optional_string(value: Any) -> bytes:
@@ -245,12 +250,17 @@ def _optional_string(value: Any) -> bytes:
 
 
 class _Encoder:
+    """The encoder of one table version: generated rows, a hand-written envelope."""
+
     def __init__(self, table: TableSchema) -> None:
         import fastavro
 
         self._rows = _generate_rows(table)
         self._schema = fastavro.parse_schema(avro_schema(table))
         self._fastavro = fastavro.schemaless_writer
+        # The source fields that identify where events come from, encoded once: a table's
+        # events share them.  Keyed by the strings; bounded like the sink's open files.
+        self._origins: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
 
     def __call__(self, event: ChangeEvent) -> bytes:
         try:
@@ -262,6 +272,14 @@ class _Encoder:
         buffer = io.BytesIO()
         self._fastavro(buffer, self._schema, to_avro_record(event))
         return buffer.getvalue()
+
+    def _origin(self, key: tuple[str, ...]) -> tuple[bytes, bytes]:
+        connector, name, snapshot, db, schema, table = map(_string, key)
+        if len(self._origins) >= 64:
+            self._origins.clear()
+        origin = self._origins[key] = (_VERSION_BYTES + connector + name,
+                                       snapshot + db + schema + table)
+        return origin
 
     def _encode(self, event: ChangeEvent) -> bytes:
         parts: list[bytes] = []
@@ -280,14 +298,14 @@ class _Encoder:
             put(b'\x02')
             after_absent = rows(event.after, parts)
         source = event.source
-        put(_VERSION_BYTES)
-        put(_string(source.connector))
-        put(_string(source.name))
+        key = (source.connector, source.name, source.snapshot, source.db, source.schema,
+               source.table)
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origin(key)
+        put(origin[0])  # version, connector, name
         put(_checked_long(source.ts_ms))
-        put(_string(source.snapshot))
-        put(_string(source.db))
-        put(_string(source.schema))
-        put(_string(source.table))
+        put(origin[1])  # snapshot, db, schema, table
         put(_optional_long(source.tx_id))
         put(_optional_long(source.lsn))
         put(_optional_long(source.commit_lsn))
@@ -297,7 +315,7 @@ class _Encoder:
         put(_optional_string(source.gtid))
         put(_optional_long(source.server_id))
         put(_optional_long(source.thread))
-        put(_string(event.op.value))
+        put(_OPS[event.op])
         put(_checked_long(event.ts_ms))
         tx = event.transaction
         if tx is None:
