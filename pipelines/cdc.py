@@ -56,7 +56,7 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
                 config.source.raw, tables=config.tables, snapshot=config.snapshot,
                 max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
                 offset_store=config.offset_store, server_name=config.server_name,
-                dead_letter=config.dead_letter, progress=config.progress)
+                dead_letter=config.dead_letter, progress=config.progress, batched=True)
         except ValueError as exc:
             raise OptionError('--source', str(config.source), str(exc)) from None
         events = pipeline | 'ReadMySqlChanges' >> read_mysql
@@ -68,11 +68,13 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
             publication=config.publication, snapshot=config.snapshot,
             max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
             server_name=config.server_name, dead_letter=config.dead_letter,
-            progress=config.progress)
+            progress=config.progress, batched=True)
     from transforms.schema.evolve import EvolveSchema
 
+    # Lists of events from source to sink: one Beam element per event costs more than most
+    # changes do.
     events = events | 'EvolveSchema' >> EvolveSchema(config.schema_registry,
-                                                      config.schema_change)
+                                                      config.schema_change, batched=True)
     label, writer = sink_transform(config.sink,
                                    tombstone_retention_hours=config.tombstone_retention_hours)
     dead = events | label >> writer

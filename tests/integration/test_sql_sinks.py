@@ -196,6 +196,22 @@ def test_postgres_target_equals_the_source_after_replays_and_stale_duplicates(pg
     assert pg_rows(pg_db) == expected
 
 
+def test_lists_of_events_from_a_batched_source_apply_the_same(pg_db, tmp_path):
+    events = stream()
+    sizes = [1, 40, 3, 0, 17, 60]  # lists longer than max_batch_size are applied in parts
+    lists, rest = [], list(events)
+    while rest:
+        size = sizes[len(lists) % len(sizes)]
+        lists.append(rest[:size])
+        rest = rest[size:]
+    lists[1] = [*lists[1][:5], 'not an event', *lists[1][5:]]
+    letters, metrics = run(lists, WriteChangesToPostgres(pg_db.dsn, max_batch_size=17), tmp_path)
+    assert [(d['error'], d['payload']) for d in letters] == \
+        [('expected a ChangeEvent, got str', 'not an event')]
+    assert pg_rows(pg_db) == pg_expected(events)
+    assert counter(metrics, 'rows_applied') > 0
+
+
 def test_postgres_columns_keep_the_source_types(pg_db, tmp_path):
     run(stream(count=10), WriteChangesToPostgres(pg_db.dsn), tmp_path)
     with pg_db.connect() as conn:

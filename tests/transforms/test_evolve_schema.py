@@ -118,6 +118,35 @@ def test_ignore_projects_every_event_onto_the_first_schema(tmp_path: Path) -> No
     assert [e.op for e in out].count(Op.MESSAGE) == 1
 
 
+def run_batched(batches: list[list[ChangeEvent]], registry: Path, policy: str
+                ) -> list[list[ChangeEvent]]:
+    key = f'{registry}:{len(_COLLECTED)}'
+    with beam.Pipeline() as pipeline:
+        _ = (pipeline | beam.Create([batches]) | beam.FlatMap(lambda batch: batch)
+             | EvolveSchema(str(registry), policy, batched=True) | beam.ParDo(_Collect(key)))
+    collected: Any = _COLLECTED.pop(key, [])  # the lists, collected as they are
+    return collected
+
+
+@pytest.mark.parametrize('policy', ['evolve', 'lenient', 'ignore', 'strict'])
+def test_batched_lists_give_the_same_events_in_the_same_lists(tmp_path: Path,
+                                                               policy: str) -> None:
+    later = WIDENED if policy == 'strict' else RETYPED
+    events = [event(V1, 10, id=1, qty=2, note='a'), event(V1, 11, id=2, qty=3, note='b'),
+              event(ADDED, 20, id=3, qty=1, note='c', paid=True),
+              event(ADDED, 21, id=4, qty=1, note='d', paid=False),
+              event(later, 30, id=5, qty='7' if later is RETYPED else 7, note='e'),
+              event(later, 31, id=6, qty='8' if later is RETYPED else 8, note='f')]
+    batches = [events[:1], events[1:4], [], events[4:]]
+    one_by_one = run(events, tmp_path / 'single', policy)
+    lists = run_batched(batches, tmp_path / 'batched', policy)
+    assert len(lists) == len(batches)  # one list out per list in
+    assert [e for batch in lists for e in batch] == one_by_one
+    if policy == 'evolve':  # the schema change sits in its list, before its first row
+        assert [e.op for e in lists[1]] == [Op.CREATE, Op.MESSAGE, Op.CREATE, Op.CREATE]
+        assert lists[2] == []
+
+
 def test_bad_policy_is_refused_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'sometimes' must be one of evolve, strict"):
         EvolveSchema(str(tmp_path), 'sometimes')

@@ -381,6 +381,21 @@ def run(events: list[ChangeEvent], uri: str, **options: Any) -> list[tuple[str, 
     return [(d['step'], d['error'], d['source']) for d in docs]
 
 
+@pytest.mark.parametrize('fmt', ['jsonl', 'avro'])
+def test_lists_of_events_land_like_the_events_one_by_one(tmp_path: pathlib.Path,
+                                                         fmt: str) -> None:
+    broken = ChangeEvent(op=Op.CREATE, table=ORDERS, source=position(ORDERS, 7),
+                         after={'id': 7, 'raw': 'not bytes'})
+    letters = run([[order(1), order(2)], [], [broken, order(3)]], f'{fmt}:{tmp_path}')
+    assert [(step, source) for step, _, source in letters] == \
+        [('EncodeJson' if fmt == 'jsonl' else 'EncodeAvro', 'public.orders')]
+    if fmt == 'jsonl':
+        got = read_back(tmp_path, ORDERS)
+    else:
+        got = [e for p in visible(tmp_path / 'public.orders', 'avro') for e in read_avro(p, ORDERS)]
+    assert comparable_events(got) == comparable_events([order(1), order(2), order(3)])
+
+
 def test_avro_files_read_back_as_the_events_of_every_kind(tmp_path: pathlib.Path) -> None:
     events = every_kind_events() + [order(n) for n in range(5)]
     assert run(events, f'avro:{tmp_path}') == []

@@ -225,10 +225,31 @@ class _EvolveSchemaFn(beam.DoFn):
         return new_state
 
 
-class EvolveSchema(beam.PTransform):
-    """Tags ChangeEvents with schema versions kept in a registry at ``registry_uri``."""
+class _EvolveSchemaBatchFn(_EvolveSchemaFn):
+    """The same, over lists of events (a source's batches): one list out per list in."""
 
-    def __init__(self, registry_uri: str, policy: str = 'evolve') -> None:
+    def process(  # type: ignore[override]
+            self, events: list[ChangeEvent]) -> list[list[ChangeEvent]]:
+        out: list[ChangeEvent] = []
+        current = self._current
+        for event in events:
+            state = current.get(event.table.name)
+            if state is not None and state[0] is event.table and state[2] is None:
+                out.append(event.replace(schema_version=state[1].version))  # the usual case
+            else:
+                out.extend(super().process(event))
+        return [out]
+
+
+class EvolveSchema(beam.PTransform):
+    """Tags ChangeEvents with schema versions kept in a registry at ``registry_uri``.
+
+    With ``batched`` the input and output elements are lists of events (see the sources'
+    ``batched``), order kept; schema-change events go into the list before their row.
+    """
+
+    def __init__(self, registry_uri: str, policy: str = 'evolve', *,
+                 batched: bool = False) -> None:
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f'schema change policy {policy!r} must be one of '
@@ -236,8 +257,13 @@ class EvolveSchema(beam.PTransform):
         SchemaRegistry(registry_uri)  # validates the URI
         self._uri = registry_uri
         self._policy = policy
+        self._batched = batched
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
+        if self._batched:
+            return events | 'TagVersions' >> beam.ParDo(
+                _EvolveSchemaBatchFn(self._uri, self._policy)).with_output_types(
+                    beam.typehints.List[ChangeEvent])
         return events | 'TagVersions' >> beam.ParDo(
             _EvolveSchemaFn(self._uri, self._policy)).with_output_types(ChangeEvent)
 

@@ -510,23 +510,43 @@ class _ApplyChangesFn(beam.DoFn):
         self._pending: list[ChangeEvent] = []
 
     def process(self, element: Any) -> Any:
-        # A plain function, not a generator: Beam calls it faster, and it rarely outputs.
-        if not isinstance(element, ChangeEvent):
-            return [beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
-                step=self._target.step, payload=element,
-                error=f'expected a ChangeEvent, got {type(element).__name__}'))]
-        self._pending.append(element)
-        if len(self._pending) >= self._max_batch_size:
-            return [beam.pvalue.TaggedOutput(DEAD_LETTER, letter) for letter in self._flush()]
-        return None
+        # Events one at a time or a source's batches (lists).  A plain function, not a
+        # generator: Beam calls it faster, and it rarely outputs.
+        pending = self._pending
+        letters: list[DeadLetter] = []
+        if isinstance(element, list):
+            if all(event.__class__ is ChangeEvent for event in element):
+                pending.extend(element)
+            else:
+                for event in element:
+                    if isinstance(event, ChangeEvent):
+                        pending.append(event)
+                    else:
+                        letters.append(self._not_an_event(event))
+        elif isinstance(element, ChangeEvent):
+            pending.append(element)
+        else:
+            letters.append(self._not_an_event(element))
+        while len(self._pending) >= self._max_batch_size:
+            letters.extend(self._flush(self._max_batch_size))
+        return [beam.pvalue.TaggedOutput(DEAD_LETTER, letter) for letter in letters] \
+            if letters else None
+
+    def _not_an_event(self, element: Any) -> DeadLetter:
+        return DeadLetter(step=self._target.step, payload=element,
+                          error=f'expected a ChangeEvent, got {type(element).__name__}')
 
     def finish_bundle(self) -> Any:
         for letter in self._flush():
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER, WindowedValue(letter, MIN_TIMESTAMP, (GlobalWindow(),)))
 
-    def _flush(self) -> list[DeadLetter]:
-        pending, self._pending = self._pending, []
+    def _flush(self, limit: int | None = None) -> list[DeadLetter]:
+        """Applies the first ``limit`` pending events (all when None) in one transaction."""
+        if limit is None or limit >= len(self._pending):
+            pending, self._pending = self._pending, []
+        else:
+            pending, self._pending = self._pending[:limit], self._pending[limit:]
         if not pending:
             return []
         return [letter for letter, _ in self._applier.apply(pending)]

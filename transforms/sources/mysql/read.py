@@ -726,7 +726,9 @@ class ReadMySqlChanges(beam.PTransform):
     database.  ``offset_store`` (a file path, ``gs://…`` or ``s3://…``) keeps the resume
     position; ``server_id`` is the replica id the binlog dump registers with (unique among
     the server's replicas; default: derived from the DSN and the offset store).  Records that
-    cannot be decoded go to ``dead_letter`` (``jsonl:DIR``).
+    cannot be decoded go to ``dead_letter`` (``jsonl:DIR``).  With ``batched`` the elements
+    are lists of events in order (whole transactions), as ``EvolveSchema(batched=True)`` and
+    the sinks take them.
     """
 
     def __init__(self, dsn: str, *, tables: Sequence[str] = (), snapshot: str = 'initial',
@@ -734,7 +736,8 @@ class ReadMySqlChanges(beam.PTransform):
                  server_id: int | None = None, offset_store: str | None = None,
                  server_name: str | None = None, dead_letter: str = 'jsonl:dead-letters',
                  round_secs: float = 0.2, batch_size: int = 500, progress: bool = False,
-                 offset_options: Mapping[str, Any] | None = None) -> None:
+                 offset_options: Mapping[str, Any] | None = None,
+                 batched: bool = False) -> None:
         super().__init__()
         parsed = parse_dsn(dsn, option='dsn')
         if parsed.kind != 'mysql':
@@ -775,6 +778,7 @@ class ReadMySqlChanges(beam.PTransform):
             server_name=server_name or parsed.database or 'mysql', round_secs=round_secs,
             batch_size=batch_size, progress=progress)
         self._dead_letter = dead_letter
+        self._batched = batched
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         read = (pbegin
@@ -782,5 +786,7 @@ class ReadMySqlChanges(beam.PTransform):
                 | 'ReadBinlog' >> beam.ParDo(_ReadBinlogFn(self._config))
                 .with_output_types(list[ChangeEvent]).with_outputs(DEAD_LETTER, main='changes'))
         _ = read[DEAD_LETTER] | 'WriteDeadLetters' >> WriteDeadLetters(self._dead_letter)
+        if self._batched:
+            return read.changes
         return read.changes | 'Unbatch' >> beam.FlatMap(_unbatch).with_output_types(
             ChangeEvent)

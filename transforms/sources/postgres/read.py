@@ -445,8 +445,11 @@ def _unbatch(batch: list[ChangeEvent]) -> list[ChangeEvent]:
 class ReadPostgresChanges(beam.PTransform):
     """Reads committed row changes of PostgreSQL tables through a logical replication slot.
 
-    Returns a PCollection of :class:`~transforms.envelope.ChangeEvent`.  Records that cannot be
-    decoded go to ``dead_letter`` (``jsonl:DIR``) with the raw message.
+    Returns a PCollection of :class:`~transforms.envelope.ChangeEvent` (with ``batched``, of
+    lists of them in order, each a few whole transactions: a Beam element costs more than
+    most changes; ``EvolveSchema(batched=True)`` and the sinks take them as they are).
+    Records that cannot be decoded go to ``dead_letter`` (``jsonl:DIR``) with the raw
+    message.
     """
 
     def __init__(self, dsn: str, *, tables: Sequence[str] = (), slot_name: str | None = None,
@@ -454,7 +457,7 @@ class ReadPostgresChanges(beam.PTransform):
                  max_idle_secs: float | None = None, heartbeat_secs: float = 10.0,
                  server_name: str | None = None, dead_letter: str = 'jsonl:dead-letters',
                  round_secs: float = 0.15, batch_size: int = 500,
-                 progress: bool = False) -> None:
+                 progress: bool = False, batched: bool = False) -> None:
         super().__init__()
         parsed = parse_dsn(dsn, option='dsn')
         if parsed.kind != 'postgresql':
@@ -473,6 +476,7 @@ class ReadPostgresChanges(beam.PTransform):
             database=parsed.database or 'postgres', round_secs=round_secs,
             batch_size=batch_size, progress=progress)
         self._dead_letter = dead_letter
+        self._batched = batched
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         read = (pbegin
@@ -481,6 +485,8 @@ class ReadPostgresChanges(beam.PTransform):
                 .with_output_types(beam.typehints.List[ChangeEvent])
                 .with_outputs(DEAD_LETTER, main='changes'))
         _ = read[DEAD_LETTER] | 'WriteDeadLetters' >> WriteDeadLetters(self._dead_letter)
+        if self._batched:
+            return read.changes
         return read.changes | 'Unbatch' >> beam.FlatMap(_unbatch).with_output_types(
             ChangeEvent)
 
