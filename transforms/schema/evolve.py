@@ -32,6 +32,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.envelope import ChangeEvent, Column, Op, TableSchema
 from transforms.schema.compatibility import Mode, incompatibilities
 from transforms.schema.registry import SchemaRegistry, SchemaVersion

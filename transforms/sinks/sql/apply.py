@@ -39,6 +39,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, event_payload
 from transforms.envelope import ChangeEvent, Column, TableSchema
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
