@@ -283,7 +283,8 @@ class _ReadSlotFn(StreamReadFn):
                 break
             payload = bytes(frame.payload)
             received += len(payload)
-            if (payload[0] in _FAST_KINDS) and not skipping and not decoder.in_stream:
+            if payload and payload[0] in _FAST_KINDS and not skipping \
+                    and not decoder.in_stream:
                 try:
                     events = assembler.change_from_frame(payload, frame.data_start)
                 except (ValueError, KeyError) as exc:
