@@ -283,25 +283,33 @@ class _ReadSlotFn(StreamReadFn):
                 break
             payload = bytes(frame.payload)
             received += len(payload)
+            events = None
             if payload and payload[0] in _FAST_KINDS and not skipping \
                     and not decoder.in_stream:
                 try:
                     events = assembler.change_from_frame(payload, frame.data_start)
                 except (ValueError, KeyError) as exc:
-                    letters.append(DeadLetter.from_exception(
-                        'ConvertRow', exc, payload, source=_where(config, frame)))
+                    letters.append(_letter('ConvertRow', exc, payload, config, frame))
                     continue
-                if events is not None:  # the fast path took it
-                    batch.extend(events)
-                    if len(batch) >= config.batch_size:
-                        yield from self._emit(batch)
-                        batch = []
+            if events is None:  # not taken by the fast path: decode it
+                try:
+                    message = decoder.decode(payload)
+                except ValueError as exc:
+                    letters.append(_letter('DecodeWal', exc, payload, config, frame))
                     continue
-            try:
-                message = decoder.decode(payload)
-            except ValueError as exc:
-                letters.append(DeadLetter.from_exception('DecodeWal', exc, payload,
-                                                         source=_where(config, frame)))
+                if isinstance(message, _CHANGES):
+                    if skipping:
+                        continue
+                    try:
+                        events = assembler.change(message, frame.data_start)
+                    except (ValueError, KeyError) as exc:
+                        letters.append(_letter('ConvertRow', exc, payload, config, frame))
+                        continue
+            if events is not None:
+                batch.extend(events)
+                if len(batch) >= config.batch_size:
+                    yield from self._emit(batch)
+                    batch = []
                 continue
             if type(message) is Begin:
                 assembler.begin(message)
@@ -329,17 +337,6 @@ class _ReadSlotFn(StreamReadFn):
                     catching_up = True
                 if time.monotonic() >= (longest if catching_up else deadline):
                     break
-            elif isinstance(message, _CHANGES):
-                if skipping:
-                    continue
-                try:
-                    batch.extend(assembler.change(message, frame.data_start))
-                except (ValueError, KeyError) as exc:
-                    letters.append(DeadLetter.from_exception(
-                        'ConvertRow', exc, payload, source=_where(config, frame)))
-                if len(batch) >= config.batch_size:
-                    yield from self._emit(batch)
-                    batch = []
             elif isinstance(message, LogicalMessage):
                 if message.transactional:
                     if not skipping:
@@ -358,8 +355,7 @@ class _ReadSlotFn(StreamReadFn):
                 try:
                     assembler.relation(message)
                 except (ValueError, KeyError) as exc:
-                    letters.append(DeadLetter.from_exception(
-                        'DecodeRelation', exc, payload, source=_where(config, frame)))
+                    letters.append(_letter('DecodeRelation', exc, payload, config, frame))
             elif isinstance(message, TypeMessage):
                 assembler.type(message)
             elif not isinstance(message, Origin):
@@ -437,6 +433,11 @@ _FAST_KINDS = b'IU'  # the frames ChangeAssembler.change_from_frame may take
 
 def _where(config: _SourceConfig, frame: Any) -> str:
     return f'{config.slot}@{format_lsn(frame.data_start)}'
+
+
+def _letter(step: str, exc: Exception, payload: bytes, config: _SourceConfig,
+            frame: Any) -> DeadLetter:
+    return DeadLetter.from_exception(step, exc, payload, source=_where(config, frame))
 
 
 def _unbatch(batch: list[ChangeEvent]) -> list[ChangeEvent]:
