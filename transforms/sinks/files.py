@@ -801,12 +801,11 @@ class _WriteFilesFn(beam.DoFn):
                     DEAD_LETTER, self._dead_letter(writer.step, event, exc)))
                 continue
             written += 1
+            entry.events += 1 - len(rejected)
             if rejected:
-                entry.events -= len(rejected)
                 letters.extend(beam.pvalue.TaggedOutput(
                     DEAD_LETTER, self._dead_letter(writer.step, bad, error))
                     for bad, error in rejected)
-            entry.events += 1
             if writer.size >= limit:
                 # Roll: commit the full file now, the next event of its table starts another.
                 letters.extend(beam.pvalue.TaggedOutput(

@@ -515,19 +515,11 @@ class _ApplyChangesFn(beam.DoFn):
         # generator: Beam calls it faster, and it rarely outputs.
         pending = self._pending
         letters: list[DeadLetter] = []
-        if isinstance(element, list):
-            if all(event.__class__ is ChangeEvent for event in element):
-                pending.extend(element)
+        for event in element if isinstance(element, list) else (element,):
+            if isinstance(event, ChangeEvent):
+                pending.append(event)
             else:
-                for event in element:
-                    if isinstance(event, ChangeEvent):
-                        pending.append(event)
-                    else:
-                        letters.append(self._not_an_event(event))
-        elif isinstance(element, ChangeEvent):
-            pending.append(element)
-        else:
-            letters.append(self._not_an_event(element))
+                letters.append(self._not_an_event(event))
         while len(self._pending) >= self._max_batch_size:
             letters.extend(self._flush(self._max_batch_size))
         return [beam.pvalue.TaggedOutput(DEAD_LETTER, letter) for letter in letters] \
