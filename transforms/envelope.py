@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -187,8 +187,25 @@ class TableSchema:
             raise KeyError(f'{self.name} has no column {name!r}; columns: {known}') from None
 
 
+_Built = TypeVar('_Built', bound='_FromFields')
+
+
+class _FromFields:
+    """``from_fields``: build a frozen dataclass from a dict holding every field, without its
+    ``__init__`` (sources build one per change, and the __init__ of frozen fields costs
+    several microseconds)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_fields(cls: type[_Built], fields: dict[str, Any]) -> _Built:
+        built = object.__new__(cls)
+        built.__dict__.update(fields)
+        return built
+
+
 @dataclasses.dataclass(frozen=True)
-class SourcePosition:
+class SourcePosition(_FromFields):
     """Where a change came from and where it sits in the source's log.
 
     Fields follow Debezium's ``source`` block.  ``sort_key`` orders changes of one source the
@@ -226,33 +243,17 @@ class SourcePosition:
         return f'{file_index:08x}{self.pos or 0:016x}{self.row or 0:08x}'
 
 
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> SourcePosition:
-        """Build from a dict holding every field, without the dataclass __init__ (a source
-        builds one per change; __init__ of 16 frozen fields costs several microseconds)."""
-        position = object.__new__(cls)
-        position.__dict__.update(fields)
-        return position
-
-
 @dataclasses.dataclass(frozen=True)
-class TransactionInfo:
+class TransactionInfo(_FromFields):
     """Debezium's ``transaction`` block: the event's place in its transaction."""
 
     id: str
     total_order: int
     data_collection_order: int
 
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> TransactionInfo:
-        """Build from a dict holding every field, without the dataclass __init__."""
-        info = object.__new__(cls)
-        info.__dict__.update(fields)
-        return info
-
 
 @dataclasses.dataclass(frozen=True)
-class ChangeEvent:
+class ChangeEvent(_FromFields):
     """One row change (or truncate, or message) of one table, with typed values.
 
     Guarantees: ``before`` and ``after`` hold only columns of ``table`` with values of their
@@ -271,12 +272,6 @@ class ChangeEvent:
     unchanged: frozenset[str] = frozenset()
     message: Mapping[str, Any] | None = None
 
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> ChangeEvent:
-        """Build from a dict holding every field, without the dataclass __init__."""
-        event = object.__new__(cls)
-        event.__dict__.update(fields)
-        return event
 
     def replace(self, **changes: Any) -> ChangeEvent:
         """A copy with ``changes`` applied; a fast path for per-event tagging (no __init__)."""
