@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit import strategies as cst
+from tests.unit.pgoutput_frames import encode
 from transforms.envelope import (
     ChangeEvent,
     Column,
@@ -143,6 +144,52 @@ def test_insert_has_typed_values_position_and_transaction() -> None:
     assert (event.transaction.id, event.transaction.total_order,
             event.transaction.data_collection_order) == (f'{XID}:{FINAL_LSN}', 1, 1)
     assert event.key == (1,)
+
+
+FRAME_CHANGES = [
+    Insert(xid=None, relation_oid=ORDERS, new=ROW),
+    Insert(xid=None, relation_oid=ORDERS, new=KEY_ONLY),
+    Update(xid=None, relation_oid=ORDERS, old=None, key=None, new=ROW2),
+    Update(xid=None, relation_oid=ORDERS, old=None, key=None,
+           new=('1', UNCHANGED_TOAST, '13.00', ROW[3], UNCHANGED_TOAST, ROW[5])),
+    Update(xid=None, relation_oid=ORDERS, old=ROW, key=None, new=ROW2),
+    Update(xid=None, relation_oid=ORDERS, old=None, key=KEY_ONLY, new=ROW2),
+    Delete(xid=None, relation_oid=ORDERS, old=None, key=KEY_ONLY),
+    Insert(xid=None, relation_oid=CUSTOMERS, new=('7', 'Ann')),
+]
+
+
+@pytest.mark.parametrize('message', FRAME_CHANGES, ids=range(len(FRAME_CHANGES)))
+def test_the_fast_path_from_frames_gives_the_events_of_the_general_path(
+        message: Insert | Update | Delete) -> None:
+    fast, general = assembler(), assembler()
+    for asm in (fast, general):
+        asm.relation(orders())
+        asm.relation(customers())
+        begin(asm)
+    frame = encode(message)
+    taken = fast.change_from_frame(frame, 0x16B3700)
+    expected = general.change(message, 0x16B3700)
+    plain = isinstance(message, Insert) or (
+        isinstance(message, Update) and message.old is None and message.key is None
+        and UNCHANGED_TOAST not in message.new)
+    if plain:  # text and null values of an insert or a key-keeping update: taken
+        assert taken == expected
+    else:  # declined: the caller decodes the frame and takes the general path
+        assert taken is None
+
+
+def test_the_fast_path_declines_what_the_general_path_reports() -> None:
+    asm = assembler()
+    asm.relation(orders())
+    frame = encode(Insert(xid=None, relation_oid=ORDERS, new=ROW))
+    with pytest.raises(ValueError, match='outside a transaction'):
+        asm.change_from_frame(frame, 1)
+    begin(asm)
+    unknown = encode(Insert(xid=None, relation_oid=ORDERS + 99, new=ROW))
+    bad = encode(Insert(xid=None, relation_oid=ORDERS, new=('x', *ROW[1:])))
+    for declined in (unknown, bad, frame[:-2], frame + b'\0', b'I', b'B' + frame[1:]):
+        assert asm.change_from_frame(declined, 1) is None
 
 
 def test_relation_becomes_the_table_schema() -> None:

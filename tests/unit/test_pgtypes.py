@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import struct
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from tests.unit.pgoutput_frames import tuple_data
 from transforms.envelope import Column, Kind
 from transforms.sources.postgres.pgoutput import UNCHANGED_TOAST, RelationColumn
 from transforms.sources.postgres.pgtypes import (
@@ -448,20 +448,6 @@ def test_row_decoder_rejects_wrong_arity() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # wire_row_decoder: the fast path must give exactly the general path's rows, or decline
-
-def tuple_data(values: tuple[Any, ...]) -> bytes:
-    """A pgoutput TupleData, as the walsender sends it."""
-    out = [struct.pack('!H', len(values))]
-    for value in values:
-        if value is None:
-            out.append(b'n')
-        elif value is UNCHANGED_TOAST:
-            out.append(b'u')
-        else:
-            kind, data = (b'b', value) if isinstance(value, bytes) else (b't', value.encode())
-            out.append(kind + struct.pack('!I', len(data)) + data)
-    return b''.join(out)
-
 
 _TEXT_CASES = [(oid, text) for oid, text, _ in SCALAR_CASES]
 
