@@ -20,14 +20,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from transforms.envelope import ChangeEvent, Op, TableSchema, encode_json_value
 from transforms.sinks.sql.routing import TargetTable
 from transforms.sinks.sql.statements import RESERVED
 
-__all__ = ['Batch', 'RowChange', 'TableBatch', 'hashed', 'key_hash', 'plan_batch']
+__all__ = ['Batch', 'Rendered', 'RowChange', 'TableBatch', 'hashed', 'key_hash', 'plan_batch']
 
 _UPSERTS = frozenset({Op.CREATE, Op.READ, Op.UPDATE})
 _PLAIN = (int, str, bool)
@@ -79,7 +80,9 @@ class TableBatch:
     appends: list[RowChange] = dataclasses.field(default_factory=list)
     # The target table's columns, once the sink has made it hold every schema of the batch.
     target_columns: frozenset[str] = frozenset()
-    _nulled: dict[int, tuple[TableSchema, tuple[str, ...]]] = dataclasses.field(
+    # What the target rendered ahead for the upserts (``Target.prepare``), if anything.
+    prepared: Any = dataclasses.field(default=None, repr=False)
+    _nulled: dict[int, tuple[TableSchema, frozenset[str], tuple[str, ...]]] = dataclasses.field(
         default_factory=dict, repr=False)
 
     @property
@@ -90,16 +93,36 @@ class TableBatch:
         """Target columns a row of ``table`` must set NULL: kept after the source dropped
         (or renamed) them, so their old values do not outlive the change."""
         cached = self._nulled.get(id(table))
-        if cached is None or cached[0] is not table:
+        if cached is None or cached[0] is not table or cached[1] is not self.target_columns:
             names = tuple(sorted(self.target_columns - table.by_name.keys() - RESERVED))
-            cached = self._nulled[id(table)] = (table, names)
-        return cached[1]
+            cached = self._nulled[id(table)] = (table, self.target_columns, names)
+        return cached[2]
 
     def events(self) -> list[ChangeEvent]:
         out = list(self.truncate_events)
         for change in [*self.changes.values(), *self.appends]:
             out.extend(change.events)
         return out
+
+
+class Rendered:
+    """A target's text for a table's upserts, rendered ahead (``Target.prepare``), and what
+    it was rendered for: ``groups`` is the target's own."""
+
+    __slots__ = ('changes', 'columns', 'groups')
+
+    def __init__(self, columns: frozenset[str], changes: list[RowChange], groups: Any) -> None:
+        self.columns = columns
+        self.changes = changes
+        self.groups = groups
+
+    def matches(self, tb: TableBatch, changes: Sequence[RowChange]) -> bool:
+        """Rendered for these very changes, against the target's columns as they are now
+        (a tombstone or truncate mark that makes some stale, or a table altered since, and
+        the text is rendered again)."""
+        return (self.columns is tb.target_columns or self.columns == tb.target_columns) \
+            and len(changes) == len(self.changes) \
+            and all(map(operator.is_, changes, self.changes))
 
 
 @dataclasses.dataclass

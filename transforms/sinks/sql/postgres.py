@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from transforms.dsn import parse_dsn, redact
@@ -31,7 +31,7 @@ from transforms.sinks.sql.alter import (
     filled,
 )
 from transforms.sinks.sql.apply import DEFAULT_TOMBSTONE_RETENTION, Target, WriteChanges
-from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
+from transforms.sinks.sql.batch import Rendered, RowChange, TableBatch, hashed
 from transforms.sinks.sql.copytext import rows_text
 from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
 from transforms.sinks.sql.typemap import postgres_type
@@ -225,15 +225,11 @@ class _PostgresTarget(Target):
             self._stages[key] = stage
         return stage
 
-    def _copy(self, stage: str, columns: Sequence[Column], hidden: Sequence[str],
-              rows: Sequence[Iterable[Any]], tails: Sequence[str]) -> None:
-        """COPY ``rows`` (values of ``columns``; ``tails``: text of the ``hidden`` columns)."""
-        names = [c.name for c in columns] + list(hidden)
+    def _copy(self, stage: str, names: Sequence[str], chunks: Iterable[str]) -> None:
+        """COPY the text ``chunks`` (rows of the ``names`` columns, see :func:`_chunks`)."""
         with self._cur.copy(sql.pg_copy(stage, names)) as copy:
-            # In chunks, so the server parses one while the next is rendered.
-            for start in range(0, len(rows), _COPY_CHUNK_ROWS):
-                end = start + _COPY_CHUNK_ROWS
-                copy.write(rows_text(columns, rows[start:end], tails[start:end]))
+            for chunk in chunks:
+                copy.write(chunk)
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -295,22 +291,33 @@ class _PostgresTarget(Target):
     def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
         key = list(tb.table.key)
         stage = self._stage(tb.target, [*key, sql.POS], [sql.KEY_HASH])
-        self._copy(stage, [tb.table.by_name[k] for k in key], [sql.POS, sql.KEY_HASH],
-                   [c.values for c in changes], [f'{c.pos}\t{c.key_hash}' for c in changes])
+        self._copy(stage, [*key, sql.POS, sql.KEY_HASH],
+                   _chunks([tb.table.by_name[k] for k in key], [c.values for c in changes],
+                           [f'{c.pos}\t{c.key_hash}' for c in changes]))
         self._run(sql.pg_delete(tb.target, stage, key))
         self._run(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
         self._run(f'TRUNCATE {stage}')
 
+    def prepare(self, tb: TableBatch) -> None:
+        # The upserts as they are when no tombstone or truncate mark makes one stale: nearly
+        # always.  ``upsert`` uses the text only if it gets exactly these changes.
+        if tb.keyed:
+            upserts = [c for c in tb.changes.values() if c.row is not None]
+            if upserts:
+                tb.prepared = Rendered(tb.target_columns, upserts,
+                                        _upsert_groups(tb, upserts, ahead=True))
+
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
+        rendered = tb.prepared
+        if rendered is not None and rendered.matches(tb, changes):
+            groups = rendered.groups
+        else:
+            groups = _upsert_groups(tb, changes, ahead=False)
         stale = 0
-        for columns, nulled, group in _by_columns(tb, changes):
-            fill = _fill(tb, group[0].table, nulled)
-            names = [*columns, *fill, sql.POS]
+        for names, nulled, group, chunks in groups:
             stage = self._stage(tb.target, names)
-            self._copy(stage, _copy_columns(group[0].table, columns, fill), [sql.POS],
-                       _values(group, fill), [c.pos for c in group])
-            self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key,
-                                    [n for n in nulled if n not in fill]))
+            self._copy(stage, names, chunks)
+            self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key, nulled))
             stale += len(group) - max(self._cur.rowcount, 0)
             self._run(f'TRUNCATE {stage}')
         return stale
@@ -320,9 +327,9 @@ class _PostgresTarget(Target):
             fill = _fill(tb, group[0].table, nulled)
             names = [*columns, *fill, sql.POS, sql.ROW_ID]
             stage = self._stage(tb.target, names)
-            self._copy(stage, _copy_columns(group[0].table, columns, fill),
-                       [sql.POS, sql.ROW_ID], _values(group, fill),
-                       [f'{c.pos}\t{c.key_hash}' for c in group])
+            self._copy(stage, names, _chunks(_copy_columns(group[0].table, columns, fill),
+                                             _values(group, fill),
+                                             [f'{c.pos}\t{c.key_hash}' for c in group]))
             self._run(sql.pg_append(tb.target, stage, names))
             self._run(f'TRUNCATE {stage}')
 
@@ -336,6 +343,34 @@ class _PostgresTarget(Target):
             self._run("SET LOCAL lock_timeout = '2s'")
             self._run(sql.PG_PRUNE_TOMBSTONES, (older_than_s, limit, older_than_s))
             return max(self._cur.rowcount, 0)
+
+
+# Staged column names, target columns to set NULL, the changes, their COPY text chunks.
+_Group = tuple[list[str], list[str], list[RowChange], Iterable[str]]
+
+
+def _upsert_groups(tb: TableBatch, changes: Sequence[RowChange], *, ahead: bool
+                   ) -> list[_Group]:
+    """Per group of ``_by_columns``: the staged column names, the target columns to set NULL,
+    the changes and their COPY text chunks (a list when rendered ``ahead``, else rendered
+    while the COPY runs, so that the server parses one chunk while the next is made)."""
+    groups: list[_Group] = []
+    for columns, nulled, group in _by_columns(tb, changes):
+        fill = _fill(tb, group[0].table, nulled)
+        chunks = _chunks(_copy_columns(group[0].table, columns, fill), _values(group, fill),
+                         [c.pos for c in group])
+        groups.append(([*columns, *fill, sql.POS], [n for n in nulled if n not in fill], group,
+                       list(chunks) if ahead else chunks))
+    return groups
+
+
+def _chunks(columns: Sequence[Column], rows: Sequence[Iterable[Any]],
+            tails: Sequence[str]) -> Iterator[str]:
+    """COPY text of ``rows`` (values of ``columns``, then the text ``tails`` of the hidden
+    columns), ``_COPY_CHUNK_ROWS`` rows at a time."""
+    for start in range(0, len(rows), _COPY_CHUNK_ROWS):
+        end = start + _COPY_CHUNK_ROWS
+        yield rows_text(columns, rows[start:end], tails[start:end])
 
 
 def _by_columns(tb: TableBatch, changes: Sequence[RowChange]
