@@ -33,6 +33,7 @@ _XLOG_HEADER = struct.Struct('!QQq')
 _KEEPALIVE = struct.Struct('!Qq?')
 _STATUS = struct.Struct('!cQQQq?')
 _STATUS_INTERVAL_S = 5.0  # well under the default wal_sender_timeout of 60 s
+_STATUS_EVERY = 256  # frames of a burst between checks whether a status update is due
 
 SESSION_OPTIONS = ('-c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex '
                    '-c TimeZone=UTC -c extra_float_digits=3')
@@ -89,6 +90,7 @@ class ReplicationStream:
         self._confirmed = 0  # highest position the caller confirmed
         self._reported = -1
         self._last_status = 0.0
+        self._frames = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -165,7 +167,7 @@ class ReplicationStream:
         Blocks on the socket (no busy wait).  Keepalives are answered here.
         """
         pgconn = self._pgconn
-        deadline = time.monotonic() + timeout
+        deadline = None
         while True:
             size, data = pgconn.get_copy_data(1)
             if size > 0:
@@ -174,7 +176,12 @@ class ReplicationStream:
                     start, wal_end, send_time = _XLOG_HEADER.unpack_from(data, 1)
                     if wal_end > self._received:
                         self._received = wal_end
-                    self._maybe_send_status()
+                    # The clock is read once every _STATUS_EVERY frames of a burst (and
+                    # whenever the socket runs dry), not per frame.
+                    self._frames += 1
+                    if self._frames >= _STATUS_EVERY:
+                        self._frames = 0
+                        self._maybe_send_status()
                     return XLogData(start, wal_end, send_time + _EPOCH_OFFSET_US, data[25:])
                 if kind == 0x6B:  # 'k'
                     wal_end, _send_time, reply = _KEEPALIVE.unpack_from(data, 1)
@@ -183,7 +190,10 @@ class ReplicationStream:
                 raise ReplicationError(f'unexpected replication frame type {chr(kind)!r}')
             if size == 0:
                 self._maybe_send_status()
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                remaining = deadline - now
                 # Wake at least every status interval so the server hears from us.  Once the
                 # time is up, still take what already waits in the socket (timeout 0 polls).
                 ready, _, _ = select.select([pgconn.socket], [], [],
