@@ -1,7 +1,8 @@
 """Redrive: apply the change events of dead letters again, once what rejected them is fixed.
 
     python -m pipelines.redrive --dead_letter jsonl:dead-letters \\
-        --sink postgresql://cdc@replica/shop [--only_step WriteChangesToPostgres] [--dry_run]
+        --sink postgresql://cdc@replica/shop [--only_step WriteChangesToPostgres] [--dry_run] \\
+        [--tombstone_retention_hours 168]
 
 A sink that cannot write an event (a CHECK constraint, a value the target column cannot hold)
 dead-letters it with the event and its table schema (``transforms.dead_letter.event_payload``).
@@ -33,7 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from pipelines.cdc import _OneLineParser, _setup_failure, sink_transform
-from pipelines.options import OptionError, SinkSpec, parse_sink
+from pipelines.options import OptionError, SinkSpec, _retention_hours, parse_sink
 from transforms.dead_letter import (
     NotAnEvent,
     WriteDeadLetters,
@@ -179,9 +180,9 @@ def _count_lines(directory: str, before: set[str]) -> int:
 
 
 def build(pipeline: beam.Pipeline, events: Sequence[ChangeEvent], sink: SinkSpec,
-          failed: str) -> None:
+          failed: str, *, tombstone_retention_hours: float = 168.0) -> None:
     """Adds events → sink → failed dead letters to ``pipeline``."""
-    label, writer = sink_transform(sink)
+    label, writer = sink_transform(sink, tombstone_retention_hours=tombstone_retention_hours)
     # No reshuffle: one bundle, in source order, as the stream delivered them.
     created = pipeline | 'CreateEvents' >> beam.Create(list(events), reshuffle=False)
     dead = created | label >> writer
@@ -206,6 +207,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--failed', default=None,
                         help='Where events rejected again go, as jsonl:DIR '
                              '(default: jsonl:DIR/failed-<UTC time> under --dead_letter).')
+    parser.add_argument('--tombstone_retention_hours', '--tombstone-retention-hours',
+                        default='168',
+                        help='Database sinks: as for pipelines.cdc, which this should match '
+                             '(the sink prunes tombstones older than it after a batch; '
+                             'default: 168 = 7 days; 0 keeps tombstones forever).')
     parser.add_argument('--dry_run', '--dry-run', action='store_true',
                         help='Read and decode the dead letters, print what would be redriven, '
                              'apply and move nothing.')
@@ -246,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed_dir = parse_dead_letter_uri(failed)
         except ValueError:
             raise OptionError('--failed', failed, 'use jsonl:DIR') from None
+        retention_hours = _retention_hours(args.tombstone_retention_hours)
         sink_transform(sink)  # a bad sink URI is an option error before anything is read
     except OptionError as exc:
         parser.error(str(exc))
@@ -268,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.view_as(StandardOptions).runner = args.runner
     before = set(os.listdir(failed_dir)) if os.path.isdir(failed_dir) else set()
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, events, sink, failed)
+    build(pipeline, events, sink, failed, tombstone_retention_hours=retention_hours)
     try:
         pipeline.run().wait_until_finish()
     except Exception as exc:

@@ -104,6 +104,8 @@ def test_only_step_leaves_the_other_steps_letters_in_place(
     (['--dead_letter', 'dead', '--sink', 'jsonl:out'], '--dead_letter'),
     (['--dead_letter', 'jsonl:{tmp}', '--sink', 'csv:out'], '--sink'),
     (['--dead_letter', 'jsonl:{tmp}/missing', '--sink', 'jsonl:out'], '--dead_letter'),
+    (['--dead_letter', 'jsonl:{tmp}', '--sink', 'jsonl:out', '--tombstone_retention_hours',
+      '-1'], '--tombstone_retention_hours'),
 ])
 def test_a_bad_option_is_one_line_and_exit_status_2(
         tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], argv: list[str],
