@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -678,15 +679,73 @@ def is_builtin(oid: int) -> bool:
 
 _INT_KINDS = (Kind.INT16, Kind.INT32, Kind.INT64)
 
+_WireDecoder = Callable[[bytes, int], tuple[dict[str, Any], int] | None]
+_NativeDecodeTuple = Callable[
+    [tuple[str, ...], bytes, tuple[Callable[[str], Any] | None, ...], bytes, int],
+    tuple[dict[str, Any], int] | None]
 
-def wire_row_decoder(columns: Sequence[Column]
-                     ) -> Callable[[bytes, int], tuple[dict[str, Any], int] | None]:
+
+def _load_native() -> _NativeDecodeTuple | None:
+    # The C fast path is built by setup.py when a compiler is there (optional=True); the
+    # generated Python decoder below gives the same rows, a few times slower.
+    try:
+        from transforms.sources.postgres._pgwire import decode_tuple
+    except ImportError:
+        return None
+    return decode_tuple
+
+
+_NATIVE_DECODE_TUPLE = _load_native()
+
+# Column modes of _pgwire.decode_tuple (its MODE_* defines).
+_MODE_TEXT, _MODE_INT, _MODE_BOOL, _MODE_TIMESTAMPTZ, _MODE_CALL = b's', b'i', b'b', b'z', b'c'
+
+
+def wire_row_decoder(columns: Sequence[Column], *, native: bool | None = None
+                     ) -> _WireDecoder:
     """A fast path from a pgoutput TupleData, still in its frame, straight to a row dict.
 
     ``decode(frame, offset)`` -> ``(row, end offset)``, or None whenever the tuple is anything
     but text and null values of these columns that all convert (an unchanged TOAST value, a
     binary value, a malformed frame, a bad value): the caller then takes the general path
     (``pgoutput`` + :func:`row_decoder`), which gives the same rows and the precise errors.
+
+    ``native``: None (the default) uses the C decoder when it was built, else the Python one;
+    True insists on C (ImportError without it), False takes Python, the reference the C
+    decoder is tested against.  ``frame`` must be bytes for the C decoder.
+    """
+    if native is None:
+        native = _NATIVE_DECODE_TUPLE is not None
+    if not native:
+        return _python_wire_row_decoder(columns)
+    if _NATIVE_DECODE_TUPLE is None:
+        raise ImportError('the C pgoutput decoder transforms.sources.postgres._pgwire was not'
+                          ' built; reinstall with a C compiler and Python headers, or pass'
+                          ' native=None')
+    modes: list[bytes] = []
+    parsers: list[Callable[[str], Any] | None] = []
+    for column in columns:
+        parse = _raw_parser(column)
+        if parse is None:
+            modes.append(_MODE_TEXT)
+        elif column.kind in _INT_KINDS:
+            modes.append(_MODE_INT)
+            parse = None
+        elif parse is _parse_bool:
+            modes.append(_MODE_BOOL)
+            parse = None
+        elif parse is _parse_timestamptz:
+            modes.append(_MODE_TIMESTAMPTZ)  # the parser still takes whatever is not UTC
+        else:
+            modes.append(_MODE_CALL)
+        parsers.append(parse)
+    decode: _WireDecoder = functools.partial(
+        _NATIVE_DECODE_TUPLE, tuple(c.name for c in columns), b''.join(modes), tuple(parsers))
+    return decode
+
+
+def _python_wire_row_decoder(columns: Sequence[Column]) -> _WireDecoder:
+    """The Python :func:`wire_row_decoder`: the fallback, and the C decoder's reference.
 
     The function is generated per relation, one unrolled block per column, so a change costs
     no intermediate tuple and no per-value dispatch.  Only indices go into the generated
@@ -725,5 +784,5 @@ def wire_row_decoder(columns: Sequence[Column]
     namespace = dict(constants)
     exec(compile('\n'.join(lines), f'<wire_row_decoder {len(columns)} columns>', 'exec'),
          namespace)
-    decode: Callable[[bytes, int], tuple[dict[str, Any], int] | None] = namespace['decode']
+    decode: _WireDecoder = namespace['decode']
     return decode
