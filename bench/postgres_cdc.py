@@ -233,11 +233,12 @@ def read_python(work: Workload, slot: str, mode: str) -> tuple[float, int]:
     ``receive``: frames read through ``ReplicationStream`` and dropped (changes counted by the
     message type byte), the floor of any Python reader over libpq; ``decode``: also decoded
     and assembled into ChangeEvents the way the pipeline does (fast path first);
-    ``json``: also the Debezium JSON line of each event.
+    ``json``: also the Debezium JSON line of each event (``debezium_json_bytes``, as the
+    jsonl sink makes it).
     """
     import psycopg
 
-    from transforms.envelope import dumps, to_debezium_json
+    from transforms.envelope import debezium_json_bytes
     from transforms.sources.postgres import catalog, pgtypes
     from transforms.sources.postgres.changes import ChangeAssembler
     from transforms.sources.postgres.pgoutput import (
@@ -301,7 +302,7 @@ def read_python(work: Workload, slot: str, mode: str) -> tuple[float, int]:
                 count += len(events)
                 if mode == 'json':
                     for event in events:
-                        encoded_bytes += len(dumps(to_debezium_json(event)))
+                        encoded_bytes += len(debezium_json_bytes(event))
         seconds = time.perf_counter() - started
     finally:
         stream.close()
