@@ -360,12 +360,17 @@ def test_truncate_marks_and_tombstones_stop_late_events_batch_after_batch(target
     applier.close()
 
 
+def cut_connections(db: Any) -> None:
+    """Terminate every other session on ``db``'s database: the sink's connection is lost."""
+    with db.connect() as conn:
+        conn.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
 def test_a_lost_connection_is_retried_and_then_raised(pg_db):
     applier = Applier(_PostgresTarget(pg_db.dsn), backoff_s=0.01)
     applier.open()
-    with pg_db.connect() as conn:
-        conn.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
-                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    cut_connections(pg_db)
     assert applier.apply([change('c', 1, after={'id': 1, 'note': 'after reconnect'})]) == []
     applier.close()
     with pg_db.connect() as conn:

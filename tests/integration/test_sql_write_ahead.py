@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.test_sql_sinks import (
     change,
+    cut_connections,
     my_expected,
     my_rows,
     pg_expected,
@@ -129,9 +130,7 @@ def test_rows_rendered_ahead_are_used_only_while_they_still_fit(target, request,
 def test_a_failure_of_the_batch_in_flight_is_raised_to_the_caller(pg_db):
     applier = Applier(_PostgresTarget(pg_db.dsn), max_attempts=1)
     applier.open()
-    with pg_db.connect() as conn:
-        conn.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
-                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    cut_connections(pg_db)
     assert applier.submit([change('c', 3, after={'id': 1, 'note': 'lost'})]) == []
     with pytest.raises(psycopg.OperationalError):
         applier.drain()
