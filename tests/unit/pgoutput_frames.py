@@ -62,15 +62,21 @@ def _xid(xid: int | None) -> bytes:
     return b'' if xid is None else _u32(xid)
 
 
-def tuple_data(values: Sequence[Any]) -> bytes:
-    out = [_u16(len(values))]
+class RawText(bytes):
+    """A text value given as its bytes, as they go on the wire (invalid UTF-8 too)."""
+
+
+def tuple_data(values: Sequence[Any], count: int | None = None) -> bytes:
+    """TupleData: str or RawText as text ('t'), None as null, UNCHANGED_TOAST as 'u', other
+    bytes-like as a binary value ('b'); ``count`` overrides the column count written."""
+    out = [_u16(len(values) if count is None else count)]
     for value in values:
         if value is None:
             out.append(b'n')
         elif value is UNCHANGED_TOAST:
             out.append(b'u')
-        elif isinstance(value, str):
-            data = value.encode()
+        elif isinstance(value, (str, RawText)):
+            data = value.encode() if isinstance(value, str) else bytes(value)
             out.append(b't' + _u32(len(data)) + data)
         else:
             out.append(b'b' + _u32(len(value)) + bytes(value))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import struct
 import sys
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -21,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit import strategies as cst
+from tests.unit.pgoutput_frames import RawText, tuple_data
 from transforms.envelope import Column
 from transforms.sources.postgres import pgtypes
-from transforms.sources.postgres.pgoutput import RelationColumn
+from transforms.sources.postgres.pgoutput import UNCHANGED_TOAST, RelationColumn
 from transforms.sources.postgres.pgtypes import column_for, wire_row_decoder
 
 try:
@@ -54,7 +54,7 @@ INT_OIDS = {21: 16, 23: 32, 20: 64, 26: 32}  # oid -> bits (oid is unsigned 32-b
 BOOL, TIMESTAMPTZ, NUMERIC, FLOAT8, DATE, BYTEA, INT4_ARRAY = 16, 1184, 1700, 701, 1082, 17, 1007
 FAST_OIDS = (*TEXT_OIDS, *INT_OIDS, BOOL, TIMESTAMPTZ, NUMERIC, FLOAT8, DATE, BYTEA, INT4_ARRAY)
 
-UNCHANGED = ('u',)  # an unchanged TOASTed value: kind 'u', no payload
+UNCHANGED = UNCHANGED_TOAST  # an unchanged TOASTed value: kind 'u', no payload
 
 
 def col(oid: int, name: str = 'c') -> Column:
@@ -66,20 +66,10 @@ def columns_of(*oids: int) -> tuple[Column, ...]:
 
 
 def tuple_bytes(values: Sequence[Any], count: int | None = None) -> bytes:
-    """TupleData: str or bytes as a text value ('t'; bytes may be any, invalid UTF-8 too),
-    None as null, UNCHANGED as 'u', a bytearray as a binary value ('b')."""
-    out = [struct.pack('!H', len(values) if count is None else count)]
-    for value in values:
-        if value is None:
-            out.append(b'n')
-        elif value is UNCHANGED:
-            out.append(b'u')
-        elif isinstance(value, bytearray):
-            out.append(b'b' + struct.pack('!I', len(value)) + bytes(value))
-        else:
-            data = value.encode() if isinstance(value, str) else value
-            out.append(b't' + struct.pack('!I', len(data)) + data)
-    return b''.join(out)
+    """``tuple_data`` with this file's shorthand: bytes are a text value's raw bytes (invalid
+    UTF-8 too), a bytearray a binary value."""
+    return tuple_data([RawText(v) if type(v) is bytes else bytes(v) if type(v) is bytearray
+                       else v for v in values], count)
 
 
 def exact(result: tuple[dict[str, Any], int] | None) -> Any:
