@@ -8,7 +8,6 @@ prune interval runs on a fake clock, so nothing sleeps.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +229,8 @@ def test_redrive_prunes_by_the_retention_it_is_given(target, tmp_path: Path, hou
     # A pipeline that keeps tombstones forever must not lose them to a redrive run with the
     # default retention: redrive takes the same option.
     from pipelines import redrive
-    from transforms.dead_letter import DeadLetter, event_payload
+    from tests.transforms.test_redrive import line
+    from transforms.dead_letter import event_payload
 
     applier = target.applier(tombstone_retention=None)
     assert applier.apply([change('c', 10, after=row(1, 10)), change('d', 20, before={'id': 1})]) \
@@ -239,9 +239,8 @@ def test_redrive_prunes_by_the_retention_it_is_given(target, tmp_path: Path, hou
     target.age(dt.timedelta(days=30))
     dead = tmp_path / 'dead'
     dead.mkdir()
-    letter = DeadLetter(step='WriteChanges', error='rejected',
-                        payload=event_payload(change('c', 30, after=row(2, 30))))
-    (dead / 'letters.jsonl').write_text(json.dumps(letter.to_json()) + '\n')
+    (dead / 'letters.jsonl').write_text(
+        line('WriteChanges', event_payload(change('c', 30, after=row(2, 30)))))
     assert redrive.main(['--dead_letter', f'jsonl:{dead}', '--sink', target.db.dsn,
                          '--tombstone_retention_hours', hours]) == 0
     assert target.rows() == {2: '2@30'}
