@@ -48,7 +48,7 @@ import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, event_payload
 from transforms.envelope import ChangeEvent, Column, TableSchema
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
-from transforms.sinks.sql.batch import Batch, RowChange, TableBatch, plan_batch
+from transforms.sinks.sql.batch import Batch, Rendered, RowChange, TableBatch, plan_batch
 from transforms.sinks.sql.routing import Route, TargetTable, check_route
 from transforms.sinks.sql.statements import TRUNCATED
 
@@ -149,11 +149,12 @@ class Target(abc.ABC):
     def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
         """Delete rows older than each change and record the tombstones."""
 
-    def prepare(self, tb: TableBatch) -> None:
-        """Optional CPU work ahead of the batch's transaction, without the connection (it may
-        run while another batch is being written): e.g. render the upserts' rows into
-        ``tb.prepared``, which ``upsert`` must use only if it still fits."""
-        tb.prepared = None  # by default, nothing is done ahead
+    def render_upserts(self, tb: TableBatch, upserts: list[RowChange]) -> Any:
+        """Optional: ``upserts`` rendered ahead of the batch's transaction, without the
+        connection (it may run while another batch is being written); None for nothing.  The
+        Applier keeps it as ``tb.prepared`` (a ``Rendered``), which ``upsert`` uses only if it
+        still ``matches``."""
+        return None
 
     @abc.abstractmethod
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
@@ -336,10 +337,17 @@ class Applier:
             if columns is None or any((tb.target, s) not in self._fitted for s in tb.schemas):
                 continue
             tb.target_columns = columns
+            # The upserts as they are when no tombstone or truncate mark makes one stale:
+            # nearly always (else ``Rendered.matches`` fails and they are rendered again).
+            upserts = [c for c in tb.changes.values() if c.row is not None] if tb.keyed else []
+            if not upserts:
+                continue
             try:
-                self.target.prepare(tb)
+                groups = self.target.render_upserts(tb, upserts)
             except Exception:  # rendered again in the transaction, with its proper errors
-                tb.prepared = None
+                continue
+            if groups is not None:
+                tb.prepared = Rendered(columns, upserts, groups)
         return outcome
 
     def _write_batch(self, outcome: _Outcome) -> _Outcome:

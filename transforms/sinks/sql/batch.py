@@ -80,7 +80,7 @@ class TableBatch:
     appends: list[RowChange] = dataclasses.field(default_factory=list)
     # The target table's columns, once the sink has made it hold every schema of the batch.
     target_columns: frozenset[str] = frozenset()
-    # What the target rendered ahead for the upserts (``Target.prepare``), if anything.
+    # What the target rendered ahead for the upserts (``Target.render_upserts``), if anything.
     prepared: Any = dataclasses.field(default=None, repr=False)
     _nulled: dict[int, tuple[TableSchema, frozenset[str], tuple[str, ...]]] = dataclasses.field(
         default_factory=dict, repr=False)
@@ -106,7 +106,7 @@ class TableBatch:
 
 
 class Rendered:
-    """A target's text for a table's upserts, rendered ahead (``Target.prepare``), and what
+    """A target's text for a table's upserts, rendered ahead (``Target.render_upserts``), and what
     it was rendered for: ``groups`` is the target's own."""
 
     __slots__ = ('changes', 'columns', 'groups')

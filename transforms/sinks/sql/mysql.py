@@ -34,7 +34,7 @@ from transforms.sinks.sql.alter import (
     filled,
 )
 from transforms.sinks.sql.apply import DEFAULT_TOMBSTONE_RETENTION, Target, WriteChanges
-from transforms.sinks.sql.batch import Rendered, RowChange, TableBatch, hashed
+from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
 from transforms.sinks.sql.typemap import mysql_type
 
@@ -446,14 +446,9 @@ class _MySQLTarget(Target):
             self._run(sql.my_record_tombstones(
                 [f"({label}, '{c.key_hash}', '{c.pos}')" for c in chunk]))
 
-    def prepare(self, tb: TableBatch) -> None:
-        # The upserts' rows as literals, as they are when no tombstone or truncate mark makes
-        # one stale; ``upsert`` uses them only if it gets exactly these changes.
-        if tb.keyed:
-            upserts = [c for c in tb.changes.values() if c.row is not None]
-            if upserts:
-                tb.prepared = Rendered(tb.target_columns, upserts,
-                                       self._rows(tb, upserts, with_id=False))
+    def render_upserts(self, tb: TableBatch, upserts: list[RowChange]
+                       ) -> list[tuple[list[str], tuple[str, ...], list[str]]]:
+        return self._rows(tb, upserts, with_id=False)  # the rows as escaped literals
 
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
         rendered = tb.prepared

@@ -31,7 +31,7 @@ from transforms.sinks.sql.alter import (
     filled,
 )
 from transforms.sinks.sql.apply import DEFAULT_TOMBSTONE_RETENTION, Target, WriteChanges
-from transforms.sinks.sql.batch import Rendered, RowChange, TableBatch, hashed
+from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.copytext import rows_text
 from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
 from transforms.sinks.sql.typemap import postgres_type
@@ -298,14 +298,8 @@ class _PostgresTarget(Target):
         self._run(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
         self._run(f'TRUNCATE {stage}')
 
-    def prepare(self, tb: TableBatch) -> None:
-        # The upserts as they are when no tombstone or truncate mark makes one stale: nearly
-        # always.  ``upsert`` uses the text only if it gets exactly these changes.
-        if tb.keyed:
-            upserts = [c for c in tb.changes.values() if c.row is not None]
-            if upserts:
-                tb.prepared = Rendered(tb.target_columns, upserts,
-                                        _upsert_groups(tb, upserts, ahead=True))
+    def render_upserts(self, tb: TableBatch, upserts: list[RowChange]) -> list[_Group]:
+        return _upsert_groups(tb, upserts, ahead=True)
 
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
         rendered = tb.prepared
