@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_postgres_source import REPO, wait_for_slot
+from tests.replay import read_jsonl_dir
 from transforms.schema.registry import SchemaRegistry
 from transforms.sources.postgres.replication import parse_lsn
 
@@ -178,6 +180,20 @@ def wait_rows_written(conn: psycopg.Connection[Any], xid: int, count: int = 3,
         time.sleep(0.05)
 
 
+def wait_confirmed(conn: psycopg.Connection[Any], slots: Iterable[str], lsn: str,
+                   timeout: float = 60) -> None:
+    """Until every slot in ``slots`` has confirmed ``lsn``: its pipeline wrote what came before."""
+    deadline = time.monotonic() + timeout
+    for slot in slots:
+        while True:
+            confirmed = conn.execute('SELECT confirmed_flush_lsn::text FROM pg_replication_slots '
+                                     'WHERE slot_name = %s', (slot,)).fetchone()[0]
+            if parse_lsn(confirmed) >= parse_lsn(lsn):
+                break
+            assert time.monotonic() < deadline, f'slot {slot} never confirmed {lsn}'
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def writing(dsn: str) -> Iterator[Writer]:
     writer = Writer(dsn)
@@ -236,6 +252,11 @@ def test_targets_follow_ddl_under_load(postgres: Any, pg_db: Any, mariadb_db: An
                         time.sleep(1)
                     elif number == ADD_DEFAULT:  # no rewrite needed: older rows read 7 as is
                         wait_rows_written(conn, xids[-1])
+                        # A stream reads the 7 from the catalog when it first sees c2, and the
+                        # rewrite of a later step clears it there (docs/schema.md, Limits):
+                        # every pipeline must be past c2's first rows before that.
+                        wait_confirmed(conn, pipelines, conn.execute(
+                            'SELECT pg_current_wal_lsn()::text').fetchone()[0])
                     else:
                         wait_all_rows_rewritten(conn, xids[-1])
                 assert writer.transactions > 50
@@ -395,3 +416,64 @@ def test_strict_stops_before_an_incompatible_change_and_evolve_delivers_the_rest
             assert pg_docs(conn, 't')['21'] == {'id': 21, 'm': 'twenty-one'}
     finally:
         postgres.drop_database(target.name)
+
+
+def wait_for_change(out: Path, key: int, timeout: float = 60) -> None:
+    """Until the JSON Lines sink under ``out`` holds a change of public.t's row ``key``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if any(doc['source']['table'] == 't' and (doc['after'] or doc['before'] or {}).get('id')
+               == key for doc in read_jsonl_dir(str(out))):
+            return
+        assert time.monotonic() < deadline, f'no change of row {key} under {out}'
+        time.sleep(0.1)
+
+
+def test_a_lagging_stream_keeps_the_value_an_added_column_came_with(pg_db: Any,
+                                                                     tmp_path: Path) -> None:
+    """Two pipelines paused (SIGSTOP) while the source drops a column and rewrites the table
+    read those changes after the rewrite cleared ``attmissingval``.  One had seen c2 added with
+    DEFAULT 7: c2 keeps 7 in every later version, as it would have had it kept up.  The other
+    was paused before the ADD COLUMN: the value is gone from the catalog, and it says so."""
+    pipelines: dict[str, Any] = {}
+    with pg_db.connect() as conn, stopped_on_failure(pipelines):
+        conn.execute('CREATE TABLE t (id integer PRIMARY KEY, n integer, gone text)')
+        conn.execute("INSERT INTO t VALUES (1, 1, 'a')")
+        for name in ('kept_up', 'late'):
+            # Longer idle: the first would end while the second starts up.
+            pipelines[name] = start_pipeline(pg_db.dsn, f'jsonl:{tmp_path / name}', tmp_path,
+                                             name, '--max_idle_secs', '8')
+            wait_for_slot(conn, name)
+        conn.execute("INSERT INTO t VALUES (2, 2, 'b')")
+        for name in pipelines:
+            wait_for_change(tmp_path / name, 2)
+        pipelines['late'][0].send_signal(signal.SIGSTOP)
+        conn.execute('ALTER TABLE t ADD COLUMN c2 integer DEFAULT 7')
+        conn.execute("INSERT INTO t VALUES (3, 3, 'c', 8)")
+        wait_for_change(tmp_path / 'kept_up', 3)
+        pipelines['kept_up'][0].send_signal(signal.SIGSTOP)
+        conn.execute('ALTER TABLE t DROP COLUMN gone')
+        conn.execute('INSERT INTO t VALUES (4, 4, 9)')
+        conn.execute('ALTER TABLE t ALTER COLUMN n TYPE bigint')  # rewrites t
+        conn.execute('INSERT INTO t VALUES (5, 5, 10)')
+        assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass "
+                            'AND atthasmissing').fetchone()[0] == 0
+        for process, _ in pipelines.values():
+            process.send_signal(signal.SIGCONT)
+        outputs = {name: finish(*pipeline) for name, pipeline in pipelines.items()}
+
+    def versions(name: str) -> list[tuple[list[str], str | None]]:
+        registry = SchemaRegistry(str(tmp_path / f'{name}-schemas'))
+        return [([c.name for c in v.schema.columns],
+                 next((c.default for c in v.schema.columns if c.name == 'c2'), None))
+                for v in registry.versions('public.t')]
+
+    assert versions('kept_up') == [
+        (['id', 'n', 'gone'], None), (['id', 'n', 'gone', 'c2'], '7'),
+        (['id', 'n', 'c2'], '7'), (['id', 'n', 'c2'], '7')]  # the last: n is bigint
+    assert 'can no longer be known' not in outputs['kept_up']
+    assert versions('late') == [
+        (['id', 'n', 'gone'], None), (['id', 'n', 'gone', 'c2'], None),
+        (['id', 'n', 'c2'], None), (['id', 'n', 'c2'], None)]
+    warning = next(line for line in outputs['late'].splitlines() if 'can no longer' in line)
+    assert "public.t: column 'c2' has a DEFAULT" in warning and 'backfill the table' in warning

@@ -22,7 +22,8 @@ from transforms.envelope import (
     to_debezium_json,
 )
 from transforms.sources.postgres import pgtypes
-from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
+from transforms.sources.postgres.catalog import CatalogColumn
+from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler, _xid_follows
 from transforms.sources.postgres.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
@@ -575,24 +576,42 @@ def test_any_row_decodes_to_its_values_and_round_trips(
 # -- columns added with a constant default (attmissingval) ------------------------------------
 
 
-def test_a_column_older_rows_read_a_missing_value_of_carries_it_as_default() -> None:
-    lookups: list[int] = []
+def in_catalog(xmin: int = XID - 5, **missing: str | None) -> dict[str, CatalogColumn]:
+    """The catalog's columns of orders (plus ``missing``'s), last written by ``xmin``; a
+    column given a missing value has a DEFAULT."""
+    columns = {name: CatalogColumn(None, False, xmin)
+               for name in ('id', 'note', 'amount', 'placed_at', 'doc', 'tags')}
+    columns.update({name: CatalogColumn(text, text is not None, xmin)
+                    for name, text in missing.items()})
+    return columns
 
-    def lookup_missing(oid: int) -> dict[str, str]:
+
+def with_lookups(answers: list[dict[str, CatalogColumn]],
+                 lookups: list[int]) -> ChangeAssembler:
+    """An assembler whose catalog gives ``answers`` in turn, counting look-ups."""
+    def lookup_missing(oid: int) -> dict[str, CatalogColumn]:
         lookups.append(oid)
-        return {'c2': '{7}', 'label': '{"a \\"b\\" c"}', 'nums': '{"{1,2}"}', 'gone': '{NULL}'}
+        return answers[len(lookups) - 1]
 
     catalog = FakeCatalog()
+    return ChangeAssembler('shop-prod', 'shop', catalog.lookup_key, catalog.lookup_types,
+                           lookup_missing, clock=lambda: NOW)
+
+
+def defaults(table) -> dict[str, str | None]:
+    return {c.name: c.default for c in table.columns if c.default is not None}
+
+
+def test_a_column_older_rows_read_a_missing_value_of_carries_it_as_default() -> None:
+    lookups: list[int] = []
+    asm = with_lookups([in_catalog(c2='{7}', label='{"a \\"b\\" c"}', nums='{"{1,2}"}',
+                                   gone='{NULL}')], lookups)
     extra = (RelationColumn('c2', INT4, -1, False), RelationColumn('label', TEXT, -1, False),
              RelationColumn('nums', INT4_ARRAY, -1, False),
              RelationColumn('gone', INT4, -1, False))
-    asm = ChangeAssembler('shop-prod', 'shop', catalog.lookup_key, catalog.lookup_types,
-                          lookup_missing, clock=lambda: NOW)
     table = asm.relation(orders(extra=extra)).schema
     assert lookups == [ORDERS]
-    assert {c.name: c.default for c in table.columns} == {
-        'id': None, 'note': None, 'amount': None, 'placed_at': None, 'doc': None, 'tags': None,
-        'c2': '7', 'label': 'a "b" c', 'nums': '{1,2}', 'gone': None}
+    assert defaults(table) == {'c2': '7', 'label': 'a "b" c', 'nums': '{1,2}'}
     # The rows still decode as before: the default is only the text older rows read.
     begin(asm)
     event = one(asm.change(Insert(xid=None, relation_oid=ORDERS,
@@ -600,11 +619,66 @@ def test_a_column_older_rows_read_a_missing_value_of_carries_it_as_default() -> 
     assert event.after is not None and event.after['c2'] == 8
 
 
+def test_a_known_column_keeps_its_default_when_a_later_rewrite_cleared_it() -> None:
+    # c2 came with DEFAULT 7; by the time the stream reads the next DDL (a column dropped) the
+    # table was rewritten, which cleared attmissingval: c2 keeps 7, the catalog is not asked.
+    lookups: list[int] = []
+    asm = with_lookups([in_catalog(c2='{7}'), in_catalog(xmin=XID + 9, c2=None, c3='{3}')],
+                       lookups)
+    c2, c3 = RelationColumn('c2', INT4, -1, False), RelationColumn('c3', INT4, -1, False)
+    begin(asm)
+    first = asm.relation(orders(extra=(c2,))).schema
+    dropped = Relation(xid=None, oid=ORDERS, namespace='public', name='orders',
+                       replica_identity='d',
+                       columns=tuple(c for c in orders(extra=(c2,)).columns if c.name != 'doc'))
+    second = asm.relation(dropped).schema
+    assert defaults(first) == defaults(second) == {'c2': '7'}
+    assert lookups == [ORDERS]
+    # A column new to the stream is looked up; the known one still keeps its value.
+    third = asm.relation(orders(extra=(c2, c3))).schema
+    assert lookups == [ORDERS, ORDERS]
+    assert defaults(third) == {'c2': '7', 'c3': '3'}
+
+
+def test_a_default_cleared_after_the_change_is_reported_as_unknown(caplog) -> None:
+    c2 = RelationColumn('c2', INT4, -1, False)
+    rewritten = {'c2': CatalogColumn(None, True, XID + 3)}
+    asm = with_lookups([{**in_catalog(), **rewritten}], [])
+    begin(asm)
+    with caplog.at_level('WARNING'):
+        table = asm.relation(orders(extra=(c2,))).schema
+    assert defaults(table) == {}
+    assert "column 'c2' has a DEFAULT" in caplog.text and 'backfill' in caplog.text
+    assert f'transaction {XID}' in caplog.text
+
+
+@pytest.mark.parametrize(('xmin', 'has_default'), [
+    (XID - 3, True),  # the column's DEFAULT came with no missing value (added, then SET)
+    (XID + 3, False),  # rewritten since, but the column has no DEFAULT: nothing was lost
+])
+def test_a_column_without_a_missing_value_is_not_reported_unless_it_may_have_lost_one(
+        caplog, xmin: int, has_default: bool) -> None:
+    asm = with_lookups([{**in_catalog(), 'c2': CatalogColumn(None, has_default, xmin)}], [])
+    begin(asm)
+    with caplog.at_level('WARNING'):
+        table = asm.relation(orders(extra=(RelationColumn('c2', INT4, -1, False),))).schema
+    assert defaults(table) == {} and caplog.text == ''
+
+
+@pytest.mark.parametrize(('xid', 'other', 'follows'), [
+    (10, 9, True), (9, 10, False), (10, 10, False),
+    (3, 2**32 - 5, True),  # after wraparound
+    (2**32 - 5, 3, False),
+])
+def test_transaction_ids_compare_modulo_wraparound(xid: int, other: int, follows: bool) -> None:
+    assert _xid_follows(xid, other) is follows
+
+
 def test_without_missing_values_the_schema_is_the_same_as_without_the_lookup() -> None:
     catalog = FakeCatalog()
     plain = assembler(catalog).relation(orders()).schema
     asm = ChangeAssembler('shop-prod', 'shop', catalog.lookup_key, catalog.lookup_types,
-                          lambda oid: {}, clock=lambda: NOW)
+                          lambda oid: in_catalog(), clock=lambda: NOW)
     assert asm.relation(orders()).schema == plain
     assert all(c.default is None for c in plain.columns)
 

@@ -11,10 +11,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ['SlotInfo', 'SourceSetupError', 'TableRef', 'check_server', 'drop_slot',
-           'ensure_publication',
-           'missing_values', 'primary_key', 'quote_ident', 'resolve_tables', 'slot_info',
-           'table_columns']
+__all__ = ['CatalogColumn', 'SlotInfo', 'SourceSetupError', 'TableRef', 'check_server',
+           'drop_slot', 'ensure_publication', 'missing_values', 'primary_key', 'quote_ident',
+           'resolve_tables', 'slot_info', 'table_columns']
 
 _LOG = logging.getLogger(__name__)
 
@@ -196,13 +195,26 @@ def table_columns(conn: Any, relation_oid: int) -> list[tuple[str, int, int]]:
         (relation_oid,)).fetchall()
 
 
-def missing_values(conn: Any, relation_oid: int) -> dict[str, str]:
-    """``attmissingval::text`` by column name: the value rows older than an ``ADD COLUMN …
-    DEFAULT <constant>`` read (PostgreSQL 11+, no rewrite), as a one-element array literal."""
+@dataclasses.dataclass(frozen=True)
+class CatalogColumn:
+    """What ``pg_attribute`` says *now* of a column, for the value rows older than it read."""
+
+    missing: str | None  # attmissingval::text, a one-element array literal; None: none
+    has_default: bool  # atthasdef
+    xmin: int  # the transaction that last wrote the column's pg_attribute row
+
+
+def missing_values(conn: Any, relation_oid: int) -> dict[str, CatalogColumn]:
+    """The live columns of a table by name, with ``attmissingval::text``: the value rows older
+    than an ``ADD COLUMN … DEFAULT <constant>`` read (PostgreSQL 11+, no rewrite).  A rewrite
+    since (``VACUUM FULL``, ``CLUSTER``, a rewriting ``ALTER … TYPE``) cleared it and rewrote
+    the row, so ``xmin`` tells whether the answer is younger than a change being decoded."""
     rows = conn.execute(
-        'SELECT attname, attmissingval::text FROM pg_attribute WHERE attrelid = %s '
-        'AND atthasmissing AND NOT attisdropped', (relation_oid,)).fetchall()
-    return {name: text for name, text in rows if text is not None}
+        'SELECT attname, CASE WHEN atthasmissing THEN attmissingval::text END, atthasdef, '
+        'xmin::text::bigint FROM pg_attribute WHERE attrelid = %s AND attnum > 0 '
+        'AND NOT attisdropped', (relation_oid,)).fetchall()
+    return {name: CatalogColumn(text, has_default, xmin)
+            for name, text, has_default, xmin in rows}
 
 
 def drop_slot(conn: Any, name: str, timeout: float = 30.0) -> None:

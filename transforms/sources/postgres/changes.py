@@ -32,6 +32,7 @@ from transforms.envelope import (
     TransactionInfo,
 )
 from transforms.sources.postgres import pgtypes
+from transforms.sources.postgres.catalog import CatalogColumn
 from transforms.sources.postgres.pgoutput import (
     Begin,
     Commit,
@@ -51,6 +52,12 @@ _LOG = logging.getLogger(__name__)
 _INSERT, _UPDATE, _NEW_TUPLE = b'IUN'
 _U32 = struct.Struct('!I')
 _NO_COLUMNS: frozenset[str] = frozenset()
+
+
+def _xid_follows(xid: int, other: int) -> bool:
+    """Whether 32-bit transaction id ``xid`` is newer than ``other``, modulo wraparound."""
+    return 0 < (xid - other) % 2**32 < 2**31
+
 
 HEARTBEAT_PREFIX = 'changebeam_heartbeat'
 """Prefix of the logical messages the source emits to keep an idle slot advancing."""
@@ -76,10 +83,11 @@ class ChangeAssembler:
     def __init__(self, server_name: str, database: str,
                  lookup_key: Callable[[int], tuple[str, ...]],
                  lookup_types: Callable[[Sequence[int]], Mapping[int, pgtypes.TypeInfo]],
-                 lookup_missing: Callable[[int], Mapping[str, str]] | None = None,
+                 lookup_missing: Callable[[int], Mapping[str, CatalogColumn]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        """``lookup_missing(relation_oid)``: ``attmissingval::text`` by column name (see
-        ``catalog.missing_values``); it becomes ``Column.default``.  None: no defaults."""
+        """``lookup_missing(relation_oid)``: the table's columns in the catalog by name (see
+        ``catalog.missing_values``); ``attmissingval`` becomes ``Column.default``.  None: no
+        defaults."""
         self._server = server_name
         self._database = database
         self._lookup_key = lookup_key
@@ -136,7 +144,8 @@ class ChangeAssembler:
             self._types.update(self._lookup_types(unknown))
         columns = tuple(pgtypes.column_for(c, self._types) for c in message.columns)
         if self._lookup_missing is not None:
-            columns = self._with_missing_values(message, columns)
+            columns = self._with_missing_values(message, columns,
+                                                self._relations.get(message.oid))
         identity = tuple(c.name for c in message.columns if c.is_key)
         key = self._lookup_key(message.oid)
         if not key and message.replica_identity == 'i':
@@ -148,27 +157,49 @@ class ChangeAssembler:
         self._relations[message.oid] = state
         return state
 
-    def _with_missing_values(self, message: Relation,
-                             columns: tuple[Column, ...]) -> tuple[Column, ...]:
+    def _with_missing_values(self, message: Relation, columns: tuple[Column, ...],
+                             previous: RelationState | None) -> tuple[Column, ...]:
         """Columns added by ``ADD COLUMN … DEFAULT <constant>`` (PostgreSQL 11+) carry the value
-        the rows older than it read, which the log never shows, as ``Column.default``."""
+        the rows older than it read, which the log never shows, as ``Column.default``.
+
+        The catalog answers as it is now, not as of the change: a stream that lags behind a
+        rewrite (``VACUUM FULL``, ``CLUSTER``, a rewriting ``ALTER … TYPE``) would read the value
+        as gone.  So it is looked up only for columns the stream sees for the first time; a
+        column it already knows keeps the value it came with, through any later version."""
         assert self._lookup_missing is not None
-        missing = self._lookup_missing(message.oid)
-        if not missing:
-            return columns
+        known = {c.name: c.default for c in previous.schema.columns} if previous else {}
+        new = previous is None or any(c.name not in known for c in columns)
+        catalog = self._lookup_missing(message.oid) if new else {}
+        xid = message.xid if message.xid is not None else \
+            self._begin.xid if self._begin is not None else None
         out = []
         for column in columns:
-            text = missing.get(column.name)
-            if text is not None:
-                try:
-                    default = pgtypes.missing_value_text(column, text)
-                except ValueError as exc:  # never seen; the column stays without a default
-                    _LOG.warning('%s.%s: %s', message.namespace, message.name, exc)
-                    default = None
-                if default is not None:
-                    column = dataclasses.replace(column, default=default)
-            out.append(column)
+            if column.name in known:
+                default = known[column.name]
+            else:
+                default = self._missing_value(message, column, catalog.get(column.name), xid)
+            out.append(column if default is None else dataclasses.replace(column, default=default))
         return tuple(out)
+
+    @staticmethod
+    def _missing_value(message: Relation, column: Column, entry: CatalogColumn | None,
+                       xid: int | None) -> str | None:
+        if entry is not None and entry.missing is not None:
+            try:
+                return pgtypes.missing_value_text(column, entry.missing)
+            except ValueError as exc:  # never seen; the column stays without a default
+                _LOG.warning('%s.%s: %s', message.namespace, message.name, exc)
+                return None
+        if entry is not None and entry.has_default and xid is not None \
+                and _xid_follows(entry.xmin, xid):
+            # Written after this change: a rewrite since may have cleared the value.
+            _LOG.warning(
+                '%s.%s: column %r has a DEFAULT, and its catalog row changed after transaction '
+                '%d that first shows it (the table was altered or rewritten since), so the '
+                'value rows older than the column read can no longer be known; if it was '
+                'added with a constant DEFAULT, rows not written since are NULL in the '
+                'targets: backfill the table', message.namespace, message.name, column.name, xid)
+        return None
 
     def type(self, message: TypeMessage) -> None:
         # Type messages only name a type; enums and domains need the catalog, so forget what we

@@ -129,7 +129,7 @@ class _ReadSlotFn(StreamReadFn):
         with self._lock:
             return catalog.primary_key(self._control, relation_oid)
 
-    def _lookup_missing(self, relation_oid: int) -> dict[str, str]:
+    def _lookup_missing(self, relation_oid: int) -> dict[str, catalog.CatalogColumn]:
         with self._lock:
             return catalog.missing_values(self._control, relation_oid)
 
