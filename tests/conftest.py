@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
     from tests.services.gcs import FakeGcsServer
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
     from tests.services.moto import MotoServer
     from tests.services.postgres import PgDatabase, PostgresServer
     from tests.services.pubsub import PubSubEmulator
+
+# Property tests check values, not speed: the shared machines tests run on swing several-fold
+# in CPU speed from one day to the next (a plain Python loop ran 3-4x slower on one), and a
+# per-example deadline or the too-slow health check would fail a correct test there.
+settings.register_profile('changebeam', deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile('changebeam')
 
 # The service modules are imported inside the fixtures: together they take ~0.6 s to import
 # (moto, boto3, psycopg), which unit-test runs should not pay.
