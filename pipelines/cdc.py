@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -129,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _LOG.info('capturing %s into %s:%s', config.source, config.sink.kind,
               '***' if not config.sink.is_file else config.sink.target)
     pipeline = beam.Pipeline(options=options)
+    if known.runner == 'DirectRunner':
+        _stop_on_signals()
     try:
         build(pipeline, config)
     except OptionError as exc:
@@ -144,6 +148,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _summary(result)
     return 0
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM or SIGINT (Ctrl-C) stops the sources at the end of their round, as
+    ``--max_idle_secs`` does: what they read is written and confirmed, and the program ends
+    with status 0.  A second signal ends it at once (what is not confirmed is read again on
+    restart)."""
+    from transforms.sources.stream_range import STOP
+
+    def handle(signum: int, _frame: object) -> None:
+        if STOP.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        _LOG.info('%s: stopping once what was read is written (again to stop at once)',
+                  signal.Signals(signum).name)
+        STOP.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
 
 
 def _setup_failure(exc: BaseException) -> str | None:

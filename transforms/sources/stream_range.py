@@ -14,6 +14,7 @@ once, so the range of positions is never split up front, and on drain reading si
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,10 +23,16 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 
-__all__ = ['END', 'StreamReadFn', 'StreamRestrictionProvider']
+__all__ = ['END', 'STOP', 'StreamReadFn', 'StreamRestrictionProvider']
 
 END = (1 << 63) - 1
 """The end of every source's position range (the largest int64 Beam's OffsetRange holds)."""
+
+STOP = threading.Event()
+"""Set (by ``pipelines.cdc`` on SIGTERM or SIGINT) to stop every source of this process at the
+end of its current round, as ``--max_idle_secs`` does: what was read is written and confirmed,
+nothing more is read.  Only runners that run the sources in this process (DirectRunner) see
+it; on Dataflow or Flink, draining the job is the runner's business."""
 
 
 class StreamRestrictionProvider(RestrictionProvider):

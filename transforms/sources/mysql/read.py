@@ -68,7 +68,7 @@ from transforms.sources.mysql.stream import (
     check_server,
 )
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import END, StreamReadFn
+from transforms.sources.stream_range import END, STOP, StreamReadFn
 
 __all__ = ['SNAPSHOT_MODES', 'ReadMySqlChanges', 'connect_args']
 
@@ -629,7 +629,8 @@ class _ReadBinlogFn(StreamReadFn):
             # Caught up: nothing committed before now can still arrive.
             self._advance_watermark(watermark, Timestamp.now() - 1)
         idle = now - self._idle_since
-        stopping = config.max_idle_secs is not None and idle >= config.max_idle_secs
+        stopping = STOP.is_set() or (config.max_idle_secs is not None
+                                     and idle >= config.max_idle_secs)
         if confirm is not None or stopping or self._pending != self._saved:
             emitted = self._emitted
             finalizer.register(lambda c=confirm, n=emitted, d=changed, f=stopping:
@@ -639,7 +640,10 @@ class _ReadBinlogFn(StreamReadFn):
         self._progress.update(self._emitted, self._confirmed_changes, self._last_lag,
                               f'binlog at {self._where}')
         if stopping:
-            _LOG.info('no change for %.1f s: stopping', idle)
+            if STOP.is_set():
+                _LOG.info('stop requested: stopping after %d change(s)', self._emitted)
+            else:
+                _LOG.info('no change for %.1f s: stopping', idle)
             tracker.try_claim(END - 1)
             return
         tracker.defer_remainder()

@@ -54,7 +54,7 @@ from transforms.sources.postgres.replication import (
 )
 from transforms.sources.postgres.snapshot import SnapshotInvalidated, read_snapshot
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import END, StreamReadFn
+from transforms.sources.stream_range import END, STOP, StreamReadFn
 
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
 
@@ -387,8 +387,12 @@ class _ReadSlotFn(StreamReadFn):
         self._progress.update(self._emitted, self._confirmed_changes, self._last_lag,
                               f'slot at {format_lsn(stream.confirmed_lsn)}')
         idle = now - self._idle_since
-        if config.max_idle_secs is not None and idle >= config.max_idle_secs:
-            _LOG.info('no change for %.1f s: stopping', idle)
+        if STOP.is_set() or (config.max_idle_secs is not None
+                             and idle >= config.max_idle_secs):
+            if STOP.is_set():
+                _LOG.info('stop requested: stopping after %d change(s)', self._emitted)
+            else:
+                _LOG.info('no change for %.1f s: stopping', idle)
             tracker.try_claim(END - 1)
             return
         tracker.defer_remainder()
