@@ -8,7 +8,12 @@ from typing import Any
 import fastavro
 import pytest
 
-from tests.integration.test_postgres_source import finish, start_cdc, wait_for_slot
+from tests.integration.test_postgres_source import (
+    CAUGHT_UP_OPTIONS,
+    start_cdc,
+    stop_when_caught_up,
+    wait_for_slot,
+)
 from transforms.envelope_avro import avro_schema, from_avro_record
 from transforms.schema.registry import SchemaRegistry
 
@@ -29,9 +34,10 @@ def test_every_avro_file_reads_with_its_own_and_with_the_latest_schema(
     with pg_db.connect() as conn:
         conn.execute('CREATE TABLE items (id integer PRIMARY KEY, qty integer, '
                      'note varchar(10))')
-        cdc = start_cdc(pg_db.dsn, lake, '--max_idle_secs', '3', '--sink', f'avro:{lake}',
+        cdc = start_cdc(pg_db.dsn, lake, *CAUGHT_UP_OPTIONS, '--sink', f'avro:{lake}',
                         '--schema_registry', str(lake / '_schemas'))
-        wait_for_slot(conn, f'changebeam_{pg_db.name}')
+        slot = f'changebeam_{pg_db.name}'
+        wait_for_slot(conn, slot)
         next_id = 1
         for step in [None, *STEPS]:
             if step:
@@ -46,7 +52,7 @@ def test_every_avro_file_reads_with_its_own_and_with_the_latest_schema(
                              f'({", ".join(["%s"] * len(columns))})',
                              [values[c] for c in columns])
                 next_id += 1
-        finish(cdc)
+        stop_when_caught_up(cdc, conn, slot)
     registry = SchemaRegistry(str(lake / '_schemas'))
     versions = registry.versions('public.items')
     assert len(versions) == len(STEPS) + 1

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from tests.integration.test_postgres_source import (
+    CAUGHT_UP_OPTIONS,
     TYPES_SCHEMA,
-    finish,
     mixed_workload,
     start_cdc_to,
+    stop_when_caught_up,
     wait_for_slot,
 )
 
@@ -40,10 +41,10 @@ def test_postgres_replica_equals_source_for_every_type(postgres: Any, pg_db: Any
             with target.connect() as tconn:  # the enum and domain must exist on the target
                 tconn.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');"
                               'CREATE DOMAIN posint AS integer CHECK (VALUE > 0)')
-            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--max_idle_secs', '3')
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
             wait_for_slot(conn, f'changebeam_{pg_db.name}')
             mixed_workload(conn)
-            finish(cdc)
+            stop_when_caught_up(cdc, conn, f'changebeam_{pg_db.name}')
             with target.connect() as tconn:
                 for table in ('public.every_type', 'public.other', 'public.full_identity'):
                     assert pg_rows(tconn, table) == pg_rows(conn, table), table
@@ -82,12 +83,12 @@ def test_postgres_replica_survives_sigkill_and_replay(postgres: Any, pg_db: Any,
                 first.send_signal(signal.SIGKILL)
                 first.wait()
                 time.sleep(1)
-                second = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--max_idle_secs', '3')
+                second = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
                 time.sleep(4)
             finally:
                 stop.set()
                 thread.join()
-            finish(second)
+            stop_when_caught_up(second, conn, f'changebeam_{pg_db.name}')
             with target.connect() as tconn:
                 replica = pg_rows(tconn, 'public.counters')
             source = pg_rows(conn, 'public.counters')
@@ -117,13 +118,13 @@ def test_mariadb_replica_equals_postgres_source(pg_db: Any, mariadb_db: Any,
                      "TIMESTAMPTZ '2026-01-01 00:00:00+00' + g * INTERVAL '1 minute', "
                      "'\\x00ff'::bytea, g::bigint * 1000000000, g / 8.0, DATE '2026-01-01' + g "
                      'FROM generate_series(1, 300) g')
-        cdc = start_cdc_to(pg_db.dsn, mariadb_db.dsn, tmp_path, '--max_idle_secs', '3')
+        cdc = start_cdc_to(pg_db.dsn, mariadb_db.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
         wait_for_slot(conn, f'changebeam_{pg_db.name}')
         conn.execute("UPDATE orders SET paid = NOT paid, customer = 'changed' WHERE id <= 20")
         conn.execute('DELETE FROM orders WHERE id > 290')
         conn.execute("INSERT INTO orders VALUES (1000, 'late', 9.99, true, now(), NULL, -1, "
                      "'NaN', NULL)")
-        finish(cdc)
+        stop_when_caught_up(cdc, conn, f'changebeam_{pg_db.name}')
         columns = 'id, customer, total, paid, placed, raw, qty, weight, day'
         source = {r[0]: r for r in conn.execute(f'SELECT {columns} FROM orders').fetchall()}
     with mariadb_db.connect() as mconn, mconn.cursor() as cursor:

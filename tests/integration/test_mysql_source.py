@@ -53,6 +53,37 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
     return output
 
 
+def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, workdir: Path,
+                        timeout: float = 120) -> str:
+    """Stops a pipeline started with ``CAUGHT_UP_OPTIONS`` once its offset store is at the
+    binlog's end as of now, so that its sink wrote everything committed so far, and returns
+    its output.  Unlike ``--max_idle_secs``, this cannot stop it while a slow (loaded) test
+    is still between two writes."""
+    with conn.cursor() as cur:
+        cur.execute('SHOW MASTER STATUS')
+        file, pos = cur.fetchone()[:2]
+    target = (file_index(file), int(pos))
+    store = OffsetStore(str(workdir / 'offsets.json'))
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        offset = store.load()
+        if offset is not None and offset.file is not None and \
+                (file_index(offset.file), offset.pos) >= target:
+            process.send_signal(signal.SIGTERM)
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f'the offsets never reached {file}:{pos}: {offset} '
+                                 f'{process.communicate()[0][-3000:]}')
+        time.sleep(0.05)
+    return finish(process, timeout)
+
+
+CAUGHT_UP_OPTIONS = ('--heartbeat_secs', '0.5', '--max_idle_secs', '60')
+"""For :func:`stop_when_caught_up`: the offset store follows the binlog past other
+transactions at once, and a pipeline left behind by a failed test still ends."""
+
+
 def wait_for_offsets(path: Path, process: subprocess.Popen[str], timeout: float = 60) -> None:
     """The source wrote its start position (or the snapshot's): a change committed from now
     on is in the snapshot or in the stream."""
@@ -190,10 +221,10 @@ def test_state_check_every_column_type(mariadb_db: Any, tmp_path: Path) -> None:
             "INSERT INTO other VALUES ('before-snapshot', 0)",
             *(f'INSERT INTO all_types VALUES ({values})' for values in _VALUES))
     out = tmp_path / 'out'
-    cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, '--max_idle_secs', '3')
+    cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, *CAUGHT_UP_OPTIONS)
     wait_for_offsets(tmp_path / 'offsets.json', cdc)
     mixed_workload(conn)
-    output = finish(cdc)
+    output = stop_when_caught_up(cdc, conn, tmp_path)
     docs = read_jsonl_dir(str(out))
     assert_rebuilt_equals_source(conn, mariadb_db.name, docs, ['all_types', 'other'])
     ops = collections.Counter(d['op'] for d in docs if d['source']['table'] == 'all_types')
@@ -222,19 +253,22 @@ def test_state_check_every_column_type(mariadb_db: Any, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Crash check
 
-def test_sigkill_mid_stream_loses_nothing_and_keeps_order(mariadb_db: Any,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM], ids=['sigkill', 'sigterm'])
+def test_stopped_mid_stream_loses_nothing_and_keeps_order(mariadb_db: Any, tmp_path: Path,
+                                                          stop: signal.Signals) -> None:
+    """SIGKILL is a crash; SIGTERM (or Ctrl-C) a clean stop that writes what was read."""
     conn = mariadb_db.connect()
     execute(conn, 'CREATE TABLE counters (k INT PRIMARY KEY, v INT NOT NULL)',
             'INSERT INTO counters SELECT seq, 0 FROM seq_1_to_20')
-    stop = threading.Event()
+    writing = threading.Event()
+    writing.set()
     committed: list[tuple[int, int]] = []
 
     def writer() -> None:
         import random
         rng = random.Random(1)
         with mariadb_db.connect() as wconn, wconn.cursor() as cur:
-            while not stop.is_set():
+            while writing.is_set():
                 k = rng.randint(1, 20)
                 cur.execute('UPDATE counters SET v = v + 1 WHERE k = %s', (k,))
                 cur.execute('SELECT v FROM counters WHERE k = %s', (k,))
@@ -252,19 +286,25 @@ def test_sigkill_mid_stream_loses_nothing_and_keeps_order(mariadb_db: Any,
         while len(list(run1.glob(f'{mariadb_db.name}.counters/*.jsonl'))) < 5:
             assert time.monotonic() < deadline and first.poll() is None, 'no progress'
             time.sleep(0.1)
-        first.send_signal(signal.SIGKILL)
+        first.send_signal(stop)
+        if stop == signal.SIGTERM:
+            finish(first, timeout=30)  # status 0
         first.wait()
         stored = OffsetStore(str(offsets)).load()
         time.sleep(1)  # the writer goes on while the pipeline is down
         second = start_cdc(mariadb_db.dsn, f'jsonl:{run2}', tmp_path, '--snapshot', 'never',
-                           '--max_idle_secs', '3')
-        time.sleep(4)
+                           *CAUGHT_UP_OPTIONS)
+        time.sleep(3)
     finally:
-        stop.set()
+        writing.clear()
         thread.join()
-    finish(second)
+    stop_when_caught_up(second, conn, tmp_path)
     assert stored is not None and stored.file is not None
     runs = [[d for d in read_jsonl_dir(str(run)) if d['op'] != 'm'] for run in (run1, run2)]
+    if stop == signal.SIGTERM:  # all it recorded was written, and it wrote nothing else
+        assert all(position(d)[:2] < (file_index(stored.file), stored.pos) for d in runs[0])
+        assert {(d['after']['k'], d['after']['v']) for d in runs[0]} == \
+            set(committed[:len(runs[0])])
     seen = [(d['after']['k'], d['after']['v']) for run in runs for d in run]
     assert set(committed) <= set(seen), 'a committed change is missing'
     first_run = {(d['after']['k'], d['after']['v']) for d in runs[0]}
@@ -333,13 +373,13 @@ def test_add_column_mid_stream(mariadb_db: Any, tmp_path: Path) -> None:
     execute(conn, 'CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(20))',
             "INSERT INTO items VALUES (1, 'snapshot')")
     out = tmp_path / 'out'
-    cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, '--max_idle_secs', '3')
+    cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, *CAUGHT_UP_OPTIONS)
     wait_for_offsets(tmp_path / 'offsets.json', cdc)
     execute(conn, "INSERT INTO items VALUES (2, 'before')",
             'ALTER TABLE items ADD COLUMN price DECIMAL(8,2) NULL',
             "INSERT INTO items VALUES (3, 'after', 9.99)",
             "UPDATE items SET price = 1.5 WHERE id = 2")
-    finish(cdc)
+    stop_when_caught_up(cdc, conn, tmp_path)
     docs = sorted(read_jsonl_dir(str(out)), key=position)
     changes = [(d['op'], d['after']) for d in docs if d['op'] in 'rcu']
     assert changes == [('r', {'id': 1, 'name': 'snapshot'}), ('c', {'id': 2, 'name': 'before'}),
@@ -413,10 +453,10 @@ def test_mariadb_replica_in_another_database_equals_source(mariadb_db: Any, mari
     try:
         conn = mariadb_db.connect()
         _seed_orders(conn)
-        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--max_idle_secs', '3')
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
         wait_for_offsets(tmp_path / 'offsets.json', cdc)
         replica_workload(conn)
-        finish(cdc)
+        stop_when_caught_up(cdc, conn, tmp_path)
         with conn.cursor() as cur:
             cur.execute(f'SELECT {_REPLICA_COLUMNS} FROM orders')
             source = _replica_rows(list(cur.fetchall()))
@@ -433,10 +473,10 @@ def test_postgres_replica_equals_mariadb_source(mariadb_db: Any, pg_db: Any,
                                                 tmp_path: Path) -> None:
     conn = mariadb_db.connect()
     _seed_orders(conn)
-    cdc = start_cdc(mariadb_db.dsn, pg_db.dsn, tmp_path, '--max_idle_secs', '3')
+    cdc = start_cdc(mariadb_db.dsn, pg_db.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
     wait_for_offsets(tmp_path / 'offsets.json', cdc)
     replica_workload(conn)
-    finish(cdc)
+    stop_when_caught_up(cdc, conn, tmp_path)
     with conn.cursor() as cur:
         cur.execute(f'SELECT {_REPLICA_COLUMNS} FROM orders')
         source = _replica_rows(list(cur.fetchall()))
@@ -534,10 +574,10 @@ def test_sigkill_during_snapshot_takes_it_again(mariadb_db: Any, tmp_path: Path)
     assert stored is not None and stored.snapshot == 'pending'
     execute(conn, 'UPDATE wide SET payload = NULL WHERE id % 1000 = 0',
             'DELETE FROM wide WHERE id > 149000')
-    second = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, '--max_idle_secs', '3')
+    second = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, *CAUGHT_UP_OPTIONS)
     wait_for_offsets(tmp_path / 'offsets.json', second)
     execute(conn, "INSERT INTO wide VALUES (0, 'after the restart')")
-    output = finish(second)
+    output = stop_when_caught_up(second, conn, tmp_path)
     assert 'taking the snapshot again' in output
     assert_rebuilt_equals_source(conn, mariadb_db.name, read_jsonl_dir(str(out)), ['wide'])
     stored = OffsetStore(str(tmp_path / 'offsets.json')).load()

@@ -49,6 +49,34 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
     return output
 
 
+def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, slot: str,
+                       timeout: float = 120) -> str:
+    """Stops a pipeline started with ``CAUGHT_UP_OPTIONS`` once its slot confirmed everything
+    committed so far, so that its sink wrote it, and returns its output.
+
+    Unlike ``--max_idle_secs``, which stops on its own after that long without a change, this
+    cannot stop a pipeline early while a slow (loaded) test is still between two writes."""
+    target = conn.execute('SELECT pg_current_wal_lsn()::text').fetchone()[0]
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        row = conn.execute('SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots '
+                           'WHERE slot_name = %s', (target, slot)).fetchone()
+        if row and row[0]:
+            process.send_signal(signal.SIGTERM)
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f'slot {slot} never confirmed {target}: '
+                                 f'{process.communicate()[0][-3000:]}')
+        time.sleep(0.05)
+    return finish(process, timeout)
+
+
+CAUGHT_UP_OPTIONS = ('--heartbeat_secs', '0.5', '--max_idle_secs', '60')
+"""For :func:`stop_when_caught_up`: heartbeats confirm WAL past the last change at once, and a
+pipeline left behind by a failed test still ends."""
+
+
 def wait_for_slot(conn: Any, slot: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,10 +167,10 @@ def test_state_check_mixed_workload_every_type(pg_db: Any, tmp_path: Path) -> No
     with pg_db.connect(options=SESSION_OPTIONS) as conn:
         conn.execute(TYPES_SCHEMA)
         conn.execute("INSERT INTO other VALUES ('before-snapshot', 0)")
-        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', '--max_idle_secs', '3')
+        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', *CAUGHT_UP_OPTIONS)
         wait_for_slot(conn, f'changebeam_{pg_db.name}')
         mixed_workload(conn)
-        output = finish(cdc)
+        output = stop_when_caught_up(cdc, conn, f'changebeam_{pg_db.name}')
         docs = read_jsonl_dir(str(tmp_path / 'out'))
         assert_rebuilt_equals_source(conn, docs, ['public.every_type', 'public.other',
                                                   'public.full_identity'])
@@ -158,18 +186,22 @@ def test_state_check_mixed_workload_every_type(pg_db: Any, tmp_path: Path) -> No
     assert not list((tmp_path / 'out' / '_dead_letters').glob('*.jsonl')), output
 
 
-def test_sigkill_mid_stream_loses_nothing_and_keeps_order(pg_db: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM], ids=['sigkill', 'sigterm'])
+def test_stopped_mid_stream_loses_nothing_and_keeps_order(pg_db: Any, tmp_path: Path,
+                                                          stop: signal.Signals) -> None:
+    """SIGKILL is a crash; SIGTERM (or Ctrl-C) a clean stop that writes what was read."""
     with pg_db.connect() as conn:
         conn.execute('CREATE TABLE counters (k integer PRIMARY KEY, v integer NOT NULL)')
         conn.execute('INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g')
-    stop = threading.Event()
+    writing = threading.Event()
+    writing.set()
     committed: list[tuple[int, int]] = []
 
     def writer() -> None:
         import random
         rng = random.Random(1)
         with pg_db.connect() as conn:
-            while not stop.is_set():
+            while writing.is_set():
                 k = rng.randint(1, 20)
                 v = conn.execute('UPDATE counters SET v = v + 1 WHERE k = %s RETURNING v',
                                  (k,)).fetchone()[0]
@@ -185,19 +217,25 @@ def test_sigkill_mid_stream_loses_nothing_and_keeps_order(pg_db: Any, tmp_path: 
         while len(list((tmp_path / 'run1').glob('*/*.jsonl'))) < 5:
             assert time.monotonic() < deadline and first.poll() is None, 'no progress'
             time.sleep(0.1)
-        first.send_signal(signal.SIGKILL)
+        first.send_signal(stop)
+        if stop == signal.SIGTERM:
+            finish(first, timeout=30)  # status 0
         first.wait()
         confirmed = parse_lsn(conn.execute(
             'SELECT confirmed_flush_lsn::text FROM pg_replication_slots').fetchone()[0])
         time.sleep(1)  # the writer goes on while the pipeline is down
         second = start_cdc(pg_db.dsn, tmp_path / 'run2', '--snapshot', 'never',
-                           '--max_idle_secs', '3')
-        time.sleep(4)
-        stop.set()
+                           *CAUGHT_UP_OPTIONS)
+        time.sleep(3)
+        writing.clear()
         thread.join()
-        finish(second)
+        stop_when_caught_up(second, conn, f'changebeam_{pg_db.name}')
     runs = [[d for d in read_jsonl_dir(str(tmp_path / run)) if d['op'] == 'u']
             for run in ('run1', 'run2')]
+    if stop == signal.SIGTERM:  # all it confirmed was written, and it wrote nothing else
+        assert all(d['source']['commit_lsn'] <= confirmed for d in runs[0])
+        assert {(d['after']['k'], d['after']['v']) for d in runs[0]} == \
+            {(k, v) for k, v in committed[:len(runs[0])]}
     seen = [(d['after']['k'], d['after']['v']) for run in runs for d in run]
     assert set(committed) <= set(seen), 'a committed change is missing'
     first_run = {(d['after']['k'], d['after']['v']) for d in runs[0]}
@@ -358,10 +396,10 @@ def test_sigkill_during_snapshot_takes_it_again(pg_db: Any, tmp_path: Path) -> N
     with pg_db.connect() as conn:
         conn.execute('UPDATE wide SET payload = NULL WHERE id % 1000 = 0')
         conn.execute('DELETE FROM wide WHERE id > 149000')
-        second = start_cdc(pg_db.dsn, out, '--max_idle_secs', '3')
+        second = start_cdc(pg_db.dsn, out, *CAUGHT_UP_OPTIONS)
         wait_for_slot(conn, f'changebeam_{pg_db.name}')
         conn.execute("INSERT INTO wide VALUES (0, 'after the restart')")
-        output = finish(second)
+        output = stop_when_caught_up(second, conn, f'changebeam_{pg_db.name}')
         assert 'taking the snapshot again' in output
         assert_rebuilt_equals_source(conn, read_jsonl_dir(str(out)), ['public.wide'])
 
@@ -404,14 +442,14 @@ def test_table_rewrite_during_the_snapshot_loses_no_row(pg_db: Any, tmp_path: Pa
                      'FROM generate_series(1, 100000) g')
         conn.execute('CREATE TABLE z_small (id integer PRIMARY KEY, v integer)')
         conn.execute('INSERT INTO z_small SELECT g, g FROM generate_series(1, 1000) g')
-        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', '--max_idle_secs', '3')
+        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', *CAUGHT_UP_OPTIONS)
         deadline = time.monotonic() + 60
         while not conn.execute('SELECT 1 FROM pg_replication_slots WHERE slot_name = %s',
                                (f'changebeam_{pg_db.name}',)).fetchone():
             assert time.monotonic() < deadline and cdc.poll() is None, 'no slot'
             time.sleep(0.01)
         conn.execute('ALTER TABLE z_small ALTER COLUMN v TYPE bigint')  # waits, then rewrites
-        finish(cdc)
+        stop_when_caught_up(cdc, conn, f'changebeam_{pg_db.name}')
         docs = read_jsonl_dir(str(tmp_path / 'out'))
         assert sum(d['op'] == 'r' and d['source']['table'] == 'z_small' for d in docs) == 1000
         assert_rebuilt_equals_source(conn, docs, ['public.a_big', 'public.z_small'])

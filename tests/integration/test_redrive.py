@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_postgres_source import finish, start_cdc_to, wait_for_slot
+from tests.integration.test_postgres_source import (
+    CAUGHT_UP_OPTIONS,
+    start_cdc_to,
+    stop_when_caught_up,
+    wait_for_slot,
+)
 from transforms.dead_letter import DeadLetter
 
 pytestmark = pytest.mark.integration
@@ -59,7 +64,7 @@ def test_rejected_rows_are_redriven_once_the_target_is_fixed(postgres: Any, pg_d
         with pg_db.connect() as conn, target.connect() as tconn:
             conn.execute('CREATE TABLE orders (id integer PRIMARY KEY, qty integer, note text)')
             conn.execute("INSERT INTO orders VALUES (1, 1, 'a'), (2, 2, 'b')")
-            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--max_idle_secs', '3')
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
             wait_for_slot(conn, f'changebeam_{pg_db.name}')
             wait_for_rows(tconn, 2)
             # Someone adds a rule the source does not have: the replica rejects row 3.
@@ -67,7 +72,7 @@ def test_rejected_rows_are_redriven_once_the_target_is_fixed(postgres: Any, pg_d
             conn.execute("INSERT INTO orders VALUES (3, 500, 'big'), (4, 4, 'd')")
             conn.execute('UPDATE orders SET qty = 600 WHERE id = 3')
             conn.execute("UPDATE orders SET note = 'changed' WHERE id = 1")
-            finish(cdc)
+            stop_when_caught_up(cdc, conn, f'changebeam_{pg_db.name}')
             rejected = letters(dead)
             assert {(d['step'], d['payload']['event']['after']['id']) for d in rejected} == \
                 {('WriteChangesToPostgres', 3)}, rejected
