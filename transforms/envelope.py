@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import orjson
 
 __all__ = [
+    'SNAPSHOT_COMPLETE',
     'ChangeEvent',
     'Column',
     'EnvelopeError',
@@ -50,6 +51,7 @@ __all__ = [
     'from_avro_record',  # noqa: F822
     'from_cloudevent',
     'from_debezium_json',
+    'snapshot_complete',
     'to_avro_record',  # noqa: F822
     'to_cloudevent',
     'to_debezium_json',
@@ -223,7 +225,7 @@ class SourcePosition(_FromFields):
     schema: str
     table: str
     ts_ms: int  # commit time at the source, ms since the epoch
-    snapshot: str = 'false'  # 'true', 'last' (last snapshot row) or 'false'
+    snapshot: str = 'false'  # 'true', 'last' (the snapshot's last event) or 'false'
     tx_id: int | None = None
     lsn: int | None = None
     commit_lsn: int | None = None
@@ -295,6 +297,22 @@ class ChangeEvent(_FromFields):
 
 # ---------------------------------------------------------------------------------------------
 # JSON values
+
+SNAPSHOT_COMPLETE = 'snapshot_complete'
+"""``message['kind']`` of the ``m`` event that follows a table's snapshot rows (see
+:func:`snapshot_complete`)."""
+
+
+def snapshot_complete(table: TableSchema, source: SourcePosition, rows: int,
+                      ts_ms: int) -> ChangeEvent:
+    """The event after the last snapshot row of ``table`` (at the snapshot's ``source``
+    position, also when the table is empty): the snapshot showed every row the table had
+    there, so a row a consumer holds from an older position that the snapshot did not bring
+    again is gone from the source.  A snapshot taken again after an interrupted one (or on a
+    target that already holds rows) needs this to remove what was deleted meanwhile."""
+    return ChangeEvent(op=Op.MESSAGE, table=table, source=source, ts_ms=ts_ms,
+                       message={'kind': SNAPSHOT_COMPLETE, 'table': table.name, 'rows': rows})
+
 
 _SPECIAL_FLOATS = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
 

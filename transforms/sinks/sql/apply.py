@@ -585,6 +585,12 @@ class Applier:
                 if keyed_marks else []
             if revived:
                 target.drop_tombstones(tb.target, revived)
+            if tb.snapshot and tb.snapshot > floor:
+                # After the snapshot's rows: what it did not bring again was deleted meanwhile
+                # (an interrupted snapshot taken again, a target that already held rows).
+                self._step(row_by_row, functools.partial(target.truncate, tb.target,
+                                                         tb.snapshot),
+                           tb.snapshot_events, written)
             written.applied[tb.target] = len(done)
         target.commit()
         # Only now: a rolled-back transaction took its ALTERs with it (PostgreSQL).

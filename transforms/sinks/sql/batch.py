@@ -13,7 +13,11 @@ Pure (no driver, no Beam).  Events are ordered by ``source.sort_key``; per targe
 * a truncate drops the batch's earlier changes of the table and is written first;
 * a table without a key gets every inserted, read or updated row appended (a delete of such a
   table cannot name a row: it is reported in ``unkeyed_deletes`` and not applied);
-* ``m`` events are counted in ``messages``; malformed events go to ``rejected`` with a reason.
+* a table's ``snapshot_complete`` event (``envelope.snapshot_complete``) sets ``snapshot``: rows
+  older than the snapshot are gone from the source, written like a truncate at its position
+  but after the batch's rows;
+* other ``m`` events are counted in ``messages``; malformed events go to ``rejected`` with a
+  reason.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from transforms.envelope import ChangeEvent, Op, TableSchema, encode_json_value
+from transforms.envelope import SNAPSHOT_COMPLETE, ChangeEvent, Op, TableSchema, encode_json_value
 from transforms.sinks.sql.routing import TargetTable
 from transforms.sinks.sql.statements import RESERVED
 
@@ -76,6 +80,8 @@ class TableBatch:
     connector: str  # the source's connector name (decides whether types are reused verbatim)
     truncate: str | None = None
     truncate_events: list[ChangeEvent] = dataclasses.field(default_factory=list)
+    snapshot: str | None = None  # a completed snapshot's position: older rows are gone
+    snapshot_events: list[ChangeEvent] = dataclasses.field(default_factory=list)
     changes: dict[str, RowChange] = dataclasses.field(default_factory=dict)
     appends: list[RowChange] = dataclasses.field(default_factory=list)
     # The target table's columns, once the sink has made it hold every schema of the batch.
@@ -102,6 +108,7 @@ class TableBatch:
         out = list(self.truncate_events)
         for change in [*self.changes.values(), *self.appends]:
             out.extend(change.events)
+        out.extend(self.snapshot_events)
         return out
 
 
@@ -221,7 +228,8 @@ def plan_batch(events: Iterable[ChangeEvent],
     for index in order:
         pos, event = positions[index], events[index]
         op = event.op
-        if op is message:
+        if op is message and not (event.table.columns and event.message
+                                  and event.message.get('kind') == SNAPSHOT_COMPLETE):
             batch.messages += 1
             continue
         table = event.table
@@ -231,6 +239,10 @@ def plan_batch(events: Iterable[ChangeEvent],
                                                  target_of)
         if isinstance(tb, str):
             batch.rejected.append((event, tb))
+            continue
+        if op is message:
+            tb.snapshot = pos
+            tb.snapshot_events.append(event)
             continue
         after = event.after
         if op in upserts and after is not None and table.key and (op is not update

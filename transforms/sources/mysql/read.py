@@ -499,7 +499,7 @@ class _ReadBinlogFn(StreamReadFn):
             for batch in read_snapshot(conn, tables, position, server_name=config.server_name,
                                        server_id=self._info.server_id,
                                        batch_size=config.batch_size):
-                rows += len(batch)
+                rows += sum(event.op is Op.READ for event in batch)  # not the markers
                 yield from self._emit(batch)
                 self._progress.update(self._emitted, self._confirmed_changes, None,
                                       f'snapshot at {position.file}:{position.pos}')

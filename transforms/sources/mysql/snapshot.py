@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from transforms.envelope import ChangeEvent, Op, SourcePosition, TableSchema
+from transforms.envelope import ChangeEvent, Op, SourcePosition, TableSchema, snapshot_complete
 from transforms.sources.mysql import types as t
 from transforms.sources.mysql.stream import BinlogConfigError, BinlogPosition
 
@@ -421,12 +421,13 @@ def read_snapshot(conn: Any, tables: Sequence[tuple[str, str]], position: Binlog
                   clock: Callable[[], float] = time.time) -> Iterator[list[ChangeEvent]]:
     """Batches of ``op: r`` events of every row of ``tables``, read in the transaction
     :func:`begin_snapshot` opened on ``conn`` (with :func:`text_conversions`), which this ends.
-    The last row says snapshot 'last'."""
+    Each table's rows are followed by its :func:`~transforms.envelope.snapshot_complete` event;
+    the last of those says snapshot 'last'."""
     import pymysql.cursors
 
     try:
-        pending: ChangeEvent | None = None
         batch: list[ChangeEvent] = []
+        marker: ChangeEvent | None = None
         for db, name in tables:
             described = describe_table(conn, db, name)
             table = described.schema
@@ -440,25 +441,29 @@ def read_snapshot(conn: Any, tables: Sequence[tuple[str, str]], position: Binlog
             # costs a third of a frozen dataclass's __init__, which matters per row.
             template = ChangeEvent(op=Op.READ, table=table, source=source, ts_ms=now_ms).__dict__
             sql = f'SELECT {", ".join(described.select)} FROM {quote(db)}.{quote(name)}'
+            if marker is not None:
+                batch.append(marker)
+            count = 0
             with conn.cursor(pymysql.cursors.SSCursor) as cur:
                 cur.execute(sql)
                 while True:
                     rows = cur.fetchmany(batch_size)
                     if not rows:
                         break
+                    count += len(rows)
                     for values in rows:
-                        if pending is not None:
-                            batch.append(pending)
-                        pending = _new(ChangeEvent)
-                        state = pending.__dict__
+                        event = _new(ChangeEvent)
+                        state = event.__dict__
                         state.update(template)
                         state['after'] = convert(values)
+                        batch.append(event)
                     if len(batch) >= batch_size:
                         yield batch
                         batch = []
-        if pending is not None:
-            batch.append(dataclasses.replace(
-                pending, source=dataclasses.replace(pending.source, snapshot='last')))
+            marker = snapshot_complete(table, source, count, int(clock() * 1000))
+        if marker is not None:  # the snapshot's last event
+            batch.append(marker.replace(source=dataclasses.replace(marker.source,
+                                                                   snapshot='last')))
         if batch:
             yield batch
     finally:

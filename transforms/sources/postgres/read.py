@@ -30,7 +30,7 @@ from apache_beam.utils.timestamp import Timestamp
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters
 from transforms.dsn import display, parse_dsn
-from transforms.envelope import ChangeEvent
+from transforms.envelope import ChangeEvent, Op
 from transforms.sources.postgres import catalog, pgtypes
 from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
 from transforms.sources.postgres.pgoutput import (
@@ -209,9 +209,10 @@ class _ReadSlotFn(StreamReadFn):
                              options=SESSION_OPTIONS) as conn:
             for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
                                        batch_size=self._config.batch_size):
-                rows += len(batch)
-                self._emitted += len(batch)
-                self._changes.inc(len(batch))
+                read = sum(event.op is Op.READ for event in batch)  # not the markers
+                rows += read
+                self._emitted += read
+                self._changes.inc(read)
                 yield batch
                 self._progress.update(self._emitted, self._confirmed_changes, None,
                                       f'snapshot at {format_lsn(consistent_point)}')

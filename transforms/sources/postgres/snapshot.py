@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from transforms.envelope import ChangeEvent, Op, SourcePosition
+from transforms.envelope import ChangeEvent, Op, SourcePosition, snapshot_complete
 from transforms.sources.postgres.catalog import TableRef, quote_ident, table_columns
 from transforms.sources.postgres.changes import ChangeAssembler
 from transforms.sources.postgres.pgoutput import Relation, RelationColumn
@@ -52,7 +52,8 @@ class SnapshotInvalidated(RuntimeError):
 def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                   assembler: ChangeAssembler, consistent_point: int, *,
                   batch_size: int = 1000) -> Iterator[list[ChangeEvent]]:
-    """Batches of ``op: r`` events of every row of ``tables``; the last row says snapshot 'last'.
+    """Batches of ``op: r`` events of every row of ``tables``, each table's followed by its
+    :func:`~transforms.envelope.snapshot_complete` event; the last of those says snapshot 'last'.
 
     ``snapshot`` is the name the slot exported (None: read the current state, for
     ``--snapshot only``).  TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL,
@@ -78,8 +79,8 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                 raise SnapshotInvalidated(
                     'truncated or rewritten during the snapshot: '
                     + ', '.join(name for (name,) in rewritten))
-        pending: ChangeEvent | None = None
         batch: list[ChangeEvent] = []
+        marker: ChangeEvent | None = None
         for ref in tables:
             state = assembler.relation(relation_from_catalog(conn, ref))
             table = state.schema
@@ -91,21 +92,22 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                 connector='postgresql', name=assembler.server_name, db=assembler.database,
                 schema=table.schema, table=table.table, ts_ms=int(time.time() * 1000),
                 snapshot='true', lsn=0, commit_lsn=consistent_point)
+            if marker is not None:
+                batch.append(marker)
+            rows = 0
             with conn.cursor().copy(sql) as copy:
                 for values in copy.rows():
                     after, _ = state.decode_row(values)
-                    if pending is not None:
-                        batch.append(pending)
-                        if len(batch) >= batch_size:
-                            yield batch
-                            batch = []
-                    pending = ChangeEvent(op=Op.READ, table=table, source=position,
-                                          after=after, ts_ms=int(time.time() * 1000))
-        if pending is not None:
-            last = pending.source
-            batch.append(ChangeEvent(
-                op=Op.READ, table=pending.table, after=pending.after, ts_ms=pending.ts_ms,
-                source=dataclasses.replace(last, snapshot='last')))
+                    batch.append(ChangeEvent(op=Op.READ, table=table, source=position,
+                                             after=after, ts_ms=int(time.time() * 1000)))
+                    rows += 1
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+            marker = snapshot_complete(table, position, rows, int(time.time() * 1000))
+        if marker is not None:  # the snapshot's last event
+            batch.append(marker.replace(source=dataclasses.replace(marker.source,
+                                                                   snapshot='last')))
         if batch:
             yield batch
     finally:
