@@ -13,10 +13,10 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from transforms.envelope import Kind, TableSchema
+from transforms.envelope import SNAPSHOT_COMPLETE, Kind, TableSchema
 
 __all__ = ['apply_envelopes', 'normalise', 'read_jsonl_dir', 'source_rows', 'table_state']
 
@@ -38,26 +38,39 @@ def _sort_key(doc: Mapping[str, Any]) -> tuple[int, int]:
     return source.get('commit_lsn') or 0, source.get('lsn') or 0
 
 
-def apply_envelopes(docs: Iterable[Mapping[str, Any]], keys: Mapping[str, tuple[str, ...]]
+def apply_envelopes(docs: Iterable[Mapping[str, Any]], keys: Mapping[str, tuple[str, ...]],
+                    position: Callable[[Mapping[str, Any]], Any] = _sort_key
                     ) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
     """Table name -> key -> row (JSON-form values), after applying ``docs`` in source order.
 
-    ``keys`` gives each table's key columns.  A duplicate (same position) applies idempotently.
+    ``keys`` gives each table's key columns; ``position`` orders the docs (default: PostgreSQL
+    positions).  A duplicate (same position) applies idempotently.  A ``snapshot_complete``
+    message removes the rows of its table last written before it: the snapshot did not bring
+    them again, so they were deleted meanwhile.
     """
     state: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
-    for doc in sorted(docs, key=_sort_key):
+    written: dict[str, dict[tuple[Any, ...], Any]] = {}  # each row's position
+    for doc in sorted(docs, key=position):
         source = doc['source']
         table = f'{source["schema"]}.{source["table"]}'
         rows = state.setdefault(table, {})
+        at = written.setdefault(table, {})
         op = doc['op']
         if op == 't':
             rows.clear()
+            at.clear()
             continue
         if op == 'm':
+            if (doc.get('message') or {}).get('kind') == SNAPSHOT_COMPLETE:
+                snapshot = position(doc)
+                for key in [k for k, p in at.items() if p < snapshot]:
+                    del rows[key], at[key]
             continue
         key_columns = keys[table]
         if op == 'd':
-            rows.pop(tuple(doc['before'][k] for k in key_columns), None)
+            old = tuple(doc['before'][k] for k in key_columns)
+            rows.pop(old, None)
+            at.pop(old, None)
             continue
         after = dict(doc['after'])
         if op == 'u' and doc.get('before') is not None:
@@ -65,6 +78,7 @@ def apply_envelopes(docs: Iterable[Mapping[str, Any]], keys: Mapping[str, tuple[
             new_key = tuple(after[k] for k in key_columns)
             if old_key != new_key:
                 previous = rows.pop(old_key, {})
+                at.pop(old_key, None)
             else:
                 previous = rows.get(new_key, {})
         else:
@@ -72,7 +86,9 @@ def apply_envelopes(docs: Iterable[Mapping[str, Any]], keys: Mapping[str, tuple[
         for name in doc.get('unchanged', []):
             assert name in previous, f'{table}: unchanged column {name} of an unknown row'
             after[name] = previous[name]
-        rows[tuple(after[k] for k in key_columns)] = after
+        key = tuple(after[k] for k in key_columns)
+        rows[key] = after
+        at[key] = position(doc)
     return state
 
 

@@ -21,7 +21,14 @@ import pytest
 
 from tests.integration.test_mysql_binlog import _ALL_TYPES, _VALUES
 from tests.replay import apply_envelopes, read_jsonl_dir
-from transforms.envelope import Column, Kind, TableSchema, decode_json_value
+from transforms.envelope import (
+    SNAPSHOT_COMPLETE,
+    Column,
+    Kind,
+    Op,
+    TableSchema,
+    decode_json_value,
+)
 from transforms.sources.mysql.offsets import Offset, OffsetStore, file_index
 from transforms.sources.mysql.snapshot import describe_table
 from transforms.sources.mysql.types import geometry_value
@@ -117,10 +124,9 @@ def position(doc: dict[str, Any]) -> tuple[int, int, int]:
 def replay(docs: list[dict[str, Any]], schemas: dict[str, TableSchema]
            ) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
     """Table -> key -> row (typed values) after applying ``docs`` in binlog order."""
-    ordered = sorted((d for d in docs if d['op'] != 'm'), key=position)
-    # apply_envelopes sorts stably by PostgreSQL positions, which MySQL events lack: the
-    # binlog order given here is kept.
-    state = apply_envelopes(ordered, {name: s.key for name, s in schemas.items()})
+    ordered = [d for d in docs if d['op'] != 'm'
+               or (d.get('message') or {}).get('kind') == SNAPSHOT_COMPLETE]
+    state = apply_envelopes(ordered, {name: s.key for name, s in schemas.items()}, position)
     typed: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     for name, rows in state.items():
         table = schemas[name]
@@ -469,6 +475,53 @@ def test_mariadb_replica_in_another_database_equals_source(mariadb_db: Any, mari
         mariadb.drop_database(target.name)
 
 
+def test_a_snapshot_taken_again_leaves_no_deleted_or_doubled_row(mariadb_db: Any, mariadb: Any,
+                                                                  tmp_path: Path) -> None:
+    """Killed while its snapshot streams into a replica, a pipeline leaves part of it applied;
+    the next start takes the snapshot again.  Rows deleted meanwhile must go from the replica,
+    and a keyless table's appended rows must not be doubled."""
+    target = mariadb.database('replica')
+    try:
+        conn = mariadb_db.connect()
+        execute(conn, 'CREATE TABLE a_log (line VARCHAR(20))',
+                "INSERT INTO a_log SELECT CONCAT('l', seq) FROM seq_1_to_2000",
+                'CREATE TABLE b_wide (id INT PRIMARY KEY, payload VARCHAR(300))',
+                "INSERT INTO b_wide SELECT seq, REPEAT('p', 200) FROM seq_1_to_150000")
+        first = start_cdc(mariadb_db.dsn, target.dsn, tmp_path)
+        deadline = time.monotonic() + 60
+        with target.connect(autocommit=True) as tconn, tconn.cursor() as tcur:
+            while True:  # part of b_wide (so all of a_log) is in the replica
+                assert time.monotonic() < deadline and first.poll() is None, 'no snapshot rows'
+                try:
+                    tcur.execute('SELECT count(*) FROM b_wide')
+                    if tcur.fetchone()[0]:
+                        break
+                except pymysql.err.ProgrammingError:  # not created yet
+                    pass
+                time.sleep(0.02)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            tcur.execute('SELECT count(*) FROM b_wide')
+            applied = tcur.fetchone()[0]
+            assert 0 < applied < 150000, applied
+            execute(conn, 'DELETE FROM b_wide WHERE id <= 100',  # rows the replica holds
+                    "DELETE FROM a_log WHERE line IN ('l1', 'l2')")
+            second = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
+            wait_for_offsets(tmp_path / 'offsets.json', second)
+            execute(conn, "INSERT INTO b_wide VALUES (0, 'after the restart')")
+            output = stop_when_caught_up(second, conn, tmp_path)
+            assert 'taking the snapshot again' in output
+            for sql in ('SELECT id, payload FROM b_wide ORDER BY id',
+                        'SELECT line FROM a_log ORDER BY line'):
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    source = cur.fetchall()
+                tcur.execute(sql)
+                assert tcur.fetchall() == source, sql
+    finally:
+        mariadb.drop_database(target.name)
+
+
 def test_postgres_replica_equals_mariadb_source(mariadb_db: Any, pg_db: Any,
                                                 tmp_path: Path) -> None:
     conn = mariadb_db.connect()
@@ -614,6 +667,10 @@ def test_ddl_waits_for_the_snapshot_instead_of_breaking_it(mariadb_db: Any) -> N
     execute(conn, 'INSERT INTO later VALUES (3)')  # row writes go on
     events = [e for batch in read_snapshot(snapshot, tables, at, server_name='s', server_id=1)
               for e in batch]
-    assert [(e.table.table, e.after) for e in events] == \
-        [('first', {'id': 1}), ('later', {'id': 1}), ('later', {'id': 2})]
+    done = {'kind': SNAPSHOT_COMPLETE}
+    assert [(e.table.table, e.after if e.op is Op.READ else {'kind': e.message['kind']})
+            for e in events] == [('first', {'id': 1}), ('first', done),
+                                 ('later', {'id': 1}), ('later', {'id': 2}), ('later', done)]
+    assert [e.message['rows'] for e in events if e.message] == [1, 2]
+    assert [e.source.snapshot for e in events] == ['true'] * 4 + ['last']
     execute(conn, 'TRUNCATE later')  # the snapshot ended: its locks are gone

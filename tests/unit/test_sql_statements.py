@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from transforms import envelope
 from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, TableSchema
 from transforms.sinks.sql import WriteChangesToMySQL, WriteChangesToPostgres, copytext
 from transforms.sinks.sql import statements as sql
@@ -225,6 +226,35 @@ def test_a_truncate_drops_earlier_changes_but_keeps_later_ones():
     tb = batch.tables[TARGET]
     assert tb.truncate == pos(2)
     assert list(tb.changes) == ['[2]']
+
+
+def snapshot_done(lsn, table=ITEMS):
+    return envelope.snapshot_complete(table, event('r', lsn, after={}, table=table).source,
+                                      1, 0)
+
+
+def test_a_snapshot_complete_event_marks_its_table_and_keeps_the_rows():
+    batch = plan([
+        event('r', 4, after={'id': 1, 'name': 'a', 'doc': None}),
+        snapshot_done(4),
+        event('c', 5, after={'id': 2, 'name': 'b', 'doc': None}),
+    ])
+    tb = batch.tables[TARGET]
+    assert tb.snapshot == pos(4) and list(tb.changes) == ['[1]', '[2]']
+    assert tb.events()[-1].message['kind'] == 'snapshot_complete'
+    assert batch.messages == 0 and not batch.rejected  # applied, not ignored
+
+
+def test_a_snapshot_complete_event_alone_still_names_its_table():
+    # An empty source table: the target must be created (and emptied of older rows).
+    batch = plan([snapshot_done(4, table=LOG)])
+    assert batch.tables[TargetTable('public', 'log')].snapshot == pos(4)
+
+
+def test_other_messages_touch_no_table():
+    batch = plan([ChangeEvent(Op.MESSAGE, ITEMS, event('c', 4).source,
+                              message={'kind': 'ddl', 'sql': 'ALTER TABLE items ...'})])
+    assert batch.tables == {} and batch.messages == 1
 
 
 def test_keyless_tables_append_and_report_deletes():
