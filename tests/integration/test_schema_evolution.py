@@ -479,3 +479,20 @@ def test_a_lagging_stream_keeps_the_value_an_added_column_came_with(pg_db: Any,
         (['id', 'n', 'c2'], None), (['id', 'n', 'c2'], None)]
     warning = next(line for line in outputs['late'].splitlines() if 'can no longer' in line)
     assert "public.t: column 'c2' has a DEFAULT" in warning and 'backfill the table' in warning
+
+    # Restarted, the stream looks c2 up again and finds no value: the registered version
+    # (with its 7) stays the table's, and the next row is of it.
+    with pg_db.connect() as conn, stopped_on_failure(pipelines):
+        pipelines['again'] = start_pipeline(pg_db.dsn, f'jsonl:{tmp_path / "kept_up"}',
+                                            tmp_path, 'kept_up', '--max_idle_secs', '60',
+                                            run='-2')
+        wait_for_slot(conn, 'kept_up')
+        conn.execute('INSERT INTO t VALUES (6, 6, 11)')
+        wait_for_change(tmp_path / 'kept_up', 6)
+        pipelines['again'][0].send_signal(signal.SIGTERM)
+        finish(*pipelines['again'])
+    assert versions('kept_up')[3:] == [(['id', 'n', 'c2'], '7')]
+    latest = SchemaRegistry(str(tmp_path / 'kept_up-schemas')).versions('public.t')[-1]
+    row = next(d for d in read_jsonl_dir(str(tmp_path / 'kept_up'))
+               if (d['after'] or {}).get('id') == 6)
+    assert row['schema_version'] == latest.version

@@ -160,3 +160,37 @@ def test_rows_replayed_after_a_restart_are_not_a_reverse_change(tmp_path: Path) 
               tmp_path, 'strict')
     assert [e.op for e in out] == [Op.CREATE, Op.CREATE]
     assert [e.schema_version for e in out] == [fingerprint(V1), fingerprint(WIDENED)]
+
+
+def _with_paid_default(default: str | None) -> TableSchema:
+    paid = Column('paid', Kind.BOOLEAN, 'boolean', default=default)
+    return TableSchema('public', 'orders', (*V1.columns, paid), key=('id',))
+
+
+def test_a_restarted_source_that_lost_a_default_keeps_the_registered_version(
+        tmp_path: Path) -> None:
+    """``ADD COLUMN paid boolean DEFAULT false`` registered with its default; after a restart
+    and a table rewrite the source reads no default (docs/schema.md): same version, no event."""
+    kept, lost = _with_paid_default('false'), _with_paid_default(None)
+    run([event(V1, 10, id=1, qty=2, note='a'), event(kept, 20, id=2, qty=1, note='b',
+                                                     paid=True)], tmp_path, 'evolve')
+    out = run([event(lost, 30, id=3, qty=2, note='c', paid=False),
+               event(lost, 40, id=4, qty=2, note='d', paid=True)], tmp_path, 'evolve')
+    assert [e.op for e in out] == [Op.CREATE, Op.CREATE]
+    assert {e.schema_version for e in out} == {fingerprint(kept)}
+    assert out[0].table == lost  # the events themselves are left as they are
+    assert [v.schema for v in SchemaRegistry(str(tmp_path)).versions('public.orders')] == \
+        [V1, kept]
+
+
+def test_a_lost_default_is_kept_in_the_next_real_change(tmp_path: Path) -> None:
+    kept = _with_paid_default('false')
+    run([event(kept, 20, id=2, qty=1, note='b', paid=True)], tmp_path, 'evolve')
+    widened = TableSchema('public', 'orders', (*WIDENED.columns, _with_paid_default(None)
+                                               .columns[-1]), key=('id',))
+    out = run([event(widened, 30, id=3, qty=2, note='c', paid=False)], tmp_path, 'evolve')
+    assert [e.op for e in out] == [Op.MESSAGE, Op.CREATE]
+    registered = SchemaRegistry(str(tmp_path)).versions('public.orders')[-1].schema
+    assert registered.by_name['paid'].default == 'false'
+    assert registered.by_name['qty'].source_type == 'bigint'
+    assert out[0].message['retyped'] and not out[0].message['added']

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 from collections.abc import Generator
 from typing import Any
 
@@ -85,6 +86,24 @@ def diff(old: TableSchema, new: TableSchema) -> SchemaChange:
                           old_columns[n].kind, old_columns[n].element,
                           old_columns[n].source_type)),
         key_changed=old.key != new.key)
+
+
+def _keep_defaults(table: TableSchema, earlier: TableSchema) -> TableSchema:
+    """``table`` with the ``Column.default`` of each column ``earlier`` has, where ``table``'s
+    has none (the same object when nothing changes).
+
+    The value rows older than ``ADD COLUMN … DEFAULT`` read stays the column's for its life,
+    as the PostgreSQL source keeps it while it runs; but a source that first sees the column
+    after a table rewrite cleared it from the catalog (a restart) reads no value.  Without
+    this, that would register a version differing only in the default."""
+    known = earlier.by_name
+    columns = tuple(
+        dataclasses.replace(c, default=known[c.name].default)
+        if c.default is None and c.name in known and known[c.name].default is not None else c
+        for c in table.columns)
+    if all(map(operator.is_, columns, table.columns)):
+        return table
+    return dataclasses.replace(table, columns=columns)
 
 
 def _incompatible(old: TableSchema, new: TableSchema) -> list[str]:
@@ -175,21 +194,27 @@ class _EvolveSchemaFn(beam.DoFn):
 
     def _new_schema(self, event: ChangeEvent,
                     state: _State | None) -> Generator[ChangeEvent, None, _State]:
-        table = event.table
+        table = incoming = event.table  # state[0] stays the events' own object
         position = event.source.sort_key
         previous: SchemaVersion | None = state[1] if state else self._registry.latest(table.name)
         new_state: _State
         known = previous if previous is not None and previous.schema == table else \
             self._registry.lookup(table)
+        if known is None and previous is not None:
+            # After a restart the source may no longer see a column's default (see
+            # _keep_defaults): the version with it is still the one the table has.
+            table = _keep_defaults(table, previous.schema)
+            if table is not incoming:
+                known = previous if previous.schema == table else self._registry.lookup(table)
         if known is not None and self._policy != 'ignore':
             # A schema already registered is no change: after a restart the slot replays rows
             # written before a later version, and they must not read as a reverse change.
-            new_state = (table, known, None, {})
+            new_state = (incoming, known, None, {})
             self._current[table.name] = new_state
             return new_state
         if self._policy == 'ignore' and previous is not None:
             first = self._registry.versions(table.name)[0]
-            new_state = (table, first, first.schema, {})
+            new_state = (incoming, first, first.schema, {})
             self._current[table.name] = new_state
             _LOG.warning('%s changed schema; --schema_change ignore keeps version %016x',
                          table.name, first.version)
@@ -221,7 +246,7 @@ class _EvolveSchemaFn(beam.DoFn):
                      'previous_version': previous.version if previous else None,
                      'compatible': not problems, 'policy': self._policy,
                      'incompatibilities': problems, **change.to_json()})
-        new_state = (table, version, target, moved)
+        new_state = (incoming, version, target, moved)
         self._current[table.name] = new_state
         return new_state
 
