@@ -354,13 +354,13 @@ def test_snapshot_under_concurrent_writes(mariadb_db: Any, tmp_path: Path) -> No
     thread.start()
     out = tmp_path / 'out'
     try:
-        cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, '--max_idle_secs', '3')
+        cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, *CAUGHT_UP_OPTIONS)
         wait_for_offsets(tmp_path / 'offsets.json', cdc)
         time.sleep(2)
     finally:
         stop.set()
         thread.join()
-    finish(cdc)
+    stop_when_caught_up(cdc, conn, tmp_path)
     docs = read_jsonl_dir(str(out))
     snapshot = [d for d in docs if d['op'] == 'r']
     streamed = [d for d in docs if d['op'] in 'cud']

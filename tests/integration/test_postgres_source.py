@@ -273,14 +273,15 @@ def test_snapshot_under_concurrent_writes(pg_db: Any, tmp_path: Path) -> None:
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', '--max_idle_secs', '3')
+        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', *CAUGHT_UP_OPTIONS)
         with pg_db.connect() as conn:
             wait_for_slot(conn, f'changebeam_{pg_db.name}')
         time.sleep(2)
     finally:
         stop.set()
         thread.join()
-    finish(cdc)
+    with pg_db.connect() as conn:
+        stop_when_caught_up(cdc, conn, f'changebeam_{pg_db.name}')
     docs = read_jsonl_dir(str(tmp_path / 'out'))
     snapshot = [d for d in docs if d['op'] == 'r']
     streamed = [d for d in docs if d['op'] not in ('r', 'm')]
