@@ -121,22 +121,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptionError as exc:
         parser.error(str(exc))
     options.view_as(StandardOptions).runner = known.runner
+    # force: PipelineOptions has already logged (unparsed arguments), which gave the root
+    # logger a WARNING-level handler; without it nothing below WARNING would show.
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: '
-                        '%(message)s')
+                        '%(message)s', force=True)
     for noisy in ('apache_beam', 'absl'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A failing bundle's exception reaches main() below, which prints one line for a setup
     # failure or re-raises with the traceback; the runner logging it first only doubles it.
     logging.getLogger('apache_beam.runners').setLevel(logging.CRITICAL)
-    _LOG.info('capturing %s into %s:%s', config.source, config.sink.kind,
-              '***' if not config.sink.is_file else config.sink.target)
     pipeline = beam.Pipeline(options=options)
-    if known.runner == 'DirectRunner':
-        _stop_on_signals()
     try:
         build(pipeline, config)
     except OptionError as exc:
         parser.error(str(exc))
+    _LOG.info('capturing %s into %s:%s', config.source, config.sink.kind,
+              '***' if not config.sink.is_file else config.sink.target)
+    if known.runner == 'DirectRunner':
+        _stop_on_signals()
     try:
         result = pipeline.run()
         result.wait_until_finish()

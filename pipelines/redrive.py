@@ -256,8 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sink_transform(sink)  # a bad sink URI is an option error before anything is read
     except OptionError as exc:
         parser.error(str(exc))
+    # force: PipelineOptions has already logged (unparsed arguments), which gave the root
+    # logger a WARNING-level handler; without it nothing below WARNING would show.
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: '
-                        '%(message)s')
+                        '%(message)s', force=True)
     for noisy in ('apache_beam', 'absl'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger('apache_beam.runners').setLevel(logging.CRITICAL)
