@@ -17,6 +17,7 @@ import pytest
 from tests.integration.test_postgres_source import (
     CAUGHT_UP_OPTIONS,
     TYPES_SCHEMA,
+    finish,
     mixed_workload,
     start_cdc_to,
     stop_when_caught_up,
@@ -137,6 +138,27 @@ def test_a_snapshot_taken_again_leaves_no_deleted_or_doubled_row(postgres: Any, 
             assert pg_rows(tconn, 'public.b_wide') == pg_rows(conn, 'public.b_wide')
             lines = 'SELECT line FROM a_log ORDER BY line'
             assert tconn.execute(lines).fetchall() == conn.execute(lines).fetchall()
+    finally:
+        postgres.drop_database(target.name)
+
+
+def test_snapshot_only_backfills_bring_a_replica_up_to_date_each_time(
+        postgres: Any, pg_db: Any, tmp_path: Path) -> None:
+    """``--snapshot only`` (no slot) run again later: rows changed, added and deleted since
+    the first backfill are right in the replica after the second."""
+    target = postgres.database('replica')
+    try:
+        with pg_db.connect() as conn, target.connect() as tconn:
+            conn.execute('CREATE TABLE items (id integer PRIMARY KEY, qty integer)')
+            conn.execute('INSERT INTO items SELECT g, g FROM generate_series(1, 500) g')
+            for run in range(2):
+                if run:
+                    conn.execute('UPDATE items SET qty = -qty WHERE id <= 10')
+                    conn.execute('DELETE FROM items WHERE id > 490')
+                    conn.execute('INSERT INTO items SELECT g, g FROM generate_series(501, 520) g')
+                finish(start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--snapshot', 'only'))
+                assert pg_rows(tconn, 'public.items') == pg_rows(conn, 'public.items'), run
+            assert not conn.execute('SELECT count(*) FROM pg_replication_slots').fetchone()[0]
     finally:
         postgres.drop_database(target.name)
 

@@ -23,6 +23,7 @@ from transforms.envelope import ChangeEvent, Op, SourcePosition, snapshot_comple
 from transforms.sources.postgres.catalog import TableRef, quote_ident, table_columns
 from transforms.sources.postgres.changes import ChangeAssembler
 from transforms.sources.postgres.pgoutput import Relation, RelationColumn
+from transforms.sources.postgres.replication import parse_lsn
 
 __all__ = ['SnapshotInvalidated', 'read_snapshot', 'relation_from_catalog']
 
@@ -55,8 +56,9 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
     """Batches of ``op: r`` events of every row of ``tables``, each table's followed by its
     :func:`~transforms.envelope.snapshot_complete` event; the last of those says snapshot 'last'.
 
-    ``snapshot`` is the name the slot exported (None: read the current state, for
-    ``--snapshot only``).  TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL,
+    ``snapshot`` is the name the slot exported, whose ``consistent_point`` the rows carry
+    (None: read the current state, for ``--snapshot only``, at the WAL position the read
+    starts at).  TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL,
     CLUSTER) are not MVCC-safe: a snapshot from before them sees the table empty.  So the
     tables are locked in ACCESS SHARE mode for the read (such DDL waits; writes do not), and
     one that was rewritten between the snapshot's point and the lock — its file node as of the
@@ -67,6 +69,13 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
     try:
         if snapshot:
             conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        else:
+            # No slot: the rows' position is the WAL position as the transaction's snapshot
+            # is taken (by this first statement; any commit it sees is before it), so a later
+            # snapshot of the same tables is newer and replaces these rows in a target.
+            consistent_point = parse_lsn(conn.execute(
+                'SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() '
+                'ELSE pg_current_wal_lsn() END)::text').fetchone()[0])
         if tables:
             conn.execute('LOCK TABLE ' + ', '.join(t.quoted for t in tables)
                          + ' IN ACCESS SHARE MODE')
