@@ -295,9 +295,6 @@ class ChangeEvent(_FromFields):
         return tuple(row.get(name) for name in self.table.key)
 
 
-# ---------------------------------------------------------------------------------------------
-# JSON values
-
 SNAPSHOT_COMPLETE = 'snapshot_complete'
 """``message['kind']`` of the ``m`` event that follows a table's snapshot rows (see
 :func:`snapshot_complete`)."""
@@ -313,6 +310,9 @@ def snapshot_complete(table: TableSchema, source: SourcePosition, rows: int,
     return ChangeEvent(op=Op.MESSAGE, table=table, source=source, ts_ms=ts_ms,
                        message={'kind': SNAPSHOT_COMPLETE, 'table': table.name, 'rows': rows})
 
+
+# ---------------------------------------------------------------------------------------------
+# JSON values
 
 _SPECIAL_FLOATS = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
 
