@@ -522,6 +522,32 @@ def test_a_snapshot_taken_again_leaves_no_deleted_or_doubled_row(mariadb_db: Any
         mariadb.drop_database(target.name)
 
 
+def test_snapshot_only_backfills_bring_a_replica_up_to_date_each_time(
+        mariadb_db: Any, mariadb: Any, tmp_path: Path) -> None:
+    """``--snapshot only`` run again later: rows changed, added and deleted since the first
+    backfill are right in the replica after the second."""
+    target = mariadb.database('replica')
+    try:
+        conn = mariadb_db.connect()
+        execute(conn, 'CREATE TABLE items (id INT PRIMARY KEY, qty INT)',
+                'INSERT INTO items SELECT seq, seq FROM seq_1_to_500')
+        select = 'SELECT id, qty FROM items ORDER BY id'
+        with target.connect(autocommit=True) as tconn, tconn.cursor() as tcur:
+            for run in range(2):
+                if run:
+                    execute(conn, 'UPDATE items SET qty = -qty WHERE id <= 10',
+                            'DELETE FROM items WHERE id > 490',
+                            'INSERT INTO items SELECT seq, seq FROM seq_501_to_520')
+                finish(start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--snapshot', 'only'))
+                with conn.cursor() as cur:
+                    cur.execute(select)
+                    source = cur.fetchall()
+                tcur.execute(select)
+                assert tcur.fetchall() == source, run
+    finally:
+        mariadb.drop_database(target.name)
+
+
 def test_postgres_replica_equals_mariadb_source(mariadb_db: Any, pg_db: Any,
                                                 tmp_path: Path) -> None:
     conn = mariadb_db.connect()
