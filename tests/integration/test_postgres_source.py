@@ -221,6 +221,11 @@ def test_stopped_mid_stream_loses_nothing_and_keeps_order(pg_db: Any, tmp_path: 
         if stop == signal.SIGTERM:
             finish(first, timeout=30)  # status 0
         first.wait()
+        deadline = time.monotonic() + 30
+        while conn.execute('SELECT active FROM pg_replication_slots').fetchone()[0]:
+            # The walsender ends after it has applied the last status the pipeline sent.
+            assert time.monotonic() < deadline, 'the slot stayed active'
+            time.sleep(0.02)
         confirmed = parse_lsn(conn.execute(
             'SELECT confirmed_flush_lsn::text FROM pg_replication_slots').fetchone()[0])
         time.sleep(1)  # the writer goes on while the pipeline is down
