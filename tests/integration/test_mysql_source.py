@@ -20,6 +20,7 @@ import pymysql.cursors
 import pytest
 
 from tests.integration.test_mysql_binlog import _ALL_TYPES, _VALUES
+from tests.integration.test_postgres_source import stop_once
 from tests.replay import apply_envelopes, read_jsonl_dir
 from transforms.envelope import (
     SNAPSHOT_COMPLETE,
@@ -60,30 +61,18 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
     return output
 
 
-def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, workdir: Path,
-                        timeout: float = 120) -> str:
+def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, workdir: Path) -> str:
     """Stops a pipeline started with ``CAUGHT_UP_OPTIONS`` once its offset store is at the
-    binlog's end as of now, so that its sink wrote everything committed so far, and returns
-    its output.  Unlike ``--max_idle_secs``, this cannot stop it while a slow (loaded) test
-    is still between two writes."""
-    with conn.cursor() as cur:
-        cur.execute('SHOW MASTER STATUS')
-        file, pos = cur.fetchone()[:2]
+    binlog's end as of now, so that its sink wrote everything committed so far; its output."""
+    file, pos = fetch_all(conn, 'SHOW MASTER STATUS')[0][:2]
     target = (file_index(file), int(pos))
     store = OffsetStore(str(workdir / 'offsets.json'))
-    deadline = time.monotonic() + timeout
-    while process.poll() is None:
+
+    def recorded() -> bool:
         offset = store.load()
-        if offset is not None and offset.file is not None and \
-                (file_index(offset.file), offset.pos) >= target:
-            process.send_signal(signal.SIGTERM)
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f'the offsets never reached {file}:{pos}: {offset} '
-                                 f'{process.communicate()[0][-3000:]}')
-        time.sleep(0.05)
-    return finish(process, timeout)
+        return offset is not None and offset.file is not None and \
+            (file_index(offset.file), offset.pos) >= target
+    return stop_once(process, recorded, f'recorded {file}:{pos} in the offset store')
 
 
 CAUGHT_UP_OPTIONS = ('--heartbeat_secs', '0.5', '--max_idle_secs', '60')
@@ -100,6 +89,12 @@ def wait_for_offsets(path: Path, process: subprocess.Popen[str], timeout: float 
             raise AssertionError(process.communicate()[0][-3000:])
         assert time.monotonic() < deadline, 'the source never recorded a position'
         time.sleep(0.05)
+
+
+def fetch_all(conn: Any, sql: str) -> tuple[tuple[Any, ...], ...]:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return tuple(cur.fetchall())
 
 
 def execute(conn: Any, *statements: str) -> None:
@@ -513,11 +508,7 @@ def test_a_snapshot_taken_again_leaves_no_deleted_or_doubled_row(mariadb_db: Any
             assert 'taking the snapshot again' in output
             for sql in ('SELECT id, payload FROM b_wide ORDER BY id',
                         'SELECT line FROM a_log ORDER BY line'):
-                with conn.cursor() as cur:
-                    cur.execute(sql)
-                    source = cur.fetchall()
-                tcur.execute(sql)
-                assert tcur.fetchall() == source, sql
+                assert fetch_all(tconn, sql) == fetch_all(conn, sql), sql
     finally:
         mariadb.drop_database(target.name)
 
@@ -532,18 +523,14 @@ def test_snapshot_only_backfills_bring_a_replica_up_to_date_each_time(
         execute(conn, 'CREATE TABLE items (id INT PRIMARY KEY, qty INT)',
                 'INSERT INTO items SELECT seq, seq FROM seq_1_to_500')
         select = 'SELECT id, qty FROM items ORDER BY id'
-        with target.connect(autocommit=True) as tconn, tconn.cursor() as tcur:
+        with target.connect(autocommit=True) as tconn:
             for run in range(2):
                 if run:
                     execute(conn, 'UPDATE items SET qty = -qty WHERE id <= 10',
                             'DELETE FROM items WHERE id > 490',
                             'INSERT INTO items SELECT seq, seq FROM seq_501_to_520')
                 finish(start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--snapshot', 'only'))
-                with conn.cursor() as cur:
-                    cur.execute(select)
-                    source = cur.fetchall()
-                tcur.execute(select)
-                assert tcur.fetchall() == source, run
+                assert fetch_all(tconn, select) == fetch_all(conn, select), run
     finally:
         mariadb.drop_database(target.name)
 

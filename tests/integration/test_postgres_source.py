@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,27 +50,34 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
     return output
 
 
-def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, slot: str,
-                       timeout: float = 120) -> str:
-    """Stops a pipeline started with ``CAUGHT_UP_OPTIONS`` once its slot confirmed everything
-    committed so far, so that its sink wrote it, and returns its output.
+def stop_once(process: subprocess.Popen[str], reached: Callable[[], bool], what: str,
+              timeout: float = 120) -> str:
+    """SIGTERM for a pipeline once ``reached()`` (polled), then its output (exit status 0).
 
     Unlike ``--max_idle_secs``, which stops on its own after that long without a change, this
     cannot stop a pipeline early while a slow (loaded) test is still between two writes."""
-    target = conn.execute('SELECT pg_current_wal_lsn()::text').fetchone()[0]
     deadline = time.monotonic() + timeout
     while process.poll() is None:
-        row = conn.execute('SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots '
-                           'WHERE slot_name = %s', (target, slot)).fetchone()
-        if row and row[0]:
+        if reached():
             process.send_signal(signal.SIGTERM)
             break
         if time.monotonic() > deadline:
             process.kill()
-            raise AssertionError(f'slot {slot} never confirmed {target}: '
-                                 f'{process.communicate()[0][-3000:]}')
+            raise AssertionError(f'never {what}: {process.communicate()[0][-3000:]}')
         time.sleep(0.05)
     return finish(process, timeout)
+
+
+def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, slot: str) -> str:
+    """Stops a pipeline started with ``CAUGHT_UP_OPTIONS`` once its slot confirmed everything
+    committed so far, so that its sink wrote it; its output."""
+    target = conn.execute('SELECT pg_current_wal_lsn()::text').fetchone()[0]
+
+    def confirmed() -> bool:
+        row = conn.execute('SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots '
+                           'WHERE slot_name = %s', (target, slot)).fetchone()
+        return bool(row and row[0])
+    return stop_once(process, confirmed, f'confirmed {target} to slot {slot}')
 
 
 CAUGHT_UP_OPTIONS = ('--heartbeat_secs', '0.5', '--max_idle_secs', '60')
