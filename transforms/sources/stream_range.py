@@ -23,7 +23,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 
-__all__ = ['END', 'STOP', 'StreamReadFn', 'StreamRestrictionProvider']
+__all__ = ['END', 'STOP', 'StreamReadFn', 'StreamRestrictionProvider', 'end_bundles_promptly']
 
 END = (1 << 63) - 1
 """The end of every source's position range (the largest int64 Beam's OffsetRange holds)."""
@@ -33,6 +33,29 @@ STOP = threading.Event()
 end of its current round, as ``--max_idle_secs`` does: what was read is written and confirmed,
 nothing more is read.  Only runners that run the sources in this process (DirectRunner) see
 it; on Dataflow or Flink, draining the job is the runner's business."""
+
+
+SAMPLING_PERIOD_MS = 5
+"""The longest sleep of Beam's state-sampler thread in this process (Beam's default: 200)."""
+
+
+def end_bundles_promptly() -> None:
+    """Make bundles run in this process end without waiting for Beam's state sampler.
+
+    Every bundle ends by joining the thread that samples which step is running, and that
+    thread sleeps in periods growing from 2 to 200 ms: a round of a streaming source (a bundle
+    of 0.15 s) waited ~20 ms for it (measured), a catching-up round of 1 s up to ~190 ms, with
+    nothing read meanwhile.  With 5 ms periods the wait is a few milliseconds; the sampler
+    thread wakes more often (without the GIL) and the step timings are finer.  Affects the
+    bundle processors created after the call in this process: the local runner's.  Dataflow's
+    and Flink's workers keep their own setting.  Leaves Beam alone if its default is not the
+    one this was written against.
+    """
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if init.__defaults__ == (statesampler.DEFAULT_SAMPLING_PERIOD_MS,):
+        init.__defaults__ = (SAMPLING_PERIOD_MS,)
 
 
 class StreamRestrictionProvider(RestrictionProvider):

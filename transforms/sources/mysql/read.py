@@ -68,7 +68,7 @@ from transforms.sources.mysql.stream import (
     check_server,
 )
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import END, STOP, StreamReadFn
+from transforms.sources.stream_range import END, STOP, StreamReadFn, end_bundles_promptly
 
 __all__ = ['SNAPSHOT_MODES', 'ReadMySqlChanges', 'connect_args']
 
@@ -785,6 +785,7 @@ class ReadMySqlChanges(beam.PTransform):
         self._batched = batched
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        end_bundles_promptly()  # else every round waits ~20 ms for Beam's sampler thread
         read = (pbegin
                 | 'Start' >> beam.Impulse()
                 | 'ReadBinlog' >> beam.ParDo(_ReadBinlogFn(self._config))

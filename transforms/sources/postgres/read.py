@@ -54,7 +54,7 @@ from transforms.sources.postgres.replication import (
 )
 from transforms.sources.postgres.snapshot import SnapshotInvalidated, read_snapshot
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import END, STOP, StreamReadFn
+from transforms.sources.stream_range import END, STOP, StreamReadFn, end_bundles_promptly
 
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
 
@@ -486,6 +486,7 @@ class ReadPostgresChanges(beam.PTransform):
         self._batched = batched
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        end_bundles_promptly()  # else every round waits ~20 ms for Beam's sampler thread
         read = (pbegin
                 | 'Start' >> beam.Impulse()
                 | 'ReadSlot' >> beam.ParDo(_ReadSlotFn(self._config))
