@@ -221,6 +221,7 @@ class BinlogStream:
         self._limit = 0
         self._last_data = 0.0
         self.at_end = False
+        self._until_end = False
         # position state
         self.file = ''
         self._gtid: str | None = None
@@ -291,6 +292,7 @@ class BinlogStream:
             self._mysql_set = MySqlGtidSet.parse(position.gtid)
         self._register()
         flags = _BINLOG_DUMP_NON_BLOCK if until_end else 0
+        self._until_end = until_end
         if use_gtid and not self.info.mariadb:
             gtids = self._mysql_set.encode()
             payload = (bytes([_COM_BINLOG_DUMP_GTID])
@@ -400,6 +402,10 @@ class BinlogStream:
         if marker == 0x00:
             return self._event(data, start + 1, end)
         if marker == 0xfe and length < 9:
+            if not self._until_end:
+                # A blocking dump has no end: the server ends it only when it shuts down.
+                raise BinlogConnectionLost('the server ended the binlog dump (shutting down?); '
+                                           'resume from the last checkpoint')
             self.at_end = True
             return None
         if marker == 0xff:
