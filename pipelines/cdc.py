@@ -58,7 +58,8 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
                 config.source.raw, tables=config.tables, snapshot=config.snapshot,
                 max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
                 offset_store=config.offset_store, server_name=config.server_name,
-                dead_letter=config.dead_letter, progress=config.progress, batched=True)
+                dead_letter=config.dead_letter, progress=config.progress,
+                reconnect_secs=config.reconnect_secs, batched=True)
         except ValueError as exc:
             raise OptionError('--source', str(config.source), str(exc)) from None
         events = pipeline | 'ReadMySqlChanges' >> read_mysql
@@ -70,7 +71,7 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
             publication=config.publication, snapshot=config.snapshot,
             max_idle_secs=config.max_idle_secs, heartbeat_secs=config.heartbeat_secs,
             server_name=config.server_name, dead_letter=config.dead_letter,
-            progress=config.progress, batched=True)
+            progress=config.progress, reconnect_secs=config.reconnect_secs, batched=True)
     from transforms.schema.evolve import EvolveSchema
 
     # Lists of events from source to sink: one Beam element per event costs more than most
@@ -176,7 +177,8 @@ def _setup_failure(exc: BaseException) -> str | None:
     """One line for a failure the user must fix (connection, configuration, a schema change
     under strict), or None for anything else."""
     known = ('SourceSetupError', 'ReplicationError', 'OperationalError', 'SchemaChangeError',
-             'BinlogConfigError', 'BinlogPurgedError', 'BinlogConnectionLost')
+             'BinlogConfigError', 'BinlogPurgedError', 'BinlogConnectionLost',
+             'SourceUnavailable')
     cause: BaseException | None = exc
     while cause is not None:
         if type(cause).__name__ in known:

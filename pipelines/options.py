@@ -76,6 +76,7 @@ class CdcConfig:
     server_name: str
     progress: bool
     offset_store: str = ''  # MySQL/MariaDB sources only
+    reconnect_secs: float = 300.0  # 0: a broken source connection stops the pipeline
     tombstone_retention_hours: float = 168.0  # database sinks only; 0: keep forever
 
 
@@ -128,6 +129,11 @@ class CdcOptions(PipelineOptions):
             '--heartbeat_secs', default='10',
             help='How often an idle source writes a heartbeat so the slot keeps advancing '
                  '(default: 10; 0 disables).')
+        group.add_argument(
+            '--reconnect_secs', default='300',
+            help='How long a streaming source keeps reconnecting after its connection broke '
+                 '(server restart, failover, network), resuming where it was (default: 300; '
+                 '0 stops the pipeline at once).')
         group.add_argument(
             '--offset_store', default=None,
             help='Where a MySQL/MariaDB source records the binlog position the sink reached: '
@@ -243,6 +249,8 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         offset_store=_offset_store(opts.offset_store, sink, server_name),
         progress=progress == 'on' or (progress == 'auto' and _stderr_is_tty()),
         tombstone_retention_hours=_retention_hours(opts.tombstone_retention_hours),
+        reconnect_secs=_positive_float('--reconnect_secs', opts.reconnect_secs,
+                                       allow_zero=True) or 0.0,
     )
 
 

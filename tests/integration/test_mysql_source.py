@@ -687,3 +687,55 @@ def test_ddl_waits_for_the_snapshot_instead_of_breaking_it(mariadb_db: Any) -> N
     assert [e.message['rows'] for e in events if e.message] == [1, 2]
     assert [e.source.snapshot for e in events] == ['true'] * 4 + ['last']
     execute(conn, 'TRUNCATE later')  # the snapshot ended: its locks are gone
+
+
+# ---------------------------------------------------------------------------------------------
+# A lost connection
+
+def test_a_server_restart_between_transactions_is_ridden_through(tmp_path: Path) -> None:
+    """The dump breaks, the source reconnects (with pauses) from the last transaction it
+    read: every committed change arrives in order per key, in one run that exits with 0."""
+    from tests.services.mariadb import MariaDBServer
+
+    server = MariaDBServer.start()
+    try:
+        db = server.create_database('restart')
+        dsn = server.dsn(db)
+        with server.connect(db) as conn:
+            execute(conn, 'CREATE TABLE counters (k INT PRIMARY KEY, v INT NOT NULL)',
+                    'INSERT INTO counters SELECT seq, 0 FROM seq_1_to_20')
+        committed: dict[int, list[int]] = collections.defaultdict(list)
+
+        def write(seconds: float) -> None:
+            import random
+            rng = random.Random(len(committed))
+            deadline = time.monotonic() + seconds
+            with server.connect(db) as wconn, wconn.cursor() as cur:
+                while time.monotonic() < deadline:
+                    k = rng.randint(1, 20)
+                    cur.execute('UPDATE counters SET v = v + 1 WHERE k = %s', (k,))
+                    cur.execute('SELECT v FROM counters WHERE k = %s', (k,))
+                    committed[k].append(cur.fetchone()[0])
+                    time.sleep(0.002)
+
+        pipeline = start_cdc(dsn, f'jsonl:{tmp_path / "out"}', tmp_path, '--snapshot', 'never',
+                             '--reconnect_secs', '60', *CAUGHT_UP_OPTIONS)
+        wait_for_offsets(tmp_path / 'offsets.json', pipeline)
+        write(2)
+        server.restart(down_secs=2)
+        write(2)
+        with server.connect(db) as conn:
+            output = stop_when_caught_up(pipeline, conn, tmp_path)
+    finally:
+        server.stop()
+    assert 'reconnecting' in output and 'reconnected after' in output, output[-3000:]
+    delivered: dict[int, list[int]] = collections.defaultdict(list)
+    seen = set()
+    for doc in sorted((d for d in read_jsonl_dir(str(tmp_path / 'out')) if d['op'] == 'u'),
+                      key=position):
+        if position(doc) not in seen:
+            seen.add(position(doc))
+            delivered[doc['after']['k']].append(doc['after']['v'])
+    assert sum(map(len, committed.values())) > 100
+    for k, values in committed.items():
+        assert delivered[k] == values, f'key {k}: committed {values}, delivered {delivered[k]}'

@@ -489,3 +489,121 @@ def test_a_snapshot_older_than_a_rewrite_is_refused_not_read_empty(pg_db: Any) -
                                        assembler, created.consistent_point))
         finally:
             stream.close()
+
+
+def _dedup_per_key(docs: list[dict[str, Any]]) -> dict[int, list[int]]:
+    """Values per key in delivery order, each source position counted once (a consumer
+    drops what it saw: the docs carry their positions)."""
+    seen: set[tuple[int, int]] = set()
+    per_key: dict[int, list[int]] = collections.defaultdict(list)
+    for doc in docs:
+        position = (doc['source']['commit_lsn'], doc['source']['lsn'])
+        if doc['op'] != 'u' or position in seen:
+            continue
+        seen.add(position)
+        per_key[doc['after']['k']].append(doc['after']['v'])
+    return per_key
+
+
+@pytest.mark.parametrize('outage', ['walsender terminated', 'server restarted'])
+def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage: str) -> None:
+    """The source reconnects by itself and reads again what it had not emitted: every
+    committed change arrives, in order per key, in one run that exits with status 0."""
+    from tests.services.postgres import PostgresServer
+
+    server = PostgresServer.start()
+    try:
+        dsn, slot = server.dsn('postgres'), 'changebeam_postgres'
+        with server.connect('postgres') as conn:
+            conn.execute('CREATE TABLE counters (k integer PRIMARY KEY, v integer NOT NULL)')
+            conn.execute('INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g')
+        writing, paused = threading.Event(), threading.Event()
+        writing.set()
+        committed: dict[int, list[int]] = collections.defaultdict(list)
+
+        def writer() -> None:
+            import random
+            rng = random.Random(2)
+            while writing.is_set():
+                if paused.is_set():
+                    time.sleep(0.05)
+                    continue
+                with server.connect('postgres', autocommit=False) as conn:
+                    while writing.is_set() and not paused.is_set():
+                        # Transactions of 1-30 updates: a loss often falls inside one.
+                        done = []
+                        for _ in range(rng.randint(1, 30)):
+                            k = rng.randint(1, 20)
+                            done.append((k, conn.execute(
+                                'UPDATE counters SET v = v + 1 WHERE k = %s RETURNING v',
+                                (k,)).fetchone()[0]))
+                        conn.commit()
+                        for k, v in done:
+                            committed[k].append(v)
+                        time.sleep(0.002)
+
+        pipeline = start_cdc(dsn, tmp_path / 'out', '--snapshot', 'never',
+                             '--reconnect_secs', '60', *CAUGHT_UP_OPTIONS)
+        thread = threading.Thread(target=writer)
+        with server.connect('postgres') as conn:
+            wait_for_slot(conn, slot)
+        thread.start()
+        time.sleep(2)
+        if outage == 'walsender terminated':
+            with server.connect('postgres') as conn:
+                assert conn.execute('SELECT pg_terminate_backend(active_pid) FROM '
+                                    'pg_replication_slots WHERE slot_name = %s',
+                                    (slot,)).fetchone()[0]
+        else:
+            paused.set()
+            time.sleep(0.2)  # the writer's connection closes between transactions
+            server.restart(down_secs=2)
+            paused.clear()
+        time.sleep(3)
+        writing.clear()
+        thread.join()
+        with server.connect('postgres') as conn:
+            wait_for_slot(conn, slot)  # back again
+            output = stop_when_caught_up(pipeline, conn, slot)
+    finally:
+        server.stop()
+    assert 'reconnecting' in output and 'reconnected after' in output, output[-3000:]
+    delivered = _dedup_per_key(read_jsonl_dir(str(tmp_path / 'out')))
+    assert sum(map(len, committed.values())) > 100
+    for k, values in committed.items():
+        assert delivered[k] == values, f'key {k}: committed {values}, delivered {delivered[k]}'
+
+
+def test_a_source_down_for_longer_than_reconnect_secs_stops_with_one_line(
+        tmp_path: Path) -> None:
+    from tests.services.postgres import PostgresServer
+
+    server = PostgresServer.start()
+    try:
+        dsn = server.dsn('postgres')
+        with server.connect('postgres') as conn:
+            conn.execute('CREATE TABLE t (id integer PRIMARY KEY)')
+        pipeline = start_cdc(dsn, tmp_path / 'out', '--snapshot', 'never',
+                             '--reconnect_secs', '3', '--heartbeat_secs', '0.5')
+        with server.connect('postgres') as conn:
+            wait_for_slot(conn, 'changebeam_postgres')
+            conn.execute('INSERT INTO t VALUES (1)')
+        deadline = time.monotonic() + 60
+        while not [d for d in read_jsonl_dir(str(tmp_path / 'out')) if d['op'] == 'c']:
+            assert time.monotonic() < deadline and pipeline.poll() is None, 'no progress'
+            time.sleep(0.05)
+        server.halt()
+        began = time.monotonic()
+        output, _ = pipeline.communicate(timeout=60)
+        waited = time.monotonic() - began
+        server.resume()
+    finally:
+        server.stop()
+    assert pipeline.returncode == 1, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith('python -m pipelines.cdc: error: the source has been unreachable '
+                           'for '), output[-3000:]
+    assert 'resumes from the last confirmed position' in last
+    assert 3 <= waited < 30
+    assert [d['after']['id'] for d in read_jsonl_dir(str(tmp_path / 'out'))
+            if d['op'] == 'c'] == [1]

@@ -142,6 +142,16 @@ def privileges_for(user: str) -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+def spawn_server(args: list[str], cwd: Path, log_path: Path, mode: str = "wb",
+                 **popen: Any) -> subprocess.Popen[bytes]:
+    """A server process in its own session, output to ``log_path`` (``mode`` "ab" appends,
+    as a restart does)."""
+    with open(log_path, mode) as log:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+                                **popen)
+
+
 def make_private_dir(prefix: str, owner: str | None = None) -> Path:
     """A fresh 0700 temp dir; when we are root it is handed to `owner` (the server's user)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,10 @@ from tests.services import (
     log_tail,
     make_private_dir,
     require_binary,
+    spawn_server,
     stop_process_group,
     untrack,
+    wait_until_ready,
 )
 
 __all__ = ["MariaDBDatabase", "MariaDBServer"]
@@ -87,6 +90,7 @@ class MariaDBServer(Service):
         self.port = port
         self.log_path = log_path
         self._process = process
+        self._args: list[str] = []
 
     @classmethod
     def start(
@@ -137,16 +141,18 @@ class MariaDBServer(Service):
             f"--log-bin={data / 'bin'}",
             *(f"--{name}={value}" for name, value in settings.items()),
         ]
-        with open(log_path, "wb") as log:  # a fresh log per attempt
-            process = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=base,
-                start_new_session=True,
-            )
-        return cls(base, port, process, log_path)
+        server = cls(base, port, spawn_server(args, base, log_path), log_path)  # a fresh log
+        server._args = args
+        return server
+
+    def restart(self, down_secs: float = 0.0, timeout: float = _START_TIMEOUT_S) -> None:
+        """Clean shutdown (clients see their connections end), ``down_secs`` without a
+        server, then the same server again on the same port."""
+        stop_process_group(self._process, signal.SIGTERM, timeout=30)
+        time.sleep(down_secs)
+        self._process = spawn_server(self._args, self.base_dir, self.log_path, "ab")
+        wait_until_ready(f"mariadbd (port {self.port})", self._accepts_connections,
+                         self._process, self.log_path, timeout)
 
     def _accepts_connections(self) -> bool:
         # read_timeout too: whatever else holds the port may accept and then never greet us.

@@ -35,8 +35,10 @@ from tests.services import (
     make_private_dir,
     privileges_for,
     require_binary,
+    spawn_server,
     stop_process_group,
     untrack,
+    wait_until_ready,
 )
 
 __all__ = ["PgDatabase", "PostgresServer"]
@@ -109,6 +111,7 @@ class PostgresServer(Service):
         self.port = port
         self.log_path = log_path
         self._process = process
+        self._args: list[str] = []
 
     @classmethod
     def start(
@@ -151,18 +154,26 @@ class PostgresServer(Service):
         for name, value in {**settings, **placement}.items():
             args += ["-c", f"{name}={value}"]
         log_path = base / "postgres.log"
-        with open(log_path, "wb") as log:  # a fresh log per attempt
-            process = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=base,
-                env=_server_env(),
-                start_new_session=True,
-                **privileges_for(_OS_USER),
-            )
-        return cls(base, port, process, log_path)
+        server = cls(base, port, _spawn(args, base, log_path, "wb"), log_path)  # a fresh log
+        server._args = args
+        return server
+
+    def restart(self, down_secs: float = 0.0) -> None:
+        """Fast shutdown (clients see their connections end), ``down_secs`` without a server,
+        then the same cluster again on the same port."""
+        self.halt()
+        time.sleep(down_secs)
+        self.resume()
+
+    def halt(self) -> None:
+        """Fast shutdown, keeping the data for :meth:`resume`."""
+        stop_process_group(self._process, signal.SIGINT, timeout=30)
+
+    def resume(self, timeout: float = _START_TIMEOUT_S) -> None:
+        """Starts the halted cluster again on the same port."""
+        self._process = _spawn(self._args, self.base_dir, self.log_path, "ab")
+        wait_until_ready(f"postgres (port {self.port})", self._accepts_connections,
+                         self._process, self.log_path, timeout)
 
     def _accepts_connections(self) -> bool:
         try:
@@ -247,6 +258,11 @@ class PgDatabase:
 
     def connect(self, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
         return self.server.connect(self.name, autocommit=autocommit, **kwargs)
+
+
+def _spawn(args: list[str], base: Path, log_path: Path, mode: str) -> subprocess.Popen[bytes]:
+    return spawn_server(args, base, log_path, mode, env=_server_env(),
+                        **privileges_for(_OS_USER))
 
 
 def _server_env() -> dict[str, str]:

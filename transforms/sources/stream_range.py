@@ -14,7 +14,9 @@ once, so the range of positions is never split up front, and on drain reading si
 from __future__ import annotations
 
 import gc
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +25,15 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 
-__all__ = ['END', 'STOP', 'StreamReadFn', 'StreamRestrictionProvider', 'end_bundles_promptly']
+__all__ = ['END', 'STOP', 'SourceUnavailable', 'StreamReadFn', 'StreamRestrictionProvider',
+           'end_bundles_promptly']
+
+_LOG = logging.getLogger(__name__)
+
+RECONNECT_SECS = 300.0
+"""How long a streaming source keeps trying to reconnect after its connection broke."""
+_FIRST_RETRY_S = 0.5
+_LONGEST_RETRY_S = 10.0
 
 END = (1 << 63) - 1
 """The end of every source's position range (the largest int64 Beam's OffsetRange holds)."""
@@ -58,6 +68,10 @@ def end_bundles_promptly() -> None:
         init.__defaults__ = (SAMPLING_PERIOD_MS,)
 
 
+class SourceUnavailable(ConnectionError):
+    """The source's server stayed unreachable for longer than the source waits for it."""
+
+
 class StreamRestrictionProvider(RestrictionProvider):
     """``[0, end)`` of a source's integer positions (LSNs, encoded binlog positions)."""
 
@@ -85,13 +99,19 @@ class StreamReadFn(beam.DoFn):
 
     Subclasses set ``self._control``, ``self._stream`` (None until streaming) and
     ``self._resync`` (the stream read past the restriction it was handed) and implement the
-    four hooks.  The BundleFinalizerParam comes before the restriction and watermark
-    parameters, as the local runner requires.
+    four hooks.  A round whose connection broke calls ``_connection_lost``; the next rounds
+    call ``_reconnect`` (one attempt each, with growing pauses) until it works, for up to
+    ``reconnect_secs``, and ``_transient`` says which failures are worth waiting out.  The
+    BundleFinalizerParam comes before the restriction and watermark parameters, as the local
+    runner requires.
     """
 
     _control: Any = None
     _stream: Any = None
     _resync: bool = False
+    _lost_since: float | None = None  # when the connection broke; None while connected
+    _retry_in: float = _FIRST_RETRY_S
+    reconnect_secs: float = RECONNECT_SECS
 
     def process(self, element: Any,
                 finalizer=beam.DoFn.BundleFinalizerParam,
@@ -113,9 +133,52 @@ class StreamReadFn(beam.DoFn):
                 return
             tracker.defer_remainder()
             return
-        if self._resync:
-            self._reconnect(start)
+        if self._resync and not self._reconnected(start):
+            if STOP.is_set():
+                _LOG.info('stop requested while the source is unreachable: stopping')
+                tracker.try_claim(END - 1)
+                return
+            tracker.defer_remainder()  # try again next round
+            return
         yield from self._stream_round(tracker, finalizer, watermark)
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        """The round's reading broke off: reconnect at the start of the next round."""
+        if self._lost_since is None:
+            self._lost_since = time.monotonic()
+            self._retry_in = _FIRST_RETRY_S
+        _LOG.warning('%s; reconnecting', exc)
+        self._resync = True
+
+    def _reconnected(self, start: int) -> bool:
+        """``_reconnect``, retried with growing pauses (one attempt a round) for up to
+        ``reconnect_secs`` after the connection broke; errors that are not about reaching the
+        server (``_transient``) are raised at once."""
+        try:
+            self._reconnect(start)
+        except Exception as exc:
+            if not self._transient(exc):
+                raise
+            now = time.monotonic()
+            lost_since = self._lost_since = self._lost_since or now
+            if now - lost_since >= self.reconnect_secs:
+                raise SourceUnavailable(
+                    f'the source has been unreachable for {now - lost_since:.0f} s ({exc}); '
+                    'restart the pipeline once it is back: it resumes from the last confirmed '
+                    'position') from exc
+            _LOG.warning('cannot reconnect yet (%s); next attempt in %.1f s',
+                         ' '.join(str(exc).split()), self._retry_in)
+            STOP.wait(self._retry_in)
+            self._retry_in = min(self._retry_in * 2, _LONGEST_RETRY_S)
+            return False
+        if self._lost_since is not None:
+            _LOG.info('reconnected after %.1f s', time.monotonic() - self._lost_since)
+        self._lost_since = None
+        return True
+
+    def _transient(self, exc: BaseException) -> bool:
+        """Whether reconnecting may succeed later (the server is restarting, unreachable)."""
+        return False
 
     def _open(self) -> None:
         raise NotImplementedError

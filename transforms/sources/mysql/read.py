@@ -68,7 +68,13 @@ from transforms.sources.mysql.stream import (
     check_server,
 )
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import END, STOP, StreamReadFn, end_bundles_promptly
+from transforms.sources.stream_range import (
+    END,
+    RECONNECT_SECS,
+    STOP,
+    StreamReadFn,
+    end_bundles_promptly,
+)
 
 __all__ = ['SNAPSHOT_MODES', 'ReadMySqlChanges', 'connect_args']
 
@@ -136,6 +142,7 @@ class _SourceConfig:
     round_secs: float
     batch_size: int
     progress: bool
+    reconnect_secs: float = RECONNECT_SECS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +322,7 @@ class _ReadBinlogFn(StreamReadFn):
 
     def __init__(self, config: _SourceConfig) -> None:
         self._config = config
+        self.reconnect_secs = config.reconnect_secs
 
     def setup(self) -> None:
         config = self._config
@@ -469,12 +477,20 @@ class _ReadBinlogFn(StreamReadFn):
         """Reopens the dump at the last transaction boundary read; what the restriction no
         longer covers is skipped."""
         assert self._stream is not None
-        self._stream.close()
-        self._stream = None
+        self._stream.close()  # kept until a new one streams: the source has begun
+        with self._lock:
+            self._control.ping(reconnect=True)  # a server restart broke it too
         position = self._resume or self._file_start(start)
         _LOG.info('reconnecting the binlog dump at %s', position)
         self._start_stream(position)
         self._resync = False
+
+    def _transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, BinlogConnectionLost):
+            return True
+        error = _pymysql().err.OperationalError
+        # Not: access denied (1044, 1045), which waiting does not mend.
+        return isinstance(exc, error) and bool(exc.args) and exc.args[0] not in (1044, 1045)
 
     def _purged(self, detail: str) -> BinlogPurgedError:
         return BinlogPurgedError(
@@ -547,8 +563,7 @@ class _ReadBinlogFn(StreamReadFn):
             except BinlogConnectionLost as exc:
                 if in_tx:
                     raise  # mid-transaction: the offset store is where to resume
-                _LOG.warning('%s; reconnecting', exc)
-                self._resync = True
+                self._connection_lost(exc)
                 break
             if item is None:
                 if in_tx:
@@ -741,7 +756,7 @@ class ReadMySqlChanges(beam.PTransform):
                  server_name: str | None = None, dead_letter: str = 'jsonl:dead-letters',
                  round_secs: float = 0.2, batch_size: int = 500, progress: bool = False,
                  offset_options: Mapping[str, Any] | None = None,
-                 batched: bool = False) -> None:
+                 reconnect_secs: float = RECONNECT_SECS, batched: bool = False) -> None:
         super().__init__()
         parsed = parse_dsn(dsn, option='dsn')
         if parsed.kind != 'mysql':
@@ -755,6 +770,8 @@ class ReadMySqlChanges(beam.PTransform):
             raise ValueError(f'heartbeat_secs {heartbeat_secs!r} must be zero or more')
         if not round_secs > 0 or batch_size <= 0:
             raise ValueError('round_secs and batch_size must be more than zero')
+        if not reconnect_secs >= 0:
+            raise ValueError(f'reconnect_secs {reconnect_secs!r} must not be negative')
         if server_id is not None and not 0 < server_id < 2 ** 32:
             raise ValueError(f'server_id {server_id} must be in 1..4294967295 and unique '
                              'among the server\'s replicas')
@@ -780,7 +797,7 @@ class ReadMySqlChanges(beam.PTransform):
             server_id_explicit=server_id is not None, offset_store=offset_store,
             offset_options=tuple(sorted((offset_options or {}).items())),
             server_name=server_name or parsed.database or 'mysql', round_secs=round_secs,
-            batch_size=batch_size, progress=progress)
+            batch_size=batch_size, progress=progress, reconnect_secs=reconnect_secs)
         self._dead_letter = dead_letter
         self._batched = batched
 

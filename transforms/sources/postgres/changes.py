@@ -131,6 +131,10 @@ class ChangeAssembler:
     def commit(self, message: Commit) -> None:
         self._begin = None
 
+    def abandon(self) -> None:
+        """Forget a transaction whose rest will not arrive (the connection broke)."""
+        self._begin = None
+
     @property
     def in_transaction(self) -> bool:
         return self._begin is not None

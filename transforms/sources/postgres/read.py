@@ -9,6 +9,10 @@ then defers the rest.  The round's last commit LSN is confirmed to the slot only
 finalizer, i.e. after the fused sink committed what the round emitted: a crash replays from the
 last confirmed transaction and loses nothing (at-least-once; sinks dedup by position).
 
+A broken replication connection (server restart, terminated walsender) is reopened for up to
+``reconnect_secs``, at the end of the last transaction emitted: what the round read but had not
+emitted is read again, so nothing is lost.
+
 With ``snapshot='initial'`` a new slot exports its snapshot and the tables are copied (op ``r``)
 before streaming starts at the slot's consistent point: no gap, no overlap.  A restart before
 the snapshot was confirmed downstream drops the slot and takes the snapshot again.
@@ -48,13 +52,20 @@ from transforms.sources.postgres.pgoutput import (
 )
 from transforms.sources.postgres.replication import (
     SESSION_OPTIONS,
+    ReplicationError,
     ReplicationStream,
     format_lsn,
     parse_lsn,
 )
 from transforms.sources.postgres.snapshot import SnapshotInvalidated, read_snapshot
 from transforms.sources.progress import ProgressLine
-from transforms.sources.stream_range import END, STOP, StreamReadFn, end_bundles_promptly
+from transforms.sources.stream_range import (
+    END,
+    RECONNECT_SECS,
+    STOP,
+    StreamReadFn,
+    end_bundles_promptly,
+)
 
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
 
@@ -85,6 +96,7 @@ class _SourceConfig:
     round_secs: float
     batch_size: int
     progress: bool
+    reconnect_secs: float = RECONNECT_SECS
 
 
 @beam.DoFn.unbounded_per_element()
@@ -93,6 +105,7 @@ class _ReadSlotFn(StreamReadFn):
 
     def __init__(self, config: _SourceConfig) -> None:
         self._config = config
+        self.reconnect_secs = config.reconnect_secs
 
     def setup(self) -> None:
         self._control: Any = None
@@ -120,7 +133,11 @@ class _ReadSlotFn(StreamReadFn):
                                           self._lookup_key, self._lookup_types,
                                           self._lookup_missing)
         self._decoder = PgOutputDecoder()
-        self._resync = False  # the stream read past the restriction it was handed
+        self._resync = False  # the stream read past the restriction it was handed, or broke
+        # After a lost connection: the end of the last transaction emitted.  Transactions the
+        # lost round claimed after it were not emitted, and are read again from there.
+        self._emitted_end = 0
+        self._replay_from: int | None = None
         self._idle_since = time.monotonic()
         self._last_heartbeat = time.monotonic()
         self._watermark = Timestamp(0)
@@ -196,6 +213,7 @@ class _ReadSlotFn(StreamReadFn):
                 catalog.drop_slot(self._control, config.slot)
         stream.start(config.slot, max(start_lsn, start), config.publication)
         self._stream = stream
+        self._emitted_end = max(start_lsn, start)
 
     def _snapshot(self, name: str | None, tables: Sequence[catalog.TableRef],
                   consistent_point: int, tracker: Any, finalizer: Any,
@@ -240,16 +258,63 @@ class _ReadSlotFn(StreamReadFn):
         return bool(row) and row[0] == _SNAPSHOT_DONE + self._config.slot
 
     def _reconnect(self, start: int) -> None:
-        """The runner handed us a restriction we are not positioned at: reconnect there."""
-        _LOG.info('restarting replication at %s', format_lsn(start))
-        assert self._stream is not None
-        self._stream.close()
-        self._stream = ReplicationStream.connect(self._config.dsn)
-        self._stream.start(self._config.slot, start, self._config.publication)
+        """Reopen the stream: the runner handed us a restriction we are not positioned at, or
+        the connection broke (then at the end of the last transaction emitted)."""
+        import psycopg
+
+        config = self._config
+        old = self._stream
+        assert old is not None
+        old.close()
+        if self._control.closed or self._control.broken:
+            self._control = psycopg.connect(config.dsn, autocommit=True,
+                                            options=SESSION_OPTIONS)
+        with self._lock:
+            if catalog.slot_info(self._control, config.slot) is None:
+                raise catalog.SourceSetupError(
+                    f'slot {config.slot!r} no longer exists (dropped while the pipeline ran); '
+                    'restart with --snapshot initial to copy the tables again')
+        at = start if self._replay_from is None else self._replay_from
+        _LOG.info('restarting replication at %s', format_lsn(at))
+        stream = ReplicationStream.connect(config.dsn)
+        try:
+            stream.confirm(old.confirmed_lsn, send=False)  # never report less than confirmed
+            stream.start(config.slot, at, config.publication)
+        except BaseException:
+            stream.close()
+            raise
+        self._stream = stream
         self._decoder = PgOutputDecoder()
+        self._assembler.abandon()
         self._resync = False
 
+    def _transient(self, exc: BaseException) -> bool:
+        import psycopg
+
+        if isinstance(exc, ReplicationError):
+            return exc.transient
+        return isinstance(exc, psycopg.OperationalError)
+
     def _stream_round(self, tracker: Any, finalizer: Any, watermark: Any) -> Iterator[Any]:
+        """One round; a broken connection ends it early, and the next one reconnects."""
+        import psycopg
+
+        try:
+            yield from self._read_round(tracker, finalizer, watermark)
+        except (ReplicationError, psycopg.OperationalError) as exc:
+            if not self._transient(exc):
+                raise
+            # What the round read but did not emit is dropped, its claim notwithstanding: from
+            # the end of the last transaction emitted, the next round reads it again.
+            self._replay_from = self._emitted_end
+            self._connection_lost(exc)
+            if self._emitted_end:
+                emitted = self._emitted
+                finalizer.register(
+                    lambda lsn=self._emitted_end, n=emitted: self._confirm(lsn, n))
+            tracker.defer_remainder()
+
+    def _read_round(self, tracker: Any, finalizer: Any, watermark: Any) -> Iterator[Any]:
         config = self._config
         stream = self._stream
         assert stream is not None
@@ -261,6 +326,7 @@ class _ReadSlotFn(StreamReadFn):
         batch: list[ChangeEvent] = []
         letters: list[DeadLetter] = []
         confirm_lsn = 0
+        last_end = self._emitted_end  # the end of the last transaction read whole
         commit_ts = None
         received = 0
         skipping = False  # replayed by the server, emitted before a reconnect
@@ -311,24 +377,30 @@ class _ReadSlotFn(StreamReadFn):
                 if len(batch) >= config.batch_size:
                     yield from self._emit(batch)
                     batch = []
+                    self._emitted_end = last_end
                 continue
             if type(message) is Begin:
                 assembler.begin(message)
                 if message.final_lsn < start:
-                    skipping = True
+                    # Emitted before a reconnect, unless the connection broke before it was.
+                    replay_from = self._replay_from
+                    skipping = replay_from is None or message.final_lsn < replay_from
                 elif tracker.try_claim(message.final_lsn):
                     skipping = False
+                    self._replay_from = None
                 else:
                     self._resync = True  # this Begin is the residual's: reread it there
                     break
             elif type(message) is Commit:
                 assembler.commit(message)
                 if not skipping:
+                    last_end = message.end_lsn
                     # Whole transactions only; several small ones share a batch (one Beam
                     # element each costs more than the changes of a small transaction).
                     if len(batch) >= config.batch_size:
                         yield from self._emit(batch)
                         batch = []
+                        self._emitted_end = last_end
                     confirm_lsn = message.end_lsn
                     commit_ts = message.commit_ts
                 skipping = False
@@ -366,6 +438,7 @@ class _ReadSlotFn(StreamReadFn):
                     source=_where(config, frame)))
         if batch:
             yield from self._emit(batch)
+        self._emitted_end = last_end
         self._bytes.inc(received)
         if letters:
             self._dead.inc(len(letters))
@@ -412,7 +485,10 @@ class _ReadSlotFn(StreamReadFn):
         """Bundle finalizer: the sink committed everything up to ``lsn``."""
         self._confirmed_changes = emitted
         if self._stream is not None:
-            self._stream.confirm(lsn)
+            try:
+                self._stream.confirm(lsn)
+            except ReplicationError as exc:  # kept: the next connection reports it
+                self._connection_lost(exc)
 
     def _maybe_heartbeat(self, now: float) -> None:
         config = self._config
@@ -464,7 +540,8 @@ class ReadPostgresChanges(beam.PTransform):
                  max_idle_secs: float | None = None, heartbeat_secs: float = 10.0,
                  server_name: str | None = None, dead_letter: str = 'jsonl:dead-letters',
                  round_secs: float = 0.15, batch_size: int = 500,
-                 progress: bool = False, batched: bool = False) -> None:
+                 progress: bool = False, reconnect_secs: float = RECONNECT_SECS,
+                 batched: bool = False) -> None:
         super().__init__()
         parsed = parse_dsn(dsn, option='dsn')
         if parsed.kind != 'postgresql':
@@ -475,13 +552,15 @@ class ReadPostgresChanges(beam.PTransform):
             raise ValueError(f'max_idle_secs {max_idle_secs!r} must be more than zero')
         if round_secs <= 0 or batch_size <= 0:
             raise ValueError('round_secs and batch_size must be more than zero')
+        if reconnect_secs < 0:
+            raise ValueError(f'reconnect_secs {reconnect_secs!r} must not be negative')
         slot = slot_name or f'changebeam_{parsed.database or "db"}'.lower()
         self._config = _SourceConfig(
             dsn=dsn, tables=tuple(tables), slot=slot, publication=publication or slot,
             snapshot=snapshot, max_idle_secs=max_idle_secs, heartbeat_secs=heartbeat_secs,
             server_name=server_name or parsed.database or 'postgres',
             database=parsed.database or 'postgres', round_secs=round_secs,
-            batch_size=batch_size, progress=progress)
+            batch_size=batch_size, progress=progress, reconnect_secs=reconnect_secs)
         self._dead_letter = dead_letter
         self._batched = batched
 

@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-__all__ = ['SESSION_OPTIONS', 'ReplicationError', 'ReplicationStream', 'SlotCreated', 'XLogData',
-           'format_lsn', 'parse_lsn']
+__all__ = ['SESSION_OPTIONS', 'ConnectionLost', 'ReplicationError', 'ReplicationStream',
+           'SlotCreated', 'XLogData', 'format_lsn', 'parse_lsn']
 
 _LOG = logging.getLogger(__name__)
 
@@ -42,7 +42,41 @@ the walsender and COPY print values with the session's settings."""
 
 
 class ReplicationError(RuntimeError):
-    """The server refused or broke the replication conversation; the message says why."""
+    """The server refused or broke the replication conversation; the message says why.
+
+    ``sqlstate`` is the server's error code when it sent one."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: the connection broke, the server is shutting down or starting up,
+        has no connection slot free, or the slot is still held by the walsender of a
+        connection that broke (it lets go within ``wal_sender_timeout``)."""
+        state = self.sqlstate or ''
+        return state[:2] in ('08', '53') or state in ('57P01', '57P02', '57P03', '55006')
+
+
+class ConnectionLost(ReplicationError):
+    """The replication connection broke (server restart, network, a terminated walsender)."""
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
+def _result_error(pgconn: Any, result: Any, cls: type[ReplicationError] = ReplicationError,
+                  prefix: str = '') -> ReplicationError:
+    from psycopg import pq
+
+    message = (result.error_message if result is not None else b'') or pgconn.error_message
+    state = result.error_field(pq.DiagnosticField.SQLSTATE) if result is not None else None
+    text = message.decode(errors='replace').strip()
+    if cls is ReplicationError and not text.strip() and pgconn.status != pq.ConnStatus.OK:
+        cls = ConnectionLost
+    return cls(prefix + (text or 'by the server'), state.decode() if state else None)
 
 
 def parse_lsn(text: str) -> int:
@@ -53,6 +87,14 @@ def parse_lsn(text: str) -> int:
 
 def format_lsn(lsn: int) -> str:
     return f'{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}'
+
+
+def psycopg_errors() -> Any:
+    """The psycopg module, for its exception classes (imported when an error is handled, like
+    the rest of psycopg here)."""
+    import psycopg
+
+    return psycopg
 
 
 def now_pg_us() -> int:
@@ -104,7 +146,8 @@ class ReplicationStream:
         if pgconn.status != pq.ConnStatus.OK:
             message = pgconn.error_message.decode(errors='replace').strip()
             pgconn.finish()
-            raise ReplicationError(f'cannot open a replication connection: {message}')
+            # libpq reports no SQLSTATE for a connection it could not make: 08001.
+            raise ReplicationError(f'cannot open a replication connection: {message}', '08001')
         return cls(pgconn)
 
     # -- commands ------------------------------------------------------------------------------
@@ -114,8 +157,7 @@ class ReplicationStream:
 
         result = self._pgconn.exec_(sql.encode())
         if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-            message = (result.error_message or self._pgconn.error_message)
-            raise ReplicationError(message.decode(errors='replace').strip())
+            raise _result_error(self._pgconn, result)
         rows = []
         for row in range(result.ntuples):
             rows.append(tuple(
@@ -147,12 +189,13 @@ class ReplicationStream:
             options.append("messages 'true'")
         sql = (f'START_REPLICATION SLOT "{slot}" LOGICAL {format_lsn(start_lsn)} '
                f'({", ".join(options)})')
-        self._pgconn.send_query(sql.encode())
-        result = self._pgconn.get_result()
+        try:
+            self._pgconn.send_query(sql.encode())
+            result = self._pgconn.get_result()
+        except psycopg_errors().OperationalError as exc:
+            raise ConnectionLost(f'replication connection lost: {exc}') from exc
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
-            message = (result.error_message if result is not None else b'') \
-                or self._pgconn.error_message
-            raise ReplicationError(message.decode(errors='replace').strip())
+            raise _result_error(self._pgconn, result)
         self._pgconn.nonblocking = 1
         self._streaming = True
         self._received = max(self._received, start_lsn)
@@ -164,52 +207,57 @@ class ReplicationStream:
     def read(self, timeout: float) -> XLogData | None:
         """The next WAL data frame, or None when none arrives within ``timeout`` seconds.
 
-        Blocks on the socket (no busy wait).  Keepalives are answered here.
+        Blocks on the socket (no busy wait).  Keepalives are answered here.  A broken
+        connection raises :class:`ConnectionLost`.
         """
         pgconn = self._pgconn
         deadline = None
-        while True:
-            size, data = pgconn.get_copy_data(1)
-            if size > 0:
-                kind = data[0]
-                if kind == 0x77:  # 'w'
-                    start, wal_end, send_time = _XLOG_HEADER.unpack_from(data, 1)
-                    if wal_end > self._received:
-                        self._received = wal_end
-                    # The clock is read once every _STATUS_EVERY frames of a burst (and
-                    # whenever the socket runs dry), not per frame.
-                    self._frames += 1
-                    if self._frames >= _STATUS_EVERY:
-                        self._frames = 0
-                        self._maybe_send_status()
-                    return XLogData(start, wal_end, send_time + _EPOCH_OFFSET_US, data[25:])
-                if kind == 0x6B:  # 'k'
-                    wal_end, _send_time, reply = _KEEPALIVE.unpack_from(data, 1)
-                    self._maybe_send_status(force=reply)
+        try:
+            while True:
+                size, data = pgconn.get_copy_data(1)
+                if size > 0:
+                    kind = data[0]
+                    if kind == 0x77:  # 'w'
+                        start, wal_end, send_time = _XLOG_HEADER.unpack_from(data, 1)
+                        if wal_end > self._received:
+                            self._received = wal_end
+                        # The clock is read once every _STATUS_EVERY frames of a burst (and
+                        # whenever the socket runs dry), not per frame.
+                        self._frames += 1
+                        if self._frames >= _STATUS_EVERY:
+                            self._frames = 0
+                            self._maybe_send_status()
+                        return XLogData(start, wal_end, send_time + _EPOCH_OFFSET_US, data[25:])
+                    if kind == 0x6B:  # 'k'
+                        wal_end, _send_time, reply = _KEEPALIVE.unpack_from(data, 1)
+                        self._maybe_send_status(force=reply)
+                        continue
+                    raise ReplicationError(f'unexpected replication frame type {chr(kind)!r}')
+                if size == 0:
+                    self._maybe_send_status()
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + timeout
+                    remaining = deadline - now
+                    # Wake at least every status interval so the server hears from us.  Once the
+                    # time is up, still take what already waits in the socket (timeout 0 polls).
+                    ready, _, _ = select.select([pgconn.socket], [], [],
+                                                max(0.0, min(remaining, _STATUS_INTERVAL_S)))
+                    if ready:
+                        pgconn.consume_input()
+                        continue
+                    if remaining <= 0:
+                        return None
                     continue
-                raise ReplicationError(f'unexpected replication frame type {chr(kind)!r}')
-            if size == 0:
-                self._maybe_send_status()
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + timeout
-                remaining = deadline - now
-                # Wake at least every status interval so the server hears from us.  Once the
-                # time is up, still take what already waits in the socket (timeout 0 polls).
-                ready, _, _ = select.select([pgconn.socket], [], [],
-                                            max(0.0, min(remaining, _STATUS_INTERVAL_S)))
-                if ready:
-                    pgconn.consume_input()
-                    continue
-                if remaining <= 0:
-                    return None
-                continue
+                self._streaming = False
+                result = pgconn.get_result()
+                error = _result_error(pgconn, result, prefix='replication stream ended: ')
+                if error.transient or error.sqlstate is None:
+                    raise ConnectionLost(str(error), error.sqlstate)
+                raise error
+        except psycopg_errors().OperationalError as exc:  # evaluated only when raised
             self._streaming = False
-            result = pgconn.get_result()
-            message = (result.error_message if result is not None else b'') \
-                or pgconn.error_message
-            raise ReplicationError('replication stream ended: '
-                                   + (message.decode(errors='replace').strip() or 'by the server'))
+            raise ConnectionLost(f'replication connection lost: {exc}') from exc
 
     @property
     def received_lsn(self) -> int:
@@ -239,9 +287,15 @@ class ReplicationStream:
             confirmed = self._confirmed
             frame = _STATUS.pack(b'r', max(self._received, confirmed), confirmed, confirmed,
                                  now_pg_us(), False)
-            if self._pgconn.put_copy_data(frame) != 1 or self._pgconn.flush() < 0:
+            try:
+                sent = self._pgconn.put_copy_data(frame) == 1 and self._pgconn.flush() >= 0
+            except psycopg_errors().OperationalError as exc:
+                sent = False
+                _LOG.debug('standby status: %s', exc)
+            if not sent:
+                self._streaming = False
                 message = self._pgconn.error_message.decode(errors='replace').strip()
-                raise ReplicationError(f'cannot send standby status: {message}')
+                raise ConnectionLost(f'cannot send standby status: {message}')
             self._reported = confirmed
             self._last_status = now
         finally:
