@@ -67,16 +67,16 @@ class ConnectionLost(ReplicationError):
         return True
 
 
-def _result_error(pgconn: Any, result: Any, cls: type[ReplicationError] = ReplicationError,
-                  prefix: str = '') -> ReplicationError:
+def _result_error(pgconn: Any, result: Any, prefix: str = '') -> ReplicationError:
+    """The server's error for a failed command, with its SQLSTATE; ConnectionLost when the
+    connection itself is gone."""
     from psycopg import pq
 
     message = (result.error_message if result is not None else b'') or pgconn.error_message
     state = result.error_field(pq.DiagnosticField.SQLSTATE) if result is not None else None
-    text = message.decode(errors='replace').strip()
-    if cls is ReplicationError and not text.strip() and pgconn.status != pq.ConnStatus.OK:
-        cls = ConnectionLost
-    return cls(prefix + (text or 'by the server'), state.decode() if state else None)
+    cls = ConnectionLost if pgconn.status != pq.ConnStatus.OK else ReplicationError
+    return cls(prefix + (message.decode(errors='replace').strip() or 'by the server'),
+               state.decode() if state else None)
 
 
 def parse_lsn(text: str) -> int:
@@ -252,8 +252,8 @@ class ReplicationStream:
                 self._streaming = False
                 result = pgconn.get_result()
                 error = _result_error(pgconn, result, prefix='replication stream ended: ')
-                if error.transient or error.sqlstate is None:
-                    raise ConnectionLost(str(error), error.sqlstate)
+                if error.sqlstate is None:  # no word from the server: the connection ended
+                    raise ConnectionLost(str(error))
                 raise error
         except psycopg_errors().OperationalError as exc:  # evaluated only when raised
             self._streaming = False
