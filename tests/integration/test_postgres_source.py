@@ -505,15 +505,20 @@ def _dedup_per_key(docs: list[dict[str, Any]]) -> dict[int, list[int]]:
     return per_key
 
 
-@pytest.mark.parametrize('outage', ['walsender terminated', 'server restarted'])
+@pytest.mark.parametrize('outage', ['walsender terminated', 'server restarted',
+                                    'network cut three times'])
 def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage: str) -> None:
     """The source reconnects by itself and reads again what it had not emitted: every
     committed change arrives, in order per key, in one run that exits with status 0."""
     from tests.services.postgres import PostgresServer
+    from tests.services.proxy import CuttingProxy
 
     server = PostgresServer.start()
+    proxy = CuttingProxy.start(server.port)
     try:
         dsn, slot = server.dsn('postgres'), 'changebeam_postgres'
+        if outage.startswith('network'):  # the pipeline connects through the proxy
+            dsn = f'postgresql://{server.user}@127.0.0.1:{proxy.port}/postgres'
         with server.connect('postgres') as conn:
             conn.execute('CREATE TABLE counters (k integer PRIMARY KEY, v integer NOT NULL)')
             conn.execute('INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g')
@@ -554,6 +559,11 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
                 assert conn.execute('SELECT pg_terminate_backend(active_pid) FROM '
                                     'pg_replication_slots WHERE slot_name = %s',
                                     (slot,)).fetchone()[0]
+        elif outage.startswith('network'):
+            for _ in range(3):  # at a byte: mostly inside a transaction, often mid-message
+                proxy.cut_after(20_000)
+                proxy.wait_for_cut(timeout=30)
+                time.sleep(0.5)
         else:
             paused.set()
             time.sleep(0.2)  # the writer's connection closes between transactions
@@ -566,6 +576,7 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
             wait_for_slot(conn, slot)  # back again
             output = stop_when_caught_up(pipeline, conn, slot)
     finally:
+        proxy.close()
         server.stop()
     assert 'reconnecting' in output and 'reconnected after' in output, output[-3000:]
     delivered = _dedup_per_key(read_jsonl_dir(str(tmp_path / 'out')))

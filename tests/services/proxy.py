@@ -1,0 +1,108 @@
+"""A TCP proxy in front of a real server that can break its connections at a chosen byte.
+
+Killing a session on the server (``KILL``, ``pg_terminate_backend``) only lands where the
+server looks at it, and a shutdown only between what it sends; the data already in the socket
+buffers (megabytes) still arrives whole.  A network failure cuts a stream anywhere, inside a
+transaction or a packet.  This proxy does that, reproducibly: ``cut_after(n)`` forwards ``n``
+more bytes from the server to the clients, then closes both sides of the connection that
+carried the last of them.  Connections opened later pass through untouched.
+
+    proxy = CuttingProxy.start(server.port)
+    dsn = f'mysql://root@127.0.0.1:{proxy.port}/db'
+    proxy.cut_after(1_000_000)
+    proxy.wait_for_cut(timeout=30)
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from tests.services import ServiceError
+
+__all__ = ["CuttingProxy"]
+
+_CHUNK = 64 * 1024
+
+
+class CuttingProxy:
+    """Listens on a free loopback port and forwards each connection to ``target_port``."""
+
+    def __init__(self, listener: socket.socket, target_port: int) -> None:
+        self._listener = listener
+        self.port: int = listener.getsockname()[1]
+        self._target_port = target_port
+        self._lock = threading.Lock()
+        self._budget: int | None = None  # bytes still forwarded before the cut; None: no cut
+        self._cut = threading.Event()
+        self.cuts = 0
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    @classmethod
+    def start(cls, target_port: int) -> CuttingProxy:
+        listener = socket.create_server(("127.0.0.1", 0))
+        return cls(listener, target_port)
+
+    def cut_after(self, nbytes: int) -> None:
+        """Break the connection that carries the server's byte ``nbytes`` from now."""
+        if nbytes <= 0:
+            raise ValueError(f"nbytes {nbytes} must be positive")
+        with self._lock:
+            self._budget = nbytes
+            self._cut.clear()
+
+    def wait_for_cut(self, timeout: float) -> None:
+        if not self._cut.wait(timeout):
+            raise ServiceError(f"the proxy cut nothing within {timeout} s: too few bytes flowed")
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                server = socket.create_connection(("127.0.0.1", self._target_port))
+            except OSError:
+                client.close()  # the server is down: so is the connection through the proxy
+                continue
+            pair = (client, server)
+            threading.Thread(target=self._pump, args=(client, server, pair, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, pair, True),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket,
+              pair: tuple[socket.socket, socket.socket], from_server: bool) -> None:
+        try:
+            while True:
+                data = source.recv(_CHUNK)
+                if not data:
+                    break
+                cut = False
+                if from_server:
+                    with self._lock:
+                        if self._budget is not None:
+                            if len(data) >= self._budget:
+                                data, cut = data[:self._budget], True
+                                self._budget = None
+                            else:
+                                self._budget -= len(data)
+                sink.sendall(data)
+                if cut:
+                    self.cuts += 1
+                    self._cut.set()
+                    break
+        except OSError:
+            pass  # the other direction closed the pair
+        for sock in pair:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
