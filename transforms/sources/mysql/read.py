@@ -370,6 +370,9 @@ class _ReadBinlogFn(StreamReadFn):
         self._idle_since = time.monotonic()
         self._watermark = Timestamp(0)
         self._resume: BinlogPosition | None = None  # the last transaction boundary read
+        # A transaction claimed before the connection broke inside it: where it begins, so
+        # the reconnected dump reads it again (its claim notwithstanding) instead of skipping it.
+        self._replay_from: int | None = None
         self._where = ''
 
     def _lookup_table(self, db: str, table: str) -> TableSchema:
@@ -546,11 +549,13 @@ class _ReadBinlogFn(StreamReadFn):
         emitted_before = self._emitted
         batch: list[ChangeEvent] = []
         letters: list[DeadLetter] = []
+        whole = 0  # batch[:whole] holds whole transactions
         confirm: BinlogPosition | None = None
         commit_ts: int | None = None
         in_tx = False
         skipping = False  # replayed by the server after a reconnect: emitted before
         file, file_base = '', 0
+        position = 0
         Rows, Gtid, Query = binlog.Rows, binlog.Gtid, binlog.Query
         while True:
             timeout = 5.0 if in_tx else deadline - time.monotonic()
@@ -561,8 +566,13 @@ class _ReadBinlogFn(StreamReadFn):
             except BinlogPurgedError as exc:
                 raise self._purged(str(exc)) from None
             except BinlogConnectionLost as exc:
-                if in_tx:
-                    raise  # mid-transaction: the offset store is where to resume
+                if in_tx and not skipping:
+                    # What was read of this transaction and not emitted is dropped; the next
+                    # round reads it whole again (what a full batch emitted of it, twice).
+                    del batch[whole:]
+                    self._replay_from = position
+                    _LOG.info('the connection broke inside the transaction at %s:%d: reading '
+                              'it again from there', file, decode_position(position)[1])
                 self._connection_lost(exc)
                 break
             if item is None:
@@ -582,6 +592,7 @@ class _ReadBinlogFn(StreamReadFn):
                     if len(batch) >= config.batch_size:
                         yield from self._emit(batch)
                         batch = []
+                        whole = 0
                 continue
             if kind is Gtid or (kind is Query and not in_tx):
                 # The transaction's first event: claim it (or skip a replay).
@@ -589,9 +600,12 @@ class _ReadBinlogFn(StreamReadFn):
                     file, file_base = item.file, encode_position(item.file, 0)
                 position = file_base | item.pos
                 if position < start:
-                    skipping = True
+                    # Emitted before a reconnect, unless the connection broke inside it.
+                    replay_from = self._replay_from
+                    skipping = replay_from is None or position < replay_from
                 elif tracker.try_claim(position):
                     skipping = False
+                    self._replay_from = None
                 else:
                     self._resync = True  # this transaction is the residual's: reread it there
                     break
@@ -619,6 +633,7 @@ class _ReadBinlogFn(StreamReadFn):
                     if len(batch) >= config.batch_size:
                         yield from self._emit(batch)
                         batch = []
+                    whole = len(batch)
                     confirm = item.checkpoint
                     commit_ts = getattr(event, 'timestamp', None)
                 in_tx = skipping = False
