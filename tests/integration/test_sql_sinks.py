@@ -383,6 +383,45 @@ def test_a_lost_connection_is_retried_and_then_raised(pg_db):
         applier.open()
 
 
+@pytest.mark.parametrize('target', ['postgres', 'mariadb'])
+def test_connections_cut_inside_batches_are_retried_and_the_target_ends_exact(target, request):
+    """A network cuts the sink's connection at random bytes, both ways: inside a batch's rows,
+    its merge, its COMMIT or the reply to it (the client cannot know whether it committed).
+    Each batch is retried on a new connection, nothing is dead-lettered, and the target equals
+    the source."""
+    from tests.services.proxy import CuttingProxy
+
+    if target == 'postgres':
+        db = request.getfixturevalue('pg_db')
+        proxy = CuttingProxy.start(db.server.port)
+        target_of: Any = _PostgresTarget
+        dsn = f'postgresql://{db.server.user}@127.0.0.1:{proxy.port}/{db.name}'
+        events = stream(count=1500)
+        expected, rows = pg_expected(events), pg_rows
+    else:
+        from transforms.sinks.sql.mysql import _MySQLTarget
+        db = request.getfixturevalue('mariadb_db')
+        proxy = CuttingProxy.start(db.server.port)
+        target_of = _MySQLTarget
+        dsn = db.dsn.replace(f':{db.server.port}/', f':{proxy.port}/')
+        events = stream(count=1500, mariadb_safe=True)
+        expected, rows = my_expected(events), my_rows
+    rnd = random.Random(5)
+    applier = Applier(target_of(dsn), backoff_s=0.01)
+    applier.open()
+    armed = 0
+    for start in range(0, len(events), 30):
+        if not proxy.armed:
+            to_server = rnd.random() < 0.5
+            proxy.cut_after(rnd.randint(1, 20_000 if to_server else 400), to_server=to_server)
+            armed += 1
+        assert applier.apply(events[start:start + 30]) == []
+    applier.close()
+    proxy.close()
+    assert proxy.cuts >= 20, (proxy.cuts, armed)
+    assert rows(db) == expected
+
+
 # --- MariaDB -------------------------------------------------------------------------------
 
 def my_rows(db: Any) -> dict[Any, tuple]:

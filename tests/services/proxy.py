@@ -4,8 +4,9 @@ Killing a session on the server (``KILL``, ``pg_terminate_backend``) only lands 
 server looks at it, and a shutdown only between what it sends; the data already in the socket
 buffers (megabytes) still arrives whole.  A network failure cuts a stream anywhere, inside a
 transaction or a packet.  This proxy does that, reproducibly: ``cut_after(n)`` forwards ``n``
-more bytes from the server to the clients, then closes both sides of the connection that
-carried the last of them.  Connections opened later pass through untouched.
+more bytes from the server to the clients (or, with ``to_server``, from the clients to the
+server), then closes both sides of the connection that carried the last of them.
+Connections opened later pass through untouched.
 
     proxy = CuttingProxy.start(server.port)
     dsn = f'mysql://root@127.0.0.1:{proxy.port}/db'
@@ -34,6 +35,7 @@ class CuttingProxy:
         self._target_port = target_port
         self._lock = threading.Lock()
         self._budget: int | None = None  # bytes still forwarded before the cut; None: no cut
+        self._to_server = False  # the direction the budget counts
         self._cut = threading.Event()
         self.cuts = 0
         self._closed = False
@@ -44,13 +46,19 @@ class CuttingProxy:
         listener = socket.create_server(("127.0.0.1", 0))
         return cls(listener, target_port)
 
-    def cut_after(self, nbytes: int) -> None:
-        """Break the connection that carries the server's byte ``nbytes`` from now."""
+    def cut_after(self, nbytes: int, *, to_server: bool = False) -> None:
+        """Break the connection that carries the server's byte ``nbytes`` from now (the
+        clients' byte, with ``to_server``)."""
         if nbytes <= 0:
             raise ValueError(f"nbytes {nbytes} must be positive")
         with self._lock:
-            self._budget = nbytes
+            self._budget, self._to_server = nbytes, to_server
             self._cut.clear()
+
+    @property
+    def armed(self) -> bool:
+        """A cut is asked for and has not happened yet."""
+        return self._budget is not None
 
     def wait_for_cut(self, timeout: float) -> None:
         if not self._cut.wait(timeout):
@@ -72,22 +80,22 @@ class CuttingProxy:
                 client.close()  # the server is down: so is the connection through the proxy
                 continue
             pair = (client, server)
-            threading.Thread(target=self._pump, args=(client, server, pair, False),
+            threading.Thread(target=self._pump, args=(client, server, pair, True),
                              daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, pair, True),
+            threading.Thread(target=self._pump, args=(server, client, pair, False),
                              daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket,
-              pair: tuple[socket.socket, socket.socket], from_server: bool) -> None:
+              pair: tuple[socket.socket, socket.socket], to_server: bool) -> None:
         try:
             while True:
                 data = source.recv(_CHUNK)
                 if not data:
                     break
                 cut = False
-                if from_server:
+                if self._budget is not None and self._to_server == to_server:
                     with self._lock:
-                        if self._budget is not None:
+                        if self._budget is not None and self._to_server == to_server:
                             if len(data) >= self._budget:
                                 data, cut = data[:self._budget], True
                                 self._budget = None
