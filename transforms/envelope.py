@@ -216,7 +216,10 @@ class SourcePosition(_FromFields):
 
     PostgreSQL: ``commit_lsn`` of the transaction and ``lsn`` of the change; snapshot rows carry
     the slot's consistent point as ``commit_lsn`` and ``lsn`` 0, so every streamed change sorts
-    after them.  MySQL/MariaDB: binlog ``file`` and ``pos`` of the rows event and ``row`` within it.
+    after them.  MySQL/MariaDB: binlog ``file`` and ``pos`` of the rows event and ``row`` within it,
+    and ``epoch``: how many times the source moved to another server's binlog (a failover), whose
+    file/pos say nothing about the old one's; None until the first move.  Changes sort by epoch
+    first.
     """
 
     connector: str
@@ -235,6 +238,7 @@ class SourcePosition(_FromFields):
     gtid: str | None = None
     server_id: int | None = None
     thread: int | None = None
+    epoch: int | None = None
 
     @property
     def sort_key(self) -> str:
@@ -242,7 +246,17 @@ class SourcePosition(_FromFields):
         if self.connector == 'postgresql':
             return f'{self.commit_lsn or 0:016x}{self.lsn or 0:016x}'
         file_index = int(self.file.rsplit('.', 1)[-1]) if self.file else 0
+        if self.epoch:  # the top 8 of the file number's 32 bits: keys of epoch 0 are unchanged
+            file_index |= self.epoch << EPOCH_SHIFT
         return f'{file_index:08x}{self.pos or 0:016x}{self.row or 0:08x}'
+
+
+EPOCH_SHIFT = 24
+"""Binlog file numbers stay below ``1 << EPOCH_SHIFT`` (16.7 million files); the epoch sits
+above them in a MySQL/MariaDB sort key."""
+MAX_EPOCH = 127
+"""The last epoch a sort key (8 bits) and a restriction position (7 bits under the sign of an
+int64) can hold."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +528,7 @@ def _row_from_json(table: TableSchema, doc: Any, field: str) -> dict[str, Any] |
 # Debezium JSON envelope
 
 _SOURCE_OPTIONAL = ('tx_id', 'lsn', 'commit_lsn', 'file', 'pos', 'row', 'gtid', 'server_id',
-                    'thread')
+                    'thread', 'epoch')
 _SOURCE_JSON_NAMES = {'tx_id': 'txId'}
 _VERSION = '0.1.0'
 

@@ -389,7 +389,8 @@ _SOURCE_REQUIRED = (('version', 'string'), ('connector', 'string'), ('name', 'st
 _SOURCE_OPTIONAL = (('tx_id', 'txId', 'long'), ('lsn', 'lsn', 'long'),
                     ('commit_lsn', 'commit_lsn', 'long'), ('file', 'file', 'string'),
                     ('pos', 'pos', 'long'), ('row', 'row', 'long'), ('gtid', 'gtid', 'string'),
-                    ('server_id', 'server_id', 'long'), ('thread', 'thread', 'long'))
+                    ('server_id', 'server_id', 'long'), ('thread', 'thread', 'long'),
+                    ('epoch', 'epoch', 'long'))
 
 
 def avro_schema(table: TableSchema, version: int | None = None) -> dict[str, Any]:
@@ -660,6 +661,7 @@ def _record_from_rows(event: ChangeEvent, rows: _RowConverter, tagged: bool) -> 
         'gtid': gtid,
         'server_id': optional(source.server_id, 'source.server_id'),
         'thread': optional(source.thread, 'source.thread'),
+        'epoch': optional(source.epoch, 'source.epoch'),
     }
     transaction: Any = None
     tx = event.transaction

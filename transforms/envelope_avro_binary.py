@@ -315,6 +315,7 @@ class _Encoder:
         put(_optional_string(source.gtid))
         put(_optional_long(source.server_id))
         put(_optional_long(source.thread))
+        put(_optional_long(source.epoch))
         put(_OPS[event.op])
         put(_checked_long(event.ts_ms))
         tx = event.transaction

@@ -790,3 +790,70 @@ def test_a_connection_cut_inside_a_transaction_reads_it_again(mariadb_db: Any,
     assert len(delivered) == 5000
     for k, values in delivered.items():
         assert values == list(range(1, transactions + 1)), f'key {k}: {values[:50]}'
+
+
+def test_a_failover_behind_the_same_address_loses_nothing(pg_db: Any, tmp_path: Path) -> None:
+    """The source's address moves from a primary to its replica (promoted), whose binlog files
+    are numbered lower: the source resumes there by GTID, in a new epoch, so its changes sort
+    after the old primary's and a PostgreSQL replica ends equal to the new primary."""
+    from tests.services.mariadb import MariaDBServer
+    from tests.services.proxy import CuttingProxy
+
+    primary = MariaDBServer.start()
+    replica = MariaDBServer.start({'server-id': 2, 'log-slave-updates': 1})
+    proxy = CuttingProxy.start(primary.port)
+    try:
+        with primary.connect() as conn, replica.connect() as rconn:
+            execute(conn, *['FLUSH BINARY LOGS'] * 3)  # the primary's files: bin.000004 on
+            (gtid,), = fetch_all(conn, 'SELECT @@gtid_binlog_pos')
+            with rconn.cursor() as cur:
+                cur.execute('SET GLOBAL gtid_slave_pos = %s', (gtid,))
+                cur.execute(f"CHANGE MASTER TO master_host = '127.0.0.1', "
+                            f"master_port = {primary.port}, master_user = 'root', "
+                            "master_use_gtid = slave_pos")
+                cur.execute('START SLAVE')
+            execute(conn, 'CREATE DATABASE fo', 'CREATE TABLE fo.counters '
+                    '(k INT PRIMARY KEY, v INT NOT NULL)',
+                    'INSERT INTO fo.counters SELECT seq, 0 FROM fo.seq_1_to_20')
+        dsn = f'mysql://root@127.0.0.1:{proxy.port}/fo'
+        pipeline = start_cdc(dsn, pg_db.dsn, tmp_path, '--reconnect_secs', '60',
+                             *CAUGHT_UP_OPTIONS)
+        wait_for_offsets(tmp_path / 'offsets.json', pipeline)
+
+        def write(server: MariaDBServer, seconds: float, seed: int) -> None:
+            import random
+            rng = random.Random(seed)
+            deadline = time.monotonic() + seconds
+            with server.connect('fo') as wconn, wconn.cursor() as cur:
+                while time.monotonic() < deadline:
+                    k = rng.randint(1, 30)
+                    cur.execute('INSERT INTO counters VALUES (%s, 1) '
+                                'ON DUPLICATE KEY UPDATE v = v + 1', (k,))
+                    if rng.random() < 0.05:
+                        cur.execute('DELETE FROM counters WHERE k = %s', (rng.randint(1, 30),))
+                    time.sleep(0.002)
+
+        write(primary, 2, seed=1)
+        with primary.connect() as conn, replica.connect() as rconn:
+            (gtid,), = fetch_all(conn, 'SELECT @@gtid_binlog_pos')
+            with rconn.cursor() as cur:
+                cur.execute('SELECT MASTER_GTID_WAIT(%s, 30)', (gtid,))
+                assert cur.fetchone()[0] == 0, 'the replica did not catch up'
+                cur.execute('STOP SLAVE')
+                cur.execute('RESET SLAVE ALL')  # promoted
+            file, = fetch_all(rconn, 'SHOW MASTER STATUS')[0][:1]
+            assert file_index(file) < 4, file
+        proxy.fail_over(replica.port)
+        write(replica, 2, seed=2)
+        with replica.connect('fo') as rconn:
+            output = stop_when_caught_up(pipeline, rconn, tmp_path)
+            source = dict(fetch_all(rconn, 'SELECT k, v FROM counters'))
+        with pg_db.connect() as pconn:
+            target = dict(pconn.execute('SELECT k, v FROM fo.counters').fetchall())
+    finally:
+        proxy.close()
+        primary.stop()
+        replica.stop()
+    assert 'the source is now server id 2, not 1' in output, output[-3000:]
+    assert len(source) > 20 and target == source
+    assert not dead_letters(tmp_path)

@@ -12,6 +12,7 @@ Connections opened later pass through untouched.
     dsn = f'mysql://root@127.0.0.1:{proxy.port}/db'
     proxy.cut_after(1_000_000)
     proxy.wait_for_cut(timeout=30)
+    proxy.fail_over(replica.port)   # what a moved virtual IP does
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CuttingProxy:
         self._cut = threading.Event()
         self.cuts = 0
         self._closed = False
+        self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
     @classmethod
@@ -64,6 +66,14 @@ class CuttingProxy:
         if not self._cut.wait(timeout):
             raise ServiceError(f"the proxy cut nothing within {timeout} s: too few bytes flowed")
 
+    def fail_over(self, target_port: int) -> None:
+        """New connections go to ``target_port``; the open ones are broken."""
+        with self._lock:
+            self._target_port = target_port
+            pairs = list(self._pairs)
+        for pair in pairs:
+            _close(pair)
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()
@@ -80,6 +90,8 @@ class CuttingProxy:
                 client.close()  # the server is down: so is the connection through the proxy
                 continue
             pair = (client, server)
+            with self._lock:
+                self._pairs.add(pair)
             threading.Thread(target=self._pump, args=(client, server, pair, True),
                              daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, pair, False),
@@ -108,9 +120,15 @@ class CuttingProxy:
                     break
         except OSError:
             pass  # the other direction closed the pair
-        for sock in pair:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        with self._lock:
+            self._pairs.discard(pair)
+        _close(pair)
+
+
+def _close(pair: tuple[socket.socket, socket.socket]) -> None:
+    for sock in pair:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()

@@ -273,6 +273,7 @@ def source_positions(draw: Any) -> SourcePosition:
         gtid=maybe(text),
         server_id=maybe(st.integers(0, 2**32 - 1)),
         thread=maybe(_longs),
+        epoch=maybe(st.integers(0, 127)),
     )
 
 

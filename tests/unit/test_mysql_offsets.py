@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from transforms.envelope import MAX_EPOCH, SourcePosition
 from transforms.sources.mysql.offsets import (
     POSITION_END,
     Offset,
@@ -16,6 +17,7 @@ from transforms.sources.mysql.offsets import (
     OffsetStoreError,
     decode_position,
     encode_position,
+    epoch_of,
     file_index,
 )
 
@@ -28,6 +30,46 @@ def test_positions_increase_across_files_and_decode_back() -> None:
     assert all(0 < e < POSITION_END for e in encoded)
     assert [decode_position(e) for e in encoded] == [(file_index(f), p) for f, p in positions]
     assert file_index('mysql-bin.000123') == 123
+
+
+def test_a_later_epoch_sorts_after_every_position_of_an_earlier_one() -> None:
+    """After a failover the new server's files may be numbered lower than the old one's."""
+    old = encode_position('bin.999999', 2 ** 32 - 1)
+    moved = encode_position('bin.000001', 4, epoch=1)
+    last = encode_position('bin.000001', 4, epoch=MAX_EPOCH)
+    assert old < moved < last < POSITION_END
+    assert decode_position(moved) == (1, 4) and epoch_of(moved) == 1 and epoch_of(old) == 0
+    assert decode_position(last) == (1, 4) and epoch_of(last) == MAX_EPOCH
+    with pytest.raises(ValueError, match='epoch 128 out of range'):
+        encode_position('bin.000001', 4, epoch=MAX_EPOCH + 1)
+    with pytest.raises(ValueError, match='binlog file number 16777216'):
+        encode_position('bin.16777216', 4)
+
+
+def test_sort_keys_order_by_epoch_first_and_epoch_zero_keys_are_unchanged() -> None:
+    def source(file: str, pos: int, epoch: int | None) -> SourcePosition:
+        return SourcePosition('mysql', 'm', 'db', 'db', 't', 0, file=file, pos=pos, row=2,
+                              epoch=epoch)
+
+    # the keys written before epochs existed, which database sinks have stored
+    assert source('bin.000010', 300, None).sort_key == \
+        '0000000a000000000000012c00000002'
+    assert source('bin.000010', 300, 0).sort_key == source('bin.000010', 300, None).sort_key
+    assert source('bin.000001', 4, 1).sort_key > source('bin.999999', 2 ** 32 - 1, None).sort_key
+    assert source('bin.000001', 4, 2).sort_key > source('bin.000009', 4, 1).sort_key
+    assert len({len(source('bin.000001', 4, e).sort_key) for e in (None, 1, MAX_EPOCH)}) == 1
+
+
+def test_an_offset_keeps_its_epoch_and_one_written_before_epochs_has_none(
+        tmp_path: Path) -> None:
+    store = OffsetStore(str(tmp_path / 'o.json'))
+    moved = Offset(file='bin.000002', pos=4, gtid='0-2-90', server_id=2, epoch=3)
+    store.save(moved)
+    assert store.load() == moved
+    doc = json.loads((tmp_path / 'o.json').read_text())
+    del doc['epoch']
+    (tmp_path / 'o.json').write_text(json.dumps(doc))
+    assert store.load() == Offset(file='bin.000002', pos=4, gtid='0-2-90', server_id=2)
 
 
 @pytest.mark.parametrize('file', ['bin', 'bin.log', 'bin.'])

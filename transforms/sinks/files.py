@@ -507,7 +507,7 @@ _SOURCE_FIELDS = (('version', 'string'), ('connector', 'string'), ('name', 'stri
                   ('schema', 'string'), ('table', 'string'), ('txId', 'int64'),
                   ('lsn', 'int64'), ('commit_lsn', 'int64'), ('file', 'string'),
                   ('pos', 'int64'), ('row', 'int64'), ('gtid', 'string'),
-                  ('server_id', 'int64'), ('thread', 'int64'))
+                  ('server_id', 'int64'), ('thread', 'int64'), ('epoch', 'int64'))
 
 
 @functools.lru_cache(maxsize=256)

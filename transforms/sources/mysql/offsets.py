@@ -1,9 +1,11 @@
 """Where the MySQL/MariaDB source resumes: restriction positions and the offset store.
 
-The source is a splittable DoFn over one integer per binlog position, monotonic across files::
+The source is a splittable DoFn over one integer per binlog position, monotonic across files
+and across the servers it moved between (the epoch, see ``SourcePosition``)::
 
-    encode_position('bin.000003', 1234)    # 3 << 32 | 1234
-    decode_position(3 << 32 | 1234)        # (3, 1234)
+    encode_position('bin.000003', 1234)            # 3 << 32 | 1234
+    decode_position(3 << 32 | 1234)                # (3, 1234)
+    encode_position('bin.000001', 4, epoch=1)      # 1 << 56 | 1 << 32 | 4: after all of epoch 0
 
 The offset store is one small JSON document at a URI (a local path, ``gs://…`` or
 ``s3://…``) holding the position just after the last transaction whose events the sink
@@ -28,6 +30,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from transforms.envelope import EPOCH_SHIFT, MAX_EPOCH
+
 __all__ = [
     'POSITION_END',
     'SNAPSHOT_STATES',
@@ -36,6 +40,7 @@ __all__ = [
     'OffsetStoreError',
     'decode_position',
     'encode_position',
+    'epoch_of',
     'file_index',
 ]
 
@@ -63,16 +68,28 @@ def file_index(file: str) -> int:
     return int(suffix)
 
 
-def encode_position(file: str, pos: int) -> int:
-    """One integer per binlog position, increasing with (file sequence number, offset)."""
+def encode_position(file: str, pos: int, epoch: int = 0) -> int:
+    """One integer per binlog position, increasing with (epoch, file sequence number,
+    offset)."""
     if not 0 <= pos < 1 << _POS_BITS:
         raise ValueError(f'binlog pos {pos} out of range')
-    return file_index(file) << _POS_BITS | pos
+    index = file_index(file)
+    if index >= 1 << EPOCH_SHIFT:
+        raise ValueError(f'binlog file number {index} of {file!r} is beyond '
+                         f'{(1 << EPOCH_SHIFT) - 1}')
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(f'epoch {epoch} out of range (at most {MAX_EPOCH} server moves)')
+    return (epoch << EPOCH_SHIFT | index) << _POS_BITS | pos
+
+
+def epoch_of(position: int) -> int:
+    """The epoch of an encoded position."""
+    return position >> (EPOCH_SHIFT + _POS_BITS)
 
 
 def decode_position(position: int) -> tuple[int, int]:
-    """(file sequence number, offset) of an encoded position."""
-    return position >> _POS_BITS, position & ((1 << _POS_BITS) - 1)
+    """(file sequence number, offset) of an encoded position, whatever its epoch."""
+    return (position >> _POS_BITS) & ((1 << EPOCH_SHIFT) - 1), position & ((1 << _POS_BITS) - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +100,8 @@ class Offset:
     GTID set), None when the server writes no GTIDs; ``file``/``pos`` is the same point in the
     binlog of the server with id ``server_id``.  A resume prefers the GTID (it survives a
     failover); file/pos serves when there is none.  ``snapshot`` is one of
-    :data:`SNAPSHOT_STATES`.
+    :data:`SNAPSHOT_STATES`.  ``epoch`` counts the source's moves to another server (see
+    ``SourcePosition``); a resume on a server other than ``server_id`` moves once more.
     """
 
     file: str | None
@@ -91,6 +109,7 @@ class Offset:
     gtid: str | None = None
     snapshot: str = 'done'
     server_id: int | None = None
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.file is None and not self.gtid:
@@ -101,7 +120,7 @@ class Offset:
 
     def to_json(self) -> dict[str, Any]:
         return {'format': _FORMAT, 'gtid': self.gtid, 'file': self.file, 'pos': self.pos,
-                'snapshot': self.snapshot, 'server_id': self.server_id,
+                'snapshot': self.snapshot, 'server_id': self.server_id, 'epoch': self.epoch,
                 'written_ms': int(time.time() * 1000)}
 
     @classmethod
@@ -109,7 +128,8 @@ class Offset:
         if not isinstance(doc, dict) or doc.get('format') != _FORMAT:
             raise ValueError(f'not a changebeam offset document (format {_FORMAT})')
         return cls(file=doc.get('file'), pos=int(doc.get('pos') or 4), gtid=doc.get('gtid'),
-                   snapshot=doc.get('snapshot', 'done'), server_id=doc.get('server_id'))
+                   snapshot=doc.get('snapshot', 'done'), server_id=doc.get('server_id'),
+                   epoch=int(doc.get('epoch') or 0))
 
 
 class OffsetStore:

@@ -41,13 +41,21 @@ from apache_beam.utils.timestamp import Timestamp
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters, parse_dead_letter_uri
 from transforms.dsn import display, parse_dsn, redact
-from transforms.envelope import ChangeEvent, Op, SourcePosition, TableSchema, TransactionInfo
+from transforms.envelope import (
+    MAX_EPOCH,
+    ChangeEvent,
+    Op,
+    SourcePosition,
+    TableSchema,
+    TransactionInfo,
+)
 from transforms.sources.mysql import binlog
 from transforms.sources.mysql.offsets import (
     Offset,
     OffsetStore,
     decode_position,
     encode_position,
+    epoch_of,
 )
 from transforms.sources.mysql.snapshot import (
     SYSTEM_DATABASES,
@@ -219,6 +227,7 @@ class _EventBuilder:
         self._total = 0
         self._orders: dict[str, int] = {}
         self.thread: int | None = None
+        self.epoch: int | None = None  # SourcePosition.epoch: None until the source moves
 
     def begin(self, gtid: str | None, file: str, pos: int) -> None:
         """A transaction starts at ``file``/``pos`` (its GTID or first event)."""
@@ -237,7 +246,7 @@ class _EventBuilder:
         template = SourcePosition(
             connector=_CONNECTOR, name=self._server, db=table_map.db, schema=table_map.db,
             table=table_map.table, ts_ms=event.timestamp * 1000, file=file, pos=pos, row=0,
-            gtid=gtid, server_id=event.server_id, thread=self.thread)
+            gtid=gtid, server_id=event.server_id, thread=self.thread, epoch=self.epoch)
         now_ms = int(self._clock() * 1000)
         op = event.op
         tx_id = self._tx_id
@@ -275,7 +284,7 @@ class _EventBuilder:
             source = SourcePosition(
                 connector=_CONNECTOR, name=self._server, db=db, schema=db, table=table,
                 ts_ms=event.timestamp * 1000, file=file, pos=pos, row=0, gtid=gtid,
-                server_id=event.server_id, thread=event.thread_id)
+                server_id=event.server_id, thread=event.thread_id, epoch=self.epoch)
             return [ChangeEvent(op=Op.TRUNCATE, table=schema, source=source, ts_ms=now_ms,
                                 transaction=TransactionInfo(self._tx_id, 1, 1))]
         if not _DDL_VERB.match(sql):
@@ -288,7 +297,7 @@ class _EventBuilder:
         source = SourcePosition(
             connector=_CONNECTOR, name=self._server, db=db, schema=db, table=table,
             ts_ms=event.timestamp * 1000, file=file, pos=pos, row=0, gtid=gtid,
-            server_id=event.server_id, thread=event.thread_id)
+            server_id=event.server_id, thread=event.thread_id, epoch=self.epoch)
         return [ChangeEvent(op=Op.MESSAGE, table=_DDL_TABLE, source=source, ts_ms=now_ms,
                             message={'kind': 'ddl', 'sql': sql, 'db': db,
                                      'table': table or None})]
@@ -373,6 +382,7 @@ class _ReadBinlogFn(StreamReadFn):
         # A transaction claimed before the connection broke inside it: where it begins, so
         # the reconnected dump reads it again (its claim notwithstanding) instead of skipping it.
         self._replay_from: int | None = None
+        self._epoch = 0  # the source's moves to another server (SourcePosition.epoch)
         self._where = ''
 
     def _lookup_table(self, db: str, table: str) -> TableSchema:
@@ -410,6 +420,11 @@ class _ReadBinlogFn(StreamReadFn):
             yield from self._snapshot(tables, tracker, finalizer, record=False)
             return
         offset = self._store.load()
+        if offset is not None:
+            moved = offset.server_id is not None and offset.server_id != self._info.server_id
+            self._set_epoch(offset.epoch + moved)
+        elif start > 0:
+            self._set_epoch(epoch_of(start))
         position: BinlogPosition | None
         if start > 0:  # a residual handed to a new instance: resume, never snapshot
             position = self._position_of(offset) if offset else self._file_start(start)
@@ -431,7 +446,7 @@ class _ReadBinlogFn(StreamReadFn):
             self._snapshot_state = 'skipped'
             # Recorded before anything streams: a restart must not start at a later "now".
             self._store.save(Offset(position.file, position.pos, position.gtid, 'skipped',
-                                    self._info.server_id))
+                                    self._info.server_id, self._epoch))
         self._start_stream(position)
 
     def _position_of(self, offset: Offset) -> BinlogPosition:
@@ -483,10 +498,43 @@ class _ReadBinlogFn(StreamReadFn):
         self._stream.close()  # kept until a new one streams: the source has begun
         with self._lock:
             self._control.ping(reconnect=True)  # a server restart broke it too
+            info = check_server(self._control)
+        assert self._info is not None
+        if info.server_id != self._info.server_id:
+            self._moved_to(info)
         position = self._resume or self._file_start(start)
         _LOG.info('reconnecting the binlog dump at %s', position)
         self._start_stream(position)
         self._resync = False
+
+    def _moved_to(self, info: ServerInfo) -> None:
+        """The connection came back to another server (a failover behind the same address):
+        resume by GTID, in a new epoch, so that its positions sort after the old server's."""
+        assert self._info is not None
+        old = self._info.server_id
+        gtid = self._resume.gtid if self._resume is not None else None
+        if not gtid:
+            raise BinlogConfigError(
+                f'the source is now server id {info.server_id}, not {old} (a failover?), and '
+                'without GTIDs its binlog positions say nothing about where the old server '
+                f'stopped; enable GTIDs, or delete the offset store {self._store.uri} and '
+                'restart with --snapshot initial')
+        self._set_epoch(self._epoch + 1)
+        _LOG.warning('the source is now server id %s, not %s (a failover?): resuming by GTID '
+                     '%s; its positions sort after the old server\'s (epoch %d)',
+                     info.server_id, old, gtid, self._epoch)
+        self._info = info
+        self._resume = BinlogPosition(gtid=gtid)
+        self._replay_from = None  # the new epoch's positions are all past the restriction
+
+    def _set_epoch(self, epoch: int) -> None:
+        if epoch > MAX_EPOCH:
+            raise BinlogConfigError(
+                f'the source has moved between servers {epoch} times, more than positions '
+                f'can count ({MAX_EPOCH}); delete the offset store {self._store.uri} and '
+                'restart with --snapshot initial')
+        self._epoch = epoch
+        self._builder.epoch = epoch or None
 
     def _transient(self, exc: BaseException) -> bool:
         if isinstance(exc, BinlogConnectionLost):
@@ -509,14 +557,15 @@ class _ReadBinlogFn(StreamReadFn):
         try:
             position = begin_snapshot(conn, tables)
             assert position.file is not None
-            if not tracker.try_claim(encode_position(position.file, position.pos) - 1):
+            if not tracker.try_claim(encode_position(position.file, position.pos,
+                                                     self._epoch) - 1):
                 return None
             if record:
                 self._store.save(Offset(position.file, position.pos, position.gtid, 'pending',
-                                        self._info.server_id))
+                                        self._info.server_id, self._epoch))
             rows = 0
             for batch in read_snapshot(conn, tables, position, server_name=config.server_name,
-                                       server_id=self._info.server_id,
+                                       server_id=self._info.server_id, epoch=self._epoch,
                                        batch_size=config.batch_size):
                 rows += sum(event.op is Op.READ for event in batch)  # not the markers
                 yield from self._emit(batch)
@@ -536,7 +585,7 @@ class _ReadBinlogFn(StreamReadFn):
         self._confirmed_changes += rows
         self._snapshot_state = 'done'
         self._pending = Offset(position.file, position.pos, position.gtid, 'done',
-                               self._info.server_id)
+                               self._info.server_id, self._epoch)
         self._save_pending(force=True)
 
     def _stream_round(self, tracker: Any, finalizer: Any, watermark: Any) -> Iterator[Any]:
@@ -547,6 +596,7 @@ class _ReadBinlogFn(StreamReadFn):
         start = tracker.current_restriction().start
         deadline = time.monotonic() + config.round_secs
         emitted_before = self._emitted
+        epoch = self._epoch
         batch: list[ChangeEvent] = []
         letters: list[DeadLetter] = []
         whole = 0  # batch[:whole] holds whole transactions
@@ -597,7 +647,7 @@ class _ReadBinlogFn(StreamReadFn):
             if kind is Gtid or (kind is Query and not in_tx):
                 # The transaction's first event: claim it (or skip a replay).
                 if item.file is not file:
-                    file, file_base = item.file, encode_position(item.file, 0)
+                    file, file_base = item.file, encode_position(item.file, 0, epoch)
                 position = file_base | item.pos
                 if position < start:
                     # Emitted before a reconnect, unless the connection broke inside it.
@@ -663,8 +713,9 @@ class _ReadBinlogFn(StreamReadFn):
                                      and idle >= config.max_idle_secs)
         if confirm is not None or stopping or self._pending != self._saved:
             emitted = self._emitted
-            finalizer.register(lambda c=confirm, n=emitted, d=changed, f=stopping:
-                               self._confirm(c, n, d, f))
+            server_id = self._info.server_id if self._info is not None else None
+            finalizer.register(lambda c=confirm, n=emitted, d=changed, f=stopping,
+                               at=(server_id, epoch): self._confirm(c, n, d, f, at))
         if confirm is not None:
             self._where = f'{confirm.file}:{confirm.pos}'
         self._progress.update(self._emitted, self._confirmed_changes, self._last_lag,
@@ -689,13 +740,13 @@ class _ReadBinlogFn(StreamReadFn):
             estimator.set_watermark(value)
 
     def _confirm(self, checkpoint: BinlogPosition | None, emitted: int, delivered: bool,
-                 force: bool) -> None:
-        """Bundle finalizer: the sink committed everything up to ``checkpoint``."""
-        assert self._info is not None
+                 force: bool, server: tuple[int | None, int]) -> None:
+        """Bundle finalizer: the sink committed everything up to ``checkpoint`` (read from
+        ``server``: its id and the epoch)."""
         self._confirmed_changes = emitted
         if checkpoint is not None:
             self._pending = Offset(checkpoint.file, checkpoint.pos, checkpoint.gtid,
-                                   self._snapshot_state, self._info.server_id)
+                                   self._snapshot_state, *server)
         self._save_pending(force, delivered)
 
     def _save_pending(self, force: bool = False, delivered: bool = True) -> None:

@@ -417,7 +417,8 @@ _new = object.__new__
 
 
 def read_snapshot(conn: Any, tables: Sequence[tuple[str, str]], position: BinlogPosition, *,
-                  server_name: str, server_id: int | None, batch_size: int = 1000,
+                  server_name: str, server_id: int | None, epoch: int = 0,
+                  batch_size: int = 1000,
                   clock: Callable[[], float] = time.time) -> Iterator[list[ChangeEvent]]:
     """Batches of ``op: r`` events of every row of ``tables``, read in the transaction
     :func:`begin_snapshot` opened on ``conn`` (with :func:`text_conversions`), which this ends.
@@ -436,7 +437,7 @@ def read_snapshot(conn: Any, tables: Sequence[tuple[str, str]], position: Binlog
             source = SourcePosition(
                 connector='mysql', name=server_name, db=db, schema=db, table=name,
                 ts_ms=now_ms, snapshot='true', file=position.file, pos=position.pos, row=0,
-                gtid=position.gtid, server_id=server_id)
+                gtid=position.gtid, server_id=server_id, epoch=epoch or None)
             # Every row's event differs from this one only in ``after``: copying its fields
             # costs a third of a frozen dataclass's __init__, which matters per row.
             template = ChangeEvent(op=Op.READ, table=table, source=source, ts_ms=now_ms).__dict__

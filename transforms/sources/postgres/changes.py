@@ -99,11 +99,12 @@ class ChangeAssembler:
         self._begin: Begin | None = None
         self._tx_id = ''
         self._tx_source: dict[str, Any] = {}
+        # Defaults from the dataclass itself, so that a new field cannot be missed.
         self._source_template: dict[str, Any] = {
+            **{f.name: f.default for f in dataclasses.fields(SourcePosition)
+               if f.default is not dataclasses.MISSING},
             'connector': 'postgresql', 'name': server_name, 'db': database, 'schema': '',
-            'table': '', 'ts_ms': 0, 'snapshot': 'false', 'tx_id': None, 'lsn': None,
-            'commit_lsn': None, 'file': None, 'pos': None, 'row': None, 'gtid': None,
-            'server_id': None, 'thread': None}
+            'table': '', 'ts_ms': 0}
         self._total_order = 0
         self._table_order: dict[str, int] = {}
 
