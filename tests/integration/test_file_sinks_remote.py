@@ -178,3 +178,59 @@ def test_gcs_bucket_root_and_a_second_run_never_overwrites(gcs_server: FakeGcsSe
     got = [e for key, download in after.items() for e in read_avro(io.BytesIO(download()), ORDERS)]
     assert comparable_events(got) == comparable_events(first + second)
     assert all(fastavro.is_avro(io.BytesIO(download())) for download in after.values())
+
+
+# A network that breaks uploads
+
+
+@pytest.mark.parametrize("store", ["s3", "gcs"])
+def test_uploads_cut_by_the_network_are_made_again(store: str, request: pytest.FixtureRequest,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy cuts the sink's connections at random bytes, both ways, all through the run:
+    each failed upload is made again from the local spool, and every event arrives once, in
+    complete objects only."""
+    import random
+    import threading
+
+    from tests.services.proxy import CuttingProxy
+    from transforms.sinks import files
+
+    monkeypatch.setattr(files._RemoteStore, "first_pause_s", 0.01)
+    objects: Callable[[], dict[str, Callable[[], bytes]]]
+    if store == "s3":
+        moto: MotoServer = request.getfixturevalue("moto_server")
+        bucket = request.getfixturevalue("s3_bucket")
+        proxy = CuttingProxy.start(moto.port)
+        options = {"s3_endpoint_url": f"http://127.0.0.1:{proxy.port}",
+                   "s3_access_key_id": moto.access_key,
+                   "s3_secret_access_key": moto.secret_key, "s3_region_name": moto.region}
+        uri = f"jsonl:s3://{bucket}/cut"
+        objects = lambda: _s3_objects(moto, bucket, "cut")  # noqa: E731
+    else:
+        gcs: FakeGcsServer = request.getfixturevalue("gcs_server")
+        bucket = request.getfixturevalue("gcs_bucket")
+        proxy = CuttingProxy.start(gcs.port)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.port}")
+        options = {}
+        uri = f"jsonl:gs://{bucket}/cut"
+        objects = lambda: _gcs_objects(gcs, bucket, "cut")  # noqa: E731
+    done = threading.Event()
+
+    def cut_again_and_again() -> None:
+        rng = random.Random(4)
+        while not done.is_set():
+            if not proxy.armed:
+                proxy.cut_after(rng.randint(1, 20_000), to_server=rng.random() < 0.5)
+            done.wait(0.005)
+
+    cutter = threading.Thread(target=cut_again_and_again)
+    cutter.start()
+    events = _events()
+    try:
+        _write(uri, events, max_file_bytes=4_000, filesystem_options=options)
+    finally:
+        done.set()
+        cutter.join()
+        proxy.close()
+    assert proxy.cuts >= 5, proxy.cuts
+    _check_objects("jsonl", "cut", objects(), events)

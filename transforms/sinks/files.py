@@ -7,11 +7,12 @@ or ``gs://bucket/prefix``.  JSON Lines go to ``DIR/schema.table/``; Avro and Par
 schema each and go to ``DIR/schema.table/v=<schema_version>/`` (a new file whenever an event's
 table schema or version differs from the open file's).
 
-Commit protocol, the same on every filesystem: each bundle writes each file under a hidden
-temporary name (``.part-<writer>-<n>.<ext>.tmp``), finishes it (local files are fsynced), then
-renames it to ``part-<ms>-<writer>-<seq>.<ext>`` in ``finish_bundle``, or as soon as it exceeds
-``max_file_bytes``.  A reader listing ``*.avro`` never sees a partial file, and what a bundle
-wrote is durable before the source acknowledges it.  A replay after a crash may write an event
+Commit protocol: each bundle writes each file under a hidden temporary name
+(``.part-<writer>-<n>.<ext>.tmp``; for S3 and GCS a local spool), and in ``finish_bundle``, or
+as soon as it exceeds ``max_file_bytes``, finishes it as ``part-<ms>-<writer>-<seq>.<ext>``:
+a local file is fsynced and renamed, an object uploaded whole (again, should an upload fail).
+A reader listing ``*.avro`` never sees a partial file, and what a bundle wrote is durable
+before the source acknowledges it.  A replay after a crash may write an event
 again in a later file (at-least-once); ``source`` positions tell the copies apart.
 
 An event that cannot be encoded goes to the ``DEAD_LETTER`` output, with the error naming the
@@ -20,12 +21,16 @@ and the S3/GCS options.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -66,7 +71,10 @@ _DEFAULT_ROW_GROUP_ROWS = 10_000
 _AVRO_BLOCK_BYTES = 64 * 1024
 _FOOTER_BYTES_PER_CHUNK = 110
 _ARROW_BATCH_ROWS = 1_000  # Parquet rows converted to Arrow at a time
-_GCS_CHUNK_BYTES = 8 * 2**20  # resumable upload chunk: memory per open gs:// file
+_GCS_CHUNK_BYTES = 8 * 2**20  # resumable upload chunk
+_SPOOL_BYTES = 8 * 2**20  # an s3:// or gs:// file held in memory; beyond, in a local temp file
+_UPLOAD_ATTEMPTS = 6
+_UPLOAD_LONGEST_PAUSE_S = 8.0
 # The filesystem options a worker needs; captured from the pipeline's options at expand time.
 _FILESYSTEM_OPTION_PREFIXES = ('s3_', 'project')
 
@@ -187,8 +195,46 @@ class _LocalStore(_Store):
             pass
 
 
-class _BeamStore(_Store):
-    """s3:// through Beam's FileSystems: a multipart upload, then rename (copy + delete)."""
+class _RemoteStore(_Store):
+    """An object store.  A file is spooled locally (in memory up to ``_SPOOL_BYTES``, then in a
+    temporary file) and uploaded whole to its final name when committed: an object appears
+    only complete, and an upload that fails (a connection reset, throttling, a 5xx the client
+    library gave up on) is simply made again from the spool, up to ``_UPLOAD_ATTEMPTS``
+    times with growing pauses, before the error fails the bundle."""
+
+    first_pause_s = 0.5
+
+    def create(self, path: str) -> Any:
+        return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+
+    def commit(self, raw: Any, temp: str, final: str) -> None:
+        pause = self.first_pause_s
+        try:
+            for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
+                raw.seek(0)
+                try:
+                    self._upload(raw, final)
+                    return
+                except Exception as exc:
+                    if attempt == _UPLOAD_ATTEMPTS:
+                        raise
+                    reason = ' '.join(str(exc).split())[:300] or type(exc).__name__
+                    _LOG.warning('uploading %s failed (%s); trying again in %.1f s (attempt %d '
+                                 'of %d)', final, reason, pause, attempt, _UPLOAD_ATTEMPTS)
+                    time.sleep(pause)
+                    pause = min(pause * 2, _UPLOAD_LONGEST_PAUSE_S)
+        finally:
+            raw.close()
+
+    def abort(self, raw: Any, temp: str) -> None:
+        raw.close()  # nothing was uploaded: only commit uploads
+
+    def _upload(self, spool: IO[bytes], final: str) -> None:
+        raise NotImplementedError
+
+
+class _BeamStore(_RemoteStore):
+    """s3:// through Beam's FileSystems (a multipart upload for a large file)."""
 
     def __init__(self, root: str, options: Mapping[str, Any]) -> None:
         from apache_beam.io.filesystems import FileSystems
@@ -199,29 +245,19 @@ class _BeamStore(_Store):
         self._fs = (type(global_fs)(PipelineOptions.from_dictionary(dict(options)))
                     if options else global_fs)
 
-    def create(self, path: str) -> Any:
+    def _upload(self, spool: IO[bytes], final: str) -> None:
         from apache_beam.io.filesystem import CompressionTypes
 
-        return self._fs.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-    def commit(self, raw: Any, temp: str, final: str) -> None:
-        raw.close()  # completes the upload of the temporary object
-        self._fs.rename([temp], [final])
-
-    def abort(self, raw: Any, temp: str) -> None:
-        try:
-            raw.close()
-            self._fs.delete([temp])
-        except Exception as exc:  # a leftover hidden object is harmless; say so and go on
-            _LOG.warning('could not delete the temporary file %s: %s', temp, exc)
+        out = self._fs.create(final, compression_type=CompressionTypes.UNCOMPRESSED)
+        shutil.copyfileobj(spool, out, _SPOOL_BYTES)
+        out.close()  # completes the upload: the object appears now
 
 
-class _GcsStore(_Store):
-    """gs:// through google-cloud-storage: a resumable upload, then rewrite + delete.
+class _GcsStore(_RemoteStore):
+    """gs:// through google-cloud-storage, never overwriting an object.
 
-    Beam's GCS filesystem renames through the JSON batch API, which fake-gcs-server does not
-    speak, and looks for credentials for ~20 s before connecting anonymously; the client
-    library honours ``STORAGE_EMULATOR_HOST`` and needs neither.
+    Beam's GCS filesystem looks for credentials for ~20 s before connecting anonymously; the
+    client library honours ``STORAGE_EMULATOR_HOST`` and needs no credentials there.
     """
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -232,29 +268,28 @@ class _GcsStore(_Store):
                               "pip install 'changebeam[gcp]'") from None
         self._client = storage.Client(project=options.get('project'))
 
-    def _blob(self, path: str) -> Any:
-        bucket, _, name = path.removeprefix('gs://').partition('/')
-        return self._client.bucket(bucket).blob(name)
+    def _upload(self, spool: IO[bytes], final: str) -> None:
+        from google.api_core.exceptions import PreconditionFailed
 
-    def create(self, path: str) -> Any:
-        return self._blob(path).open('wb', chunk_size=_GCS_CHUNK_BYTES, ignore_flush=True)
-
-    def commit(self, raw: Any, temp: str, final: str) -> None:
-        raw.close()
-        source, target = self._blob(temp), self._blob(final)
-        token = None
-        while True:  # large objects take several rewrite calls
-            token, _, _ = target.rewrite(source, token=token, if_generation_match=0)
-            if token is None:
-                break
-        source.delete()
-
-    def abort(self, raw: Any, temp: str) -> None:
+        bucket, _, name = final.removeprefix('gs://').partition('/')
+        blob = self._client.bucket(bucket).blob(name, chunk_size=_GCS_CHUNK_BYTES)
         try:
-            raw.close()
-            self._blob(temp).delete()
-        except Exception as exc:
-            _LOG.warning('could not delete the temporary file %s: %s', temp, exc)
+            blob.upload_from_file(spool, if_generation_match=0)
+        except PreconditionFailed:
+            # The object exists: an earlier attempt's upload whose answer was lost, or
+            # another writer's object under the same name, which is not overwritten.
+            blob.reload()
+            if blob.md5_hash != _md5_base64(spool):
+                raise
+            _LOG.info('%s was uploaded by an earlier attempt', final)
+
+
+def _md5_base64(spool: IO[bytes]) -> str:
+    spool.seek(0)
+    digest = hashlib.md5(usedforsecurity=False)
+    while chunk := spool.read(_SPOOL_BYTES):
+        digest.update(chunk)
+    return base64.b64encode(digest.digest()).decode('ascii')
 
 
 def _open_store(target: _Target, options: Mapping[str, Any]) -> _Store:
