@@ -193,9 +193,8 @@ def test_uploads_cut_by_the_network_are_made_again(store: str, request: pytest.F
     import threading
 
     from tests.services.proxy import CuttingProxy
-    from transforms.sinks import files
 
-    monkeypatch.setattr(files._RemoteStore, "first_pause_s", 0.01)
+    monkeypatch.setattr("transforms.retry.FIRST_PAUSE_S", 0.01)
     objects: Callable[[], dict[str, Callable[[], bytes]]]
     if store == "s3":
         moto: MotoServer = request.getfixturevalue("moto_server")

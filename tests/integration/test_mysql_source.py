@@ -623,6 +623,41 @@ def test_offset_store_on_s3(moto_server: Any) -> None:
         s3.delete_bucket(Bucket=bucket)
 
 
+def test_offset_store_on_s3_through_a_network_that_cuts(moto_server: Any,
+                                                        monkeypatch: Any) -> None:
+    """Each write and read of the offset is cut once at a random byte, either way: it is made
+    again, and every load returns the offset saved last."""
+    import random
+
+    from tests.services.proxy import CuttingProxy
+
+    monkeypatch.setattr('transforms.retry.FIRST_PAUSE_S', 0.01)
+    s3 = moto_server.client('s3')
+    bucket = f'offsets-{time.time_ns()}'
+    s3.create_bucket(Bucket=bucket)
+    proxy = CuttingProxy.start(moto_server.port)
+    options = {'s3_endpoint_url': f'http://127.0.0.1:{proxy.port}',
+               's3_access_key_id': moto_server.access_key,
+               's3_secret_access_key': moto_server.secret_key,
+               's3_region_name': moto_server.region}
+    store = OffsetStore(f's3://{bucket}/cdc/shop.json', options)
+    rng = random.Random(6)
+    try:
+        for n in range(1, 7):
+            offset = Offset(file='bin.000002', pos=n, gtid=f'0-1-{n}', server_id=1)
+            for step in (lambda o=offset: store.save(o), store.load):
+                to_server = rng.random() < 0.5
+                proxy.cut_after(rng.randint(1, 1500 if to_server else 600), to_server=to_server)
+                result = step()
+            assert result == offset
+        assert proxy.cuts >= 6
+    finally:
+        proxy.close()
+        for item in s3.list_objects_v2(Bucket=bucket).get('Contents', []):
+            s3.delete_object(Bucket=bucket, Key=item['Key'])
+        s3.delete_bucket(Bucket=bucket)
+
+
 def test_sigkill_during_snapshot_takes_it_again(mariadb_db: Any, tmp_path: Path) -> None:
     conn = mariadb_db.connect()
     execute(conn, 'CREATE TABLE wide (id INT PRIMARY KEY, payload VARCHAR(300))',

@@ -56,6 +56,7 @@ from transforms.envelope import (
     to_avro_record,
 )
 from transforms.envelope_avro_binary import avro_encoder
+from transforms.retry import with_retries
 
 __all__ = ['FILE_FORMATS', 'WriteChangesToFiles']
 
@@ -73,8 +74,6 @@ _FOOTER_BYTES_PER_CHUNK = 110
 _ARROW_BATCH_ROWS = 1_000  # Parquet rows converted to Arrow at a time
 _GCS_CHUNK_BYTES = 8 * 2**20  # resumable upload chunk
 _SPOOL_BYTES = 8 * 2**20  # an s3:// or gs:// file held in memory; beyond, in a local temp file
-_UPLOAD_ATTEMPTS = 6
-_UPLOAD_LONGEST_PAUSE_S = 8.0
 # The filesystem options a worker needs; captured from the pipeline's options at expand time.
 _FILESYSTEM_OPTION_PREFIXES = ('s3_', 'project')
 
@@ -199,30 +198,19 @@ class _RemoteStore(_Store):
     """An object store.  A file is spooled locally (in memory up to ``_SPOOL_BYTES``, then in a
     temporary file) and uploaded whole to its final name when committed: an object appears
     only complete, and an upload that fails (a connection reset, throttling, a 5xx the client
-    library gave up on) is simply made again from the spool, up to ``_UPLOAD_ATTEMPTS``
-    times with growing pauses, before the error fails the bundle."""
-
-    first_pause_s = 0.5
+    library gave up on) is simply made again from the spool (``transforms.retry``) before the
+    error fails the bundle."""
 
     def create(self, path: str) -> Any:
         return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
 
     def commit(self, raw: Any, temp: str, final: str) -> None:
-        pause = self.first_pause_s
+        def upload() -> None:
+            raw.seek(0)
+            self._upload(raw, final)
+
         try:
-            for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
-                raw.seek(0)
-                try:
-                    self._upload(raw, final)
-                    return
-                except Exception as exc:
-                    if attempt == _UPLOAD_ATTEMPTS:
-                        raise
-                    reason = ' '.join(str(exc).split())[:300] or type(exc).__name__
-                    _LOG.warning('uploading %s failed (%s); trying again in %.1f s (attempt %d '
-                                 'of %d)', final, reason, pause, attempt, _UPLOAD_ATTEMPTS)
-                    time.sleep(pause)
-                    pause = min(pause * 2, _UPLOAD_LONGEST_PAUSE_S)
+            with_retries(upload, f'uploading {final}')
         finally:
             raw.close()
 

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from transforms.envelope import EPOCH_SHIFT, MAX_EPOCH
+from transforms.retry import with_retries
 
 __all__ = [
     'POSITION_END',
@@ -167,10 +168,11 @@ class OffsetStore:
     def load(self) -> Offset | None:
         """The stored offset, or None if nothing was stored yet."""
         try:
-            data = self._read()
+            data = with_retries(self._read, f'reading {self._uri}') if self._remote else \
+                self._read()
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except Exception as exc:
             raise OffsetStoreError(f'cannot read the offset store {self._uri}: {exc}') from exc
         if data is None:
             return None
@@ -182,11 +184,15 @@ class OffsetStore:
                 'restart with --snapshot initial') from None
 
     def save(self, offset: Offset) -> None:
+        """Writes ``offset`` (an object store's write is made again if it fails)."""
         data = json.dumps(offset.to_json(), sort_keys=True).encode()
         with self._lock:
             try:
-                self._write(data)
-            except OSError as exc:
+                if self._remote:
+                    with_retries(lambda: self._write(data), f'writing {self._uri}')
+                else:
+                    self._write(data)
+            except Exception as exc:
                 raise OffsetStoreError(
                     f'cannot write the offset store {self._uri}: {exc}') from exc
 
