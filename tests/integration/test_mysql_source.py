@@ -727,6 +727,18 @@ def test_ddl_waits_for_the_snapshot_instead_of_breaking_it(mariadb_db: Any) -> N
 # ---------------------------------------------------------------------------------------------
 # A lost connection
 
+def updated_values(out: Path) -> dict[int, list[int]]:
+    """Per key ``k``, the values of ``v`` that updates delivered into ``jsonl:out``, in binlog
+    order, each change once (a replay repeats a change's position)."""
+    delivered: dict[int, list[int]] = collections.defaultdict(list)
+    seen = set()
+    for doc in sorted((d for d in read_jsonl_dir(str(out)) if d['op'] == 'u'), key=position):
+        if position(doc) not in seen:
+            seen.add(position(doc))
+            delivered[doc['after']['k']].append(doc['after']['v'])
+    return delivered
+
+
 def test_a_server_restart_between_transactions_is_ridden_through(tmp_path: Path) -> None:
     """The dump breaks, the source reconnects (with pauses) from the last transaction it
     read: every committed change arrives in order per key, in one run that exits with 0."""
@@ -764,13 +776,7 @@ def test_a_server_restart_between_transactions_is_ridden_through(tmp_path: Path)
     finally:
         server.stop()
     assert 'reconnecting' in output and 'reconnected after' in output, output[-3000:]
-    delivered: dict[int, list[int]] = collections.defaultdict(list)
-    seen = set()
-    for doc in sorted((d for d in read_jsonl_dir(str(tmp_path / 'out')) if d['op'] == 'u'),
-                      key=position):
-        if position(doc) not in seen:
-            seen.add(position(doc))
-            delivered[doc['after']['k']].append(doc['after']['v'])
+    delivered = updated_values(tmp_path / 'out')
     assert sum(map(len, committed.values())) > 100
     for k, values in committed.items():
         assert delivered[k] == values, f'key {k}: committed {values}, delivered {delivered[k]}'
@@ -815,13 +821,7 @@ def test_a_connection_cut_inside_a_transaction_reads_it_again(mariadb_db: Any,
     assert not failures and proxy.cuts == 3, (failures, output[-3000:])
     assert output.count('the connection broke inside the transaction') == 3, output[-3000:]
     assert output.count('reconnected after') == 3, output[-3000:]
-    delivered: dict[int, list[int]] = collections.defaultdict(list)
-    seen = set()
-    for doc in sorted((d for d in read_jsonl_dir(str(tmp_path / 'out')) if d['op'] == 'u'),
-                      key=position):
-        if position(doc) not in seen:
-            seen.add(position(doc))
-            delivered[doc['after']['k']].append(doc['after']['v'])
+    delivered = updated_values(tmp_path / 'out')
     assert len(delivered) == 5000
     for k, values in delivered.items():
         assert values == list(range(1, transactions + 1)), f'key {k}: {values[:50]}'
