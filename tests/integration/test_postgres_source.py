@@ -506,7 +506,7 @@ def _dedup_per_key(docs: list[dict[str, Any]]) -> dict[int, list[int]]:
 
 
 @pytest.mark.parametrize('outage', ['walsender terminated', 'server restarted',
-                                    'network cut three times'])
+                                    'network cut three times', 'network silent'])
 def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage: str) -> None:
     """The source reconnects by itself and reads again what it had not emitted: every
     committed change arrives, in order per key, in one run that exits with status 0."""
@@ -519,6 +519,10 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
         dsn, slot = server.dsn('postgres'), 'changebeam_postgres'
         if outage.startswith('network'):  # the pipeline connects through the proxy
             dsn = f'postgresql://{server.user}@127.0.0.1:{proxy.port}/postgres'
+        if outage == 'network silent':  # the walsender left behind frees the slot soon
+            with server.connect('postgres') as conn:
+                conn.execute("ALTER SYSTEM SET wal_sender_timeout = '5s'")
+                conn.execute('SELECT pg_reload_conf()')
         with server.connect('postgres') as conn:
             conn.execute('CREATE TABLE counters (k integer PRIMARY KEY, v integer NOT NULL)')
             conn.execute('INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g')
@@ -559,6 +563,8 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
                 assert conn.execute('SELECT pg_terminate_backend(active_pid) FROM '
                                     'pg_replication_slots WHERE slot_name = %s',
                                     (slot,)).fetchone()[0]
+        elif outage == 'network silent':
+            proxy.black_hole()  # the replication connection: open, but nothing comes through
         elif outage.startswith('network'):
             for _ in range(3):  # at a byte: mostly inside a transaction, often mid-message
                 proxy.cut_after(20_000)
@@ -579,6 +585,8 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
         proxy.close()
         server.stop()
     assert 'reconnecting' in output and 'reconnected after' in output, output[-3000:]
+    if outage == 'network silent':
+        assert 'no answer from the server for 2' in output, output[-3000:]
     delivered = _dedup_per_key(read_jsonl_dir(str(tmp_path / 'out')))
     assert sum(map(len, committed.values())) > 100
     for k, values in committed.items():

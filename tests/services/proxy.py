@@ -13,6 +13,7 @@ Connections opened later pass through untouched.
     proxy.cut_after(1_000_000)
     proxy.wait_for_cut(timeout=30)
     proxy.fail_over(replica.port)   # what a moved virtual IP does
+    proxy.black_hole()              # the busiest connection stays open but carries nothing
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class CuttingProxy:
         self._cut = threading.Event()
         self.cuts = 0
         self._closed = False
-        self._pairs: set[tuple[socket.socket, socket.socket]] = set()
+        self._pairs: dict[tuple[socket.socket, socket.socket], int] = {}  # bytes from server
+        self._holes: set[tuple[socket.socket, socket.socket]] = set()
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
     @classmethod
@@ -74,6 +76,15 @@ class CuttingProxy:
         for pair in pairs:
             _close(pair)
 
+    def black_hole(self) -> None:
+        """From now on the connection that carried the most bytes from the server delivers
+        nothing either way, not even the server's closing it, and stays open until the client
+        closes it: a hung peer, or a network that drops packets."""
+        with self._lock:
+            if not self._pairs:
+                raise ServiceError("no connection to black-hole")
+            self._holes.add(max(self._pairs, key=self._pairs.__getitem__))
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()
@@ -91,7 +102,7 @@ class CuttingProxy:
                 continue
             pair = (client, server)
             with self._lock:
-                self._pairs.add(pair)
+                self._pairs[pair] = 0
             threading.Thread(target=self._pump, args=(client, server, pair, True),
                              daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, pair, False),
@@ -104,6 +115,10 @@ class CuttingProxy:
                 data = source.recv(_CHUNK)
                 if not data:
                     break
+                if pair in self._holes:
+                    continue  # swallowed
+                if not to_server:
+                    self._pairs[pair] = self._pairs.get(pair, 0) + len(data)
                 cut = False
                 if self._budget is not None and self._to_server == to_server:
                     with self._lock:
@@ -121,7 +136,10 @@ class CuttingProxy:
         except OSError:
             pass  # the other direction closed the pair
         with self._lock:
-            self._pairs.discard(pair)
+            if pair in self._holes and not to_server:
+                return  # a black hole does not pass on that the server hung up either
+            self._pairs.pop(pair, None)
+            self._holes.discard(pair)
         _close(pair)
 
 

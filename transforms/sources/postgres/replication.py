@@ -34,6 +34,7 @@ _KEEPALIVE = struct.Struct('!Qq?')
 _STATUS = struct.Struct('!cQQQq?')
 _STATUS_INTERVAL_S = 5.0  # well under the default wal_sender_timeout of 60 s
 _STATUS_EVERY = 256  # frames of a burst between checks whether a status update is due
+_SILENCE_S = 20.0  # no answer to a status update that asked for one: the connection is dead
 
 SESSION_OPTIONS = ('-c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex '
                    '-c TimeZone=UTC -c extra_float_digits=3')
@@ -133,6 +134,8 @@ class ReplicationStream:
         self._reported = -1
         self._last_status = 0.0
         self._frames = 0
+        self._frames_when_dry = 0  # _frames when the socket last ran dry
+        self._asked_at: float | None = None  # an unanswered status update asked for a reply
         self._lock = threading.Lock()
 
     @classmethod
@@ -230,12 +233,24 @@ class ReplicationStream:
                         return XLogData(start, wal_end, send_time + _EPOCH_OFFSET_US, data[25:])
                     if kind == 0x6B:  # 'k'
                         wal_end, _send_time, reply = _KEEPALIVE.unpack_from(data, 1)
+                        self._asked_at = None
                         self._maybe_send_status(force=reply)
                         continue
                     raise ReplicationError(f'unexpected replication frame type {chr(kind)!r}')
                 if size == 0:
+                    # Whether the server answered is checked only when the socket runs dry,
+                    # not per frame: any frame since the last time counts as an answer.
+                    if self._frames != self._frames_when_dry:
+                        self._frames_when_dry = self._frames
+                        self._asked_at = None
                     self._maybe_send_status()
                     now = time.monotonic()
+                    asked = self._asked_at
+                    if asked is not None and now - asked > _SILENCE_S:
+                        self._streaming = False
+                        raise ConnectionLost(
+                            f'no answer from the server for {now - asked:.0f} s, not even to '
+                            'a status update asking for one')
                     if deadline is None:
                         deadline = now + timeout
                     remaining = deadline - now
@@ -285,8 +300,10 @@ class ReplicationStream:
             return  # another thread is reporting right now; the next call will report
         try:
             confirmed = self._confirmed
+            # A periodic update asks the server to answer (a keepalive), so a connection that
+            # went silent, or a walsender that hangs, is noticed (see read).
             frame = _STATUS.pack(b'r', max(self._received, confirmed), confirmed, confirmed,
-                                 now_pg_us(), False)
+                                 now_pg_us(), not force)
             try:
                 sent = self._pgconn.put_copy_data(frame) == 1 and self._pgconn.flush() >= 0
             except psycopg_errors().OperationalError as exc:
@@ -298,6 +315,8 @@ class ReplicationStream:
                 raise ConnectionLost(f'cannot send standby status: {message}')
             self._reported = confirmed
             self._last_status = now
+            if not force and self._asked_at is None:
+                self._asked_at = now
         finally:
             self._lock.release()
 
