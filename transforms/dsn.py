@@ -12,7 +12,8 @@ import dataclasses
 import re
 import urllib.parse
 
-__all__ = ['Dsn', 'DsnError', 'display', 'parse_dsn', 'redact']
+__all__ = ['PG_CONNECTION_DEFAULTS', 'Dsn', 'DsnError', 'display', 'parse_dsn',
+           'pg_conninfo', 'redact']
 
 _SCHEMES = {'postgresql': 'postgresql', 'postgres': 'postgresql', 'mysql': 'mysql',
             'mariadb': 'mysql'}
@@ -22,6 +23,14 @@ _PASSWORD = re.compile(r'(?P<head>^[a-z][a-z0-9+.-]*://[^:/?#@]*):[^/?#]*@', re.
 _QUERY_PASSWORD = re.compile(r'(?P<head>[?&]password=)[^&#]*', re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)",
                                re.IGNORECASE)
+# libpq settings a long-lived connection needs and libpq does not default to: give up on a
+# server that does not accept within 10 s, and notice a peer gone without a reset (a network
+# partition, a dead host) within about a minute rather than the kernel's two hours: TCP
+# keepalives while waiting for an answer, tcp_user_timeout while data goes unacknowledged.
+# libpq ignores the TCP ones on a Unix socket.  A DSN's own settings win.
+PG_CONNECTION_DEFAULTS = {'connect_timeout': '10', 'keepalives_idle': '30',
+                          'keepalives_interval': '10', 'keepalives_count': '3',
+                          'tcp_user_timeout': '60000'}
 _HIDDEN = '<DSN not shown as it does not parse, so a password in it could not be masked>'
 
 
@@ -50,6 +59,17 @@ def display(dsn: str) -> str:
     if password and password in shown.replace(':***@', '@'):
         return _HIDDEN
     return shown
+
+
+def pg_conninfo(dsn: str, **params: str) -> str:
+    """libpq's connection string for ``dsn`` plus ``params``, with the
+    :data:`PG_CONNECTION_DEFAULTS` that neither sets."""
+    from psycopg import conninfo
+
+    given = conninfo.conninfo_to_dict(dsn)
+    defaults = {name: value for name, value in PG_CONNECTION_DEFAULTS.items()
+                if name not in given and name not in params}
+    return conninfo.make_conninfo(dsn, **defaults, **params)
 
 
 class DsnError(ValueError):

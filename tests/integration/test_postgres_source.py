@@ -506,7 +506,8 @@ def _dedup_per_key(docs: list[dict[str, Any]]) -> dict[int, list[int]]:
 
 
 @pytest.mark.parametrize('outage', ['walsender terminated', 'server restarted',
-                                    'network cut three times', 'network silent'])
+                                    'network cut three times', 'network silent',
+                                    'network silent on the control connection'])
 def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage: str) -> None:
     """The source reconnects by itself and reads again what it had not emitted: every
     committed change arrives, in order per key, in one run that exits with status 0."""
@@ -565,6 +566,8 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
                                     (slot,)).fetchone()[0]
         elif outage == 'network silent':
             proxy.black_hole()  # the replication connection: open, but nothing comes through
+        elif outage == 'network silent on the control connection':
+            proxy.black_hole('first')  # opened first; heartbeats (0.5 s) query it
         elif outage.startswith('network'):
             for _ in range(3):  # at a byte: mostly inside a transaction, often mid-message
                 proxy.cut_after(20_000)
@@ -587,6 +590,9 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
     assert 'reconnecting' in output and 'reconnected after' in output, output[-3000:]
     if outage == 'network silent':
         assert 'no answer from the server for 2' in output, output[-3000:]
+    if outage == 'network silent on the control connection':
+        assert 'the control connection: no answer from the server for 20 s; reconnecting' \
+            in output, output[-3000:]
     delivered = _dedup_per_key(read_jsonl_dir(str(tmp_path / 'out')))
     assert sum(map(len, committed.values())) > 100
     for k, values in committed.items():

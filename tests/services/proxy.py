@@ -14,6 +14,7 @@ Connections opened later pass through untouched.
     proxy.wait_for_cut(timeout=30)
     proxy.fail_over(replica.port)   # what a moved virtual IP does
     proxy.black_hole()              # the busiest connection stays open but carries nothing
+    proxy.black_hole('first')       # the oldest one (a source's control connection)
 """
 
 from __future__ import annotations
@@ -76,14 +77,19 @@ class CuttingProxy:
         for pair in pairs:
             _close(pair)
 
-    def black_hole(self) -> None:
-        """From now on the connection that carried the most bytes from the server delivers
-        nothing either way, not even the server's closing it, and stays open until the client
-        closes it: a hung peer, or a network that drops packets."""
+    def black_hole(self, which: str = "busiest") -> None:
+        """From now on one connection delivers nothing either way, not even the server's
+        closing it, and stays open until the client closes it: a hung peer, or a network that
+        drops packets.  ``which``: the one that carried the most bytes from the server
+        (``busiest``) or the oldest of those open (``first``)."""
+        if which not in ("busiest", "first"):
+            raise ValueError(f"which {which!r}: 'busiest' or 'first'")
         with self._lock:
             if not self._pairs:
                 raise ServiceError("no connection to black-hole")
-            self._holes.add(max(self._pairs, key=self._pairs.__getitem__))
+            pairs = self._pairs
+            self._holes.add(max(pairs, key=pairs.__getitem__) if which == "busiest"
+                            else next(iter(pairs)))
 
     def close(self) -> None:
         self._closed = True

@@ -158,3 +158,18 @@ def test_an_unencoded_at_sign_in_the_password_is_still_hidden() -> None:
     dsn = parse_dsn('postgresql://app:Zq9@x7@db/shop')
     assert dsn.password == 'Zq9@x7' and dsn.host == 'db'
     assert 'x7' not in str(dsn)
+
+
+def test_libpq_connection_timeouts_are_added_unless_the_dsn_sets_them() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from transforms.dsn import PG_CONNECTION_DEFAULTS, pg_conninfo
+
+    plain = conninfo_to_dict(pg_conninfo('postgresql://cdc@db/shop', application_name='x'))
+    assert plain == {'user': 'cdc', 'host': 'db', 'dbname': 'shop', 'application_name': 'x',
+                     **PG_CONNECTION_DEFAULTS}
+    own = conninfo_to_dict(pg_conninfo(
+        'postgresql://cdc@db/shop?connect_timeout=3&tcp_user_timeout=0', keepalives_idle='7'))
+    assert (own['connect_timeout'], own['tcp_user_timeout'], own['keepalives_idle']) == \
+        ('3', '0', '7')
+    assert own['keepalives_count'] == PG_CONNECTION_DEFAULTS['keepalives_count']

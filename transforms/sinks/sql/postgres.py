@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from transforms.dsn import parse_dsn, redact
+from transforms.dsn import parse_dsn, pg_conninfo, redact
 from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
@@ -98,7 +98,7 @@ class _PostgresTarget(Target):
 
     def connect(self) -> None:
         psycopg = _psycopg()
-        self._conn = psycopg.connect(self._dsn, autocommit=True)
+        self._conn = psycopg.connect(pg_conninfo(self._dsn), autocommit=True)
         self._cur = self._conn.cursor()
         self._stages: dict[tuple[Any, ...], str] = {}
         self._known_types: dict[str, bool] = {}

@@ -9,9 +9,11 @@ then defers the rest.  The round's last commit LSN is confirmed to the slot only
 finalizer, i.e. after the fused sink committed what the round emitted: a crash replays from the
 last confirmed transaction and loses nothing (at-least-once; sinks dedup by position).
 
-A broken replication connection (server restart, terminated walsender) is reopened for up to
-``reconnect_secs``, at the end of the last transaction emitted: what the round read but had not
-emitted is read again, so nothing is lost.
+A broken replication connection (server restart, terminated walsender, a network gone silent)
+is reopened for up to ``reconnect_secs``, at the end of the last transaction emitted: what the
+round read but had not emitted is read again, so nothing is lost.  Queries on the control
+connection while streaming (catalog lookups, heartbeats) must be answered within
+``_CONTROL_ANSWER_S``, or that connection is shut down and reopened the same way.
 
 With ``snapshot='initial'`` a new slot exports its snapshot and the tables are copied (op ``r``)
 before streaming starts at the slot's consistent point: no gap, no overlap.  A restart before
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import apache_beam as beam
@@ -33,7 +36,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters
-from transforms.dsn import display, parse_dsn
+from transforms.deadline import NoAnswer, answer_within
+from transforms.dsn import display, parse_dsn, pg_conninfo
 from transforms.envelope import ChangeEvent, Op
 from transforms.sources.postgres import catalog, pgtypes
 from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
@@ -78,6 +82,9 @@ _SNAPSHOT_DONE = 'changebeam: snapshot confirmed for slot '
 _METRICS = 'ReadPostgresChanges'
 _BEHIND_US = 1_000_000  # a commit sent this long after it happened means a backlog
 _CATCH_UP_ROUND_S = 1.0  # the longest round while catching up
+# A catalog lookup or heartbeat unanswered this long: the control connection is dead (a hung
+# server, a network dropping packets), as the replication stream's silence is (replication.py).
+_CONTROL_ANSWER_S = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +131,9 @@ class _ReadSlotFn(StreamReadFn):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _open(self) -> None:
-        import psycopg
 
         config = self._config
-        self._control = psycopg.connect(config.dsn, autocommit=True, options=SESSION_OPTIONS)
+        self._control = _connect(config.dsn)
         catalog.check_server(self._control)
         self._assembler = ChangeAssembler(config.server_name, config.database,
                                           self._lookup_key, self._lookup_types,
@@ -142,17 +148,25 @@ class _ReadSlotFn(StreamReadFn):
         self._last_heartbeat = time.monotonic()
         self._watermark = Timestamp(0)
 
+    @contextmanager
+    def _asking(self) -> Iterator[Any]:
+        """The control connection, for queries made while streaming: one thread at a time,
+        and a server that does not answer within _CONTROL_ANSWER_S raises NoAnswer."""
+        with self._lock, answer_within(self._control.fileno(), _CONTROL_ANSWER_S,
+                                       'the control connection'):
+            yield self._control
+
     def _lookup_key(self, relation_oid: int) -> tuple[str, ...]:
-        with self._lock:
-            return catalog.primary_key(self._control, relation_oid)
+        with self._asking() as control:
+            return catalog.primary_key(control, relation_oid)
 
     def _lookup_missing(self, relation_oid: int) -> dict[str, catalog.CatalogColumn]:
-        with self._lock:
-            return catalog.missing_values(self._control, relation_oid)
+        with self._asking() as control:
+            return catalog.missing_values(control, relation_oid)
 
     def _lookup_types(self, oids: Sequence[int]) -> dict[int, pgtypes.TypeInfo]:
-        with self._lock:
-            rows = self._control.execute(pgtypes.CATALOG_QUERY, (list(oids),)).fetchall()
+        with self._asking() as control:
+            rows = control.execute(pgtypes.CATALOG_QUERY, (list(oids),)).fetchall()
         return {info.oid: info for info in (pgtypes.TypeInfo(*row) for row in rows)}
 
     def teardown(self) -> None:
@@ -218,13 +232,11 @@ class _ReadSlotFn(StreamReadFn):
     def _snapshot(self, name: str | None, tables: Sequence[catalog.TableRef],
                   consistent_point: int, tracker: Any, finalizer: Any,
                   slot_marker: bool) -> Iterator[Any]:
-        import psycopg
 
         if not tracker.try_claim(consistent_point):
             return
         rows = 0
-        with psycopg.connect(self._config.dsn, autocommit=True,
-                             options=SESSION_OPTIONS) as conn:
+        with _connect(self._config.dsn) as conn:
             for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
                                        batch_size=self._config.batch_size):
                 read = sum(event.op is Op.READ for event in batch)  # not the markers
@@ -260,17 +272,16 @@ class _ReadSlotFn(StreamReadFn):
     def _reconnect(self, start: int) -> None:
         """Reopen the stream: the runner handed us a restriction we are not positioned at, or
         the connection broke (then at the end of the last transaction emitted)."""
-        import psycopg
 
         config = self._config
         old = self._stream
         assert old is not None
         old.close()
         if self._control.closed or self._control.broken:
-            self._control = psycopg.connect(config.dsn, autocommit=True,
-                                            options=SESSION_OPTIONS)
-        with self._lock:
-            if catalog.slot_info(self._control, config.slot) is None:
+            self._control.close()
+            self._control = _connect(config.dsn)
+        with self._asking() as control:
+            if catalog.slot_info(control, config.slot) is None:
                 raise catalog.SourceSetupError(
                     f'slot {config.slot!r} no longer exists (dropped while the pipeline ran); '
                     'restart with --snapshot initial to copy the tables again')
@@ -293,7 +304,7 @@ class _ReadSlotFn(StreamReadFn):
 
         if isinstance(exc, ReplicationError):
             return exc.transient
-        return isinstance(exc, psycopg.OperationalError)
+        return isinstance(exc, (psycopg.OperationalError, NoAnswer))
 
     def _stream_round(self, tracker: Any, finalizer: Any, watermark: Any) -> Iterator[Any]:
         """One round; a broken connection ends it early, and the next one reconnects."""
@@ -301,7 +312,7 @@ class _ReadSlotFn(StreamReadFn):
 
         try:
             yield from self._read_round(tracker, finalizer, watermark)
-        except (ReplicationError, psycopg.OperationalError) as exc:
+        except (ReplicationError, psycopg.OperationalError, NoAnswer) as exc:
             if not self._transient(exc):
                 raise
             # What the round read but did not emit is dropped, its claim notwithstanding: from
@@ -495,13 +506,13 @@ class _ReadSlotFn(StreamReadFn):
         if not config.heartbeat_secs or now - self._last_heartbeat < config.heartbeat_secs:
             return
         self._last_heartbeat = now
-        with self._lock:
+        with self._asking() as control:
             if now - self._idle_since >= config.heartbeat_secs:
                 # Non-transactional, so it streams at once; confirming it advances the slot
                 # even while the captured tables are idle and other databases write.
-                self._control.execute('SELECT pg_logical_emit_message(false, %s, %s)',
-                                      (HEARTBEAT_PREFIX, ''))
-            row = self._control.execute(
+                control.execute('SELECT pg_logical_emit_message(false, %s, %s)',
+                                (HEARTBEAT_PREFIX, ''))
+            row = control.execute(
                 'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint '
                 'FROM pg_replication_slots WHERE slot_name = %s', (config.slot,)).fetchone()
         if row and row[0] is not None:
@@ -510,6 +521,14 @@ class _ReadSlotFn(StreamReadFn):
 
 _CHANGES = (Insert, Update, Delete, Truncate)
 _FAST_KINDS = b'IU'  # the frames ChangeAssembler.change_from_frame may take
+
+
+def _connect(dsn: str) -> Any:
+    """A control or snapshot connection (autocommit, the session settings the decoder
+    expects, the connection timeouts of transforms.dsn)."""
+    import psycopg
+
+    return psycopg.connect(pg_conninfo(dsn, options=SESSION_OPTIONS), autocommit=True)
 
 
 def _where(config: _SourceConfig, frame: Any) -> str:

@@ -140,11 +140,12 @@ class ReplicationStream:
 
     @classmethod
     def connect(cls, dsn: str, application_name: str = 'changebeam') -> ReplicationStream:
-        from psycopg import conninfo, pq
+        from psycopg import pq
 
-        info = conninfo.make_conninfo(dsn, replication='database',
-                                      application_name=application_name,
-                                      options=SESSION_OPTIONS)
+        from transforms.dsn import pg_conninfo
+
+        info = pg_conninfo(dsn, replication='database', application_name=application_name,
+                           options=SESSION_OPTIONS)
         pgconn = pq.PGconn.connect(info.encode())
         if pgconn.status != pq.ConnStatus.OK:
             message = pgconn.error_message.decode(errors='replace').strip()

@@ -1,0 +1,82 @@
+"""Give up on a blocking database call whose server stopped answering.
+
+psycopg 3 has no client-side timeout for a query (``statement_timeout`` is the server's, and a
+server that does not answer does not enforce it either).  A network that drops packets without
+a reset, or a server that hangs, leaves ``execute`` waiting for ever, and TCP keepalives do not
+help while something on the way (a proxy, a load balancer, the frozen server's own kernel)
+still acknowledges.  ``answer_within`` runs a timer beside the call; when it expires it shuts
+the connection's socket down, so the waiting call fails at once with the driver's own
+connection error, re-raised as :class:`NoAnswer` naming the wait::
+
+    with answer_within(conn.fileno(), 20.0, 'the control connection'):
+        conn.execute('SELECT 1')
+
+The connection is dead afterwards (the driver marks it broken); callers reconnect as after any
+lost connection.  Starting the timer costs a thread (~0.1 ms): for calls made now and then
+(heartbeats, catalog lookups), not per row.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ['NoAnswer', 'answer_within']
+
+
+class NoAnswer(ConnectionError):
+    """The server did not answer within the deadline; the connection was shut down."""
+
+
+class _Watch:
+    def __init__(self, fileno: int) -> None:
+        self._fileno = fileno
+        self._lock = threading.Lock()
+        self._over = False
+        self.fired = False
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._over:
+                return  # the call returned just in time
+            self.fired = True
+            try:
+                # A duplicate descriptor of the same socket: shutting it down ends the
+                # connection for the driver's descriptor too, and closing it leaves theirs.
+                sock = socket.socket(fileno=os.dup(self._fileno))
+            except OSError:
+                return  # already closed
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.close()
+
+    def end(self) -> None:
+        with self._lock:
+            self._over = True
+
+
+@contextmanager
+def answer_within(fileno: int, seconds: float, what: str) -> Iterator[None]:
+    """Shut the socket ``fileno`` down if the block takes longer than ``seconds``; an error
+    it then raises becomes :class:`NoAnswer` ("``what``: no answer from the server for N s")."""
+    if not seconds > 0:
+        raise ValueError(f'seconds {seconds!r} must be > 0')
+    watch = _Watch(fileno)
+    timer = threading.Timer(seconds, watch.expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception as exc:
+        watch.end()
+        if watch.fired:
+            raise NoAnswer(f'{what}: no answer from the server for {seconds:g} s') from exc
+        raise
+    finally:
+        watch.end()
+        timer.cancel()
