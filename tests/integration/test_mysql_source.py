@@ -827,6 +827,77 @@ def test_a_connection_cut_inside_a_transaction_reads_it_again(mariadb_db: Any,
         assert values == list(range(1, transactions + 1)), f'key {k}: {values[:50]}'
 
 
+def test_a_network_partition_of_both_connections_is_ridden_through(mariadb_db: Any,
+                                                                    tmp_path: Path) -> None:
+    """Both of the source's connections stay open but carry nothing (packets dropped, no
+    reset): the dump notices its missing heartbeats, the control connection its unanswered
+    ping, and the source reconnects.  Every committed change arrives, in order per key."""
+    from tests.services.proxy import CuttingProxy
+
+    with mariadb_db.connect() as conn:
+        execute(conn, 'CREATE TABLE counters (k INT PRIMARY KEY, v INT NOT NULL)',
+                'INSERT INTO counters SELECT seq, 0 FROM seq_1_to_20')
+    proxy = CuttingProxy.start(mariadb_db.server.port)
+    dsn = mariadb_db.dsn.replace(f':{mariadb_db.server.port}/', f':{proxy.port}/')
+    pipeline = start_cdc(dsn, f'jsonl:{tmp_path / "out"}', tmp_path, '--snapshot', 'never',
+                         '--reconnect_secs', '90', *CAUGHT_UP_OPTIONS)
+    wait_for_offsets(tmp_path / 'offsets.json', pipeline)
+    committed: dict[int, list[int]] = collections.defaultdict(list)
+
+    def write(seconds: float) -> None:
+        import random
+        rng = random.Random(len(committed))
+        deadline = time.monotonic() + seconds
+        with mariadb_db.connect() as wconn, wconn.cursor() as cur:
+            while time.monotonic() < deadline:
+                k = rng.randint(1, 20)
+                cur.execute('UPDATE counters SET v = v + 1 WHERE k = %s', (k,))
+                cur.execute('SELECT v FROM counters WHERE k = %s', (k,))
+                committed[k].append(cur.fetchone()[0])
+                time.sleep(0.002)
+
+    write(1)
+    proxy.black_hole('first')  # the control connection (opened first)
+    proxy.black_hole('busiest')  # the dump
+    write(3)
+    with mariadb_db.connect() as conn:
+        output = stop_when_caught_up(pipeline, conn, tmp_path)
+    proxy.close()
+    assert 'no data (not even a heartbeat)' in output, output[-3000:]
+    assert 'reconnected after' in output, output[-3000:]
+    delivered = updated_values(tmp_path / 'out')
+    assert sum(map(len, committed.values())) > 100
+    for k, values in committed.items():
+        assert delivered[k] == values, f'key {k}: committed {values}, delivered {delivered[k]}'
+
+
+def test_a_truncate_whose_lookup_finds_the_control_connection_silent_is_read_again(
+        mariadb_db: Any, tmp_path: Path) -> None:
+    """TRUNCATE of a table the stream has not seen asks the control connection for its
+    schema.  If that connection no longer answers, the statement is read again once the
+    source has reconnected: a TRUNCATE event, not a dead letter."""
+    from tests.services.proxy import CuttingProxy
+
+    with mariadb_db.connect() as conn:
+        execute(conn, 'CREATE TABLE quiet (k INT PRIMARY KEY)', 'INSERT INTO quiet VALUES (1)')
+    proxy = CuttingProxy.start(mariadb_db.server.port)
+    dsn = mariadb_db.dsn.replace(f':{mariadb_db.server.port}/', f':{proxy.port}/')
+    pipeline = start_cdc(dsn, f'jsonl:{tmp_path / "out"}', tmp_path, '--snapshot', 'never',
+                         '--reconnect_secs', '90', *CAUGHT_UP_OPTIONS)
+    wait_for_offsets(tmp_path / 'offsets.json', pipeline)
+    proxy.black_hole('first')  # the control connection
+    with mariadb_db.connect() as conn:
+        execute(conn, 'TRUNCATE TABLE quiet', 'INSERT INTO quiet VALUES (2)')
+        output = stop_when_caught_up(pipeline, conn, tmp_path)
+    proxy.close()
+    assert 'the control connection broke' in output, output[-3000:]
+    assert not dead_letters(tmp_path), dead_letters(tmp_path)
+    docs = read_jsonl_dir(str(tmp_path / 'out'))
+    assert [(d['op'], (d['after'] or {}).get('k')) for d in docs
+            if d['source']['table'] == 'quiet' and d['op'] != 'm'] == [('t', None), ('c', 2)], \
+        output[-3000:]
+
+
 def test_a_failover_behind_the_same_address_loses_nothing(pg_db: Any, tmp_path: Path) -> None:
     """The source's address moves from a primary to its replica (promoted), whose binlog files
     are numbered lower: the source resumes there by GTID, in a new epoch, so its changes sort

@@ -96,6 +96,7 @@ _DSN_PARAMS = frozenset({'unix_socket', 'connect_timeout', 'read_timeout', 'writ
 _DDL_TABLE = TableSchema(schema='', table='_ddl', columns=())
 """The pseudo-table of DDL ``m`` events (no columns: schema stages pass them through)."""
 _REMOTE_SAVE_SECS = 1.0  # an object store takes about one write per second per object
+_CONTROL_ANSWER_S = 20  # seconds: a control query unanswered this long means a dead connection
 
 
 def _pymysql() -> Any:
@@ -356,11 +357,15 @@ class _ReadBinlogFn(StreamReadFn):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _connect(self, **extra: Any) -> Any:
-        return _pymysql().connect(autocommit=True, **extra, **connect_args(self._config.dsn))
+        return _pymysql().connect(autocommit=True, **{**extra, **connect_args(self._config.dsn)})
 
     def _open(self) -> None:
         config = self._config
-        self._control = self._connect()
+        # Unlike the dump (whose silence the server's heartbeats reveal), the control
+        # connection would wait for ever on a server that stopped answering: the DSN's
+        # read_timeout/write_timeout, else _CONTROL_ANSWER_S.
+        self._control = self._connect(read_timeout=_CONTROL_ANSWER_S,
+                                      write_timeout=_CONTROL_ANSWER_S)
         self._info = check_server(self._control)
         _check_monitor_privilege(self._control, self._info)
         wanted_tables = frozenset(config.tables)
@@ -386,8 +391,14 @@ class _ReadBinlogFn(StreamReadFn):
         self._where = ''
 
     def _lookup_table(self, db: str, table: str) -> TableSchema:
-        with self._lock:
-            return describe_table(self._control, db, table).schema
+        try:
+            with self._lock:
+                return describe_table(self._control, db, table).schema
+        except _pymysql().err.OperationalError as exc:
+            if not self._transient(exc):
+                raise
+            # Not the statement's fault: read it again once reconnected (never dead-letter it).
+            raise BinlogConnectionLost(f'the control connection broke: {exc}') from exc
 
     def teardown(self) -> None:
         if getattr(self, '_pending', None) is not None:
@@ -607,88 +618,90 @@ class _ReadBinlogFn(StreamReadFn):
         file, file_base = '', 0
         position = 0
         Rows, Gtid, Query = binlog.Rows, binlog.Gtid, binlog.Query
-        while True:
-            timeout = 5.0 if in_tx else deadline - time.monotonic()
-            if timeout <= 0:
-                break
-            try:
-                item = stream.read(timeout)
-            except BinlogPurgedError as exc:
-                raise self._purged(str(exc)) from None
-            except BinlogConnectionLost as exc:
-                if in_tx and not skipping:
-                    # What was read of this transaction and not emitted is dropped; the next
-                    # round reads it whole again (what a full batch emitted of it, twice).
-                    del batch[whole:]
-                    self._replay_from = position
-                    _LOG.info('the connection broke inside the transaction at %s:%d: reading '
-                              'it again from there', file, decode_position(position)[1])
-                self._connection_lost(exc)
-                break
-            if item is None:
-                if in_tx:
-                    continue  # a transaction is never cut: wait for its remaining events
-                break
-            event = item.event
-            kind = type(event)
-            if kind is Rows:
-                if not skipping:
-                    try:
-                        batch.extend(builder.rows(event, item.file, item.pos, item.gtid))
-                    except ValueError as exc:
-                        letters.append(DeadLetter.from_exception(
-                            'ConvertRow', exc, _rows_payload(event),
-                            source=f'{item.file}:{item.pos}'))
-                    if len(batch) >= config.batch_size:
-                        yield from self._emit(batch)
-                        batch = []
-                        whole = 0
-                continue
-            if kind is Gtid or (kind is Query and not in_tx):
-                # The transaction's first event: claim it (or skip a replay).
-                if item.file is not file:
-                    file, file_base = item.file, encode_position(item.file, 0, epoch)
-                position = file_base | item.pos
-                if position < start:
-                    # Emitted before a reconnect, unless the connection broke inside it.
-                    replay_from = self._replay_from
-                    skipping = replay_from is None or position < replay_from
-                elif tracker.try_claim(position):
-                    skipping = False
-                    self._replay_from = None
-                else:
-                    self._resync = True  # this transaction is the residual's: reread it there
+        try:  # a lost connection (the dump's, or the control's during a lookup) ends the round
+            while True:
+                timeout = 5.0 if in_tx else deadline - time.monotonic()
+                if timeout <= 0:
                     break
-                in_tx = True
-                builder.begin(item.gtid, item.file, item.pos)
-            if kind is Query:
-                if event.sql == 'BEGIN':
-                    builder.thread = event.thread_id
-                elif item.checkpoint is not None and event.sql not in _CHECKPOINT_QUERIES \
-                        and not skipping:
-                    try:
-                        batch.extend(builder.statement(event, item.file, item.pos, item.gtid))
-                    except Exception as exc:  # e.g. TRUNCATE of a table dropped since
-                        letters.append(DeadLetter.from_exception(
-                            'DecodeStatement', exc, event.sql,
-                            source=f'{item.file}:{item.pos}'))
-            elif isinstance(event, binlog.BinlogDecodeError):
-                letters.append(DeadLetter.from_exception(
-                    'DecodeBinlog', event, event.raw, source=f'{item.file}:{item.pos}'))
-            if item.checkpoint is not None:
-                self._resume = item.checkpoint
-                if not skipping:
-                    # Several small transactions travel in one list: Beam's cost is per
-                    # element, and what the round emits is committed as a whole anyway.
-                    if len(batch) >= config.batch_size:
-                        yield from self._emit(batch)
-                        batch = []
-                    whole = len(batch)
-                    confirm = item.checkpoint
-                    commit_ts = getattr(event, 'timestamp', None)
-                in_tx = skipping = False
-                if time.monotonic() >= deadline:
+                try:
+                    item = stream.read(timeout)
+                except BinlogPurgedError as exc:
+                    raise self._purged(str(exc)) from None
+                if item is None:
+                    if in_tx:
+                        continue  # a transaction is never cut: wait for its remaining events
                     break
+                event = item.event
+                kind = type(event)
+                if kind is Rows:
+                    if not skipping:
+                        try:
+                            batch.extend(builder.rows(event, item.file, item.pos, item.gtid))
+                        except ValueError as exc:
+                            letters.append(DeadLetter.from_exception(
+                                'ConvertRow', exc, _rows_payload(event),
+                                source=f'{item.file}:{item.pos}'))
+                        if len(batch) >= config.batch_size:
+                            yield from self._emit(batch)
+                            batch = []
+                            whole = 0
+                    continue
+                if kind is Gtid or (kind is Query and not in_tx):
+                    # The transaction's first event: claim it (or skip a replay).
+                    if item.file is not file:
+                        file, file_base = item.file, encode_position(item.file, 0, epoch)
+                    position = file_base | item.pos
+                    if position < start:
+                        # Emitted before a reconnect, unless the connection broke inside it.
+                        replay_from = self._replay_from
+                        skipping = replay_from is None or position < replay_from
+                    elif tracker.try_claim(position):
+                        skipping = False
+                        self._replay_from = None
+                    else:
+                        self._resync = True  # this transaction is the residual's: reread it there
+                        break
+                    in_tx = True
+                    builder.begin(item.gtid, item.file, item.pos)
+                if kind is Query:
+                    if event.sql == 'BEGIN':
+                        builder.thread = event.thread_id
+                    elif item.checkpoint is not None and event.sql not in _CHECKPOINT_QUERIES \
+                            and not skipping:
+                        try:
+                            batch.extend(builder.statement(event, item.file, item.pos, item.gtid))
+                        except BinlogConnectionLost:
+                            raise
+                        except Exception as exc:  # e.g. TRUNCATE of a table dropped since
+                            letters.append(DeadLetter.from_exception(
+                                'DecodeStatement', exc, event.sql,
+                                source=f'{item.file}:{item.pos}'))
+                elif isinstance(event, binlog.BinlogDecodeError):
+                    letters.append(DeadLetter.from_exception(
+                        'DecodeBinlog', event, event.raw, source=f'{item.file}:{item.pos}'))
+                if item.checkpoint is not None:
+                    self._resume = item.checkpoint
+                    if not skipping:
+                        # Several small transactions travel in one list: Beam's cost is per
+                        # element, and what the round emits is committed as a whole anyway.
+                        if len(batch) >= config.batch_size:
+                            yield from self._emit(batch)
+                            batch = []
+                        whole = len(batch)
+                        confirm = item.checkpoint
+                        commit_ts = getattr(event, 'timestamp', None)
+                    in_tx = skipping = False
+                    if time.monotonic() >= deadline:
+                        break
+        except BinlogConnectionLost as exc:
+            if in_tx and not skipping:
+                # What was read of this transaction and not emitted is dropped; the next
+                # round reads it whole again (what a full batch emitted of it, twice).
+                del batch[whole:]
+                self._replay_from = position
+                _LOG.info('the connection broke inside the transaction at %s:%d: reading '
+                          'it again from there', file, decode_position(position)[1])
+            self._connection_lost(exc)
         if batch:  # whole transactions only: the loop ends between transactions
             yield from self._emit(batch)
         if letters:
