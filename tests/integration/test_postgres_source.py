@@ -599,6 +599,36 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
         assert delivered[k] == values, f'key {k}: committed {values}, delivered {delivered[k]}'
 
 
+def test_a_commit_right_after_a_message_record_is_delivered(pg_db: Any, tmp_path: Path) -> None:
+    """A non-transactional message (such as the source's own heartbeat) reports the end of
+    its WAL record as its position, which is where the next record starts: a commit written
+    right after it has the same position.  Both arrive, and the run ends with status 0."""
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE t (id integer PRIMARY KEY)')
+    pipeline = start_cdc(pg_db.dsn, tmp_path / 'out', '--snapshot', 'never',
+                         '--slot_name', 'adjacent', *CAUGHT_UP_OPTIONS)
+    message_ends = {}
+    with pg_db.connect() as conn:
+        wait_for_slot(conn, 'adjacent')
+        with pg_db.connect(autocommit=False) as writer:
+            for i in range(20):
+                writer.execute('INSERT INTO t VALUES (%s)', (i,))
+                # Written while the insert's transaction is open: its commit record follows.
+                message_ends[i] = conn.execute(
+                    "SELECT pg_logical_emit_message(false, 'app', %s) - '0/0'",
+                    (str(i),)).fetchone()[0]
+                writer.commit()
+        output = stop_when_caught_up(pipeline, conn, 'adjacent')
+    docs = read_jsonl_dir(str(tmp_path / 'out'))
+    inserts = {d['after']['id']: d['source']['commit_lsn'] for d in docs if d['op'] == 'c'}
+    assert sorted(inserts) == list(range(20)), output[-3000:]
+    shared = [i for i in range(20) if inserts[i] == message_ends[i]]
+    assert len(shared) >= 10, (inserts, message_ends)  # the case this test is about happened
+    messages = {int(d['message']['content']): d['source']['lsn'] for d in docs
+                if d['op'] == 'm' and (d.get('message') or {}).get('prefix') == 'app'}
+    assert messages == message_ends, output[-3000:]
+
+
 def test_a_source_down_for_longer_than_reconnect_secs_stops_with_one_line(
         tmp_path: Path) -> None:
     from tests.services.postgres import PostgresServer

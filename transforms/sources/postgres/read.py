@@ -427,8 +427,11 @@ class _ReadSlotFn(StreamReadFn):
                         event = assembler.message(message, frame.data_start)
                         if event is not None:
                             batch.append(event)
-                elif message.lsn >= start:
-                    if not tracker.try_claim(message.lsn):
+                # A non-transactional message's lsn is the END of its record, where the next
+                # record starts: a commit written right after it has that lsn as final_lsn.
+                # So the message claims the position before, inside its own record.
+                elif message.lsn - 1 >= start:
+                    if not tracker.try_claim(message.lsn - 1):
                         self._resync = True
                         break
                     confirm_lsn = max(confirm_lsn, message.lsn)
