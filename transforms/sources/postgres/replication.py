@@ -230,6 +230,7 @@ class ReplicationStream:
                         self._frames += 1
                         if self._frames >= _STATUS_EVERY:
                             self._frames = 0
+                            self._asked_at = None  # frames flow: the server is there
                             self._maybe_send_status()
                         return XLogData(start, wal_end, send_time + _EPOCH_OFFSET_US, data[25:])
                     if kind == 0x6B:  # 'k'
