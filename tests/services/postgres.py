@@ -175,6 +175,22 @@ class PostgresServer(Service):
         wait_until_ready(f"postgres (port {self.port})", self._accepts_connections,
                          self._process, self.log_path, timeout)
 
+    def freeze(self) -> None:
+        """Stops every process of the cluster (SIGSTOP): connections stay open and nothing
+        answers, as with a hung server or a host that stopped scheduling it.  The postmaster
+        first (it forks no more), then its children, each of which is a session of its own."""
+        os.kill(self._process.pid, signal.SIGSTOP)
+        for pid in _children(self._process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Lets a frozen cluster run on."""
+        for pid in _children(self._process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        os.kill(self._process.pid, signal.SIGCONT)
+
     def _accepts_connections(self) -> bool:
         try:
             with psycopg.connect(self.dsn(), connect_timeout=2, autocommit=True) as conn:
@@ -258,6 +274,22 @@ class PgDatabase:
 
     def connect(self, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
         return self.server.connect(self.name, autocommit=autocommit, **kwargs)
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (from /proc: Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after it.
+        if int(stat.rpartition(")")[2].split()[1]) == parent:
+            found.append(int(entry))
+    return found
 
 
 def _spawn(args: list[str], base: Path, log_path: Path, mode: str) -> subprocess.Popen[bytes]:
