@@ -782,6 +782,45 @@ def test_a_server_restart_between_transactions_is_ridden_through(tmp_path: Path)
         assert delivered[k] == values, f'key {k}: committed {values}, delivered {delivered[k]}'
 
 
+def test_a_frozen_server_stops_the_pipeline_with_one_line_not_a_hang(tmp_path: Path) -> None:
+    """The server stops (SIGSTOP) with its connections open: the dump misses its heartbeats,
+    the reconnect's ping and handshake get no answer, and after --reconnect_secs the pipeline
+    stops with one line instead of waiting for ever."""
+    from tests.services.mariadb import MariaDBServer
+
+    server = MariaDBServer.start()
+    try:
+        db = server.create_database('frozen')
+        with server.connect(db) as conn:
+            execute(conn, 'CREATE TABLE t (id INT PRIMARY KEY)')
+        pipeline = start_cdc(server.dsn(db), f'jsonl:{tmp_path / "out"}', tmp_path,
+                             '--snapshot', 'never', '--reconnect_secs', '3')
+        wait_for_offsets(tmp_path / 'offsets.json', pipeline)
+        with server.connect(db) as conn:
+            execute(conn, 'INSERT INTO t VALUES (1)')
+        deadline = time.monotonic() + 60
+        while not [d for d in read_jsonl_dir(str(tmp_path / 'out')) if d['op'] == 'c']:
+            assert time.monotonic() < deadline and pipeline.poll() is None, 'no progress'
+            time.sleep(0.05)
+        server.freeze()
+        began = time.monotonic()
+        try:
+            output, _ = pipeline.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            pipeline.kill()
+            raise AssertionError(f'still waiting: {pipeline.communicate()[0][-3000:]}') from None
+        waited = time.monotonic() - began
+    finally:
+        server.thaw()
+        server.stop()
+    assert pipeline.returncode == 1, output[-3000:]
+    assert 'no data (not even a heartbeat)' in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith('python -m pipelines.cdc: error: the source has been unreachable '
+                           'for '), output[-3000:]
+    assert 10 <= waited < 90, waited
+
+
 def test_a_connection_cut_inside_a_transaction_reads_it_again(mariadb_db: Any,
                                                                tmp_path: Path) -> None:
     """The network breaks the dump three times, each inside a transaction (a proxy cuts it at

@@ -154,6 +154,15 @@ class MariaDBServer(Service):
         wait_until_ready(f"mariadbd (port {self.port})", self._accepts_connections,
                          self._process, self.log_path, timeout)
 
+    def freeze(self) -> None:
+        """Stops the server (SIGSTOP: one process, all its threads): connections stay open and
+        nothing answers, as with a hung server."""
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Lets a frozen server run on."""
+        os.kill(self._process.pid, signal.SIGCONT)
+
     def _accepts_connections(self) -> bool:
         # read_timeout too: whatever else holds the port may accept and then never greet us.
         try:
