@@ -91,10 +91,14 @@ pipeline left behind by a failed test still ends."""
 
 
 def wait_for_slot(conn: Any, slot: str, timeout: float = 60) -> None:
+    """Until a pipeline streams from ``slot``.  A slot being created is listed, and active,
+    while it waits for the transactions running then to end (what commits meanwhile is in its
+    snapshot, not in its stream); then it has a confirmed position but is inactive until the
+    pipeline read the snapshot and starts streaming."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = conn.execute('SELECT active FROM pg_replication_slots WHERE slot_name = %s',
-                           (slot,)).fetchone()
+        row = conn.execute('SELECT active AND confirmed_flush_lsn IS NOT NULL '
+                           'FROM pg_replication_slots WHERE slot_name = %s', (slot,)).fetchone()
         if row and row[0]:
             return
         time.sleep(0.1)
