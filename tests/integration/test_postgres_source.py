@@ -3,6 +3,7 @@ PostgreSQL 15, checked by rebuilding the tables from the emitted change files.""
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from tests.integration.outage import (
     wait_for_first_insert,
 )
 from tests.replay import apply_envelopes, read_jsonl_dir, source_rows, table_state
+from transforms.envelope import Op
 from transforms.sources.postgres.catalog import primary_key, resolve_tables
 from transforms.sources.postgres.changes import ChangeAssembler
 from transforms.sources.postgres.pgtypes import CATALOG_QUERY, TypeInfo
@@ -478,26 +480,91 @@ def test_table_rewrite_during_the_snapshot_loses_no_row(pg_db: Any, tmp_path: Pa
         assert_rebuilt_equals_source(conn, docs, ['public.a_big', 'public.z_small'])
 
 
-def test_a_snapshot_older_than_a_rewrite_is_refused_not_read_empty(pg_db: Any) -> None:
-    from transforms.sources.postgres.catalog import resolve_tables
+@pytest.mark.parametrize('ddl, refused', [
+    ('ALTER TABLE t ALTER COLUMN v TYPE bigint', 'truncated or rewritten during the snapshot: t'),
+    ('TRUNCATE t', 'truncated or rewritten during the snapshot: t'),
+    ('ALTER TABLE t DROP COLUMN v', 'columns dropped or renamed during the snapshot: public.t'),
+    ('ALTER TABLE t RENAME COLUMN v TO w',
+     'columns dropped or renamed during the snapshot: public.t'),
+    ('ALTER TABLE t ADD COLUMN w integer DEFAULT 7', None),
+    ('ALTER TABLE t ALTER COLUMN note TYPE text', None),  # varchar -> text: no rewrite
+])
+def test_ddl_between_the_snapshot_and_its_read_is_refused_or_read_as_of_the_snapshot(
+        pg_db: Any, ddl: str, refused: str | None) -> None:
+    """DDL committed after the slot's snapshot but before the read locks the table: a table
+    the snapshot would see empty (rewrite, TRUNCATE) or could not select (a column gone) is
+    refused before any row; otherwise every row is read in the snapshot's columns."""
     from transforms.sources.postgres.replication import ReplicationStream
     from transforms.sources.postgres.snapshot import SnapshotInvalidated, read_snapshot
 
     with pg_db.connect() as conn:
-        conn.execute('CREATE TABLE t (id integer PRIMARY KEY, v integer)')
-        conn.execute('INSERT INTO t SELECT g, g FROM generate_series(1, 100) g')
+        conn.execute('CREATE TABLE t (id integer PRIMARY KEY, v integer, note varchar(8))')
+        conn.execute("INSERT INTO t SELECT g, g, 'n' || g FROM generate_series(1, 100) g")
         stream = ReplicationStream.connect(pg_db.dsn)
         try:
             created = stream.create_slot('probe', export_snapshot=True)
-            conn.execute('ALTER TABLE t ALTER COLUMN v TYPE bigint')  # after the snapshot
+            conn.execute(ddl)  # after the snapshot's point
             assembler = ChangeAssembler('t', 't', lambda oid: primary_key(conn, oid),
                                         lambda oids: {})
             with pg_db.connect(options=SESSION_OPTIONS) as reader:
-                with pytest.raises(SnapshotInvalidated, match='rewritten during the snapshot: t'):
-                    list(read_snapshot(reader, created.snapshot, resolve_tables(conn, ()),
-                                       assembler, created.consistent_point))
+                read = functools.partial(read_snapshot, reader, created.snapshot,
+                                         resolve_tables(conn, ()), assembler,
+                                         created.consistent_point)
+                if refused is not None:
+                    with pytest.raises(SnapshotInvalidated, match=f'^{refused}$'):
+                        next(read())
+                    return
+                events = [event for batch in read() for event in batch]
         finally:
             stream.close()
+    rows = [event.after for event in events if event.op is Op.READ]
+    assert rows == [{'id': i, 'v': i, 'note': f'n{i}'} for i in range(1, 101)]
+    assert [c.name for c in events[0].table.columns] == ['id', 'v', 'note']
+
+
+def test_a_column_dropped_before_the_snapshot_is_read_retakes_it(pg_db: Any,
+                                                                 tmp_path: Path) -> None:
+    """A column dropped after the slot's consistent point, before the snapshot locks the
+    table: the pipeline drops the slot, takes the snapshot again, and the rebuilt table
+    equals the source."""
+    from tests.services.proxy import CuttingProxy
+
+    slot = f'changebeam_{pg_db.name}'
+    proxy = CuttingProxy.start(pg_db.server.port)
+    with pg_db.connect() as conn, pg_db.connect() as running:
+        conn.execute('CREATE TABLE t (id integer PRIMARY KEY, v integer, w text)')
+        conn.execute("INSERT INTO t SELECT g, g, 'w' || g FROM generate_series(1, 500) g")
+        # A transaction with an id keeps the new slot short of its consistent point.
+        running.execute('BEGIN')
+        running.execute('SELECT pg_current_xact_id()')
+        dsn = f'postgresql://{pg_db.server.user}@127.0.0.1:{proxy.port}/{pg_db.name}'
+        cdc = start_cdc(dsn, tmp_path / 'out', *CAUGHT_UP_OPTIONS)
+        try:
+            deadline = time.monotonic() + 60
+            while not conn.execute('SELECT active FROM pg_replication_slots '
+                                   'WHERE slot_name = %s', (slot,)).fetchone():
+                assert time.monotonic() < deadline and cdc.poll() is None, 'no slot'
+                time.sleep(0.01)
+            proxy.hold_new()  # the snapshot's connection waits
+            running.execute('COMMIT')
+            while not conn.execute('SELECT confirmed_flush_lsn IS NOT NULL FROM '
+                                   'pg_replication_slots WHERE slot_name = %s',
+                                   (slot,)).fetchone()[0]:  # created: its snapshot is taken
+                assert time.monotonic() < deadline and cdc.poll() is None, 'slot not created'
+                time.sleep(0.01)
+            conn.execute('ALTER TABLE t DROP COLUMN v')
+            conn.execute("UPDATE t SET w = 'x' || id WHERE id <= 10")
+            proxy.release_new()
+            output = stop_when_caught_up(cdc, conn, slot)
+            assert 'columns dropped or renamed during the snapshot: public.t' in output
+            assert 'taking the snapshot again' in output
+            docs = read_jsonl_dir(str(tmp_path / 'out'))
+            assert_rebuilt_equals_source(conn, docs, ['public.t'])
+            assert all('v' not in d['after'] for d in docs if d['op'] == 'r')
+        finally:
+            if cdc.poll() is None:
+                cdc.kill()
+            proxy.close()
 
 
 def _dedup_per_key(docs: list[dict[str, Any]]) -> dict[int, list[int]]:

@@ -15,6 +15,8 @@ Connections opened later pass through untouched.
     proxy.fail_over(replica.port)   # what a moved virtual IP does
     proxy.black_hole()              # the busiest connection stays open but carries nothing
     proxy.black_hole('first')       # the oldest one (a source's control connection)
+    proxy.hold_new()                # connections opened from now wait (a slow network)…
+    proxy.release_new()             # …until this
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class CuttingProxy:
         self._closed = False
         self._pairs: dict[tuple[socket.socket, socket.socket], int] = {}  # bytes from server
         self._holes: set[tuple[socket.socket, socket.socket]] = set()
+        self._admit = threading.Event()  # clear: accepted connections wait to be forwarded
+        self._admit.set()
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
     @classmethod
@@ -91,8 +95,17 @@ class CuttingProxy:
             self._holes.add(max(pairs, key=pairs.__getitem__) if which == "busiest"
                             else next(iter(pairs)))
 
+    def hold_new(self) -> None:
+        """Connections opened from now on are accepted but reach the server only after
+        :meth:`release_new`; the open ones go on as they were."""
+        self._admit.clear()
+
+    def release_new(self) -> None:
+        self._admit.set()
+
     def close(self) -> None:
         self._closed = True
+        self._admit.set()
         self._listener.close()
 
     def _accept(self) -> None:
@@ -101,6 +114,7 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # closed
+            self._admit.wait()
             try:
                 server = socket.create_connection(("127.0.0.1", self._target_port))
             except OSError:

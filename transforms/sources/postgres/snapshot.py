@@ -50,6 +50,16 @@ class SnapshotInvalidated(RuntimeError):
     invisible to the snapshot, so the snapshot must be taken again."""
 
 
+def _snapshot_columns(conn: Any, ref: TableRef) -> set[str]:
+    return {name for name, _, _ in table_columns(conn, ref.oid)}
+
+
+def _current_columns(conn: Any, ref: TableRef) -> set[str]:
+    """The table's columns as the relation cache has them now (the lock made it current)."""
+    cursor = conn.execute(f'SELECT * FROM {ref.quoted} WHERE false')
+    return {column.name for column in cursor.description or ()}
+
+
 def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                   assembler: ChangeAssembler, consistent_point: int, *,
                   batch_size: int = 1000) -> Iterator[list[ChangeEvent]]:
@@ -63,22 +73,28 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
     tables are locked in ACCESS SHARE mode for the read (such DDL waits; writes do not), and
     one that was rewritten between the snapshot's point and the lock — its file node as of the
     snapshot differs from the current one — raises :class:`SnapshotInvalidated` before any row
-    is produced.
+    is produced; so does one that lost or renamed a column in between (the snapshot's columns
+    could not be selected).  A column added in between is left out: the rows are read with the
+    columns of the snapshot's point, and the stream announces the new one after it.  Without
+    an exported snapshot the lock comes before the transaction's snapshot: nothing can change
+    in between.
     """
     conn.execute('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
     try:
         if snapshot:
             conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-        else:
-            # No slot: the rows' position is the WAL position as the transaction's snapshot
-            # is taken (by this first statement; any commit it sees is before it), so a later
-            # snapshot of the same tables is newer and replaces these rows in a target.
-            consistent_point = parse_lsn(conn.execute(
-                'SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() '
-                'ELSE pg_current_wal_lsn() END)::text').fetchone()[0])
         if tables:
             conn.execute('LOCK TABLE ' + ', '.join(t.quoted for t in tables)
                          + ' IN ACCESS SHARE MODE')
+        if not snapshot:
+            # No slot: the rows' position is the WAL position as the transaction's snapshot
+            # is taken (by this first statement, after the lock, so no DDL comes in between;
+            # any commit it sees is before it): a later snapshot of the same tables is newer
+            # and replaces these rows in a target.
+            consistent_point = parse_lsn(conn.execute(
+                'SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() '
+                'ELSE pg_current_wal_lsn() END)::text').fetchone()[0])
+        if tables and snapshot:
             # pg_class read through the transaction's snapshot vs the relcache (current state).
             rewritten = conn.execute(
                 'SELECT relname FROM pg_class WHERE oid = ANY(%s) '
@@ -88,6 +104,13 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                 raise SnapshotInvalidated(
                     'truncated or rewritten during the snapshot: '
                     + ', '.join(name for (name,) in rewritten))
+            # The snapshot's columns (pg_attribute through its snapshot) vs the columns a
+            # query sees now: a column dropped or renamed in between could not be read.
+            changed = [ref.name for ref in tables
+                       if not _snapshot_columns(conn, ref) <= _current_columns(conn, ref)]
+            if changed:
+                raise SnapshotInvalidated('columns dropped or renamed during the snapshot: '
+                                          + ', '.join(changed))
         batch: list[ChangeEvent] = []
         marker: ChangeEvent | None = None
         for ref in tables:
