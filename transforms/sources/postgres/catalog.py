@@ -142,15 +142,24 @@ def _split_quoted(name: str) -> list[str]:
 
 
 def ensure_publication(conn: Any, name: str, tables: Sequence[TableRef] | None) -> None:
-    """Create the publication (FOR ALL TABLES when ``tables`` is None) or align its table list."""
-    exists = conn.execute('SELECT puballtables FROM pg_publication WHERE pubname = %s',
-                          (name,)).fetchone()
+    """Create the publication (FOR ALL TABLES when ``tables`` is None) or align its table list.
+
+    It publishes a partitioned table's changes under the table's own name
+    (``publish_via_partition_root``), as the snapshot reads it, not under its partitions'.
+    """
+    exists = conn.execute('SELECT puballtables, pubviaroot FROM pg_publication '
+                          'WHERE pubname = %s', (name,)).fetchone()
     target = 'ALL TABLES' if tables is None else \
         'TABLE ' + ', '.join(t.quoted for t in tables)
     if exists is None:
-        conn.execute(f'CREATE PUBLICATION {quote_ident(name)} FOR {target}')
+        conn.execute(f'CREATE PUBLICATION {quote_ident(name)} FOR {target} '
+                     'WITH (publish_via_partition_root = true)')
         _LOG.info('created publication %s for %s', name, target)
-    elif tables is not None and not exists[0]:
+        return
+    if not exists[1]:
+        conn.execute(f'ALTER PUBLICATION {quote_ident(name)} '
+                     'SET (publish_via_partition_root = true)')
+    if tables is not None and not exists[0]:
         conn.execute(f'ALTER PUBLICATION {quote_ident(name)} SET {target}')
     elif tables is not None and exists[0]:
         raise SourceSetupError(

@@ -50,6 +50,15 @@ class SnapshotInvalidated(RuntimeError):
     invisible to the snapshot, so the snapshot must be taken again."""
 
 
+_REWRITTEN_SQL = """
+SELECT c.relname
+FROM unnest(%s::oid[]) AS t(oid)
+CROSS JOIN LATERAL (SELECT t.oid UNION SELECT relid FROM pg_partition_tree(t.oid)) AS r(oid)
+JOIN pg_class c ON c.oid = r.oid
+WHERE c.relkind <> 'p' AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid)
+"""
+
+
 def _snapshot_columns(conn: Any, ref: TableRef) -> set[str]:
     return {name for name, _, _ in table_columns(conn, ref.oid)}
 
@@ -95,11 +104,9 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                 'SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() '
                 'ELSE pg_current_wal_lsn() END)::text').fetchone()[0])
         if tables and snapshot:
-            # pg_class read through the transaction's snapshot vs the relcache (current state).
-            rewritten = conn.execute(
-                'SELECT relname FROM pg_class WHERE oid = ANY(%s) '
-                'AND relfilenode IS DISTINCT FROM pg_relation_filenode(oid)',
-                ([t.oid for t in tables],)).fetchall()
+            # pg_class read through the transaction's snapshot vs the relcache (current state),
+            # for each table that has storage: a partitioned table's are its partitions.
+            rewritten = conn.execute(_REWRITTEN_SQL, ([t.oid for t in tables],)).fetchall()
             if rewritten:
                 raise SnapshotInvalidated(
                     'truncated or rewritten during the snapshot: '
