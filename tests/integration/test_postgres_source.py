@@ -410,6 +410,31 @@ def test_table_without_replica_identity_is_refused_with_the_fix(pg_db: Any,
     assert 'public.keyless' in output and 'REPLICA IDENTITY FULL' in output
 
 
+def test_an_unlogged_table_is_refused_when_named_and_left_out_otherwise(
+        pg_db: Any, tmp_path: Path) -> None:
+    """An UNLOGGED table's changes never reach the WAL: a snapshot of it could never be kept
+    up to date, so it is not silently copied once."""
+    slot = f'changebeam_{pg_db.name}'
+    with pg_db.connect() as conn:
+        conn.execute('CREATE UNLOGGED TABLE cache (k integer PRIMARY KEY, v text)')
+        conn.execute('CREATE TABLE kept (k integer PRIMARY KEY, v text)')
+        conn.execute("INSERT INTO cache VALUES (1, 'c')")
+        conn.execute("INSERT INTO kept VALUES (1, 'k')")
+        output = run_until_error(pg_db.dsn, tmp_path, '--tables', 'public.kept,public.cache')
+        assert 'table public.cache is UNLOGGED' in output
+        assert 'ALTER TABLE "public"."cache" SET LOGGED' in output
+        cdc = start_cdc(pg_db.dsn, tmp_path / 'all', *CAUGHT_UP_OPTIONS)
+        wait_for_slot(conn, slot)
+        conn.execute("INSERT INTO cache VALUES (2, 'c')")
+        conn.execute("INSERT INTO kept VALUES (2, 'k')")
+        output = stop_when_caught_up(cdc, conn, slot)
+    assert 'not captured: UNLOGGED table(s) public.cache' in output
+    docs = read_jsonl_dir(str(tmp_path / 'all'))
+    assert sorted((d['op'], d['after']['k']) for d in docs if d['op'] in ('r', 'c')) == [
+        ('c', 2), ('r', 1)]
+    assert {d['source']['table'] for d in docs} == {'kept'}
+
+
 def test_role_without_replication_is_refused_with_the_fix(pg_db: Any, tmp_path: Path) -> None:
     with pg_db.connect() as conn:
         conn.execute('DROP ROLE IF EXISTS plain_user')

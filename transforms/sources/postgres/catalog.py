@@ -73,7 +73,8 @@ def check_server(conn: Any) -> None:
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relreplident,
-       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+       c.relpersistence = 'u'
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%%'
@@ -85,11 +86,14 @@ def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
 
     Raises SourceSetupError naming a table that does not exist, and naming every table whose
     updates PostgreSQL would refuse to publish (no primary key and no replica identity) — adding
-    such a table to a publication would make the application's UPDATEs fail.
+    such a table to a publication would make the application's UPDATEs fail.  An UNLOGGED
+    table's changes are not in the write-ahead log: one named is refused, and without names
+    they are left out (with a warning).
     """
     rows = conn.execute(_TABLES_SQL + ' ORDER BY 2, 3').fetchall()
     found = {(schema, table): TableRef(oid, schema, table, ident, has_pk)
-             for oid, schema, table, ident, has_pk in rows}
+             for oid, schema, table, ident, has_pk, _ in rows}
+    unlogged = {(schema, table) for _, schema, table, _, _, no_wal in rows if no_wal}
     if names:
         chosen = []
         for name in names:
@@ -99,9 +103,18 @@ def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
                 known = ', '.join(f'{s}.{t}' for s, t in found) or '(none)'
                 raise SourceSetupError(f'--tables: no table {schema}.{table} in this database; '
                                        f'tables: {known}')
+            if (schema, table) in unlogged:
+                raise SourceSetupError(
+                    f'table {ref.name} is UNLOGGED, so its changes are not in the write-ahead '
+                    f'log and cannot be captured: run ALTER TABLE {ref.quoted} SET LOGGED, or '
+                    'leave it out of --tables')
             chosen.append(ref)
     else:
-        chosen = list(found.values())
+        chosen = [ref for key, ref in found.items() if key not in unlogged]
+        if unlogged:
+            _LOG.warning('not captured: UNLOGGED table(s) %s (their changes are not in the '
+                         'write-ahead log; ALTER TABLE … SET LOGGED to capture them)',
+                         ', '.join(f'{s}.{t}' for s, t in sorted(unlogged)))
     unpublishable = [t.name for t in chosen if t.replica_identity == 'n'
                      or (t.replica_identity == 'd' and not t.has_primary_key)]
     if unpublishable:
