@@ -250,6 +250,25 @@ def test_a_partitioned_table_is_captured_as_one_table(pg_db: Any, tmp_path: Path
     assert moved == ['d', 'c'], moved  # jan -> mar: out of one partition, into another
 
 
+def test_generated_columns_are_left_out_of_snapshot_and_stream_alike(pg_db: Any,
+                                                                    tmp_path: Path) -> None:
+    slot = f'changebeam_{pg_db.name}'
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE g (id integer PRIMARY KEY, price numeric, qty integer, '
+                     'total numeric GENERATED ALWAYS AS (price * qty) STORED, note text)')
+        conn.execute("INSERT INTO g VALUES (1, 2.5, 4, DEFAULT, 'before')")
+        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', *CAUGHT_UP_OPTIONS)
+        wait_for_slot(conn, slot)
+        conn.execute("INSERT INTO g VALUES (2, 1.5, 2, DEFAULT, 'after')")
+        conn.execute('UPDATE g SET qty = qty + 1')
+        output = stop_when_caught_up(cdc, conn, slot)
+        docs = read_jsonl_dir(str(tmp_path / 'out'))
+        assert_rebuilt_equals_source(conn, docs, ['public.g'])
+    rows = [d['after'] for d in docs if d['op'] in ('r', 'c', 'u')]
+    assert len(rows) == 4 and all(list(row) == ['id', 'price', 'qty', 'note'] for row in rows), (
+        rows, output[-2000:])
+
+
 @pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM], ids=['sigkill', 'sigterm'])
 def test_stopped_mid_stream_loses_nothing_and_keeps_order(pg_db: Any, tmp_path: Path,
                                                           stop: signal.Signals) -> None:
