@@ -163,6 +163,58 @@ def test_snapshot_only_backfills_bring_a_replica_up_to_date_each_time(
         postgres.drop_database(target.name)
 
 
+def test_a_backfill_during_a_commit_not_yet_visible_leaves_the_replica_right(
+        tmp_path: Path) -> None:
+    """A commit already in the WAL but not yet visible (here it waits for a synchronous
+    standby; a slow fsync does the same, for less time) when ``--snapshot only`` starts: the
+    stream delivers it to the replica; the backfill, which cannot see it, must not overwrite
+    it with the row as it was before."""
+    from tests.services.postgres import PostgresServer
+
+    server = PostgresServer.start({'synchronous_commit': 'local'})  # only one session waits
+    try:
+        source, target = server.database('src'), server.database('replica')
+        with source.connect() as conn:
+            conn.execute('CREATE TABLE items (id integer PRIMARY KEY, qty integer)')
+            conn.execute('INSERT INTO items SELECT g, g FROM generate_series(1, 100) g')
+            cdc = start_cdc_to(source.dsn, target.dsn, tmp_path / 'stream', *CAUGHT_UP_OPTIONS)
+            slot = f'changebeam_{source.name}'
+            wait_for_slot(conn, slot)
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+            conn.execute('SELECT pg_reload_conf()')
+            time.sleep(0.5)  # the new setting reaches the backends
+
+            def held_update() -> None:
+                with source.connect() as held:
+                    held.execute('SET synchronous_commit = on')
+                    held.execute('UPDATE items SET qty = -1 WHERE id = 1')  # waits at COMMIT
+
+            updater = threading.Thread(target=held_update)
+            updater.start()
+            deadline = time.monotonic() + 30
+            while not conn.execute("SELECT 1 FROM pg_stat_activity "
+                                   "WHERE wait_event = 'SyncRep'").fetchone():
+                assert time.monotonic() < deadline, 'the update never waited for the standby'
+                time.sleep(0.05)
+            backfill = start_cdc_to(source.dsn, target.dsn, tmp_path / 'backfill',
+                                    '--snapshot', 'only')
+            # Until the backfill is done or waits for the transaction to end (its slot does).
+            while backfill.poll() is None and not conn.execute(
+                    'SELECT 1 FROM pg_replication_slots WHERE temporary').fetchone():
+                assert time.monotonic() < deadline + 60, 'the backfill neither ended nor waited'
+                time.sleep(0.05)
+            conn.execute('ALTER SYSTEM RESET synchronous_standby_names')
+            conn.execute('SELECT pg_reload_conf()')
+            updater.join(30)
+            finish(backfill)
+            stop_when_caught_up(cdc, conn, slot)
+            with target.connect() as tconn:
+                assert pg_rows(tconn, 'public.items') == pg_rows(conn, 'public.items')
+                assert tconn.execute('SELECT qty FROM items WHERE id = 1').fetchone() == (-1,)
+    finally:
+        server.stop()
+
+
 def _norm(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return value.normalize()

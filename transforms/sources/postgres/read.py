@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import sys
 import threading
 import time
@@ -187,7 +188,7 @@ class _ReadSlotFn(StreamReadFn):
         config = self._config
         tables = catalog.resolve_tables(self._control, config.tables)
         if config.snapshot == 'only':
-            yield from self._snapshot(None, tables, 0, tracker, finalizer, slot_marker=False)
+            yield from self._backfill(tables, tracker, finalizer)
             return
         catalog.ensure_publication(self._control, config.publication,
                                    tables if config.tables else None)
@@ -228,6 +229,36 @@ class _ReadSlotFn(StreamReadFn):
         stream.start(config.slot, max(start_lsn, start), config.publication)
         self._stream = stream
         self._emitted_end = max(start_lsn, start)
+
+    def _backfill(self, tables: Sequence[catalog.TableRef], tracker: Any,
+                  finalizer: Any) -> Iterator[Any]:
+        """``--snapshot only``: the tables as of an exact WAL position, without a lasting slot.
+
+        The current WAL position is not exact on a primary: a commit already in the WAL but not
+        yet visible (its fsync, or a synchronous standby, still awaited) lies before it unseen,
+        and a target that got that commit from a stream would take the snapshot's older row as
+        newer.  A temporary slot's exported snapshot divides the commits exactly at its
+        consistent point (creating it waits for the transactions running then to end); the
+        slot goes with its connection.  A standby has no logical slots (before PostgreSQL 16):
+        there the replay position read before the snapshot is exact (read_snapshot).
+        """
+        if self._control.execute('SELECT pg_is_in_recovery()').fetchone()[0]:
+            yield from self._snapshot(None, tables, 0, tracker, finalizer, slot_marker=False)
+            return
+        for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
+            stream = ReplicationStream.connect(self._config.dsn)
+            try:
+                created = stream.create_slot(f'changebeam_backfill_{secrets.token_hex(6)}',
+                                             export_snapshot=True, temporary=True)
+                yield from self._snapshot(created.snapshot, tables, created.consistent_point,
+                                          tracker, finalizer, slot_marker=False)
+                return
+            except SnapshotInvalidated as exc:
+                if attempt == _SNAPSHOT_ATTEMPTS:
+                    raise
+                _LOG.warning('%s: taking the snapshot again', exc)
+            finally:
+                stream.close()
 
     def _snapshot(self, name: str | None, tables: Sequence[catalog.TableRef],
                   consistent_point: int, tracker: Any, finalizer: Any,

@@ -174,10 +174,14 @@ class ReplicationStream:
         systemid, timeline, xlogpos, dbname = self._command('IDENTIFY_SYSTEM')[0]
         return {'systemid': systemid, 'timeline': timeline, 'xlogpos': xlogpos, 'dbname': dbname}
 
-    def create_slot(self, name: str, *, export_snapshot: bool) -> SlotCreated:
-        """Create a pgoutput slot; with ``export_snapshot`` also export its consistent snapshot."""
+    def create_slot(self, name: str, *, export_snapshot: bool,
+                    temporary: bool = False) -> SlotCreated:
+        """Create a pgoutput slot; with ``export_snapshot`` also export its consistent snapshot
+        (valid while this connection runs no other command); a ``temporary`` slot is dropped
+        when the connection ends."""
         mode = 'EXPORT_SNAPSHOT' if export_snapshot else 'NOEXPORT_SNAPSHOT'
-        rows = self._command(f'CREATE_REPLICATION_SLOT "{name}" LOGICAL pgoutput {mode}')
+        kind = ' TEMPORARY' if temporary else ''
+        rows = self._command(f'CREATE_REPLICATION_SLOT "{name}"{kind} LOGICAL pgoutput {mode}')
         _slot, consistent_point, snapshot, _plugin = rows[0]
         assert consistent_point is not None
         return SlotCreated(name, parse_lsn(consistent_point), snapshot)

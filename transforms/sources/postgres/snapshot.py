@@ -76,33 +76,34 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
     :func:`~transforms.envelope.snapshot_complete` event; the last of those says snapshot 'last'.
 
     ``snapshot`` is the name the slot exported, whose ``consistent_point`` the rows carry
-    (None: read the current state, for ``--snapshot only``, at the WAL position the read
-    starts at).  TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL,
-    CLUSTER) are not MVCC-safe: a snapshot from before them sees the table empty.  So the
-    tables are locked in ACCESS SHARE mode for the read (such DDL waits; writes do not), and
-    one that was rewritten between the snapshot's point and the lock — its file node as of the
-    snapshot differs from the current one — raises :class:`SnapshotInvalidated` before any row
-    is produced; so does one that lost or renamed a column in between (the snapshot's columns
-    could not be selected).  A column added in between is left out: the rows are read with the
-    columns of the snapshot's point, and the stream announces the new one after it.  Without
-    an exported snapshot the lock comes before the transaction's snapshot: nothing can change
-    in between.
+    (None, on a standby only: the current state, at the replay position read just before the
+    snapshot is taken: every commit replayed by then is visible to it, and one visible that
+    was replayed since carries a later position, so a target keeps the newer row either way.
+    On a primary the current position is not exact: see ``_backfill`` in ``read``).
+
+    TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL, CLUSTER) are not MVCC-safe:
+    a snapshot from before them sees the table empty.  So the tables are locked in ACCESS
+    SHARE mode for the read (such DDL waits; writes do not), and one that was rewritten
+    between the snapshot's point and the lock — its file node as of the snapshot differs from
+    the current one — raises :class:`SnapshotInvalidated` before any row is produced; so does
+    one that lost or renamed a column in between (the snapshot's columns could not be
+    selected).  A column added in between is left out: the rows are read with the columns of
+    the snapshot's point, and the stream announces the new one after it.
     """
+    if not snapshot:
+        replayed = conn.execute('SELECT pg_last_wal_replay_lsn()::text').fetchone()[0]
+        if replayed is None:
+            raise ValueError('a snapshot without a slot is exact on a standby only')
+        consistent_point = parse_lsn(replayed)
     conn.execute('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
     try:
         if snapshot:
             conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         if tables:
+            # Without a slot's snapshot the lock comes before the transaction's snapshot (taken
+            # by its first query), so no DDL can come in between.
             conn.execute('LOCK TABLE ' + ', '.join(t.quoted for t in tables)
                          + ' IN ACCESS SHARE MODE')
-        if not snapshot:
-            # No slot: the rows' position is the WAL position as the transaction's snapshot
-            # is taken (by this first statement, after the lock, so no DDL comes in between;
-            # any commit it sees is before it): a later snapshot of the same tables is newer
-            # and replaces these rows in a target.
-            consistent_point = parse_lsn(conn.execute(
-                'SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() '
-                'ELSE pg_current_wal_lsn() END)::text').fetchone()[0])
         if tables and snapshot:
             # pg_class read through the transaction's snapshot vs the relcache (current state),
             # for each table that has storage: a partitioned table's are its partitions.
