@@ -215,6 +215,44 @@ def test_a_backfill_during_a_commit_not_yet_visible_leaves_the_replica_right(
         server.stop()
 
 
+def test_a_backfill_from_a_standby_reads_at_its_replay_position(tmp_path: Path) -> None:
+    """``--snapshot only`` against a hot standby (no logical slot there on PostgreSQL 15):
+    every row as the standby has replayed it, at a position no later than that replay."""
+    from tests.replay import read_jsonl_dir
+    from tests.services.postgres import PostgresServer
+    from transforms.sources.postgres.replication import parse_lsn
+
+    primary = PostgresServer.start()
+    standby = None
+    try:
+        source = primary.database('src')
+        with source.connect() as conn:
+            conn.execute('CREATE TABLE items (id integer PRIMARY KEY, qty integer)')
+            conn.execute('INSERT INTO items SELECT g, g FROM generate_series(1, 200) g')
+            conn.execute('UPDATE items SET qty = -qty WHERE id <= 10')
+            written = parse_lsn(conn.execute(
+                'SELECT pg_current_wal_lsn()::text').fetchone()[0])
+            expected = pg_rows(conn, 'public.items')
+        standby = primary.start_standby()
+        with standby.connect(source.name) as sconn:
+            deadline = time.monotonic() + 30
+            while parse_lsn(sconn.execute(
+                    'SELECT pg_last_wal_replay_lsn()::text').fetchone()[0]) < written:
+                assert time.monotonic() < deadline, 'the standby never replayed the rows'
+                time.sleep(0.05)
+            output = finish(start_cdc_to(standby.dsn(source.name), f'jsonl:{tmp_path / "out"}',
+                                         tmp_path, '--snapshot', 'only'))
+            replayed = parse_lsn(sconn.execute(
+                'SELECT pg_last_wal_replay_lsn()::text').fetchone()[0])
+        docs = [d for d in read_jsonl_dir(str(tmp_path / 'out')) if d['op'] == 'r']
+        assert {json.dumps(d['after']['id']): d['after'] for d in docs} == expected, output
+        assert {d['source']['commit_lsn'] for d in docs} <= set(range(written, replayed + 1))
+    finally:
+        if standby is not None:
+            standby.stop()
+        primary.stop()
+
+
 def _norm(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return value.normalize()

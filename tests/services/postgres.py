@@ -112,6 +112,7 @@ class PostgresServer(Service):
         self.log_path = log_path
         self._process = process
         self._args: list[str] = []
+        self._settings: dict[str, str] = {}
 
     @classmethod
     def start(
@@ -156,7 +157,39 @@ class PostgresServer(Service):
         log_path = base / "postgres.log"
         server = cls(base, port, _spawn(args, base, log_path, "wb"), log_path)  # a fresh log
         server._args = args
+        server._settings = settings
         return server
+
+    def start_standby(self, timeout: float = _START_TIMEOUT_S) -> PostgresServer:
+        """A hot standby of this cluster streaming from it (``pg_basebackup -R``), with the
+        same settings: a read replica; ``stop()`` it before this one."""
+        bindir = _bindir()
+        basebackup = require_binary(bindir / "pg_basebackup", _PACKAGE)
+        postgres = require_binary(bindir / "postgres", _PACKAGE)
+        base = make_private_dir("changebeam-pg-", owner=_OS_USER)
+        try:
+            data = base / "data"
+            log_path = base / "basebackup.log"
+            with open(log_path, "wb") as log:
+                result = subprocess.run(
+                    [basebackup, "-h", self.socket_dir, "-p", str(self.port), "-U", self.user,
+                     "-D", str(data), "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=base,
+                    env=_server_env(), check=False, **privileges_for(_OS_USER))
+            if result.returncode != 0:
+                raise ServiceStartError(
+                    f"pg_basebackup failed with code {result.returncode}:\n{log_tail(log_path)}")
+            settings = self._settings
+            return launch_until_ready(
+                lambda: PostgresServer._launch(postgres, base, data, settings),
+                lambda s: f"postgres standby (port {s.port})",
+                PostgresServer._accepts_connections,
+                timeout,
+                signal.SIGQUIT,
+            )
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
 
     def restart(self, down_secs: float = 0.0) -> None:
         """Fast shutdown (clients see their connections end), ``down_secs`` without a server,
