@@ -215,6 +215,42 @@ def test_a_backfill_during_a_commit_not_yet_visible_leaves_the_replica_right(
         server.stop()
 
 
+def test_a_table_added_to_tables_is_streamed_and_its_rows_backfilled(
+        postgres: Any, pg_db: Any, tmp_path: Path) -> None:
+    """A restart with one more table in --tables streams its changes and says how to copy the
+    rows it already holds; the backfill it names, run alongside, makes the replica right."""
+    target = postgres.database('replica')
+    slot = f'changebeam_{pg_db.name}'
+    try:
+        with pg_db.connect() as conn:
+            conn.execute('CREATE TABLE a (id integer PRIMARY KEY, v text)')
+            conn.execute('CREATE TABLE b (id integer PRIMARY KEY, v text)')
+            conn.execute("INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 50) g")
+            conn.execute("INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 50) g")
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--tables', 'public.a',
+                               *CAUGHT_UP_OPTIONS)
+            wait_for_slot(conn, slot)
+            stop_when_caught_up(cdc, conn, slot)
+            conn.execute("UPDATE b SET v = 'before' WHERE id <= 5")  # not captured yet
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--tables', 'public.a,public.b',
+                               *CAUGHT_UP_OPTIONS)
+            wait_for_slot(conn, slot)
+            conn.execute("UPDATE b SET v = 'streamed' WHERE id BETWEEN 3 AND 8")
+            backfill = start_cdc_to(pg_db.dsn, target.dsn, tmp_path / 'backfill',
+                                    '--snapshot', 'only', '--tables', 'public.b')
+            conn.execute("INSERT INTO b VALUES (100, 'new')")
+            finish(backfill)
+            conn.execute("UPDATE b SET v = 'after' WHERE id IN (1, 4, 100)")
+            output = stop_when_caught_up(cdc, conn, slot)
+            assert ('table(s) public.b added to publication' in output
+                    and '--snapshot only --tables public.b' in output), output[-3000:]
+            with target.connect() as tconn:
+                for table in ('public.a', 'public.b'):
+                    assert pg_rows(tconn, table) == pg_rows(conn, table), table
+    finally:
+        postgres.drop_database(target.name)
+
+
 def test_a_backfill_from_a_standby_reads_at_its_replay_position(tmp_path: Path) -> None:
     """``--snapshot only`` against a hot standby (no logical slot there on PostgreSQL 15):
     every row as the standby has replayed it, at a position no later than that replay."""

@@ -190,8 +190,8 @@ class _ReadSlotFn(StreamReadFn):
         if config.snapshot == 'only':
             yield from self._backfill(tables, tracker, finalizer)
             return
-        catalog.ensure_publication(self._control, config.publication,
-                                   tables if config.tables else None)
+        added = catalog.ensure_publication(self._control, config.publication,
+                                           tables if config.tables else None)
         slot = catalog.slot_info(self._control, config.slot)
         if slot is not None and slot.active_pid:
             raise catalog.SourceSetupError(
@@ -203,6 +203,13 @@ class _ReadSlotFn(StreamReadFn):
                          'dropping it and taking the snapshot again', config.slot)
             catalog.drop_slot(self._control, config.slot)
             slot = None
+        if slot is not None and added:
+            # The slot streams their changes from now on; the rows they hold are not in it.
+            _LOG.warning(
+                'table(s) %s added to publication %s: their changes stream from now on, but '
+                'not the rows they already hold; to copy those, run once with --snapshot only '
+                '--tables %s and the same --sink (it may run while this pipeline streams)',
+                ', '.join(added), config.publication, ','.join(added))
         for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
             stream = ReplicationStream.connect(config.dsn)
             if slot is not None:
