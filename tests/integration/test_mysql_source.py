@@ -540,6 +540,42 @@ def test_snapshot_only_backfills_bring_a_replica_up_to_date_each_time(
         mariadb.drop_database(target.name)
 
 
+def test_a_table_added_to_tables_is_streamed_and_its_rows_backfilled(
+        mariadb_db: Any, mariadb: Any, tmp_path: Path) -> None:
+    """A restart with one more table in --tables streams its changes and says how to copy the
+    rows it already holds; the backfill it names, run alongside, makes the replica right."""
+    target = mariadb.database('replica')
+    db = mariadb_db.name
+    try:
+        conn = mariadb_db.connect()
+        execute(conn, 'CREATE TABLE a (id INT PRIMARY KEY, v TEXT)',
+                'CREATE TABLE b (id INT PRIMARY KEY, v TEXT)',
+                "INSERT INTO a SELECT seq, CONCAT('a', seq) FROM seq_1_to_50",
+                "INSERT INTO b SELECT seq, CONCAT('b', seq) FROM seq_1_to_50")
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--tables', f'{db}.a',
+                        *CAUGHT_UP_OPTIONS)
+        wait_for_offsets(tmp_path / 'offsets.json', cdc)
+        stop_when_caught_up(cdc, conn, tmp_path)
+        execute(conn, "UPDATE b SET v = 'before' WHERE id <= 5")  # not captured yet
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--tables', f'{db}.a,{db}.b',
+                        *CAUGHT_UP_OPTIONS)
+        execute(conn, "UPDATE b SET v = 'streamed' WHERE id BETWEEN 3 AND 8")
+        backfill = start_cdc(mariadb_db.dsn, target.dsn, tmp_path / 'backfill',
+                             '--snapshot', 'only', '--tables', f'{db}.b')
+        execute(conn, "INSERT INTO b VALUES (100, 'new')")
+        finish(backfill)
+        execute(conn, "UPDATE b SET v = 'after' WHERE id IN (1, 4, 100)")
+        output = stop_when_caught_up(cdc, conn, tmp_path)
+        assert (f'table(s) {db}.b were not captured before' in output
+                and f'--snapshot only --tables {db}.b' in output), output[-3000:]
+        with target.connect(autocommit=True) as tconn:
+            for table in ('a', 'b'):
+                select = f'SELECT id, v FROM {table} ORDER BY id'
+                assert fetch_all(tconn, select) == fetch_all(conn, select), table
+    finally:
+        mariadb.drop_database(target.name)
+
+
 def test_postgres_replica_equals_mariadb_source(mariadb_db: Any, pg_db: Any,
                                                 tmp_path: Path) -> None:
     conn = mariadb_db.connect()

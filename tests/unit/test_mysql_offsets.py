@@ -87,7 +87,8 @@ def test_save_then_load_round_trips_and_replaces(tmp_path: Path) -> None:
     first = Offset(file='bin.000001', pos=330, gtid='0-1-7', snapshot='pending', server_id=1)
     store.save(first)
     assert store.load() == first
-    second = Offset(file='bin.000002', pos=4, gtid='0-1-9,1-5-2', snapshot='done', server_id=1)
+    second = Offset(file='bin.000002', pos=4, gtid='0-1-9,1-5-2', snapshot='done', server_id=1,
+                    tables=('shop.orders', 'shop.items'))
     store.save(second)
     assert OffsetStore(f'file://{tmp_path}/state/shop.json').load() == second
     # nothing but the document is left behind (no temporary files)

@@ -103,6 +103,8 @@ class Offset:
     failover); file/pos serves when there is none.  ``snapshot`` is one of
     :data:`SNAPSHOT_STATES`.  ``epoch`` counts the source's moves to another server (see
     ``SourcePosition``); a resume on a server other than ``server_id`` moves once more.
+    ``tables`` are the ``db.table`` names a ``--tables`` list captured (None: every table of
+    the databases), so a restart can tell which tables it adds.
     """
 
     file: str | None
@@ -111,6 +113,7 @@ class Offset:
     snapshot: str = 'done'
     server_id: int | None = None
     epoch: int = 0
+    tables: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.file is None and not self.gtid:
@@ -122,6 +125,7 @@ class Offset:
     def to_json(self) -> dict[str, Any]:
         return {'format': _FORMAT, 'gtid': self.gtid, 'file': self.file, 'pos': self.pos,
                 'snapshot': self.snapshot, 'server_id': self.server_id, 'epoch': self.epoch,
+                'tables': None if self.tables is None else list(self.tables),
                 'written_ms': int(time.time() * 1000)}
 
     @classmethod
@@ -130,7 +134,8 @@ class Offset:
             raise ValueError(f'not a changebeam offset document (format {_FORMAT})')
         return cls(file=doc.get('file'), pos=int(doc.get('pos') or 4), gtid=doc.get('gtid'),
                    snapshot=doc.get('snapshot', 'done'), server_id=doc.get('server_id'),
-                   epoch=int(doc.get('epoch') or 0))
+                   epoch=int(doc.get('epoch') or 0),
+                   tables=None if doc.get('tables') is None else tuple(doc['tables']))
 
 
 class OffsetStore:

@@ -351,6 +351,7 @@ class _ReadBinlogFn(StreamReadFn):
         self._last_lag: float | None = None
         self._snapshot_state = 'done'
         self._pending: Offset | None = None
+        self._listed: tuple[str, ...] | None = None  # the --tables captured, for the offset
         self._saved: Offset | None = None
         self._saved_at = 0.0
 
@@ -430,7 +431,18 @@ class _ReadBinlogFn(StreamReadFn):
         if config.snapshot == 'only':
             yield from self._snapshot(tables, tracker, finalizer, record=False)
             return
+        names = tuple(f'{db}.{table}' for db, table in tables)
+        self._listed = names if config.tables else None
         offset = self._store.load()
+        if offset is not None and offset.tables is not None and offset.snapshot != 'pending':
+            added = [name for name in names if name not in offset.tables]
+            if added:
+                # Streamed from here on; the rows they hold are not in the binlog from here.
+                _LOG.warning(
+                    'table(s) %s were not captured before: their changes stream from now on, '
+                    'but not the rows they already hold; to copy those, run once with '
+                    '--snapshot only --tables %s and the same --sink (it may run while this '
+                    'pipeline streams)', ', '.join(added), ','.join(added))
         if offset is not None:
             moved = offset.server_id is not None and offset.server_id != self._info.server_id
             self._set_epoch(offset.epoch + moved)
@@ -457,7 +469,7 @@ class _ReadBinlogFn(StreamReadFn):
             self._snapshot_state = 'skipped'
             # Recorded before anything streams: a restart must not start at a later "now".
             self._store.save(Offset(position.file, position.pos, position.gtid, 'skipped',
-                                    self._info.server_id, self._epoch))
+                                    self._info.server_id, self._epoch, self._listed))
         self._start_stream(position)
 
     def _position_of(self, offset: Offset) -> BinlogPosition:
@@ -573,7 +585,7 @@ class _ReadBinlogFn(StreamReadFn):
                 return None
             if record:
                 self._store.save(Offset(position.file, position.pos, position.gtid, 'pending',
-                                        self._info.server_id, self._epoch))
+                                        self._info.server_id, self._epoch, self._listed))
             rows = 0
             for batch in read_snapshot(conn, tables, position, server_name=config.server_name,
                                        server_id=self._info.server_id, epoch=self._epoch,
@@ -596,7 +608,7 @@ class _ReadBinlogFn(StreamReadFn):
         self._confirmed_changes += rows
         self._snapshot_state = 'done'
         self._pending = Offset(position.file, position.pos, position.gtid, 'done',
-                               self._info.server_id, self._epoch)
+                               self._info.server_id, self._epoch, self._listed)
         self._save_pending(force=True)
 
     def _stream_round(self, tracker: Any, finalizer: Any, watermark: Any) -> Iterator[Any]:
@@ -759,7 +771,7 @@ class _ReadBinlogFn(StreamReadFn):
         self._confirmed_changes = emitted
         if checkpoint is not None:
             self._pending = Offset(checkpoint.file, checkpoint.pos, checkpoint.gtid,
-                                   self._snapshot_state, *server)
+                                   self._snapshot_state, *server, self._listed)
         self._save_pending(force, delivered)
 
     def _save_pending(self, force: bool = False, delivered: bool = True) -> None:
