@@ -14,6 +14,10 @@ connection error, re-raised as :class:`NoAnswer` naming the wait::
 The connection is dead afterwards (the driver marks it broken); callers reconnect as after any
 lost connection.  Starting the timer costs a thread (~0.1 ms): for calls made now and then
 (heartbeats, catalog lookups), not per row.
+
+Where no such deadline fits (a statement may legitimately run for an hour), the kernel can
+still notice a peer the network lost: :func:`notice_lost_peer` sets on a driver's TCP socket
+what libpq gets from ``PG_CONNECTION_DEFAULTS``.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ['NoAnswer', 'answer_within']
+__all__ = ['NoAnswer', 'answer_within', 'notice_lost_peer']
 
 
 class NoAnswer(ConnectionError):
@@ -80,3 +84,20 @@ def answer_within(fileno: int, seconds: float, what: str) -> Iterator[None]:
     finally:
         watch.end()
         timer.cancel()
+
+
+def notice_lost_peer(sock: socket.socket) -> None:
+    """Let the kernel end a TCP connection whose peer the network lost (no reset ever comes):
+    keepalive probes after 30 s idle, 3 of them 10 s apart, and at most 60 s for sent data to
+    be acknowledged (``TCP_USER_TIMEOUT``), as :data:`~transforms.dsn.PG_CONNECTION_DEFAULTS`
+    asks of libpq.  A peer that acknowledges but never answers is not noticed this way."""
+    from transforms.dsn import PG_CONNECTION_DEFAULTS as pg
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (('TCP_KEEPIDLE', pg['keepalives_idle']),
+                        ('TCP_KEEPINTVL', pg['keepalives_interval']),
+                        ('TCP_KEEPCNT', pg['keepalives_count']),
+                        ('TCP_USER_TIMEOUT', pg['tcp_user_timeout'])):
+        option = getattr(socket, name, None)  # Linux has them all
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(value))

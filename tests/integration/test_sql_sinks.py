@@ -672,3 +672,26 @@ def test_mariadb_target_follows_schema_changes(mariadb_db):
 
     _schema_change_story(lambda: Applier(_MySQLTarget(mariadb_db.dsn)), read, types,
                          bystanders)
+
+
+def test_the_mysql_sink_notices_a_lost_server_within_about_a_minute(mariadb_db: Any) -> None:
+    """PyMySQL's own socket keeps the kernel's keepalive (first probe after 2 h) and waits
+    ~15 min of retransmissions for unacknowledged data: a sink behind a network that lost the
+    server would hang that long.  The sink's socket is set like libpq's (30 s idle, 3 × 10 s
+    probes, 60 s for data to be acknowledged) and still works."""
+    import socket
+
+    from transforms.sinks.sql.mysql import _MySQLTarget
+
+    target = _MySQLTarget(mariadb_db.dsn)
+    target.connect()
+    try:
+        sock = target._conn._sock  # PyMySQL keeps the socket there
+        tcp = socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert [sock.getsockopt(tcp, option) for option in (
+            socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT,
+            socket.TCP_USER_TIMEOUT)] == [30, 10, 3, 60000]
+        target._conn.ping(reconnect=False)
+    finally:
+        target._conn.close()

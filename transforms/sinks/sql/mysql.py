@@ -18,11 +18,13 @@ import datetime as dt
 import json
 import logging
 import operator
+import socket
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from itertools import accumulate
 from typing import Any
 
+from transforms.deadline import notice_lost_peer
 from transforms.dsn import parse_dsn, redact
 from transforms.envelope import Column, Kind, TableSchema, encode_json_value
 from transforms.sinks.sql import statements as sql
@@ -282,11 +284,23 @@ class _MySQLTarget(Target):
     def target_of(self, table: TableSchema) -> TargetTable:
         return mysql_target(table, self._route)
 
+    def _tcp_socket(self) -> socket.socket | None:
+        """The connection's TCP socket, set to notice a lost server within about a minute
+        (PyMySQL's own waits ~15 min for TCP to give up); None over a unix socket."""
+        if self._args.get('unix_socket'):
+            return None
+        sock = socket.create_connection((self._args['host'], self._args['port']),
+                                        self._args.get('connect_timeout', 10))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        notice_lost_peer(sock)
+        return sock
+
     # -- connection -------------------------------------------------------------------------
 
     def connect(self) -> None:
         pymysql = _pymysql()
-        self._conn = pymysql.connect(autocommit=True, **self._args)
+        self._conn = pymysql.connect(autocommit=True, defer_connect=True, **self._args)
+        self._conn.connect(self._tcp_socket())
         self._cur = self._conn.cursor()
         self._literals: dict[int, tuple[TableSchema, dict[str, Callable[[Any], str]]]] = {}
         self._run(f"SET SESSION sql_mode = '{_SQL_MODE}', time_zone = '+00:00'")
