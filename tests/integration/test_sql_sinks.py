@@ -677,7 +677,7 @@ def test_mariadb_target_follows_schema_changes(mariadb_db):
 def test_the_mysql_sink_notices_a_lost_server_within_about_a_minute(mariadb_db: Any) -> None:
     """PyMySQL's own socket keeps the kernel's keepalive (first probe after 2 h) and waits
     ~15 min of retransmissions for unacknowledged data: a sink behind a network that lost the
-    server would hang that long.  The sink's socket is set like libpq's (30 s idle, 3 × 10 s
+    server would hang that long.  The sink's socket is set like libpq's (30 s idle, 3 x 10 s
     probes, 60 s for data to be acknowledged) and still works."""
     import socket
 
