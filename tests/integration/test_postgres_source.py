@@ -429,6 +429,31 @@ def test_table_without_replica_identity_is_refused_with_the_fix(pg_db: Any,
     assert 'public.keyless' in output and 'REPLICA IDENTITY FULL' in output
 
 
+def test_a_partition_without_replica_identity_is_refused_with_the_fix(
+        pg_db: Any, tmp_path: Path) -> None:
+    """REPLICA IDENTITY FULL on a keyless partitioned table does not reach its partitions:
+    publishing it would make the application's UPDATEs of their rows fail."""
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE events (at date, body text) PARTITION BY RANGE (at)')
+        conn.execute("CREATE TABLE events_jan PARTITION OF events "
+                     "FOR VALUES FROM ('2026-01-01') TO ('2026-02-01')")
+        conn.execute('ALTER TABLE events REPLICA IDENTITY FULL')
+        output = run_until_error(pg_db.dsn, tmp_path, '--tables', 'public.events')
+        assert 'public.events_jan' in output and 'REPLICA IDENTITY FULL' in output
+        conn.execute('ALTER TABLE events_jan REPLICA IDENTITY FULL')
+        conn.execute("INSERT INTO events VALUES ('2026-01-05', 'x')")
+        conn.execute("UPDATE events SET body = 'y'")  # what the refusal protects
+        slot = f'changebeam_{pg_db.name}'
+        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', '--tables', 'public.events',
+                        *CAUGHT_UP_OPTIONS)
+        wait_for_slot(conn, slot)
+        conn.execute("UPDATE events SET body = 'z'")
+        stop_when_caught_up(cdc, conn, slot)
+    docs = read_jsonl_dir(str(tmp_path / 'out'))
+    assert [(d['op'], d['after']['body']) for d in docs if d['op'] in ('r', 'u')] == [
+        ('r', 'y'), ('u', 'z')]
+
+
 def test_an_unlogged_table_is_refused_when_named_and_left_out_otherwise(
         pg_db: Any, tmp_path: Path) -> None:
     """An UNLOGGED table's changes never reach the WAL: a snapshot of it could never be kept

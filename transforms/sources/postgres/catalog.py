@@ -81,6 +81,17 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
 """
 
 
+_UNPUBLISHABLE_PARTITIONS_SQL = """
+SELECT n.nspname || '.' || c.relname
+FROM unnest(%s::oid[]) AS t(oid)
+CROSS JOIN LATERAL pg_partition_tree(t.oid) AS p
+JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE p.isleaf AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (
+    SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+ORDER BY 1
+"""
+
+
 def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
     """The tables to capture: ``names`` (schema.table, default schema public) or all of them.
 
@@ -117,6 +128,9 @@ def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
                          ', '.join(f'{s}.{t}' for s, t in sorted(unlogged)))
     unpublishable = [t.name for t in chosen if t.replica_identity == 'n'
                      or (t.replica_identity == 'd' and not t.has_primary_key)]
+    # A partitioned table's replica identity is not its partitions': each must have its own.
+    unpublishable += [name for (name,) in conn.execute(
+        _UNPUBLISHABLE_PARTITIONS_SQL, ([t.oid for t in chosen],)).fetchall()]
     if unpublishable:
         first = unpublishable[0]
         raise SourceSetupError(
