@@ -215,40 +215,70 @@ def test_a_backfill_during_a_commit_not_yet_visible_leaves_the_replica_right(
         server.stop()
 
 
-def test_a_table_added_to_tables_is_streamed_and_its_rows_backfilled(
-        postgres: Any, pg_db: Any, tmp_path: Path) -> None:
-    """A restart with one more table in --tables streams its changes and says how to copy the
-    rows it already holds; the backfill it names, run alongside, makes the replica right."""
+@pytest.mark.parametrize('crash', [False, True], ids=['clean', 'killed while copying'])
+def test_a_table_added_to_tables_is_copied_then_streamed(postgres: Any, pg_db: Any,
+                                                         tmp_path: Path, crash: bool) -> None:
+    """A restart with one more table in --tables copies the rows the table already holds (at
+    an exact position, while its changes stream) and the replica ends equal; killed while
+    copying, the next start copies it again."""
+    import signal
+
     target = postgres.database('replica')
     slot = f'changebeam_{pg_db.name}'
+    both = ('--tables', 'public.a,public.b', *CAUGHT_UP_OPTIONS)
     try:
         with pg_db.connect() as conn:
             conn.execute('CREATE TABLE a (id integer PRIMARY KEY, v text)')
             conn.execute('CREATE TABLE b (id integer PRIMARY KEY, v text)')
             conn.execute("INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 50) g")
-            conn.execute("INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 50) g")
+            conn.execute("INSERT INTO b SELECT g, repeat('b', 200) || g "
+                         'FROM generate_series(1, 200000) g')
             cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--tables', 'public.a',
                                *CAUGHT_UP_OPTIONS)
             wait_for_slot(conn, slot)
             stop_when_caught_up(cdc, conn, slot)
             conn.execute("UPDATE b SET v = 'before' WHERE id <= 5")  # not captured yet
-            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, '--tables', 'public.a,public.b',
-                               *CAUGHT_UP_OPTIONS)
-            wait_for_slot(conn, slot)
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *both)
+            if crash:  # as soon as the copy of b runs (its temporary slot exists)
+                deadline = time.monotonic() + 60
+                while not conn.execute('SELECT 1 FROM pg_replication_slots '
+                                       'WHERE temporary').fetchone():
+                    assert time.monotonic() < deadline and cdc.poll() is None, 'no copy'
+                    time.sleep(0.01)
+                cdc.send_signal(signal.SIGKILL)
+                cdc.wait(30)
+                conn.execute("UPDATE b SET v = 'between' WHERE id BETWEEN 5 AND 6")
+                cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *both)
             conn.execute("UPDATE b SET v = 'streamed' WHERE id BETWEEN 3 AND 8")
-            backfill = start_cdc_to(pg_db.dsn, target.dsn, tmp_path / 'backfill',
-                                    '--snapshot', 'only', '--tables', 'public.b')
-            conn.execute("INSERT INTO b VALUES (100, 'new')")
-            finish(backfill)
-            conn.execute("UPDATE b SET v = 'after' WHERE id IN (1, 4, 100)")
+            conn.execute("INSERT INTO b VALUES (0, 'new')")
+            wait_for_slot(conn, slot)
+            conn.execute("UPDATE b SET v = 'after' WHERE id IN (0, 1, 4)")
             output = stop_when_caught_up(cdc, conn, slot)
-            assert ('table(s) public.b added to publication' in output
-                    and '--snapshot only --tables public.b' in output), output[-3000:]
+            assert 'taking a snapshot of table(s) public.b, added to --tables' in output
             with target.connect() as tconn:
                 for table in ('public.a', 'public.b'):
                     assert pg_rows(tconn, table) == pg_rows(conn, table), table
+            # Copied once it reached the replica: the next start copies nothing.
+            output = stop_when_caught_up(start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *both),
+                                         conn, slot)
+            assert 'taking a snapshot' not in output
     finally:
         postgres.drop_database(target.name)
+
+
+def test_a_table_added_under_snapshot_never_says_how_to_copy_its_rows(
+        pg_db: Any, tmp_path: Path) -> None:
+    slot = f'changebeam_{pg_db.name}'
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE a (id integer PRIMARY KEY)')
+        conn.execute('CREATE TABLE b (id integer PRIMARY KEY)')
+        for tables in ('public.a', 'public.a,public.b'):
+            cdc = start_cdc_to(pg_db.dsn, f'jsonl:{tmp_path / "out"}', tmp_path, '--tables',
+                               tables, '--snapshot', 'never', *CAUGHT_UP_OPTIONS)
+            wait_for_slot(conn, slot)
+            output = stop_when_caught_up(cdc, conn, slot)
+    assert ('table(s) public.b added to --tables' in output
+            and '--snapshot only --tables public.b' in output), output[-3000:]
 
 
 def test_a_backfill_from_a_standby_reads_at_its_replay_position(tmp_path: Path) -> None:

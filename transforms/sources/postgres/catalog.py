@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ['CatalogColumn', 'SlotInfo', 'SourceSetupError', 'TableRef', 'check_server',
-           'drop_slot', 'ensure_publication', 'missing_values', 'primary_key', 'quote_ident',
-           'resolve_tables', 'slot_info', 'table_columns']
+           'drop_slot', 'ensure_publication', 'missing_values', 'primary_key', 'published_tables',
+           'quote_ident', 'resolve_tables', 'slot_info', 'table_columns']
 
 _LOG = logging.getLogger(__name__)
 
@@ -168,9 +168,17 @@ def _split_quoted(name: str) -> list[str]:
     return parts
 
 
-def ensure_publication(conn: Any, name: str, tables: Sequence[TableRef] | None) -> list[str]:
-    """Create the publication (FOR ALL TABLES when ``tables`` is None) or align its table list;
-    the names of the tables an existing publication did not hold yet.
+def published_tables(conn: Any, name: str) -> set[str]:
+    """The ``schema.table`` names a publication lists (none for FOR ALL TABLES)."""
+    return {f'{schema}.{table}' for schema, table in conn.execute(
+        'SELECT n.nspname, c.relname FROM pg_publication_rel r '
+        'JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid '
+        'JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s',
+        (name,)).fetchall()}
+
+
+def ensure_publication(conn: Any, name: str, tables: Sequence[TableRef] | None) -> None:
+    """Create the publication (FOR ALL TABLES when ``tables`` is None) or align its table list.
 
     It publishes a partitioned table's changes under the table's own name
     (``publish_via_partition_root``), as the snapshot reads it, not under its partitions'.
@@ -183,23 +191,16 @@ def ensure_publication(conn: Any, name: str, tables: Sequence[TableRef] | None) 
         conn.execute(f'CREATE PUBLICATION {quote_ident(name)} FOR {target} '
                      'WITH (publish_via_partition_root = true)')
         _LOG.info('created publication %s for %s', name, target)
-        return []
+        return
     if not exists[1]:
         conn.execute(f'ALTER PUBLICATION {quote_ident(name)} '
                      'SET (publish_via_partition_root = true)')
     if tables is not None and not exists[0]:
-        held = {(schema, table) for schema, table in conn.execute(
-            'SELECT n.nspname, c.relname FROM pg_publication_rel r '
-            'JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid '
-            'JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s',
-            (name,)).fetchall()}
         conn.execute(f'ALTER PUBLICATION {quote_ident(name)} SET {target}')
-        return [t.name for t in tables if (t.schema, t.table) not in held]
-    if tables is not None and exists[0]:
+    elif tables is not None and exists[0]:
         raise SourceSetupError(
             f'publication {name!r} exists FOR ALL TABLES but --tables was given: drop it '
             f'(DROP PUBLICATION {quote_ident(name)}) or pass --publication with another name')
-    return []
 
 
 def slot_info(conn: Any, name: str) -> SlotInfo | None:

@@ -17,17 +17,20 @@ connection while streaming (catalog lookups, heartbeats) must be answered within
 
 With ``snapshot='initial'`` a new slot exports its snapshot and the tables are copied (op ``r``)
 before streaming starts at the slot's consistent point: no gap, no overlap.  A restart before
-the snapshot was confirmed downstream drops the slot and takes the snapshot again.
+the snapshot was confirmed downstream drops the slot and takes the snapshot again.  A table
+added to ``tables`` of a slot that streams already is copied at the next start, at an exact
+position of its own (a temporary slot's snapshot), while the slot streams on.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -80,6 +83,7 @@ SNAPSHOT_MODES = ('initial', 'never', 'only')
 _SNAPSHOT_ATTEMPTS = 5
 _SNAPSHOT_PENDING = 'changebeam: snapshot pending for slot '
 _SNAPSHOT_DONE = 'changebeam: snapshot confirmed for slot '
+_TABLES_NOTE = '; tables '  # then a JSON list of the tables snapshots covered
 _METRICS = 'ReadPostgresChanges'
 _BEHIND_US = 1_000_000  # a commit sent this long after it happened means a backlog
 _CATCH_UP_ROUND_S = 1.0  # the longest round while catching up
@@ -145,6 +149,7 @@ class _ReadSlotFn(StreamReadFn):
         # lost round claimed after it were not emitted, and are read again from there.
         self._emitted_end = 0
         self._replay_from: int | None = None
+        self._listed: list[str] | None = None  # the tables --tables names, resolved
         self._idle_since = time.monotonic()
         self._last_heartbeat = time.monotonic()
         self._watermark = Timestamp(0)
@@ -188,28 +193,49 @@ class _ReadSlotFn(StreamReadFn):
         config = self._config
         tables = catalog.resolve_tables(self._control, config.tables)
         if config.snapshot == 'only':
-            yield from self._backfill(tables, tracker, finalizer)
+            yield from self._exact_snapshot(tables, tracker, finalizer)
             return
-        added = catalog.ensure_publication(self._control, config.publication,
-                                           tables if config.tables else None)
         slot = catalog.slot_info(self._control, config.slot)
         if slot is not None and slot.active_pid:
             raise catalog.SourceSetupError(
                 f'slot {config.slot!r} is in use by process {slot.active_pid}: another pipeline '
                 'reads it; stop that one or pass another --slot_name')
         wants_snapshot = config.snapshot == 'initial'
-        if slot is not None and wants_snapshot and not self._snapshot_confirmed():
+        confirmed, covered = self._covered()
+        if slot is not None and wants_snapshot and not confirmed:
             _LOG.warning('slot %s exists but its snapshot was never confirmed downstream: '
                          'dropping it and taking the snapshot again', config.slot)
             catalog.drop_slot(self._control, config.slot)
             slot = None
-        if slot is not None and added:
-            # The slot streams their changes from now on; the rows they hold are not in it.
+        listed = self._listed = [t.name for t in tables] if config.tables else None
+        added: list[catalog.TableRef] = []
+        with_added: set[str] = set()
+        if slot is not None and listed is not None and confirmed:
+            # Tables the publication held until now, whose rows a snapshot brought (or that
+            # were never to be copied): recorded before the publication changes, so a crash
+            # from here on copies the others again at the next start.
+            held = catalog.published_tables(self._control, config.publication)
+            covered = held if covered is None else covered & held
+            self._set_marker(_SNAPSHOT_DONE, covered)
+            added = [t for t in tables if t.name not in covered]
+            with_added = covered | {t.name for t in added}
+        catalog.ensure_publication(self._control, config.publication,
+                                   tables if config.tables else None)
+        if added and wants_snapshot:
+            # Published from now on; the rows they hold are copied at an exact position after
+            # that, so the changes between the two arrive twice, in order by position.
+            _LOG.info('taking a snapshot of table(s) %s, added to --tables',
+                      ', '.join(t.name for t in added))
+            yield from self._exact_snapshot(
+                added, tracker, finalizer, claim=False,
+                committed=lambda rows: self._snapshot_committed(rows, with_added))
+        elif added:
             _LOG.warning(
-                'table(s) %s added to publication %s: their changes stream from now on, but '
-                'not the rows they already hold; to copy those, run once with --snapshot only '
-                '--tables %s and the same --sink (it may run while this pipeline streams)',
-                ', '.join(added), config.publication, ','.join(added))
+                'table(s) %s added to --tables: their changes stream from now on, but not the '
+                'rows they already hold (--snapshot never); to copy those, run once with '
+                '--snapshot only --tables %s and the same --sink (it may run while this '
+                'pipeline streams)', ', '.join(t.name for t in added),
+                ','.join(t.name for t in added))
         for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
             stream = ReplicationStream.connect(config.dsn)
             if slot is not None:
@@ -220,11 +246,13 @@ class _ReadSlotFn(StreamReadFn):
             start_lsn = created.consistent_point
             _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
             if not wants_snapshot:
-                self._set_marker(_SNAPSHOT_DONE)
+                self._set_marker(_SNAPSHOT_DONE, listed)
                 break
             try:
                 yield from self._snapshot(created.snapshot, tables, start_lsn, tracker,
-                                          finalizer, slot_marker=True)
+                                          finalizer,
+                                          committed=lambda rows: self._snapshot_committed(
+                                              rows, self._listed))
                 break
             except SnapshotInvalidated as exc:
                 if attempt == _SNAPSHOT_ATTEMPTS:
@@ -237,9 +265,12 @@ class _ReadSlotFn(StreamReadFn):
         self._stream = stream
         self._emitted_end = max(start_lsn, start)
 
-    def _backfill(self, tables: Sequence[catalog.TableRef], tracker: Any,
-                  finalizer: Any) -> Iterator[Any]:
-        """``--snapshot only``: the tables as of an exact WAL position, without a lasting slot.
+    def _exact_snapshot(self, tables: Sequence[catalog.TableRef], tracker: Any,
+                        finalizer: Any, *, claim: bool = True,
+                        committed: Callable[[int], None] | None = None) -> Iterator[Any]:
+        """The tables as of an exact WAL position, without a lasting slot: ``--snapshot only``,
+        and tables added to ``--tables`` of a slot that streams already (not claimed: the
+        stream's own positions, before and after, follow).
 
         The current WAL position is not exact on a primary: a commit already in the WAL but not
         yet visible (its fsync, or a synchronous standby, still awaited) lies before it unseen,
@@ -250,7 +281,8 @@ class _ReadSlotFn(StreamReadFn):
         there the replay position read before the snapshot is exact (read_snapshot).
         """
         if self._control.execute('SELECT pg_is_in_recovery()').fetchone()[0]:
-            yield from self._snapshot(None, tables, 0, tracker, finalizer, slot_marker=False)
+            yield from self._snapshot(None, tables, 0, tracker, finalizer, claim=claim,
+                                      committed=committed)
             return
         for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
             stream = ReplicationStream.connect(self._config.dsn)
@@ -258,7 +290,7 @@ class _ReadSlotFn(StreamReadFn):
                 created = stream.create_slot(f'changebeam_backfill_{secrets.token_hex(6)}',
                                              export_snapshot=True, temporary=True)
                 yield from self._snapshot(created.snapshot, tables, created.consistent_point,
-                                          tracker, finalizer, slot_marker=False)
+                                          tracker, finalizer, claim=claim, committed=committed)
                 return
             except SnapshotInvalidated as exc:
                 if attempt == _SNAPSHOT_ATTEMPTS:
@@ -268,10 +300,10 @@ class _ReadSlotFn(StreamReadFn):
                 stream.close()
 
     def _snapshot(self, name: str | None, tables: Sequence[catalog.TableRef],
-                  consistent_point: int, tracker: Any, finalizer: Any,
-                  slot_marker: bool) -> Iterator[Any]:
-
-        if not tracker.try_claim(consistent_point):
+                  consistent_point: int, tracker: Any, finalizer: Any, *, claim: bool = True,
+                  committed: Callable[[int], None] | None = None) -> Iterator[Any]:
+        """Emits the snapshot's batches; ``committed(rows)`` once the sink committed them."""
+        if claim and not tracker.try_claim(consistent_point):
             return
         rows = 0
         with _connect(self._config.dsn) as conn:
@@ -285,27 +317,40 @@ class _ReadSlotFn(StreamReadFn):
                 self._progress.update(self._emitted, self._confirmed_changes, None,
                                       f'snapshot at {format_lsn(consistent_point)}')
         _LOG.info('snapshot of %d table(s): %d rows', len(tables), rows)
-        if slot_marker:
-            finalizer.register(lambda: self._snapshot_committed(rows))
+        if committed is not None:
+            finalizer.register(lambda: committed(rows))
 
-    def _snapshot_committed(self, rows: int) -> None:
+    def _snapshot_committed(self, rows: int, covered: Iterable[str] | None) -> None:
         self._confirmed_changes += rows
-        self._set_marker(_SNAPSHOT_DONE)
+        self._set_marker(_SNAPSHOT_DONE, covered)
 
-    def _set_marker(self, text: str) -> None:
-        # The publication's comment records whether this slot's snapshot reached the sink: it
-        # lives in the source database (so every worker and restart sees it) without adding
-        # anything to the application's schema.
+    def _set_marker(self, text: str, tables: Iterable[str] | None = None) -> None:
+        # The publication's comment records whether this slot's snapshot reached the sink, and
+        # (with --tables) which tables a snapshot covered: it lives in the source database (so
+        # every worker and restart sees it) without adding anything to the application's
+        # schema.
+        comment = text + self._config.slot
+        if tables is not None:
+            comment += _TABLES_NOTE + json.dumps(sorted(tables))
         with self._lock:
             self._control.execute(
                 f'COMMENT ON PUBLICATION {catalog.quote_ident(self._config.publication)} IS '
-                + "'" + (text + self._config.slot).replace("'", "''") + "'")
+                + "'" + comment.replace("'", "''") + "'")
 
-    def _snapshot_confirmed(self) -> bool:
+    def _covered(self) -> tuple[bool, set[str] | None]:
+        """Whether this slot's snapshot was confirmed downstream, and the tables snapshots
+        covered since (None: not recorded, as without --tables or by an older release)."""
         row = self._control.execute(
             'SELECT obj_description(oid, %s) FROM pg_publication WHERE pubname = %s',
             ('pg_publication', self._config.publication)).fetchone()
-        return bool(row) and row[0] == _SNAPSHOT_DONE + self._config.slot
+        comment = (row[0] if row else None) or ''
+        head = _SNAPSHOT_DONE + self._config.slot
+        if comment.startswith(head + _TABLES_NOTE):
+            try:
+                return True, set(json.loads(comment[len(head) + len(_TABLES_NOTE):]))
+            except ValueError:
+                return True, None
+        return comment == head, None
 
     def _reconnect(self, start: int) -> None:
         """Reopen the stream: the runner handed us a restriction we are not positioned at, or
