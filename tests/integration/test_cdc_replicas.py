@@ -259,9 +259,9 @@ def test_a_table_added_to_tables_is_copied_then_streamed(postgres: Any, pg_db: A
                 for table in ('public.a', 'public.b'):
                     assert pg_rows(tconn, table) == pg_rows(conn, table), table
             # Copied once it reached the replica: the next start copies nothing.
-            output = stop_when_caught_up(start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *both),
-                                         conn, slot)
-            assert 'taking a snapshot' not in output
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *both)
+            wait_for_slot(conn, slot)
+            assert 'taking a snapshot' not in stop_when_caught_up(cdc, conn, slot)
     finally:
         postgres.drop_database(target.name)
 

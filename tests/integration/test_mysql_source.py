@@ -540,38 +540,45 @@ def test_snapshot_only_backfills_bring_a_replica_up_to_date_each_time(
         mariadb.drop_database(target.name)
 
 
-def test_a_table_added_to_tables_is_streamed_and_its_rows_backfilled(
+def test_a_table_added_to_tables_is_copied_then_streamed(
         mariadb_db: Any, mariadb: Any, tmp_path: Path) -> None:
-    """A restart with one more table in --tables streams its changes and says how to copy the
-    rows it already holds; the backfill it names, run alongside, makes the replica right."""
+    """A restart with one more table in --tables copies the rows it already holds (at the
+    binlog position of then, while the stream resumes earlier) and the replica ends equal;
+    the start after that copies nothing.  Under --snapshot never it says how to copy them."""
     target = mariadb.database('replica')
     db = mariadb_db.name
+    both = ('--tables', f'{db}.a,{db}.b', *CAUGHT_UP_OPTIONS)
     try:
         conn = mariadb_db.connect()
         execute(conn, 'CREATE TABLE a (id INT PRIMARY KEY, v TEXT)',
                 'CREATE TABLE b (id INT PRIMARY KEY, v TEXT)',
                 "INSERT INTO a SELECT seq, CONCAT('a', seq) FROM seq_1_to_50",
-                "INSERT INTO b SELECT seq, CONCAT('b', seq) FROM seq_1_to_50")
+                "INSERT INTO b SELECT seq, CONCAT('b', seq) FROM seq_1_to_5000")
         cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--tables', f'{db}.a',
                         *CAUGHT_UP_OPTIONS)
         wait_for_offsets(tmp_path / 'offsets.json', cdc)
         stop_when_caught_up(cdc, conn, tmp_path)
         execute(conn, "UPDATE b SET v = 'before' WHERE id <= 5")  # not captured yet
-        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--tables', f'{db}.a,{db}.b',
-                        *CAUGHT_UP_OPTIONS)
-        execute(conn, "UPDATE b SET v = 'streamed' WHERE id BETWEEN 3 AND 8")
-        backfill = start_cdc(mariadb_db.dsn, target.dsn, tmp_path / 'backfill',
-                             '--snapshot', 'only', '--tables', f'{db}.b')
-        execute(conn, "INSERT INTO b VALUES (100, 'new')")
-        finish(backfill)
-        execute(conn, "UPDATE b SET v = 'after' WHERE id IN (1, 4, 100)")
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, *both)
+        execute(conn, "UPDATE b SET v = 'streamed' WHERE id BETWEEN 3 AND 8",
+                "INSERT INTO b VALUES (0, 'new')")
+        execute(conn, "UPDATE b SET v = 'after' WHERE id IN (0, 1, 4)")
         output = stop_when_caught_up(cdc, conn, tmp_path)
-        assert (f'table(s) {db}.b were not captured before' in output
-                and f'--snapshot only --tables {db}.b' in output), output[-3000:]
+        assert f'taking a snapshot of table(s) {db}.b, added to --tables' in output, output
         with target.connect(autocommit=True) as tconn:
             for table in ('a', 'b'):
                 select = f'SELECT id, v FROM {table} ORDER BY id'
                 assert fetch_all(tconn, select) == fetch_all(conn, select), table
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, *both)
+        execute(conn, "INSERT INTO a VALUES (1000, 'later')")  # so there is a change to wait for
+        assert 'taking a snapshot' not in stop_when_caught_up(cdc, conn, tmp_path)
+        execute(conn, 'CREATE TABLE c (id INT PRIMARY KEY)')
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, '--tables', f'{db}.a,{db}.b,{db}.c',
+                        '--snapshot', 'never', *CAUGHT_UP_OPTIONS)
+        execute(conn, "INSERT INTO a VALUES (1001, 'later')")
+        output = stop_when_caught_up(cdc, conn, tmp_path)
+        assert (f'table(s) {db}.c added to --tables' in output
+                and f'--snapshot only --tables {db}.c' in output), output[-3000:]
     finally:
         mariadb.drop_database(target.name)
 

@@ -434,15 +434,13 @@ class _ReadBinlogFn(StreamReadFn):
         names = tuple(f'{db}.{table}' for db, table in tables)
         self._listed = names if config.tables else None
         offset = self._store.load()
-        if offset is not None and offset.tables is not None and offset.snapshot != 'pending':
-            added = [name for name in names if name not in offset.tables]
-            if added:
-                # Streamed from here on; the rows they hold are not in the binlog from here.
-                _LOG.warning(
-                    'table(s) %s were not captured before: their changes stream from now on, '
-                    'but not the rows they already hold; to copy those, run once with '
-                    '--snapshot only --tables %s and the same --sink (it may run while this '
-                    'pipeline streams)', ', '.join(added), ','.join(added))
+        added: list[tuple[str, str]] = []
+        if start == 0 and offset is not None and offset.tables is not None \
+                and offset.snapshot != 'pending':
+            added = [t for t, name in zip(tables, names, strict=True) if name not in offset.tables]
+            # Not in the offsets written until their copy reached the sink (a restart before
+            # that copies them again).
+            self._listed = tuple(name for name in names if name in offset.tables)
         if offset is not None:
             moved = offset.server_id is not None and offset.server_id != self._info.server_id
             self._set_epoch(offset.epoch + moved)
@@ -456,6 +454,20 @@ class _ReadBinlogFn(StreamReadFn):
             position = self._position_of(offset)
             self._snapshot_state = 'done' if offset.snapshot == 'pending' else offset.snapshot
             _LOG.info('resuming at %s (offset store %s)', position, self._store.uri)
+            shown = ', '.join(f'{db}.{table}' for db, table in added)
+            if added and config.snapshot == 'initial':
+                # Copied at the binlog position of now, while the stream resumes earlier: the
+                # changes in between arrive twice, in order by position.
+                _LOG.info('taking a snapshot of table(s) %s, added to --tables', shown)
+                yield from self._snapshot(added, tracker, finalizer, record=False,
+                                          claim=False, committed=lambda: self._list(names))
+            elif added:
+                _LOG.warning(
+                    'table(s) %s added to --tables: their changes stream from now on, but not '
+                    'the rows they already hold (--snapshot never); to copy those, run once '
+                    'with --snapshot only --tables %s and the same --sink (it may run while '
+                    'this pipeline streams)', shown, shown.replace(', ', ','))
+                self._listed = names
         elif config.snapshot == 'initial':
             if offset is not None:
                 _LOG.warning('the snapshot recorded in %s never reached the sink: taking the '
@@ -572,16 +584,24 @@ class _ReadBinlogFn(StreamReadFn):
             f'to recover, delete the offset store {self._store.uri} and restart with '
             '--snapshot initial')
 
+    def _list(self, names: tuple[str, ...]) -> None:
+        self._listed = names
+
     def _snapshot(self, tables: Sequence[tuple[str, str]], tracker: Any, finalizer: Any,
-                  record: bool) -> Generator[Any, None, BinlogPosition | None]:
+                  record: bool, claim: bool = True,
+                  committed: Callable[[], None] | None = None,
+                  ) -> Generator[Any, None, BinlogPosition | None]:
+        """Emits the tables' rows; with ``record`` the offset store tracks the snapshot, and
+        ``committed()`` is called once the sink committed them.  Without ``claim`` the
+        position is not claimed: tables added to a stream that resumes at an earlier one."""
         config = self._config
         assert self._info is not None
         conn = self._connect(conv=text_conversions())
         try:
             position = begin_snapshot(conn, tables)
             assert position.file is not None
-            if not tracker.try_claim(encode_position(position.file, position.pos,
-                                                     self._epoch) - 1):
+            if claim and not tracker.try_claim(encode_position(position.file, position.pos,
+                                                               self._epoch) - 1):
                 return None
             if record:
                 self._store.save(Offset(position.file, position.pos, position.gtid, 'pending',
@@ -601,6 +621,8 @@ class _ReadBinlogFn(StreamReadFn):
         self._idle_since = time.monotonic()
         if record:
             finalizer.register(lambda: self._snapshot_committed(position, rows))
+        if committed is not None:
+            finalizer.register(committed)
         return position
 
     def _snapshot_committed(self, position: BinlogPosition, rows: int) -> None:
