@@ -479,6 +479,22 @@ def test_an_unlogged_table_is_refused_when_named_and_left_out_otherwise(
     assert {d['source']['table'] for d in docs} == {'kept'}
 
 
+def test_dropping_tables_from_a_listed_publication_is_refused_not_silently_narrow(
+        pg_db: Any, tmp_path: Path) -> None:
+    """After a run with --tables, a run without it would still read only the listed tables
+    (the publication cannot become FOR ALL TABLES): it says so instead."""
+    slot = f'changebeam_{pg_db.name}'
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE a (id integer PRIMARY KEY)')
+        conn.execute('CREATE TABLE b (id integer PRIMARY KEY)')
+        cdc = start_cdc(pg_db.dsn, tmp_path / 'out', '--tables', 'public.a', *CAUGHT_UP_OPTIONS)
+        wait_for_slot(conn, slot)
+        stop_when_caught_up(cdc, conn, slot)
+    output = run_until_error(pg_db.dsn, tmp_path)
+    assert "publication '" + slot + "' lists the tables public.a, but --tables was not given" \
+        in output, output[-2000:]
+
+
 def test_role_without_replication_is_refused_with_the_fix(pg_db: Any, tmp_path: Path) -> None:
     with pg_db.connect() as conn:
         conn.execute('DROP ROLE IF EXISTS plain_user')

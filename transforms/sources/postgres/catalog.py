@@ -195,6 +195,14 @@ def ensure_publication(conn: Any, name: str, tables: Sequence[TableRef] | None) 
     if not exists[1]:
         conn.execute(f'ALTER PUBLICATION {quote_ident(name)} '
                      'SET (publish_via_partition_root = true)')
+    if tables is None and not exists[0]:
+        # PostgreSQL cannot turn it into FOR ALL TABLES, and one made anew would be missing
+        # from the log the slot still has to decode.
+        listed = ', '.join(sorted(published_tables(conn, name))) or '(none)'
+        raise SourceSetupError(
+            f'publication {name!r} lists the tables {listed}, but --tables was not given: pass '
+            'them (and any others) with --tables, or pass --slot_name and --publication with '
+            'new names to capture every table from a new snapshot')
     if tables is not None and not exists[0]:
         conn.execute(f'ALTER PUBLICATION {quote_ident(name)} SET {target}')
     elif tables is not None and exists[0]:
