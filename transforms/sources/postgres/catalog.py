@@ -196,8 +196,9 @@ def ensure_publication(conn: Any, name: str, tables: Sequence[TableRef] | None) 
         conn.execute(f'ALTER PUBLICATION {quote_ident(name)} '
                      'SET (publish_via_partition_root = true)')
     if tables is None and not exists[0]:
-        # PostgreSQL cannot turn it into FOR ALL TABLES, and one made anew would be missing
-        # from the log the slot still has to decode.
+        # PostgreSQL cannot turn it into FOR ALL TABLES, and the slot could not decode a
+        # change written between dropping it and making it anew ('publication … does not
+        # exist', checked on 15).
         listed = ', '.join(sorted(published_tables(conn, name))) or '(none)'
         raise SourceSetupError(
             f'publication {name!r} lists the tables {listed}, but --tables was not given: pass '
