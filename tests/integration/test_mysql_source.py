@@ -579,6 +579,17 @@ def test_a_table_added_to_tables_is_copied_then_streamed(
         output = stop_when_caught_up(cdc, conn, tmp_path)
         assert (f'table(s) {db}.c added to --tables' in output
                 and f'--snapshot only --tables {db}.c' in output), output[-3000:]
+        # Every table from now on (no --tables): the one never listed is copied, once.
+        execute(conn, 'CREATE TABLE d (id INT PRIMARY KEY)',
+                'INSERT INTO d SELECT seq FROM seq_1_to_30')
+        for run in range(2):
+            cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
+            execute(conn, f'INSERT INTO a VALUES ({1002 + run}, "later")')
+            output = stop_when_caught_up(cdc, conn, tmp_path)
+            assert (f'taking a snapshot of table(s) {db}.d' in output) == (run == 0), output
+        with target.connect(autocommit=True) as tconn:
+            assert fetch_all(tconn, 'SELECT id FROM d ORDER BY id') == tuple(
+                (i,) for i in range(1, 31))
     finally:
         mariadb.drop_database(target.name)
 

@@ -432,15 +432,16 @@ class _ReadBinlogFn(StreamReadFn):
             yield from self._snapshot(tables, tracker, finalizer, record=False)
             return
         names = tuple(f'{db}.{table}' for db, table in tables)
-        self._listed = names if config.tables else None
+        listed = self._listed = names if config.tables else None  # None: every table
         offset = self._store.load()
         added: list[tuple[str, str]] = []
         if start == 0 and offset is not None and offset.tables is not None \
                 and offset.snapshot != 'pending':
             added = [t for t, name in zip(tables, names, strict=True) if name not in offset.tables]
-            # Not in the offsets written until their copy reached the sink (a restart before
-            # that copies them again).
-            self._listed = tuple(name for name in names if name in offset.tables)
+            if added:
+                # Not in the offsets written until their copy reached the sink (a restart
+                # before that copies them again).
+                self._listed = tuple(name for name in names if name in offset.tables)
         if offset is not None:
             moved = offset.server_id is not None and offset.server_id != self._info.server_id
             self._set_epoch(offset.epoch + moved)
@@ -460,14 +461,14 @@ class _ReadBinlogFn(StreamReadFn):
                 # changes in between arrive twice, in order by position.
                 _LOG.info('taking a snapshot of table(s) %s, added to --tables', shown)
                 yield from self._snapshot(added, tracker, finalizer, record=False,
-                                          claim=False, committed=lambda: self._list(names))
+                                          claim=False, committed=lambda: self._list(listed))
             elif added:
                 _LOG.warning(
                     'table(s) %s added to --tables: their changes stream from now on, but not '
                     'the rows they already hold (--snapshot never); to copy those, run once '
                     'with --snapshot only --tables %s and the same --sink (it may run while '
                     'this pipeline streams)', shown, shown.replace(', ', ','))
-                self._listed = names
+                self._listed = listed
         elif config.snapshot == 'initial':
             if offset is not None:
                 _LOG.warning('the snapshot recorded in %s never reached the sink: taking the '
@@ -584,7 +585,7 @@ class _ReadBinlogFn(StreamReadFn):
             f'to recover, delete the offset store {self._store.uri} and restart with '
             '--snapshot initial')
 
-    def _list(self, names: tuple[str, ...]) -> None:
+    def _list(self, names: tuple[str, ...] | None) -> None:
         self._listed = names
 
     def _snapshot(self, tables: Sequence[tuple[str, str]], tracker: Any, finalizer: Any,
