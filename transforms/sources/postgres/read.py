@@ -252,7 +252,7 @@ class _ReadSlotFn(StreamReadFn):
                 yield from self._snapshot(created.snapshot, tables, start_lsn, tracker,
                                           finalizer,
                                           committed=lambda rows: self._snapshot_committed(
-                                              rows, self._listed))
+                                              rows, listed))
                 break
             except SnapshotInvalidated as exc:
                 if attempt == _SNAPSHOT_ATTEMPTS:

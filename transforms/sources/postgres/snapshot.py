@@ -79,7 +79,7 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
     (None, on a standby only: the current state, at the replay position read just before the
     snapshot is taken: every commit replayed by then is visible to it, and one visible that
     was replayed since carries a later position, so a target keeps the newer row either way.
-    On a primary the current position is not exact: see ``_backfill`` in ``read``).
+    On a primary the current position is not exact: see ``_exact_snapshot`` in ``read``).
 
     TRUNCATE and table-rewriting DDL (ALTER … TYPE, VACUUM FULL, CLUSTER) are not MVCC-safe:
     a snapshot from before them sees the table empty.  So the tables are locked in ACCESS
