@@ -15,19 +15,23 @@ The connection is dead afterwards (the driver marks it broken); callers reconnec
 lost connection.  Starting the timer costs a thread (~0.1 ms): for calls made now and then
 (heartbeats, catalog lookups), not per row.
 
-Where no such deadline fits (a statement may legitimately run for an hour), the kernel can
-still notice a peer the network lost: :func:`notice_lost_peer` sets on a driver's TCP socket
-what libpq gets from ``PG_CONNECTION_DEFAULTS``.
+Where no such deadline fits (a statement may legitimately run for an hour, or wait for a
+lock), :func:`stall_watch` asks instead, every so often while the block runs, whether the server
+is still there (``check``: a new connection asking what the busy session does) and ends the
+connection only when that check fails.  And the kernel can still notice a peer the network
+lost: :func:`notice_lost_peer` sets on a driver's TCP socket what libpq gets from
+``PG_CONNECTION_DEFAULTS``.
 """
 from __future__ import annotations
 
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ['NoAnswer', 'answer_within', 'notice_lost_peer']
+__all__ = ['NoAnswer', 'answer_within', 'notice_lost_peer', 'stall_watch']
 
 
 class NoAnswer(ConnectionError):
@@ -35,29 +39,41 @@ class NoAnswer(ConnectionError):
 
 
 class _Watch:
-    def __init__(self, fileno: int) -> None:
+    def __init__(self, fileno: int | Callable[[], int | None]) -> None:
         self._fileno = fileno
         self._lock = threading.Lock()
         self._over = False
         self.fired = False
+        self.reason = ''
 
-    def expire(self) -> None:
+    @property
+    def over(self) -> bool:
+        return self._over
+
+    def expire(self, reason: str = '') -> bool:
+        """Shut the socket down, unless the call is over or has no socket (yet); whether
+        it did."""
         with self._lock:
             if self._over:
-                return  # the call returned just in time
+                return False  # the call returned just in time
+            fileno = self._fileno if isinstance(self._fileno, int) else self._fileno()
+            if fileno is None:
+                return False  # no connection yet: connecting has timeouts of its own
             self.fired = True
+            self.reason = reason
             try:
                 # A duplicate descriptor of the same socket: shutting it down ends the
                 # connection for the driver's descriptor too, and closing it leaves theirs.
-                sock = socket.socket(fileno=os.dup(self._fileno))
+                sock = socket.socket(fileno=os.dup(fileno))
             except OSError:
-                return  # already closed
+                return True  # already closed
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             finally:
                 sock.close()
+            return True
 
     def end(self) -> None:
         with self._lock:
@@ -84,6 +100,56 @@ def answer_within(fileno: int, seconds: float, what: str) -> Iterator[None]:
     finally:
         watch.end()
         timer.cancel()
+
+
+@contextmanager
+def stall_watch(fileno: Callable[[], int | None], every_s: float,
+                check: Callable[[float], object], what: str) -> Iterator[None]:
+    """Call ``check(seconds_so_far)`` each time the block has run another ``every_s`` seconds
+    (on a timer thread; the block goes on meanwhile).  While it returns, the block may run as
+    long as it needs.  When it raises, the socket ``fileno()`` names at that moment is shut down
+    (so the block fails at once with the driver's connection error), and that error is raised
+    as :class:`NoAnswer`: "``what``: no answer for N s, <what check raised>".
+
+    ``check`` must itself end in bounded time (connect and query with a timeout).  A block that
+    ends first is never interrupted: a check still running then shuts nothing down; nor is one
+    that has no socket yet (``fileno()`` None), which is checked again later."""
+    if not every_s > 0:
+        raise ValueError(f'every_s {every_s!r} must be > 0')
+    watch = _Watch(fileno)
+    started = time.monotonic()
+    timers: list[threading.Timer] = []
+
+    def arm() -> None:
+        timer = threading.Timer(every_s, tick)
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
+    def tick() -> None:
+        if watch.over:
+            return
+        waited = time.monotonic() - started
+        try:
+            check(waited)
+        except Exception as exc:
+            if watch.expire(f'no answer for {waited:.0f} s, {exc}'):
+                return
+        if not watch.over:
+            arm()
+
+    arm()
+    try:
+        yield
+    except Exception as exc:
+        watch.end()
+        if watch.fired:
+            raise NoAnswer(f'{what}: {watch.reason}') from exc
+        raise
+    finally:
+        watch.end()
+        for timer in timers:
+            timer.cancel()
 
 
 def notice_lost_peer(sock: socket.socket) -> None:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from transforms.deadline import NoAnswer, answer_within
+from transforms.deadline import NoAnswer, answer_within, stall_watch
 
 
 def test_a_read_from_a_silent_peer_ends_after_the_deadline() -> None:
@@ -48,4 +48,61 @@ def test_an_error_before_the_deadline_is_left_as_it_is() -> None:
 def test_the_deadline_must_be_positive() -> None:
     with pytest.raises(ValueError, match='seconds 0 must be > 0'):
         with answer_within(0, 0, 'x'):
+            pass
+
+
+def test_a_stalled_block_whose_check_passes_runs_on_and_is_checked_again() -> None:
+    ours, theirs = socket.socketpair()
+    waits: list[float] = []
+    with ours, theirs:
+        with stall_watch(ours.fileno, 0.2, waits.append, 'the batch'):
+            time.sleep(0.9)  # the server works (a lock wait): the check says it is there
+            theirs.sendall(b'done')
+            assert ours.recv(10) == b'done'
+        assert len(waits) >= 3
+        assert waits == sorted(waits) and 0.15 <= waits[0] < 0.5
+        count = len(waits)
+        time.sleep(0.5)  # the block ended: no check after it
+        assert len(waits) == count
+        theirs.sendall(b'again')
+        assert ours.recv(10) == b'again'
+
+
+def test_a_stalled_block_whose_check_fails_is_cut_and_says_why() -> None:
+    ours, theirs = socket.socketpair()
+
+    def check(waited: float) -> None:
+        raise NoAnswer('nor did a check from a new connection within 2 s')
+
+    with ours, theirs:
+        began = time.monotonic()
+        with pytest.raises(NoAnswer) as caught:
+            with stall_watch(ours.fileno, 0.3, check, 'the target'):
+                if not ours.recv(10):  # the shut-down socket reads end of stream
+                    raise ConnectionResetError('server closed the connection unexpectedly')
+        assert 0.25 <= time.monotonic() - began < 5
+        assert str(caught.value) == ('the target: no answer for 0 s, nor did a check from a new '
+                                     'connection within 2 s')
+        assert isinstance(caught.value.__cause__, ConnectionResetError)
+
+
+def test_a_stall_check_with_no_socket_yet_shuts_nothing_down() -> None:
+    ours, theirs = socket.socketpair()
+    checked = []
+
+    def check(waited: float) -> None:
+        checked.append(waited)
+        raise NoAnswer('nobody home')
+
+    with ours, theirs:
+        with stall_watch(lambda: None, 0.1, check, 'the target'):
+            time.sleep(0.5)
+            theirs.sendall(b'late')
+            assert ours.recv(10) == b'late'
+        assert len(checked) >= 2  # it looked, had nothing to cut, and looked again
+
+
+def test_the_stall_check_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match='every_s 0 must be > 0'):
+        with stall_watch(lambda: None, 0, lambda waited: None, 'x'):
             pass

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -46,6 +47,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, event_payload
+from transforms.deadline import NoAnswer, stall_watch
 from transforms.envelope import ChangeEvent, Column, TableSchema
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import Batch, Rendered, RowChange, TableBatch, plan_batch
@@ -58,6 +60,10 @@ _LOG = logging.getLogger(__name__)
 _T = TypeVar('_T')
 DEFAULT_TOMBSTONE_RETENTION = dt.timedelta(days=7)
 _PRUNE_INTERVAL_S = 600.0
+# A batch still waiting for the target this long is checked from a new connection, which must
+# answer within DEFAULT_PROBE_TIMEOUT_S (the source's control connection gets 20 s too).
+DEFAULT_STALL_CHECK_S = 60.0
+DEFAULT_PROBE_TIMEOUT_S = 20.0
 # Tombstones deleted per prune statement: ~10 ms of server time (a 100k-tombstone scan took
 # 10-13 ms).  A prune that hits the limit is followed by another after the next batch.
 _PRUNE_LIMIT = 5000
@@ -91,6 +97,17 @@ class Target(abc.ABC):
 
     def describe(self, exc: BaseException) -> str:
         return f'{type(exc).__name__}: {exc}'.strip()
+
+    def fileno(self) -> int | None:
+        """The socket of the connection batches are written on; None when not connected (or
+        when the target has no :meth:`probe`: then a stalled batch is never checked)."""
+        return None
+
+    def probe(self, timeout_s: float) -> str:
+        """From a new connection that must connect and answer within ``timeout_s``: what the
+        batch connection's session is doing now, in a few words.  Raises when the server does
+        not answer, or no longer knows that session."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def columns(self, target: TargetTable) -> dict[str, TargetColumn]:
@@ -187,6 +204,13 @@ def _retention_seconds(retention: dt.timedelta | None) -> float | None:
     return seconds or None
 
 
+def _check_stall(stall_check_s: float | None, probe_timeout_s: float) -> None:
+    if stall_check_s is not None and not stall_check_s > 0:
+        raise ValueError(f'stall_check_s {stall_check_s!r} must be > 0 (None: never check)')
+    if not probe_timeout_s > 0:
+        raise ValueError(f'probe_timeout_s {probe_timeout_s!r} must be > 0')
+
+
 class _Written:
     def __init__(self) -> None:
         self.letters: list[tuple[DeadLetter, ChangeEvent]] = []
@@ -242,13 +266,26 @@ class Applier:
 
     ``tombstone_retention`` (None: keep forever) prunes old tombstones after a batch, at most
     once per ``prune_interval_s`` of ``clock``.
+
+    A batch still waiting for the target after ``stall_check_s`` seconds (and every
+    ``stall_check_s`` after that) is looked at from a new connection (:meth:`Target.probe`,
+    which must answer within ``probe_timeout_s``): a server that answers gets the batch a
+    warning saying what its session does (a lock wait, a long DELETE) and the batch waits on;
+    one that does not (it hangs, or something between still acknowledges for it) has the
+    batch's connection shut down, and the batch is retried like after any lost connection.
+    None: wait for ever, unchecked.
     """
 
     def __init__(self, target: Target, *, max_attempts: int = 6, backoff_s: float = 0.5,
                  max_backoff_s: float = 30.0, tombstone_retention: dt.timedelta | None = None,
                  prune_interval_s: float = _PRUNE_INTERVAL_S,
+                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S,
+                 probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        _check_stall(stall_check_s, probe_timeout_s)
         self.target = target
+        self._stall_check_s = stall_check_s
+        self._probe_timeout_s = probe_timeout_s
         self._retention_s = _retention_seconds(tombstone_retention)
         self._prune_interval_s = prune_interval_s
         self._clock = clock
@@ -401,7 +438,8 @@ class Applier:
         self._next_prune = now + self._prune_interval_s
         target = self.target
         try:
-            pruned = target.prune_tombstones(self._retention_s, _PRUNE_LIMIT)
+            with self._watched():
+                pruned = target.prune_tombstones(self._retention_s, _PRUNE_LIMIT)
         except Exception as exc:
             target.rollback()
             _LOG.warning('%s: pruning tombstones failed (next try in %.0f s): %s', target.step,
@@ -441,10 +479,11 @@ class Applier:
         target = self.target
         for attempt in range(1, self._max_attempts + 1):
             try:
-                if not self._connected:
-                    target.connect()
-                    self._connected = True
-                return work()
+                with self._watched():
+                    if not self._connected:
+                        target.connect()
+                        self._connected = True
+                    return work()
             except Exception as exc:
                 target.rollback()
                 if not target.is_retryable(exc):
@@ -462,6 +501,25 @@ class Applier:
                 self._connected = False
                 time.sleep(delay)
         raise AssertionError('unreachable')
+
+    def _watched(self) -> contextlib.AbstractContextManager[None]:
+        if self._stall_check_s is None:
+            return contextlib.nullcontext()
+        return stall_watch(self.target.fileno, self._stall_check_s, self._check_stalled,
+                           'the target')
+
+    def _check_stalled(self, waited: float) -> None:
+        """On the stall watch's thread: raises when the server does not answer a new
+        connection either (the batch's connection is then shut down); else says what the
+        batch waits for."""
+        target = self.target
+        try:
+            doing = target.probe(self._probe_timeout_s)
+        except Exception as exc:
+            raise NoAnswer(f'nor did a check from a new connection within '
+                           f'{self._probe_timeout_s:g} s ({target.describe(exc)})') from exc
+        _LOG.warning('%s: still waiting for the target after %.0f s; it answers a new '
+                     'connection, so the batch waits on: %s', target.step, waited, doing)
 
     def _fit(self, tb: TableBatch,
              fitted: dict[TargetTable, frozenset[str]]) -> str | None:
@@ -635,17 +693,20 @@ class _ApplyChangesFn(beam.DoFn):
     """
 
     def __init__(self, target: Target, *, max_batch_size: int, max_attempts: int,
-                 backoff_s: float, tombstone_retention: dt.timedelta | None) -> None:
+                 backoff_s: float, tombstone_retention: dt.timedelta | None,
+                 stall_check_s: float | None) -> None:
         self._target = target
         self._max_batch_size = max_batch_size
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._tombstone_retention = tombstone_retention
+        self._stall_check_s = stall_check_s
 
     def setup(self) -> None:
         self._applier = Applier(self._target, max_attempts=self._max_attempts,
                                 backoff_s=self._backoff_s,
-                                tombstone_retention=self._tombstone_retention)
+                                tombstone_retention=self._tombstone_retention,
+                                stall_check_s=self._stall_check_s)
         self._applier.open()
 
     def start_bundle(self) -> None:
@@ -703,16 +764,20 @@ class WriteChanges(beam.PTransform):
     a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised.
     ``tombstone_retention`` is how long a deleted key's tombstone (and a truncate mark) keeps
     stopping late, older changes of it; then it is pruned (None or zero: kept forever).
+    A batch still waiting for the target after ``stall_check_s`` is checked from a new
+    connection (see :class:`Applier`; None: never).
     Subclasses parse their DSN and say which :class:`Target` applies the changes.
     """
 
     def __init__(self, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5,
-                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION
-                 ) -> None:
+                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION,
+                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S) -> None:
         super().__init__()
         check_route(route)
         _retention_seconds(tombstone_retention)
+        _check_stall(stall_check_s, DEFAULT_PROBE_TIMEOUT_S)
+        self._stall_check_s = stall_check_s
         if max_batch_size < 1:
             raise ValueError(f'max_batch_size {max_batch_size} must be at least 1')
         if max_attempts < 1:
@@ -729,7 +794,8 @@ class WriteChanges(beam.PTransform):
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         fn = _ApplyChangesFn(self._target(), max_batch_size=self._max_batch_size,
                              max_attempts=self._max_attempts, backoff_s=self._backoff_s,
-                             tombstone_retention=self._tombstone_retention)
+                             tombstone_retention=self._tombstone_retention,
+                             stall_check_s=self._stall_check_s)
         results = events | 'ApplyChanges' >> beam.ParDo(fn).with_outputs(DEAD_LETTER,
                                                                             main='applied')
         return results[DEAD_LETTER]

@@ -35,7 +35,12 @@ from transforms.sinks.sql.alter import (
     drop_defaults,
     filled,
 )
-from transforms.sinks.sql.apply import DEFAULT_TOMBSTONE_RETENTION, Target, WriteChanges
+from transforms.sinks.sql.apply import (
+    DEFAULT_STALL_CHECK_S,
+    DEFAULT_TOMBSTONE_RETENTION,
+    Target,
+    WriteChanges,
+)
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
 from transforms.sinks.sql.typemap import mysql_type
@@ -284,13 +289,13 @@ class _MySQLTarget(Target):
     def target_of(self, table: TableSchema) -> TargetTable:
         return mysql_target(table, self._route)
 
-    def _tcp_socket(self) -> socket.socket | None:
+    def _tcp_socket(self, timeout: float | None = None) -> socket.socket | None:
         """The connection's TCP socket, set to notice a lost server within about a minute
         (PyMySQL's own waits ~15 min for TCP to give up); None over a unix socket."""
         if self._args.get('unix_socket'):
             return None
         sock = socket.create_connection((self._args['host'], self._args['port']),
-                                        self._args.get('connect_timeout', 10))
+                                        timeout or self._args.get('connect_timeout', 10))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         notice_lost_peer(sock)
         return sock
@@ -320,6 +325,31 @@ class _MySQLTarget(Target):
             except Exception:  # closing a broken connection must not hide the original error
                 pass
             self._conn = None
+
+    def fileno(self) -> int | None:
+        sock = getattr(self._conn, '_sock', None)  # PyMySQL's socket; None once closed
+        return None if sock is None else sock.fileno()
+
+    def probe(self, timeout_s: float) -> str:
+        conn = self._conn
+        if conn is None:
+            raise ConnectionError('not connected')
+        session = conn.thread_id()  # the id the server sent when it greeted us
+        args = {**self._args, 'connect_timeout': timeout_s, 'read_timeout': timeout_s,
+                'write_timeout': timeout_s}
+        other = _pymysql().connect(autocommit=True, defer_connect=True, **args)
+        try:
+            other.connect(self._tcp_socket(timeout_s))
+            with other.cursor() as cur:
+                cur.execute(sql.MY_SESSION_ACTIVITY, (session,))
+                row = cur.fetchone()
+        finally:
+            other.close()
+        if row is None:
+            raise ConnectionError(f'the server has no session {session} any more')
+        command, state, seconds_in, query = row
+        doing = f'{command}, {state}' if state else command
+        return f'session {session} {doing} for {seconds_in} s: {query}'
 
     def is_retryable(self, exc: BaseException) -> bool:
         pymysql = _pymysql()
@@ -529,11 +559,11 @@ class WriteChangesToMySQL(WriteChanges):
 
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5,
-                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION
-                 ) -> None:
+                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION,
+                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S) -> None:
         super().__init__(route=route, max_batch_size=max_batch_size,
                          max_attempts=max_attempts, backoff_s=backoff_s,
-                         tombstone_retention=tombstone_retention)
+                         tombstone_retention=tombstone_retention, stall_check_s=stall_check_s)
         _connect_args(dsn)
         self._dsn = dsn
 

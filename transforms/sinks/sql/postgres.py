@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from transforms.deadline import answer_within
 from transforms.dsn import parse_dsn, pg_conninfo, redact
 from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import statements as sql
@@ -30,7 +31,12 @@ from transforms.sinks.sql.alter import (
     drop_defaults,
     filled,
 )
-from transforms.sinks.sql.apply import DEFAULT_TOMBSTONE_RETENTION, Target, WriteChanges
+from transforms.sinks.sql.apply import (
+    DEFAULT_STALL_CHECK_S,
+    DEFAULT_TOMBSTONE_RETENTION,
+    Target,
+    WriteChanges,
+)
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.copytext import rows_text
 from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
@@ -127,6 +133,26 @@ class _PostgresTarget(Target):
             except Exception:  # closing a broken connection must not hide the original error
                 pass
             self._conn = None
+
+    def fileno(self) -> int | None:
+        conn = self._conn
+        return None if conn is None or conn.closed else conn.fileno()
+
+    def probe(self, timeout_s: float) -> str:
+        conn = self._conn
+        if conn is None:
+            raise ConnectionError('not connected')
+        pid = conn.info.backend_pid  # a field libpq keeps: no round trip
+        seconds = max(1, round(timeout_s))  # libpq's connect_timeout: whole seconds, 2 at least
+        with _psycopg().connect(pg_conninfo(self._dsn, connect_timeout=str(max(2, seconds))),
+                                autocommit=True) as other, \
+                answer_within(other.fileno(), timeout_s, 'the check'):
+            row = other.execute(sql.PG_SESSION_ACTIVITY, (pid,)).fetchone()
+        if row is None:
+            raise ConnectionError(f'the server has no session {pid} any more')
+        state, wait_type, wait_event, seconds_in, query = row
+        waiting = f', waiting for {wait_type} {wait_event}' if wait_type else ''
+        return f'session {pid} {state}{waiting} for {seconds_in or 0:.0f} s: {query}'
 
     def is_retryable(self, exc: BaseException) -> bool:
         psycopg = _psycopg()
@@ -408,11 +434,11 @@ class WriteChangesToPostgres(WriteChanges):
 
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5,
-                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION
-                 ) -> None:
+                 tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION,
+                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S) -> None:
         super().__init__(route=route, max_batch_size=max_batch_size,
                          max_attempts=max_attempts, backoff_s=backoff_s,
-                         tombstone_retention=tombstone_retention)
+                         tombstone_retention=tombstone_retention, stall_check_s=stall_check_s)
         self._dsn = _parse(dsn)
 
     def _target(self) -> Target:

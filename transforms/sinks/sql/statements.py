@@ -125,6 +125,13 @@ def pg_create_tombstones() -> list[str]:
 # Whether the tombstone table has ``written_at`` and its index (a table made by an older
 # version has neither).  Checked first because ALTER TABLE takes its exclusive lock even when
 # IF NOT EXISTS then finds nothing to do, and would queue every batch behind it.
+# What a session does, asked from another one (the sink's stall check): state, wait event,
+# seconds in that state, the start of its statement.
+PG_SESSION_ACTIVITY = (
+    'SELECT state, wait_event_type, wait_event, '
+    'extract(epoch FROM clock_timestamp() - state_change)::float8, left(query, 100) '
+    'FROM pg_stat_activity WHERE pid = %s')
+
 PG_TOMBSTONES_CURRENT = (
     'SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '
     "to_regclass('\"_changebeam\".\"tombstones\"') AND attname = 'written_at' "
@@ -343,6 +350,12 @@ def my_create_tombstones() -> str:
 
 # Whether the tombstone table has ``written_at``'s index, and so the column (see
 # PG_TOMBSTONES_CURRENT; an ALTER would also commit a transaction, and wait for every batch).
+# What a session does, asked from another one (the sink's stall check): command, state,
+# seconds in it, the start of its statement.
+MY_SESSION_ACTIVITY = (
+    "SELECT COMMAND, STATE, TIME, LEFT(COALESCE(INFO, ''), 100) "
+    'FROM information_schema.PROCESSLIST WHERE ID = %s')
+
 MY_TOMBSTONES_CURRENT = (
     'SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() '
     "AND TABLE_NAME = '_changebeam_tombstones' AND INDEX_NAME = 'written_at' "

@@ -1,0 +1,167 @@
+"""A database sink whose batch gets no answer: a hung server is left, a busy one waited for.
+
+What a user checks: a target that stops answering (frozen, or something between that still
+acknowledges for it) does not hang the pipeline for ever, and the batch reaches the target once
+it is back; a batch that merely waits (for a lock another session holds) is not cut short, and
+the log says what it waits for.  Real PostgreSQL 15 and MariaDB servers; "frozen" is SIGSTOP.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tests.integration.test_sql_sinks import (
+    my_expected,
+    my_rows,
+    pg_expected,
+    pg_rows,
+    stream,
+)
+from transforms.envelope import ChangeEvent
+from transforms.sinks.sql.apply import Applier
+from transforms.sinks.sql.mysql import _MySQLTarget
+from transforms.sinks.sql.postgres import _PostgresTarget
+
+pytestmark = pytest.mark.integration
+
+_APPLY = 'transforms.sinks.sql.apply'
+
+
+class _Applying:
+    """``applier.apply(events)`` on a thread of its own: what it returned or raised."""
+
+    def __init__(self, applier: Applier, events: list[ChangeEvent]) -> None:
+        self.letters: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(applier, events), daemon=True)
+        self._thread.start()
+
+    def _run(self, applier: Applier, events: list[ChangeEvent]) -> None:
+        try:
+            self.letters = applier.apply(events)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f'the batch still waits after {timeout} s more'
+        if self.error is not None:
+            raise self.error
+
+
+def _wait_for_log(caplog: Any, text: str, timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in caplog.records:
+            if text in record.getMessage():
+                return record.getMessage()
+        time.sleep(0.05)
+    return None
+
+
+def _warnings(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == _APPLY
+            and r.levelno >= logging.WARNING]
+
+
+@contextmanager
+def _target_on_its_own_server(kind: str) -> Iterator[tuple[Any, Any, Callable, Callable]]:
+    """A database on a throwaway server of its own (frozen by the test, not the shared one)."""
+    if kind == 'postgres':
+        from tests.services.postgres import PostgresServer
+
+        pg = PostgresServer.start()
+        try:
+            db = pg.database()
+            yield pg, _PostgresTarget(db.dsn), lambda: pg_rows(db), pg_expected
+        finally:
+            pg.thaw()
+            pg.stop()
+    else:
+        from tests.services.mariadb import MariaDBServer
+
+        my = MariaDBServer.start()
+        try:
+            db = my.database()
+            yield my, _MySQLTarget(db.dsn), lambda: my_rows(db), my_expected
+        finally:
+            my.thaw()
+            my.stop()
+
+
+@pytest.mark.parametrize('kind', ['postgres', 'mariadb'])
+def test_a_batch_on_a_frozen_server_is_retried_on_a_new_connection(kind, caplog) -> None:
+    """The server freezes with the sink connected (connections stay open, the kernel still
+    acknowledges, nothing answers).  Without a check the batch would wait for ever; with it,
+    after ``stall_check_s`` a new connection gets no answer either, the batch's connection is
+    shut down and the batch retried; once the server runs again it commits, exactly."""
+    caplog.set_level(logging.INFO, logger=_APPLY)
+    mariadb_safe = kind == 'mariadb'
+    events = stream(count=300, mariadb_safe=mariadb_safe)
+    first, rest = events[:150], events[150:]
+    with _target_on_its_own_server(kind) as (server, target, rows, expected_of):
+        applier = Applier(target, backoff_s=0.2, stall_check_s=1.0, probe_timeout_s=2.0)
+        applier.open()
+        assert applier.apply(first) == []
+        server.freeze()
+        try:
+            applying = _Applying(applier, rest)
+            gave_up = _wait_for_log(caplog, 'reconnecting in', timeout=30)
+        finally:
+            server.thaw()
+        applying.join(timeout=60)
+        applier.close()
+        assert gave_up is not None, _warnings(caplog)
+        assert 'no answer for ' in gave_up
+        assert 'nor did a check from a new connection within 2 s' in gave_up
+        assert applying.letters == []
+        assert rows() == expected_of(events)
+
+
+@pytest.mark.parametrize('kind', ['postgres', 'mariadb'])
+def test_a_batch_waiting_for_a_lock_waits_and_the_log_says_for_what(kind, request,
+                                                                    caplog) -> None:
+    """Another session holds a lock the batch needs, for longer than ``stall_check_s``: the
+    server answers the check, so the batch is not cut short (no reconnect); the warning names
+    the wait; the batch commits once the lock is released."""
+    caplog.set_level(logging.INFO, logger=_APPLY)
+    events = stream(count=300, mariadb_safe=kind == 'mariadb')
+    first, rest = events[:150], events[150:]
+    if kind == 'postgres':
+        db = request.getfixturevalue('pg_db')
+        target: Any = _PostgresTarget(db.dsn)
+        rows, expected = pg_rows, pg_expected
+    else:
+        db = request.getfixturevalue('mariadb_db')
+        target = _MySQLTarget(db.dsn)
+        rows, expected = my_rows, my_expected
+    applier = Applier(target, backoff_s=0.2, stall_check_s=1.0, probe_timeout_s=2.0)
+    applier.open()
+    assert applier.apply(first) == []
+    with db.connect() as holder:
+        if kind == 'postgres':
+            holder.execute('BEGIN')
+            holder.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')
+        else:
+            with holder.cursor() as cur:
+                cur.execute('LOCK TABLES `items` READ')
+        applying = _Applying(applier, rest)
+        waiting = _wait_for_log(caplog, 'still waiting for the target', timeout=30)
+        if kind == 'postgres':
+            holder.execute('COMMIT')
+        else:
+            with holder.cursor() as cur:
+                cur.execute('UNLOCK TABLES')
+    applying.join(timeout=60)
+    applier.close()
+    assert waiting is not None, _warnings(caplog)
+    assert 'lock' in waiting.lower(), waiting
+    assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
+    assert applying.letters == []
+    assert rows(db) == expected(events)
