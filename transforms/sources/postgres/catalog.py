@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ['CatalogColumn', 'SlotInfo', 'SourceSetupError', 'TableRef', 'check_server',
            'drop_slot', 'ensure_publication', 'missing_values', 'primary_key', 'published_tables',
-           'quote_ident', 'resolve_tables', 'slot_info', 'table_columns']
+           'quote_ident', 'resolve_tables', 'slot_blockers', 'slot_info', 'table_columns']
 
 _LOG = logging.getLogger(__name__)
 
@@ -269,6 +269,37 @@ def missing_values(conn: Any, relation_oid: int) -> dict[str, CatalogColumn]:
         'AND NOT attisdropped', (relation_oid,)).fetchall()
     return {name: CatalogColumn(text, has_default, xmin)
             for name, text, has_default, xmin in rows}
+
+
+# Transactions that hold a transaction id (they wrote), anywhere on the server, begun at least
+# %s seconds ago, and prepared transactions (nobody's session holds those); oldest first.
+_SLOT_BLOCKERS_SQL = """
+SELECT line FROM (
+  SELECT xact_start AS since,
+         format('process %%s (database %%s, user %%s%%s) %%s for %%s s: %%s', pid, datname,
+                usename, CASE WHEN application_name <> '' THEN ', ' || application_name END,
+                state, round(extract(epoch FROM clock_timestamp() - xact_start))::bigint,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 80)) AS line
+  FROM pg_stat_activity
+  WHERE backend_xid IS NOT NULL AND backend_type = 'client backend'
+    AND xact_start <= clock_timestamp() - make_interval(secs => %s)
+  UNION ALL
+  SELECT prepared,
+         format('prepared transaction %%L (database %%s, owner %%s) since %%s s', gid,
+                database, owner, round(extract(epoch FROM clock_timestamp() - prepared))::bigint)
+  FROM pg_prepared_xacts
+  WHERE prepared <= clock_timestamp() - make_interval(secs => %s)
+) AS tx ORDER BY since LIMIT 5
+"""
+
+
+def slot_blockers(conn: Any, running_for_s: float) -> list[str]:
+    """The transactions a logical slot being created for ``running_for_s`` seconds may wait
+    for: creating one waits until every transaction that had written when it began has ended,
+    in every database of the server (a prepared one too), to start at a point where none is
+    open.  One line each, oldest first; at most 5."""
+    rows = conn.execute(_SLOT_BLOCKERS_SQL, (running_for_s, running_for_s)).fetchall()
+    return [line for (line,) in rows]
 
 
 def drop_slot(conn: Any, name: str, timeout: float = 30.0) -> None:

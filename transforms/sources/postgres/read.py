@@ -40,7 +40,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters
-from transforms.deadline import NoAnswer, answer_within
+from transforms.deadline import NoAnswer, answer_within, stall_watch
 from transforms.dsn import display, parse_dsn, pg_conninfo
 from transforms.envelope import ChangeEvent, Op
 from transforms.sources.postgres import catalog, pgtypes
@@ -62,6 +62,7 @@ from transforms.sources.postgres.replication import (
     SESSION_OPTIONS,
     ReplicationError,
     ReplicationStream,
+    SlotCreated,
     format_lsn,
     parse_lsn,
 )
@@ -90,6 +91,9 @@ _CATCH_UP_ROUND_S = 1.0  # the longest round while catching up
 # A catalog lookup or heartbeat unanswered this long: the control connection is dead (a hung
 # server, a network dropping packets), as the replication stream's silence is (replication.py).
 _CONTROL_ANSWER_S = 20.0
+# Creating a slot waits for the transactions open when it began: after this long (and every
+# as long again) the log names them.
+_SLOT_WAIT_REPORT_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +246,8 @@ class _ReadSlotFn(StreamReadFn):
                 start_lsn = parse_lsn(slot.confirmed_flush or '0/0')
                 break
             self._set_marker(_SNAPSHOT_PENDING)
-            created = stream.create_slot(config.slot, export_snapshot=wants_snapshot)
+            created = create_slot(stream, config.dsn, config.slot,
+                                  export_snapshot=wants_snapshot)
             start_lsn = created.consistent_point
             _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
             if not wants_snapshot:
@@ -287,8 +292,9 @@ class _ReadSlotFn(StreamReadFn):
         for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
             stream = ReplicationStream.connect(self._config.dsn)
             try:
-                created = stream.create_slot(f'changebeam_backfill_{secrets.token_hex(6)}',
-                                             export_snapshot=True, temporary=True)
+                created = create_slot(stream, self._config.dsn,
+                                      f'changebeam_backfill_{secrets.token_hex(6)}',
+                                      export_snapshot=True, temporary=True)
                 yield from self._snapshot(created.snapshot, tables, created.consistent_point,
                                           tracker, finalizer, claim=claim, committed=committed)
                 return
@@ -607,6 +613,36 @@ class _ReadSlotFn(StreamReadFn):
 
 _CHANGES = (Insert, Update, Delete, Truncate)
 _FAST_KINDS = b'IU'  # the frames ChangeAssembler.change_from_frame may take
+
+
+def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapshot: bool,
+                temporary: bool = False, report_every_s: float | None = None) -> SlotCreated:
+    """``stream.create_slot``, saying what it waits for when that takes long.
+
+    A logical slot starts at a point where no transaction that had written is open, so
+    creating one waits until those open when it began have ended, in every database of the
+    server: a session left idle in a transaction, or a forgotten prepared transaction, makes it
+    wait for ever without a word.  Every ``report_every_s`` (default 30 s) a new connection
+    looks them up, and a warning names them and what ends them.  A server that does not
+    answer that connection either has the slot's connection shut down (:class:`NoAnswer`)."""
+    every = _SLOT_WAIT_REPORT_S if report_every_s is None else report_every_s
+
+    def check(waited: float) -> None:
+        with _connect(dsn) as conn, answer_within(conn.fileno(), _CONTROL_ANSWER_S,
+                                                  'the check'):
+            blockers = catalog.slot_blockers(conn, waited)
+        if blockers:
+            _LOG.warning(
+                'creating slot %s has waited %.0f s for the transactions open when it began to '
+                'end (a logical slot starts where none is open; those of every database count): '
+                '%s. It goes on once they commit or roll back (pg_terminate_backend(pid) ends a '
+                'session, ROLLBACK PREPARED a prepared transaction)', name, waited,
+                '; '.join(blockers))
+        else:
+            _LOG.info('creating slot %s: still waiting after %.0f s', name, waited)
+
+    with stall_watch(stream.fileno, every, check, f'creating slot {name}'):
+        return stream.create_slot(name, export_snapshot=export_snapshot, temporary=temporary)
 
 
 def _connect(dsn: str) -> Any:

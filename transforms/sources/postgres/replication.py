@@ -154,6 +154,13 @@ class ReplicationStream:
             raise ReplicationError(f'cannot open a replication connection: {message}', '08001')
         return cls(pgconn)
 
+    def fileno(self) -> int | None:
+        """The connection's socket (None once closed)."""
+        try:
+            return int(self._pgconn.socket)
+        except Exception:  # psycopg: OperationalError once the connection is gone
+            return None
+
     # -- commands ------------------------------------------------------------------------------
 
     def _command(self, sql: str) -> list[tuple[str | None, ...]]:
