@@ -176,9 +176,9 @@ def _stop_on_signals() -> None:
 def _setup_failure(exc: BaseException) -> str | None:
     """One line for a failure the user must fix (connection, configuration, a schema change
     under strict), or None for anything else."""
-    known = ('SourceSetupError', 'ReplicationError', 'OperationalError', 'SchemaChangeError',
-             'BinlogConfigError', 'BinlogPurgedError', 'BinlogConnectionLost',
-             'SourceUnavailable')
+    known = ('SourceSetupError', 'ReplicationError', 'NoAnswer', 'OperationalError',
+             'SchemaChangeError', 'BinlogConfigError', 'BinlogPurgedError',
+             'BinlogConnectionLost', 'SourceUnavailable')
     cause: BaseException | None = exc
     while cause is not None:
         if type(cause).__name__ in known:

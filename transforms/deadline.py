@@ -31,7 +31,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ['NoAnswer', 'answer_within', 'notice_lost_peer', 'stall_watch']
+__all__ = ['CHECK_ANSWER_S', 'STALL_CHECK_S', 'NoAnswer', 'answer_within', 'notice_lost_peer',
+           'stall_watch']
+
+STALL_CHECK_S = 60.0
+"""How long long work on a connection (a sink's batch, a snapshot) runs before a new
+connection checks that the server still answers, and how often again."""
+CHECK_ANSWER_S = 20.0
+"""How long that check may take to connect and get its answer."""
 
 
 class NoAnswer(ConnectionError):

@@ -133,3 +133,25 @@ def test_a_sink_format_not_written_yet_is_one_line(
         runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
     line = _one_error_line(runs['avro_sink'], '--sink')
     assert 'jsonl:DIR' in line
+
+
+def test_a_server_that_stops_answering_is_one_line_naming_the_wait() -> None:
+    """The stall checks' NoAnswer is reported, not the driver error it caused (a shut-down
+    socket reads as 'server closed the connection unexpectedly', which misleads)."""
+    from pipelines.cdc import _setup_failure
+    from transforms.deadline import NoAnswer
+
+    class OperationalError(Exception):  # the driver's, by name, as _setup_failure looks
+        pass
+
+    text = ('the snapshot: no answer for 60 s, nor did a new connection within 20 s '
+            '(connection timeout expired)')
+    try:
+        try:
+            raise OperationalError('server closed the connection unexpectedly')
+        except OperationalError as exc:
+            raise NoAnswer(text) from exc
+    except NoAnswer as exc:
+        failed = RuntimeError(f"{exc} [while running 'ReadPostgresChanges/Read']")
+        failed.__cause__ = exc
+    assert _setup_failure(failed) == text

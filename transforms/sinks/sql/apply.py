@@ -47,7 +47,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, event_payload
-from transforms.deadline import NoAnswer, stall_watch
+from transforms.deadline import CHECK_ANSWER_S, STALL_CHECK_S, NoAnswer, stall_watch
 from transforms.envelope import ChangeEvent, Column, TableSchema
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import Batch, Rendered, RowChange, TableBatch, plan_batch
@@ -61,9 +61,9 @@ _T = TypeVar('_T')
 DEFAULT_TOMBSTONE_RETENTION = dt.timedelta(days=7)
 _PRUNE_INTERVAL_S = 600.0
 # A batch still waiting for the target this long is checked from a new connection, which must
-# answer within DEFAULT_PROBE_TIMEOUT_S (the source's control connection gets 20 s too).
-DEFAULT_STALL_CHECK_S = 60.0
-DEFAULT_PROBE_TIMEOUT_S = 20.0
+# answer within DEFAULT_PROBE_TIMEOUT_S.
+DEFAULT_STALL_CHECK_S = STALL_CHECK_S
+DEFAULT_PROBE_TIMEOUT_S = CHECK_ANSWER_S
 # Tombstones deleted per prune statement: ~10 ms of server time (a 100k-tombstone scan took
 # 10-13 ms).  A prune that hits the limit is followed by another after the next batch.
 _PRUNE_LIMIT = 5000

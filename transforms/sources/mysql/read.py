@@ -40,6 +40,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters, parse_dead_letter_uri
+from transforms.deadline import CHECK_ANSWER_S, STALL_CHECK_S, NoAnswer, stall_watch
 from transforms.dsn import display, parse_dsn, redact
 from transforms.envelope import (
     MAX_EPOCH,
@@ -97,6 +98,11 @@ _DDL_TABLE = TableSchema(schema='', table='_ddl', columns=())
 """The pseudo-table of DDL ``m`` events (no columns: schema stages pass them through)."""
 _REMOTE_SAVE_SECS = 1.0  # an object store takes about one write per second per object
 _CONTROL_ANSWER_S = 20  # seconds: a control query unanswered this long means a dead connection
+
+
+def _socket_of(conn: Any) -> int | None:
+    sock = getattr(conn, '_sock', None)  # PyMySQL's socket; None once closed
+    return None if sock is None else sock.fileno()
 
 
 def _pymysql() -> Any:
@@ -598,23 +604,29 @@ class _ReadBinlogFn(StreamReadFn):
         config = self._config
         assert self._info is not None
         conn = self._connect(conv=text_conversions())
+        # The rows may take hours to read, or wait for a lock: no read timeout fits; but a
+        # server that hangs with the connection open would leave them waiting for ever.
         try:
-            position = begin_snapshot(conn, tables)
-            assert position.file is not None
-            if claim and not tracker.try_claim(encode_position(position.file, position.pos,
-                                                               self._epoch) - 1):
-                return None
-            if record:
-                self._store.save(Offset(position.file, position.pos, position.gtid, 'pending',
-                                        self._info.server_id, self._epoch, self._listed))
-            rows = 0
-            for batch in read_snapshot(conn, tables, position, server_name=config.server_name,
-                                       server_id=self._info.server_id, epoch=self._epoch,
-                                       batch_size=config.batch_size):
-                rows += sum(event.op is Op.READ for event in batch)  # not the markers
-                yield from self._emit(batch)
-                self._progress.update(self._emitted, self._confirmed_changes, None,
-                                      f'snapshot at {position.file}:{position.pos}')
+            with stall_watch(lambda: _socket_of(conn), STALL_CHECK_S, self._check_server,
+                             'the snapshot'):
+                position = begin_snapshot(conn, tables)
+                assert position.file is not None
+                if claim and not tracker.try_claim(
+                        encode_position(position.file, position.pos, self._epoch) - 1):
+                    return None
+                if record:
+                    self._store.save(Offset(position.file, position.pos, position.gtid,
+                                            'pending', self._info.server_id, self._epoch,
+                                            self._listed))
+                rows = 0
+                for batch in read_snapshot(conn, tables, position,
+                                           server_name=config.server_name,
+                                           server_id=self._info.server_id, epoch=self._epoch,
+                                           batch_size=config.batch_size):
+                    rows += sum(event.op is Op.READ for event in batch)  # not the markers
+                    yield from self._emit(batch)
+                    self._progress.update(self._emitted, self._confirmed_changes, None,
+                                          f'snapshot at {position.file}:{position.pos}')
         finally:
             conn.close()
         _LOG.info('snapshot of %d table(s) at %s:%s: %d rows', len(tables), position.file,
@@ -625,6 +637,20 @@ class _ReadBinlogFn(StreamReadFn):
         if committed is not None:
             finalizer.register(committed)
         return position
+
+    def _check_server(self, waited: float) -> None:
+        """A stall watch's check: a new connection must get an answer within
+        ``CHECK_ANSWER_S``."""
+        try:
+            conn = self._connect(connect_timeout=CHECK_ANSWER_S, read_timeout=CHECK_ANSWER_S,
+                                 write_timeout=CHECK_ANSWER_S)
+            try:
+                conn.ping(reconnect=False)
+            finally:
+                conn.close()
+        except Exception as exc:
+            raise NoAnswer(f'nor did a new connection within {CHECK_ANSWER_S:g} s '
+                           f'({" ".join(str(exc).split())})') from exc
 
     def _snapshot_committed(self, position: BinlogPosition, rows: int) -> None:
         assert self._info is not None

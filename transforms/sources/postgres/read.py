@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import apache_beam as beam
@@ -40,7 +40,13 @@ from apache_beam.utils.timestamp import Timestamp
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters
-from transforms.deadline import NoAnswer, answer_within, stall_watch
+from transforms.deadline import (
+    CHECK_ANSWER_S,
+    STALL_CHECK_S,
+    NoAnswer,
+    answer_within,
+    stall_watch,
+)
 from transforms.dsn import display, parse_dsn, pg_conninfo
 from transforms.envelope import ChangeEvent, Op
 from transforms.sources.postgres import catalog, pgtypes
@@ -312,7 +318,8 @@ class _ReadSlotFn(StreamReadFn):
         if claim and not tracker.try_claim(consistent_point):
             return
         rows = 0
-        with _connect(self._config.dsn) as conn:
+        with _connect(self._config.dsn) as conn, watched_by_a_new_connection(
+                conn.fileno, self._config.dsn, 'the snapshot'):
             for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
                                        batch_size=self._config.batch_size):
                 read = sum(event.op is Op.READ for event in batch)  # not the markers
@@ -628,8 +635,8 @@ def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapsh
     every = _SLOT_WAIT_REPORT_S if report_every_s is None else report_every_s
 
     def check(waited: float) -> None:
-        with _connect(dsn) as conn, answer_within(conn.fileno(), _CONTROL_ANSWER_S,
-                                                  'the check'):
+        with _check_connection(dsn) as conn, answer_within(conn.fileno(), CHECK_ANSWER_S,
+                                                           'the check'):
             blockers = catalog.slot_blockers(conn, waited)
         if blockers:
             _LOG.warning(
@@ -645,12 +652,39 @@ def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapsh
         return stream.create_slot(name, export_snapshot=export_snapshot, temporary=temporary)
 
 
-def _connect(dsn: str) -> Any:
+def watched_by_a_new_connection(fileno: Callable[[], int | None], dsn: str, what: str,
+                                every_s: float | None = None
+                                ) -> AbstractContextManager[None]:
+    """A block of work on one connection (a snapshot's COPY, which may take hours) that the
+    server could leave waiting for ever by hanging with the connection open: every
+    ``every_s`` (default ``STALL_CHECK_S``, 60 s) a new connection must get an answer within
+    ``CHECK_ANSWER_S`` (20 s), else the block's connection is shut down and the block fails
+    with :class:`NoAnswer`."""
+    def check(waited: float) -> None:
+        try:
+            with _check_connection(dsn) as conn, answer_within(conn.fileno(), CHECK_ANSWER_S,
+                                                               'the check'):
+                conn.execute('SELECT 1')
+        except Exception as exc:
+            raise NoAnswer(f'nor did a new connection within {CHECK_ANSWER_S:g} s '
+                           f'({" ".join(str(exc).split())})') from exc
+
+    return stall_watch(fileno, STALL_CHECK_S if every_s is None else every_s, check, what)
+
+
+def _connect(dsn: str, **params: str) -> Any:
     """A control or snapshot connection (autocommit, the session settings the decoder
-    expects, the connection timeouts of transforms.dsn)."""
+    expects, the connection timeouts of transforms.dsn unless ``params`` say otherwise)."""
     import psycopg
 
-    return psycopg.connect(pg_conninfo(dsn, options=SESSION_OPTIONS), autocommit=True)
+    return psycopg.connect(pg_conninfo(dsn, options=SESSION_OPTIONS, **params),
+                           autocommit=True)
+
+
+def _check_connection(dsn: str) -> Any:
+    """A connection for a stall check: it must connect within ``CHECK_ANSWER_S`` too (libpq
+    counts whole seconds, 2 at least)."""
+    return _connect(dsn, connect_timeout=str(max(2, round(CHECK_ANSWER_S))))
 
 
 def _where(config: _SourceConfig, frame: Any) -> str:

@@ -1,0 +1,132 @@
+"""A snapshot whose source server hangs ends with an error instead of waiting for ever.
+
+What a user checks: a snapshot may run for hours or wait for a lock, so no read timeout fits;
+but when the server hangs with the snapshot's connection open (frozen: SIGSTOP, the kernel
+still acknowledging), the pipeline must not wait without end.  The server is frozen while the
+snapshot is surely in progress (MariaDB: its read waits for a table lock; PostgreSQL: the
+pipeline still holds its first batch, since a lock the snapshot would wait for is one that
+also holds back the slot it starts from); the check (shortened here from 60 s and 20 s) finds
+no answer from a new connection either and ends the snapshot with an error naming the wait.
+Real throwaway PostgreSQL 15 and MariaDB servers.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+
+from transforms.deadline import NoAnswer
+
+pytestmark = pytest.mark.integration
+
+
+def _run_in_background(pipeline: beam.Pipeline) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            pipeline.run().wait_until_finish()
+        except BaseException as exc:
+            outcome['error'] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _no_answer_in(exc: BaseException | None) -> NoAnswer | None:
+    while exc is not None:
+        if isinstance(exc, NoAnswer):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_FIRST_BATCH = threading.Event()
+
+
+def _hold_the_first_batch(event: Any) -> None:
+    """Downstream of the source (same bundle, same thread): the snapshot is in progress
+    while this waits."""
+    if not _FIRST_BATCH.is_set():
+        _FIRST_BATCH.set()
+        time.sleep(6)  # the server freezes meanwhile; the check cuts the connection
+
+
+def _wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize('kind', ['postgres', 'mariadb'])
+def test_a_snapshot_on_a_frozen_server_ends_with_an_error_not_a_hang(kind, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    if kind == 'postgres':
+        from tests.services.postgres import PostgresServer
+        from transforms.sources.postgres import read as source
+        from transforms.sources.postgres.read import ReadPostgresChanges
+
+        server: Any = PostgresServer.start()
+    else:
+        from tests.services.mariadb import MariaDBServer
+        from transforms.sources.mysql import read as source  # type: ignore[no-redef]
+        from transforms.sources.mysql.read import ReadMySqlChanges
+
+        server = MariaDBServer.start()
+    monkeypatch.setattr(source, 'STALL_CHECK_S', 0.5)
+    monkeypatch.setattr(source, 'CHECK_ANSWER_S', 2.0)
+    frozen = False
+    _FIRST_BATCH.clear()
+    try:
+        db = server.database()
+        holder = db.connect()
+        pipeline = beam.Pipeline(runner='DirectRunner')
+        if kind == 'postgres':
+            holder.execute('CREATE TABLE public.t (id integer PRIMARY KEY)')
+            holder.execute('INSERT INTO public.t SELECT generate_series(1, 5000)')
+            read = ReadPostgresChanges(db.dsn, tables=['public.t'], snapshot='only',
+                                       dead_letter=f'jsonl:{tmp_path / "dead"}')
+
+            def snapshot_waits() -> bool:
+                return _FIRST_BATCH.is_set()
+        else:
+            with holder.cursor() as cur:
+                cur.execute('CREATE TABLE t (id INT PRIMARY KEY)')
+                cur.execute('INSERT INTO t VALUES ' + ','.join(f'({i})' for i in range(1, 101)))
+                cur.execute('LOCK TABLES t WRITE')
+            read = ReadMySqlChanges(db.dsn, tables=[f'{db.name}.t'], snapshot='only',
+                                    offset_store=str(tmp_path / 'offsets.json'),
+                                    dead_letter=f'jsonl:{tmp_path / "dead"}')
+
+            def snapshot_waits() -> bool:
+                with db.connect() as conn, conn.cursor() as cur:
+                    cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                "WHERE STATE LIKE 'Waiting for table metadata lock'")
+                    return cur.fetchone()[0] > 0
+        _ = pipeline | read | beam.Map(_hold_the_first_batch)
+        thread, outcome = _run_in_background(pipeline)
+        _wait_until(snapshot_waits, 60, 'the snapshot never started to wait for the lock')
+        time.sleep(1.5)  # checks pass meanwhile: the server answers, the snapshot waits on
+        assert thread.is_alive(), outcome
+        server.freeze()
+        frozen = True
+        began = time.monotonic()
+        thread.join(60)
+        waited = time.monotonic() - began
+        still_waiting = thread.is_alive()
+    finally:
+        if frozen:
+            server.thaw()
+        server.stop()
+    assert not still_waiting, 'the snapshot still waits on the frozen server'
+    cause = _no_answer_in(outcome.get('error'))
+    assert cause is not None, outcome
+    assert str(cause).startswith('the snapshot: no answer for '), str(cause)
+    assert 'nor did a new connection within 2 s' in str(cause)
+    assert waited < 30, waited
