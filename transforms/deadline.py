@@ -63,7 +63,10 @@ class _Watch:
         with self._lock:
             if self._over:
                 return False  # the call returned just in time
-            fileno = self._fileno if isinstance(self._fileno, int) else self._fileno()
+            try:
+                fileno = self._fileno if isinstance(self._fileno, int) else self._fileno()
+            except Exception:  # a driver's fileno() raises once the connection is gone
+                fileno = None
             if fileno is None:
                 return False  # no connection yet: connecting has timeouts of its own
             self.fired = True

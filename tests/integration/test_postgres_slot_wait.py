@@ -74,3 +74,59 @@ def test_creating_a_slot_names_the_open_transaction_it_waits_for(postgres, pg_db
         with pg_db.connect() as conn:
             conn.execute("SELECT pg_drop_replication_slot('waits_for_a_session')")
         postgres.drop_database(other.name)
+
+
+def test_setting_up_names_the_session_holding_the_lock_it_waits_for(pg_db, tmp_path,
+                                                                      monkeypatch,
+                                                                      caplog) -> None:
+    """Adding a table to the publication needs a lock that a ``CREATE INDEX`` or a manual
+    ``VACUUM`` holds for as long as it runs (held here by ``LOCK TABLE … IN SHARE MODE``): the
+    pipeline waits, and the log says for what and for whom; then it starts."""
+    import apache_beam as beam
+
+    from transforms.sources.postgres import read
+    from transforms.sources.postgres.read import ReadPostgresChanges
+
+    monkeypatch.setattr(read, '_SLOT_WAIT_REPORT_S', 0.5)
+    caplog.set_level(logging.INFO, logger='transforms.sources.postgres.read')
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE public.t (id integer PRIMARY KEY)')
+    holder = pg_db.connect()
+    holder.execute("SET application_name = 'index-build'")
+    holder.execute('BEGIN')
+    holder.execute('LOCK TABLE public.t IN SHARE MODE')  # as CREATE INDEX would
+    pid = holder.info.backend_pid
+    pipeline = beam.Pipeline(runner='DirectRunner')
+    _ = (pipeline
+         | ReadPostgresChanges(pg_db.dsn, tables=['public.t'], snapshot='never',
+                               max_idle_secs=1, dead_letter=f'jsonl:{tmp_path / "dead"}')
+         | beam.Map(lambda event: None))
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            pipeline.run().wait_until_finish()
+        except BaseException as exc:
+            outcome['error'] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        warning = None
+        deadline = time.monotonic() + 60
+        while warning is None and time.monotonic() < deadline:
+            warning = next((r.getMessage() for r in caplog.records
+                            if r.getMessage().startswith('starting: ')), None)
+            time.sleep(0.05)
+        assert thread.is_alive(), outcome
+    finally:
+        holder.execute('COMMIT')
+        holder.close()
+    thread.join(60)
+    assert not thread.is_alive(), 'the pipeline did not go on once the lock was released'
+    assert 'error' not in outcome, outcome
+    assert warning is not None, [r.getMessage() for r in caplog.records]
+    assert "'CREATE PUBLICATION " in warning and ' has waited ' in warning
+    assert f'for a lock held by process {pid} (database {pg_db.name}, user ' in warning
+    assert ', index-build) idle in transaction for ' in warning
+    assert 'LOCK TABLE public.t IN SHARE MODE' in warning

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ['CatalogColumn', 'SlotInfo', 'SourceSetupError', 'TableRef', 'check_server',
-           'drop_slot', 'ensure_publication', 'missing_values', 'primary_key', 'published_tables',
-           'quote_ident', 'resolve_tables', 'slot_blockers', 'slot_info', 'table_columns']
+           'drop_slot', 'ensure_publication', 'lock_wait', 'missing_values', 'primary_key',
+           'published_tables', 'quote_ident', 'resolve_tables', 'slot_blockers', 'slot_info',
+           'table_columns']
 
 _LOG = logging.getLogger(__name__)
 
@@ -271,18 +272,22 @@ def missing_values(conn: Any, relation_oid: int) -> dict[str, CatalogColumn]:
             for name, text, has_default, xmin in rows}
 
 
+# One line about a backend (``{b}``: the pg_stat_activity alias; ``{since}``: its column the
+# age counts from).
+_BACKEND_LINE = """format('process %%s (database %%s, user %%s%%s) %%s for %%s s: %%s', {b}.pid,
+       {b}.datname, {b}.usename,
+       CASE WHEN {b}.application_name <> '' THEN ', ' || {b}.application_name END, {b}.state,
+       round(extract(epoch FROM clock_timestamp() - {b}.{since}))::bigint,
+       left(regexp_replace({b}.query, '\\s+', ' ', 'g'), 80))"""
+
 # Transactions that hold a transaction id (they wrote), anywhere on the server, begun at least
 # %s seconds ago, and prepared transactions (nobody's session holds those); oldest first.
-_SLOT_BLOCKERS_SQL = """
+_SLOT_BLOCKERS_SQL = f"""
 SELECT line FROM (
-  SELECT xact_start AS since,
-         format('process %%s (database %%s, user %%s%%s) %%s for %%s s: %%s', pid, datname,
-                usename, CASE WHEN application_name <> '' THEN ', ' || application_name END,
-                state, round(extract(epoch FROM clock_timestamp() - xact_start))::bigint,
-                left(regexp_replace(query, '\\s+', ' ', 'g'), 80)) AS line
-  FROM pg_stat_activity
-  WHERE backend_xid IS NOT NULL AND backend_type = 'client backend'
-    AND xact_start <= clock_timestamp() - make_interval(secs => %s)
+  SELECT a.xact_start AS since, {_BACKEND_LINE.format(b='a', since='xact_start')} AS line
+  FROM pg_stat_activity AS a
+  WHERE a.backend_xid IS NOT NULL AND a.backend_type = 'client backend'
+    AND a.xact_start <= clock_timestamp() - make_interval(secs => %s)
   UNION ALL
   SELECT prepared,
          format('prepared transaction %%L (database %%s, owner %%s) since %%s s', gid,
@@ -291,6 +296,26 @@ SELECT line FROM (
   WHERE prepared <= clock_timestamp() - make_interval(secs => %s)
 ) AS tx ORDER BY since LIMIT 5
 """
+
+# A session waiting for a lock: its statement, how long, and who holds what it waits for.
+_LOCK_WAIT_SQL = f"""
+SELECT left(regexp_replace(w.query, '\\s+', ' ', 'g'), 80),
+       round(extract(epoch FROM clock_timestamp() - w.state_change))::bigint,
+       (SELECT string_agg({_BACKEND_LINE.format(b='h', since='xact_start')}, '; ')
+        FROM pg_stat_activity AS h WHERE h.pid = ANY (pg_blocking_pids(w.pid)))
+FROM pg_stat_activity AS w WHERE w.pid = %s AND w.wait_event_type = 'Lock'
+"""
+
+
+def lock_wait(conn: Any, pid: int) -> str | None:
+    """What backend ``pid`` waits for, when it waits for a lock: its statement, for how long,
+    and the sessions holding the lock (one line each); else None."""
+    row = conn.execute(_LOCK_WAIT_SQL, (pid,)).fetchone()
+    if row is None:
+        return None
+    statement, seconds, holders = row
+    held = f'held by {holders}' if holders else 'no session holds any more'
+    return f'{statement!r} has waited {seconds} s for a lock {held}'
 
 
 def slot_blockers(conn: Any, running_for_s: float) -> list[str]:

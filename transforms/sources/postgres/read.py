@@ -97,8 +97,8 @@ _CATCH_UP_ROUND_S = 1.0  # the longest round while catching up
 # A catalog lookup or heartbeat unanswered this long: the control connection is dead (a hung
 # server, a network dropping packets), as the replication stream's silence is (replication.py).
 _CONTROL_ANSWER_S = 20.0
-# Creating a slot waits for the transactions open when it began: after this long (and every
-# as long again) the log names them.
+# Creating a slot waits for the transactions open when it began, and setting up for locks:
+# after this long (and every as long again) the log names what it waits for.
 _SLOT_WAIT_REPORT_S = 30.0
 
 
@@ -199,7 +199,26 @@ class _ReadSlotFn(StreamReadFn):
     # -- the splittable process ----------------------------------------------------------------
 
     def _begin(self, start: int, tracker: Any, finalizer: Any) -> Iterator[Any]:
-        """First round: publication, slot and (maybe) the snapshot."""
+        """First round: publication, slot and (maybe) the snapshot.
+
+        Setting up may wait for a lock (the publication's ``ALTER``/``CREATE`` needs one that
+        a ``CREATE INDEX`` or a manual ``VACUUM`` of a table holds): every 30 s a new
+        connection looks, and a warning names the statement and who holds the lock.  A server
+        that does not answer that connection either has the control connection shut down."""
+        control = self._control
+        pid = control.info.backend_pid
+
+        def check(waited: float) -> None:
+            with _check_connection(self._config.dsn) as conn, answer_within(
+                    conn.fileno(), CHECK_ANSWER_S, 'the check'):
+                waiting = catalog.lock_wait(conn, pid)
+            if waiting is not None:
+                _LOG.warning('starting: %s; it goes on once they end', waiting)
+
+        with stall_watch(control.fileno, _SLOT_WAIT_REPORT_S, check, 'starting'):
+            yield from self._set_up(start, tracker, finalizer)
+
+    def _set_up(self, start: int, tracker: Any, finalizer: Any) -> Iterator[Any]:
         config = self._config
         tables = catalog.resolve_tables(self._control, config.tables)
         if config.snapshot == 'only':
