@@ -146,6 +146,7 @@ def test_a_batch_waiting_for_a_lock_waits_and_the_log_says_for_what(kind, reques
     assert applier.apply(first) == []
     with db.connect() as holder:
         if kind == 'postgres':
+            holder.execute("SET application_name = 'maintenance'")
             holder.execute('BEGIN')
             holder.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')
         else:
@@ -162,6 +163,10 @@ def test_a_batch_waiting_for_a_lock_waits_and_the_log_says_for_what(kind, reques
     applier.close()
     assert waiting is not None, _warnings(caplog)
     assert 'lock' in waiting.lower(), waiting
+    if kind == 'postgres':  # and who holds it
+        assert ' for a lock held by process ' in waiting, waiting
+        assert ', maintenance) idle in transaction for ' in waiting, waiting
+        assert 'LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE' in waiting, waiting
     assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
     assert applying.letters == []
     assert rows(db) == expected(events)

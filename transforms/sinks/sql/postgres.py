@@ -41,6 +41,7 @@ from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.copytext import rows_text
 from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
 from transforms.sinks.sql.typemap import postgres_type
+from transforms.sources.postgres.catalog import lock_wait
 
 __all__ = ['WriteChangesToPostgres']
 
@@ -148,8 +149,12 @@ class _PostgresTarget(Target):
                                 autocommit=True) as other, \
                 answer_within(other.fileno(), timeout_s, 'the check'):
             row = other.execute(sql.PG_SESSION_ACTIVITY, (pid,)).fetchone()
+            # Who holds the lock it waits for: what an operator needs to know.
+            locked = lock_wait(other, pid) if row is not None and row[1] == 'Lock' else None
         if row is None:
             raise ConnectionError(f'the server has no session {pid} any more')
+        if locked is not None:
+            return f'session {pid}: {locked}'
         state, wait_type, wait_event, seconds_in, query = row
         waiting = f', waiting for {wait_type} {wait_event}' if wait_type else ''
         return f'session {pid} {state}{waiting} for {seconds_in or 0:.0f} s: {query}'
