@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import urllib.parse
+from typing import Any
 
-__all__ = ['PG_CONNECTION_DEFAULTS', 'Dsn', 'DsnError', 'display', 'parse_dsn',
-           'pg_conninfo', 'redact']
+__all__ = ['MYSQL_PARAMS', 'PG_CONNECTION_DEFAULTS', 'Dsn', 'DsnError', 'display',
+           'mysql_connect_args', 'parse_dsn', 'pg_conninfo', 'redact']
 
 _SCHEMES = {'postgresql': 'postgresql', 'postgres': 'postgresql', 'mysql': 'mysql',
             'mariadb': 'mysql'}
@@ -70,6 +71,41 @@ def pg_conninfo(dsn: str, **params: str) -> str:
     defaults = {name: value for name, value in PG_CONNECTION_DEFAULTS.items()
                 if name not in given and name not in params}
     return conninfo.make_conninfo(dsn, **defaults, **params)
+
+
+MYSQL_PARAMS = frozenset({'unix_socket', 'charset', 'connect_timeout', 'read_timeout',
+                          'write_timeout', 'ssl_ca', 'ssl_cert', 'ssl_key'})
+"""The ``mysql://`` query parameters PyMySQL takes (``ssl_*`` as its ``ssl`` dict)."""
+
+
+def mysql_connect_args(dsn: str, params: frozenset[str] = MYSQL_PARAMS) -> dict[str, Any]:
+    """PyMySQL keyword arguments for a ``mysql://`` DSN (no ``database``: the caller decides
+    whether it needs one), accepting the query ``params``; ValueError naming the redacted
+    DSN."""
+    if not isinstance(dsn, str):
+        raise ValueError(f'dsn must be a mysql:// URI string, got {type(dsn).__name__}')
+    parsed = parse_dsn(dsn, option='dsn')
+    shown = redact(dsn)
+    if parsed.kind != 'mysql':
+        raise ValueError(f'dsn {shown!r} is not a mysql:// DSN (MySQL or MariaDB); use '
+                         'mysql://USER[:PASSWORD]@HOST[:PORT]/DB')
+    args: dict[str, Any] = {
+        'host': parsed.host, 'port': parsed.port or 3306, 'user': parsed.user or None,
+        'password': parsed.password, 'charset': 'utf8mb4',
+    }
+    for name, value in parsed.params:
+        if name not in params:
+            raise ValueError(f'dsn {shown!r}: unknown parameter {name!r}; valid: '
+                             f'{", ".join(sorted(params))}')
+        if name.endswith('timeout'):
+            if not value.isdigit():
+                raise ValueError(f'dsn {shown!r}: {name} {value!r} is not a number')
+            args[name] = int(value)
+        elif name.startswith('ssl_'):
+            args.setdefault('ssl', {})[name[4:]] = value
+        else:
+            args[name] = value
+    return args
 
 
 class DsnError(ValueError):

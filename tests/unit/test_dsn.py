@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from transforms.dsn import parse_dsn, redact
+from transforms.dsn import MYSQL_PARAMS, mysql_connect_args, parse_dsn, redact
 
 
 @pytest.mark.parametrize('uri, kind', [
@@ -173,3 +173,24 @@ def test_libpq_connection_timeouts_are_added_unless_the_dsn_sets_them() -> None:
     assert (own['connect_timeout'], own['tcp_user_timeout'], own['keepalives_idle']) == \
         ('3', '0', '7')
     assert own['keepalives_count'] == PG_CONNECTION_DEFAULTS['keepalives_count']
+
+
+def test_mysql_connect_args_are_what_pymysql_takes() -> None:
+    args = mysql_connect_args('mysql://app:p%40ss@db.example:3307/shop?connect_timeout=5'
+                              '&ssl_ca=/etc/ca.pem&unix_socket=/run/mysqld.sock')
+    assert args == {'host': 'db.example', 'port': 3307, 'user': 'app', 'password': 'p@ss',
+                    'charset': 'utf8mb4', 'connect_timeout': 5,
+                    'ssl': {'ca': '/etc/ca.pem'}, 'unix_socket': '/run/mysqld.sock'}
+    assert mysql_connect_args('mariadb://db')['port'] == 3306
+
+
+@pytest.mark.parametrize(('dsn', 'params', 'problem'), [
+    ('postgresql://app:s3cret@db/x', None, 'is not a mysql:// DSN'),
+    ('mysql://app:s3cret@db/x?read_timeout=-5', None, "read_timeout '-5' is not a number"),
+    ('mysql://app:s3cret@db/x?charset=latin1', frozenset({'read_timeout'}),
+     "unknown parameter 'charset'; valid: read_timeout"),
+])
+def test_mysql_connect_args_refuse_without_showing_the_password(dsn, params, problem) -> None:
+    with pytest.raises(ValueError, match=problem) as info:
+        mysql_connect_args(dsn, params or MYSQL_PARAMS)
+    assert 's3cret' not in str(info.value) and '***' in str(info.value)

@@ -334,7 +334,7 @@ def test_postgres_sink_refuses_a_bad_dsn_without_showing_the_password(dsn):
 
 @pytest.mark.parametrize(('dsn', 'problem'), [
     ('mysql://app:s3cret@db:3306/', 'no database'),
-    ('postgresql://app:s3cret@db/x', 'not a MySQL'),
+    ('postgresql://app:s3cret@db/x', 'not a mysql:// DSN'),
     ('mysql://app:s3cret@db:99999999/x', 'port'),
     ('mysql://app:s3cret@db/x?sslmode=require', 'unknown parameter'),
 ])

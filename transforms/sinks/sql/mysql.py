@@ -25,7 +25,7 @@ from itertools import accumulate
 from typing import Any
 
 from transforms.deadline import notice_lost_peer
-from transforms.dsn import parse_dsn, redact
+from transforms.dsn import mysql_connect_args, parse_dsn, redact
 from transforms.envelope import Column, Kind, TableSchema, encode_json_value
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
@@ -56,10 +56,6 @@ _RETRYABLE_CODES = frozenset({1040, 1053, 1205, 1213, 1927})
 _STATEMENT_BYTES = 2 << 20  # per multi-row statement, well under max_allowed_packet (16 MiB)
 _DELETES_PER_STATEMENT = 500
 _LOCK_TIMEOUT_S = 60
-_PARAMS = frozenset({'unix_socket', 'charset', 'connect_timeout', 'read_timeout',
-                     'write_timeout', 'ssl_ca', 'ssl_cert', 'ssl_key'})
-
-
 def _pymysql() -> Any:
     try:
         import pymysql
@@ -70,35 +66,14 @@ def _pymysql() -> Any:
 
 
 def _connect_args(dsn: str) -> dict[str, Any]:
-    """PyMySQL keyword arguments for a ``mysql://`` DSN; ValueError naming the redacted DSN."""
-    if not isinstance(dsn, str):
-        raise ValueError(f'dsn must be a mysql:// URI string, got {type(dsn).__name__}')
-    parsed = parse_dsn(dsn, option='dsn')
-    shown = redact(dsn)
-    if parsed.kind != 'mysql':
-        raise ValueError(f'dsn {shown!r} is not a MySQL/MariaDB DSN; use '
-                         'mysql://USER[:PASSWORD]@HOST[:PORT]/DB')
-    if not parsed.database:
-        raise ValueError(f'dsn {shown!r} names no database; tables are written to the DSN\'s '
-                         'database: mysql://USER@HOST[:PORT]/DB')
-    args: dict[str, Any] = {
-        'host': parsed.host, 'port': parsed.port or 3306, 'user': parsed.user or None,
-        'password': parsed.password, 'database': parsed.database, 'charset': 'utf8mb4',
-    }
-    for name, value in parsed.params:
-        if name not in _PARAMS:
-            raise ValueError(f'dsn {shown!r}: unknown parameter {name!r}; valid: '
-                             f'{", ".join(sorted(_PARAMS))}')
-        if name.endswith('timeout'):
-            try:
-                args[name] = int(value)
-            except ValueError:
-                raise ValueError(f'dsn {shown!r}: {name} {value!r} is not a number') from None
-        elif name.startswith('ssl_'):
-            args.setdefault('ssl', {})[name[4:]] = value
-        else:
-            args[name] = value
-    return args
+    """PyMySQL keyword arguments for a ``mysql://`` DSN that names the target database;
+    ValueError naming the redacted DSN."""
+    args = mysql_connect_args(dsn)
+    database = parse_dsn(dsn, option='dsn').database
+    if not database:
+        raise ValueError(f'dsn {redact(dsn)!r} names no database; tables are written to the '
+                         "DSN's database: mysql://USER@HOST[:PORT]/DB")
+    return {**args, 'database': database}
 
 
 # ---------------------------------------------------------------------------------------------

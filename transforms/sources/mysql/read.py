@@ -41,7 +41,7 @@ from apache_beam.utils.timestamp import Timestamp
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters, parse_dead_letter_uri
 from transforms.deadline import CHECK_ANSWER_S, STALL_CHECK_S, NoAnswer, stall_watch
-from transforms.dsn import display, parse_dsn, redact
+from transforms.dsn import MYSQL_PARAMS, display, mysql_connect_args, parse_dsn, redact
 from transforms.envelope import (
     MAX_EPOCH,
     ChangeEvent,
@@ -92,8 +92,7 @@ _LOG = logging.getLogger(__name__)
 SNAPSHOT_MODES = ('initial', 'never', 'only')
 _METRICS = 'ReadMySqlChanges'
 _CONNECTOR = 'mysql'
-_DSN_PARAMS = frozenset({'unix_socket', 'connect_timeout', 'read_timeout', 'write_timeout',
-                         'ssl_ca', 'ssl_cert', 'ssl_key'})
+_DSN_PARAMS = MYSQL_PARAMS - {'charset'}
 _DDL_TABLE = TableSchema(schema='', table='_ddl', columns=())
 """The pseudo-table of DDL ``m`` events (no columns: schema stages pass them through)."""
 _REMOTE_SAVE_SECS = 1.0  # an object store takes about one write per second per object
@@ -115,28 +114,9 @@ def _pymysql() -> Any:
 
 
 def connect_args(dsn: str) -> dict[str, Any]:
-    """PyMySQL keyword arguments for a ``mysql://`` DSN; ValueError naming the redacted DSN."""
-    parsed = parse_dsn(dsn, option='dsn')
-    shown = redact(dsn)
-    if parsed.kind != 'mysql':
-        raise ValueError(f'dsn {display(dsn)!r} is not a mysql:// DSN')
-    args: dict[str, Any] = {
-        'host': parsed.host, 'port': parsed.port or 3306, 'user': parsed.user or None,
-        'password': parsed.password, 'charset': 'utf8mb4',
-    }
-    for name, value in parsed.params:
-        if name not in _DSN_PARAMS:
-            raise ValueError(f'dsn {shown!r}: unknown parameter {name!r}; valid: '
-                             f'{", ".join(sorted(_DSN_PARAMS))}')
-        if name.endswith('timeout'):
-            if not value.isdigit():
-                raise ValueError(f'dsn {shown!r}: {name} {value!r} is not a number')
-            args[name] = int(value)
-        elif name.startswith('ssl_'):
-            args.setdefault('ssl', {})[name[4:]] = value
-        else:
-            args[name] = value
-    return args
+    """PyMySQL keyword arguments for a ``mysql://`` DSN (its own character set: the decoder
+    expects utf8mb4); ValueError naming the redacted DSN."""
+    return mysql_connect_args(dsn, _DSN_PARAMS)
 
 
 @dataclasses.dataclass(frozen=True)
