@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', default='demo-out', help='Sink directory (default demo-out).')
     args = parser.parse_args(argv)
 
-    from tests.services.postgres import PostgresServer
+    try:
+        from tests.services.postgres import PostgresServer
+    except ImportError:  # an installed package: the test harness is not part of it
+        parser.exit(2, f'{parser.prog}: error: the demo runs from a source checkout (make '
+                       'demo): it borrows the test harness (tests/) to start a throwaway '
+                       'PostgreSQL\n')
 
     shutil.rmtree(args.out, ignore_errors=True)
     print('starting a throwaway PostgreSQL 15 (wal_level=logical) …', file=sys.stderr)

@@ -155,3 +155,16 @@ def test_a_server_that_stops_answering_is_one_line_naming_the_wait() -> None:
         failed = RuntimeError(f"{exc} [while running 'ReadPostgresChanges/Read']")
         failed.__cause__ = exc
     assert _setup_failure(failed) == text
+
+
+def test_the_demo_outside_a_source_checkout_says_why_in_one_line(monkeypatch, capsys) -> None:
+    """An installed package has no tests/ (the demo's throwaway server comes from there)."""
+    from pipelines import demo
+
+    monkeypatch.setitem(sys.modules, 'tests.services.postgres', None)  # import fails
+    with pytest.raises(SystemExit) as ended:
+        demo.main(['--seconds', '1', '--out', 'never-written'])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        'python -m pipelines.demo: error: the demo runs from a source checkout (make demo): '
+        'it borrows the test harness (tests/) to start a throwaway PostgreSQL\n')
