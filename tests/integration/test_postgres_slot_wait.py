@@ -130,3 +130,30 @@ def test_setting_up_names_the_session_holding_the_lock_it_waits_for(pg_db, tmp_p
     assert f'for a lock held by process {pid} (database {pg_db.name}, user ' in warning
     assert ', index-build) idle in transaction for ' in warning
     assert 'LOCK TABLE public.t IN SHARE MODE' in warning
+
+
+def test_a_backfill_with_no_replication_slot_free_says_what_to_do(tmp_path) -> None:
+    """``--snapshot only`` keeps no slot, but takes its exact position from a temporary one:
+    with every slot in use it stops with one line saying so (the server's own words do not
+    tell that a backfill needs a slot at all), and writes nothing."""
+    from tests.integration.test_postgres_source import start_cdc
+    from tests.services.postgres import PostgresServer
+
+    server = PostgresServer.start(extra_settings={'max_replication_slots': '1'})
+    try:
+        with server.connect('postgres') as conn:
+            conn.execute('CREATE TABLE t (id integer PRIMARY KEY)')
+            conn.execute('INSERT INTO t VALUES (1)')
+            conn.execute("SELECT pg_create_logical_replication_slot('occupier', 'pgoutput')")
+        process = start_cdc(server.dsn('postgres'), tmp_path / 'out', '--tables', 'public.t',
+                            '--snapshot', 'only')
+        output, _ = process.communicate(timeout=120)
+    finally:
+        server.stop()
+    assert process.returncode == 1, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith('python -m pipelines.cdc: error: the copy takes its exact position '
+                           'from a temporary replication slot'), output[-3000:]
+    assert 'raise max_replication_slots' in last and 'pg_drop_replication_slot' in last
+    assert 'Traceback' not in output
+    assert not list((tmp_path / 'out').rglob('*.jsonl'))

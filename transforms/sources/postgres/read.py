@@ -317,9 +317,18 @@ class _ReadSlotFn(StreamReadFn):
         for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
             stream = ReplicationStream.connect(self._config.dsn)
             try:
-                created = create_slot(stream, self._config.dsn,
-                                      f'changebeam_backfill_{secrets.token_hex(6)}',
-                                      export_snapshot=True, temporary=True)
+                try:
+                    created = create_slot(stream, self._config.dsn,
+                                          f'changebeam_backfill_{secrets.token_hex(6)}',
+                                          export_snapshot=True, temporary=True)
+                except ReplicationError as exc:
+                    if exc.sqlstate != '53400':  # configuration_limit_exceeded
+                        raise
+                    raise catalog.SourceSetupError(
+                        'the copy takes its exact position from a temporary replication slot '
+                        '(dropped when it ends), and every slot max_replication_slots allows '
+                        'is in use: drop one no longer read (pg_drop_replication_slot) or '
+                        'raise max_replication_slots (a restart); a standby needs none') from exc
                 yield from self._snapshot(created.snapshot, tables, created.consistent_point,
                                           tracker, finalizer, claim=claim, committed=committed)
                 return
