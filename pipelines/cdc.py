@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import logging
 import os
 import signal
@@ -173,6 +174,12 @@ def _stop_on_signals() -> None:
         signal.signal(signum, handle)
 
 
+# Failures of the machine the pipeline writes on (a full disk, a read-only or forbidden
+# directory for the sink, the offsets or the dead letters): the user's to fix, in one line.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                 errno.EPERM})
+
+
 def _setup_failure(exc: BaseException) -> str | None:
     """One line for a failure the user must fix (connection, configuration, a schema change
     under strict), or None for anything else."""
@@ -180,7 +187,13 @@ def _setup_failure(exc: BaseException) -> str | None:
              'SchemaChangeError', 'BinlogConfigError', 'BinlogPurgedError',
              'BinlogConnectionLost', 'SourceUnavailable')
     cause: BaseException | None = exc
-    while cause is not None:
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _ENVIRONMENT_ERRNOS:
+            where = f': {cause.filename}' if cause.filename else ''
+            return (f'{cause.strerror}{where} (once that is fixed, run again: what was not '
+                    'confirmed is read again)')
         if type(cause).__name__ in known:
             text = str(cause).split(" [while running '")[0].strip()
             return text if type(cause).__name__ == 'SchemaChangeError' else \

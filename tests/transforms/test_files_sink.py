@@ -702,3 +702,25 @@ def test_parquet_row_groups_keep_their_size_across_arrow_batches() -> None:
         [1200, 1199, 300]
     got = parquet_to_events(pq.read_table(io.BytesIO(out.getvalue())), CUSTOMERS)
     assert got == [e for e in events if e is not surrogate]
+
+
+def test_a_write_to_a_full_disk_names_the_file_and_aborting_it_raises_nothing(tmp_path) -> None:
+    """/dev/full answers every write with ENOSPC, as a full disk does."""
+    import errno
+
+    from transforms.sinks.files import _CountingStream, _LocalStore
+
+    with open('/dev/full', 'wb', buffering=0) as raw:
+        stream = _CountingStream(raw, str(tmp_path / '.part-1.jsonl.tmp'))
+        with pytest.raises(OSError) as info:
+            stream.write(b'{"op": "c"}\n')
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / '.part-1.jsonl.tmp')
+    assert stream.size == 0
+
+    buffered = open('/dev/full', 'wb')  # the store's abort closes it
+    buffered.write(b'x' * 100)  # buffered: the failing flush comes at close
+    temp = tmp_path / '.part-2.jsonl.tmp'
+    temp.write_bytes(b'partial')
+    _LocalStore().abort(buffered, str(temp))
+    assert buffered.closed and not temp.exists()

@@ -168,3 +168,19 @@ def test_the_demo_outside_a_source_checkout_says_why_in_one_line(monkeypatch, ca
     assert capsys.readouterr().err == (
         'python -m pipelines.demo: error: the demo runs from a source checkout (make demo): '
         'it borrows the test harness (tests/) to start a throwaway PostgreSQL\n')
+
+
+def test_a_full_disk_is_one_line_naming_the_file() -> None:
+    import errno
+
+    from pipelines.cdc import _setup_failure
+
+    full = OSError(errno.ENOSPC, 'No space left on device', '/data/out/public.t/.part-1.tmp')
+    failed = RuntimeError(f"{full} [while running 'WriteChangesToFiles/Write']")
+    failed.__cause__ = full
+    assert _setup_failure(failed) == (
+        'No space left on device: /data/out/public.t/.part-1.tmp (once that is fixed, run '
+        'again: what was not confirmed is read again)')
+    looped = RuntimeError('a bug')
+    looped.__cause__ = looped  # a cause chain that loops ends the search, not the program
+    assert _setup_failure(looped) is None

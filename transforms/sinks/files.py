@@ -22,6 +22,7 @@ and the S3/GCS options.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -35,7 +36,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, Any, cast
+from typing import IO, Any, NoReturn, cast
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -125,13 +126,17 @@ def _directory_name(table: TableSchema) -> str:
 class _CountingStream:
     """A write-only stream that counts what went through it (pyarrow needs ``tell``)."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, name: str = '') -> None:
         self.raw = raw
+        self.name = name  # for errors: a full disk's OSError names no file
         self.size = 0
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.raw.write(data)
+        try:
+            self.raw.write(data)
+        except OSError as exc:
+            _raise_naming(exc, self.name)
         self.size += len(data)
         return len(data)
 
@@ -156,6 +161,14 @@ class _CountingStream:
         self.closed = True
 
 
+def _raise_naming(exc: OSError, path: str) -> NoReturn:
+    """Raise ``exc``, with ``path`` as its file name when it names none (a failed write's does
+    not: "No space left on device" should say where)."""
+    if exc.filename is not None or not path:
+        raise exc
+    raise type(exc)(exc.errno, exc.strerror, path) from exc
+
+
 class _Store:
     """Creates a file under a temporary name, then commits (renames) or aborts it."""
 
@@ -175,9 +188,12 @@ class _LocalStore(_Store):
         return open(path, 'wb')
 
     def commit(self, raw: IO[bytes], temp: str, final: str) -> None:
-        raw.flush()
-        os.fsync(raw.fileno())
-        raw.close()
+        try:
+            raw.flush()
+            os.fsync(raw.fileno())  # a full disk may show only now
+            raw.close()
+        except OSError as exc:
+            _raise_naming(exc, temp)
         os.replace(temp, final)
         # The rename itself must survive a power loss, not just the file's contents.
         fd = os.open(os.path.dirname(final), os.O_RDONLY)
@@ -187,7 +203,10 @@ class _LocalStore(_Store):
             os.close(fd)
 
     def abort(self, raw: IO[bytes], temp: str) -> None:
-        raw.close()
+        # Closing flushes what is buffered, which fails again on a full disk: the file is
+        # closed all the same, and the error that made us abort is the one to report.
+        with contextlib.suppress(OSError):
+            raw.close()
         try:
             os.unlink(temp)
         except FileNotFoundError:
@@ -784,7 +803,7 @@ class _WriteFilesFn(beam.DoFn):
         temp = target.join(*parts, f'.part-{self._writer_id}-{self._sequence}'
                                    f'.{target.format}.tmp')
         raw = self._store.create(temp)
-        stream = _CountingStream(raw)
+        stream = _CountingStream(raw, temp)
         writer: _FormatWriter
         try:
             if target.format == 'avro':
