@@ -105,8 +105,9 @@ class Target(abc.ABC):
 
     def probe(self, timeout_s: float) -> str:
         """From a new connection that must connect and answer within ``timeout_s``: what the
-        batch connection's session is doing now, in a few words.  Raises when the server does
-        not answer, or no longer knows that session."""
+        batch connection's session is doing now, in a few words.  Raises ``OSError`` (a
+        ``ConnectionError``) when the server does not answer, or no longer knows that session;
+        anything else it raises means the server answered, with an error."""
         raise NotImplementedError
 
     @abc.abstractmethod
@@ -515,9 +516,11 @@ class Applier:
         target = self.target
         try:
             doing = target.probe(self._probe_timeout_s)
-        except Exception as exc:
+        except OSError as exc:  # no answer, or the session is gone (Target.probe)
             raise NoAnswer(f'nor did a check from a new connection within '
                            f'{self._probe_timeout_s:g} s ({target.describe(exc)})') from exc
+        except Exception as exc:  # an error from the server: it is there
+            doing = f'(a check from a new connection got {target.describe(exc)})'
         _LOG.warning('%s: still waiting for the target after %.0f s; it answers a new '
                      'connection, so the batch waits on: %s', target.step, waited, doing)
 

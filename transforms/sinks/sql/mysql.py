@@ -312,19 +312,42 @@ class _MySQLTarget(Target):
         session = conn.thread_id()  # the id the server sent when it greeted us
         args = {**self._args, 'connect_timeout': timeout_s, 'read_timeout': timeout_s,
                 'write_timeout': timeout_s}
-        other = _pymysql().connect(autocommit=True, defer_connect=True, **args)
+        pymysql = _pymysql()
+        other = pymysql.connect(autocommit=True, defer_connect=True, **args)
         try:
             other.connect(self._tcp_socket(timeout_s))
             with other.cursor() as cur:
                 cur.execute(sql.MY_SESSION_ACTIVITY, (session,))
                 row = cur.fetchone()
+                holders = self._row_lock_holders(cur, session) if row is not None else []
+        except pymysql.err.OperationalError as exc:
+            if exc.args and isinstance(exc.args[0], int) and exc.args[0] >= 2000:
+                # A client error (2003: cannot connect, 2013: lost the connection): no answer.
+                raise ConnectionError(self.describe(exc)) from exc
+            raise
         finally:
             other.close()
         if row is None:
             raise ConnectionError(f'the server has no session {session} any more')
         command, state, seconds_in, query = row
         doing = f'{command}, {state}' if state else command
-        return f'session {session} {doing} for {seconds_in} s: {query}'
+        held = f'; waits for row locks held by {"; ".join(holders)}' if holders else ''
+        return f'session {session} {doing} for {seconds_in} s: {query}{held}'
+
+    @staticmethod
+    def _row_lock_holders(cur: Any, session: int) -> list[str]:
+        """The sessions holding the InnoDB row locks ``session`` waits for, one line each;
+        empty when it waits for none, or when the user may not see InnoDB's transactions
+        (that needs the PROCESS privilege): the check must not fail for want of it."""
+        try:
+            cur.execute(sql.MY_ROW_LOCK_HOLDERS, (session,))
+            rows = cur.fetchall()
+        except _pymysql().err.MySQLError:
+            return []
+        # An idle session's last statement is not kept: its open transaction is what holds.
+        return [f'session {holder} (user {user}) {command} for {seconds} s: {query}' if query
+                else f'session {holder} (user {user}) idle in a transaction for {seconds} s'
+                for holder, user, command, seconds, query in rows]
 
     def is_retryable(self, exc: BaseException) -> bool:
         pymysql = _pymysql()

@@ -145,12 +145,17 @@ class _PostgresTarget(Target):
             raise ConnectionError('not connected')
         pid = conn.info.backend_pid  # a field libpq keeps: no round trip
         seconds = max(1, round(timeout_s))  # libpq's connect_timeout: whole seconds, 2 at least
-        with _psycopg().connect(pg_conninfo(self._dsn, connect_timeout=str(max(2, seconds))),
-                                autocommit=True) as other, \
-                answer_within(other.fileno(), timeout_s, 'the check'):
-            row = other.execute(sql.PG_SESSION_ACTIVITY, (pid,)).fetchone()
-            # Who holds the lock it waits for: what an operator needs to know.
-            locked = lock_wait(other, pid) if row is not None and row[1] == 'Lock' else None
+        psycopg = _psycopg()
+        try:
+            with psycopg.connect(pg_conninfo(self._dsn, connect_timeout=str(max(2, seconds))),
+                                 autocommit=True) as other, \
+                    answer_within(other.fileno(), timeout_s, 'the check'):
+                row = other.execute(sql.PG_SESSION_ACTIVITY, (pid,)).fetchone()
+                # Who holds the lock it waits for: what an operator needs to know.
+                locked = lock_wait(other, pid) if row is not None and row[1] == 'Lock' \
+                    else None
+        except psycopg.OperationalError as exc:  # could not connect, or the connection broke
+            raise ConnectionError(' '.join(str(exc).split())) from exc
         if row is None:
             raise ConnectionError(f'the server has no session {pid} any more')
         if locked is not None:

@@ -356,6 +356,17 @@ MY_SESSION_ACTIVITY = (
     "SELECT COMMAND, STATE, TIME, LEFT(COALESCE(INFO, ''), 100) "
     'FROM information_schema.PROCESSLIST WHERE ID = %s')
 
+# The sessions whose InnoDB transactions hold the row locks a session waits for (the
+# information_schema tables need the PROCESS privilege).
+MY_ROW_LOCK_HOLDERS = (
+    'SELECT DISTINCT b.trx_mysql_thread_id, p.USER, p.COMMAND, p.TIME, '
+    "LEFT(COALESCE(b.trx_query, p.INFO, ''), 100) "
+    'FROM information_schema.INNODB_TRX AS r '
+    'JOIN information_schema.INNODB_LOCK_WAITS AS w ON w.requesting_trx_id = r.trx_id '
+    'JOIN information_schema.INNODB_TRX AS b ON b.trx_id = w.blocking_trx_id '
+    'LEFT JOIN information_schema.PROCESSLIST AS p ON p.ID = b.trx_mysql_thread_id '
+    'WHERE r.trx_mysql_thread_id = %s')
+
 MY_TOMBSTONES_CURRENT = (
     'SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() '
     "AND TABLE_NAME = '_changebeam_tombstones' AND INDEX_NAME = 'written_at' "
