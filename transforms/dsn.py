@@ -14,7 +14,7 @@ import urllib.parse
 from typing import Any
 
 __all__ = ['MYSQL_PARAMS', 'PG_CONNECTION_DEFAULTS', 'Dsn', 'DsnError', 'display',
-           'mysql_connect_args', 'parse_dsn', 'pg_conninfo', 'redact']
+           'mysql_connect_args', 'parse_dsn', 'pg_conninfo', 'pg_error_from_server', 'redact']
 
 _SCHEMES = {'postgresql': 'postgresql', 'postgres': 'postgresql', 'mysql': 'mysql',
             'mariadb': 'mysql'}
@@ -71,6 +71,14 @@ def pg_conninfo(dsn: str, **params: str) -> str:
     defaults = {name: value for name, value in PG_CONNECTION_DEFAULTS.items()
                 if name not in given and name not in params}
     return conninfo.make_conninfo(dsn, **defaults, **params)
+
+
+def pg_error_from_server(exc: BaseException) -> bool:
+    """Whether a psycopg error is the server's own answer (too many clients, starting up, a
+    refused query) rather than no answer at all (refused, timed out, connection lost).  A
+    failed connect carries no SQLSTATE: libpq then shows the server's message as
+    ``FATAL:  …`` (in English unless the server's ``lc_messages`` says otherwise)."""
+    return bool(getattr(exc, 'sqlstate', None)) or 'FATAL:' in str(exc)
 
 
 MYSQL_PARAMS = frozenset({'unix_socket', 'charset', 'connect_timeout', 'read_timeout',

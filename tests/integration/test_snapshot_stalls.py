@@ -130,3 +130,42 @@ def test_a_snapshot_on_a_frozen_server_ends_with_an_error_not_a_hang(kind, tmp_p
     assert str(cause).startswith('the snapshot: no answer for '), str(cause)
     assert 'nor did a new connection within 2 s' in str(cause)
     assert waited < 30, waited
+
+
+def test_a_check_refused_for_too_many_connections_lets_the_work_go_on(monkeypatch) -> None:
+    """The source's checks (snapshot, slot creation, set-up) on a server at max_connections:
+    it refused the check, so it is there: nothing is cut.  A frozen one is no answer."""
+    import psycopg
+
+    from tests.services.postgres import PostgresServer
+    from transforms.sources.postgres import read
+    from transforms.sources.postgres.read import _ask_server
+
+    monkeypatch.setattr(read, 'CHECK_ANSWER_S', 2.0)  # 20 s in earnest
+    server = PostgresServer.start(extra_settings={
+        'max_connections': '4', 'superuser_reserved_connections': '0', 'max_wal_senders': '0'})
+    fillers: list[Any] = []
+    try:
+        dsn = server.dsn('postgres')
+        assert _ask_server(dsn, lambda conn: conn.execute('SELECT 42').fetchone()[0]) == 42
+        while True:
+            try:
+                fillers.append(psycopg.connect(dsn))
+            except psycopg.OperationalError:
+                break
+        assert _ask_server(dsn, lambda conn: conn.execute('SELECT 1')) is None
+        for conn in fillers:
+            conn.close()
+        fillers.clear()
+        server.freeze()
+        try:
+            began = time.monotonic()
+            with pytest.raises(NoAnswer, match='nor did a new connection within 2 s'):
+                _ask_server(dsn, lambda conn: conn.execute('SELECT 1'))
+            assert time.monotonic() - began < 10
+        finally:
+            server.thaw()
+    finally:
+        for conn in fillers:
+            conn.close()
+        server.stop()

@@ -256,3 +256,50 @@ def test_a_mariadb_sink_without_the_process_privilege_still_waits_and_says_why(m
     assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
     assert applying.letters == []
     assert my_rows(db) == my_expected(events)
+
+
+def test_a_check_refused_for_too_many_connections_counts_as_an_answer(caplog) -> None:
+    """A busy target at max_connections refuses the check's connection: the server answered,
+    so the batch is not cut short (cutting it would make it reconnect into the same refusal)."""
+    import psycopg
+
+    from tests.services.postgres import PostgresServer
+
+    caplog.set_level(logging.INFO, logger=_APPLY)
+    server = PostgresServer.start(extra_settings={
+        'max_connections': '6', 'superuser_reserved_connections': '0', 'max_wal_senders': '0'})
+    fillers: list[Any] = []
+    try:
+        db = server.database()
+        events = stream(count=300)
+        first, rest = events[:150], events[150:]
+        applier = Applier(_PostgresTarget(db.dsn), backoff_s=0.2, stall_check_s=1.0,
+                          probe_timeout_s=2.0)
+        applier.open()
+        assert applier.apply(first) == []
+        holder = db.connect()
+        holder.execute('BEGIN')
+        holder.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')
+        while True:  # every connection the server allows, taken
+            try:
+                fillers.append(psycopg.connect(db.dsn))
+            except psycopg.OperationalError:
+                break
+        applying = _Applying(applier, rest)
+        waiting = _wait_for_log(caplog, 'still waiting for the target', timeout=30)
+        for conn in fillers:
+            conn.close()
+        holder.execute('COMMIT')
+        holder.close()
+        applying.join(timeout=60)
+        applier.close()
+        assert waiting is not None, _warnings(caplog)
+        assert 'a check from a new connection got' in waiting, waiting
+        assert 'too many clients' in waiting, waiting
+        assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
+        assert applying.letters == []
+        assert pg_rows(db) == pg_expected(events)
+    finally:
+        for conn in fillers:
+            conn.close()
+        server.stop()

@@ -194,3 +194,23 @@ def test_mysql_connect_args_refuse_without_showing_the_password(dsn, params, pro
     with pytest.raises(ValueError, match=problem) as info:
         mysql_connect_args(dsn, params or MYSQL_PARAMS)
     assert 's3cret' not in str(info.value) and '***' in str(info.value)
+
+
+def test_a_postgres_error_sent_by_the_server_is_told_from_no_answer() -> None:
+    from transforms.dsn import pg_error_from_server
+
+    class Refused(Exception):
+        sqlstate = None
+
+    class Sent(Exception):
+        sqlstate = '53300'
+
+    assert pg_error_from_server(Sent('too many connections'))
+    assert pg_error_from_server(Refused(
+        'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: '
+        'FATAL:  sorry, too many clients already'))
+    assert not pg_error_from_server(Refused('connection timeout expired'))
+    assert not pg_error_from_server(Refused(
+        'connection failed: connection to server at "10.0.0.9", port 5432 failed: '
+        'Connection refused'))
+    assert not pg_error_from_server(OSError('the check: no answer from the server for 20 s'))

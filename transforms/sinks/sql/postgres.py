@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from transforms.deadline import answer_within
-from transforms.dsn import parse_dsn, pg_conninfo, redact
+from transforms.dsn import parse_dsn, pg_conninfo, pg_error_from_server, redact
 from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
@@ -154,7 +154,10 @@ class _PostgresTarget(Target):
                 # Who holds the lock it waits for: what an operator needs to know.
                 locked = lock_wait(other, pid) if row is not None and row[1] == 'Lock' \
                     else None
-        except psycopg.OperationalError as exc:  # could not connect, or the connection broke
+        except psycopg.OperationalError as exc:
+            if pg_error_from_server(exc):  # too many connections, …: it answers
+                raise
+            # Could not connect, or the connection broke: no answer.
             raise ConnectionError(' '.join(str(exc).split())) from exc
         if row is None:
             raise ConnectionError(f'the server has no session {pid} any more')

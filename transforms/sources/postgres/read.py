@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -47,7 +47,7 @@ from transforms.deadline import (
     answer_within,
     stall_watch,
 )
-from transforms.dsn import display, parse_dsn, pg_conninfo
+from transforms.dsn import display, parse_dsn, pg_conninfo, pg_error_from_server
 from transforms.envelope import ChangeEvent, Op
 from transforms.sources.postgres import catalog, pgtypes
 from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
@@ -85,6 +85,7 @@ from transforms.sources.stream_range import (
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
 
 _LOG = logging.getLogger(__name__)
+_T = TypeVar('_T')
 
 SNAPSHOT_MODES = ('initial', 'never', 'only')
 _SNAPSHOT_ATTEMPTS = 5
@@ -209,9 +210,7 @@ class _ReadSlotFn(StreamReadFn):
         pid = control.info.backend_pid
 
         def check(waited: float) -> None:
-            with _check_connection(self._config.dsn) as conn, answer_within(
-                    conn.fileno(), CHECK_ANSWER_S, 'the check'):
-                waiting = catalog.lock_wait(conn, pid)
+            waiting = _ask_server(self._config.dsn, lambda conn: catalog.lock_wait(conn, pid))
             if waiting is not None:
                 _LOG.warning('starting: %s; it goes on once they end', waiting)
 
@@ -663,9 +662,7 @@ def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapsh
     every = _SLOT_WAIT_REPORT_S if report_every_s is None else report_every_s
 
     def check(waited: float) -> None:
-        with _check_connection(dsn) as conn, answer_within(conn.fileno(), CHECK_ANSWER_S,
-                                                           'the check'):
-            blockers = catalog.slot_blockers(conn, waited)
+        blockers = _ask_server(dsn, lambda conn: catalog.slot_blockers(conn, waited))
         if blockers:
             _LOG.warning(
                 'creating slot %s has waited %.0f s for the transactions open when it began to '
@@ -673,7 +670,7 @@ def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapsh
                 '%s. It goes on once they commit or roll back (pg_terminate_backend(pid) ends a '
                 'session, ROLLBACK PREPARED a prepared transaction)', name, waited,
                 '; '.join(blockers))
-        else:
+        elif blockers is not None:
             _LOG.info('creating slot %s: still waiting after %.0f s', name, waited)
 
     with stall_watch(stream.fileno, every, check, f'creating slot {name}'):
@@ -689,13 +686,7 @@ def watched_by_a_new_connection(fileno: Callable[[], int | None], dsn: str, what
     ``CHECK_ANSWER_S`` (20 s), else the block's connection is shut down and the block fails
     with :class:`NoAnswer`."""
     def check(waited: float) -> None:
-        try:
-            with _check_connection(dsn) as conn, answer_within(conn.fileno(), CHECK_ANSWER_S,
-                                                               'the check'):
-                conn.execute('SELECT 1')
-        except Exception as exc:
-            raise NoAnswer(f'nor did a new connection within {CHECK_ANSWER_S:g} s '
-                           f'({" ".join(str(exc).split())})') from exc
+        _ask_server(dsn, lambda conn: conn.execute('SELECT 1'))
 
     return stall_watch(fileno, STALL_CHECK_S if every_s is None else every_s, check, what)
 
@@ -709,10 +700,21 @@ def _connect(dsn: str, **params: str) -> Any:
                            autocommit=True)
 
 
-def _check_connection(dsn: str) -> Any:
-    """A connection for a stall check: it must connect within ``CHECK_ANSWER_S`` too (libpq
-    counts whole seconds, 2 at least)."""
-    return _connect(dsn, connect_timeout=str(max(2, round(CHECK_ANSWER_S))))
+def _ask_server(dsn: str, ask: Callable[[Any], _T]) -> _T | None:
+    """A stall watch's check: ``ask(conn)`` on a new connection that must connect and answer
+    within ``CHECK_ANSWER_S`` (libpq counts whole seconds, 2 at least).  Raises
+    :class:`NoAnswer` when the server does not answer; None when it answers with an error of
+    its own (too many connections, starting up): it is there, which is what was asked."""
+    try:
+        with _connect(dsn, connect_timeout=str(max(2, round(CHECK_ANSWER_S)))) as conn, \
+                answer_within(conn.fileno(), CHECK_ANSWER_S, 'the check'):
+            return ask(conn)
+    except Exception as exc:
+        text = ' '.join(str(exc).split())
+        if pg_error_from_server(exc):
+            _LOG.info('a check from a new connection got an error from the server: %s', text)
+            return None
+        raise NoAnswer(f'nor did a new connection within {CHECK_ANSWER_S:g} s ({text})') from exc
 
 
 def _where(config: _SourceConfig, frame: Any) -> str:
