@@ -52,6 +52,7 @@ class _Watch:
         self._over = False
         self.fired = False
         self.reason = ''
+        self._timers: list[threading.Timer] = []
 
     @property
     def over(self) -> bool:
@@ -89,6 +90,28 @@ class _Watch:
         with self._lock:
             self._over = True
 
+    def start_timer(self, seconds: float, function: Callable[[], object]) -> None:
+        timer = threading.Timer(seconds, function)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    @contextmanager
+    def guarding(self, what: str) -> Iterator[None]:
+        """The block the watch guards: an error it raises after the watch fired becomes
+        :class:`NoAnswer` ("``what``: <reason>"); the timers end with it."""
+        try:
+            yield
+        except Exception as exc:
+            self.end()
+            if self.fired:
+                raise NoAnswer(f'{what}: {self.reason}') from exc
+            raise
+        finally:
+            self.end()
+            for timer in self._timers:
+                timer.cancel()
+
 
 @contextmanager
 def answer_within(fileno: int, seconds: float, what: str) -> Iterator[None]:
@@ -97,19 +120,10 @@ def answer_within(fileno: int, seconds: float, what: str) -> Iterator[None]:
     if not seconds > 0:
         raise ValueError(f'seconds {seconds!r} must be > 0')
     watch = _Watch(fileno)
-    timer = threading.Timer(seconds, watch.expire)
-    timer.daemon = True
-    timer.start()
-    try:
+    watch.start_timer(seconds,
+                      lambda: watch.expire(f'no answer from the server for {seconds:g} s'))
+    with watch.guarding(what):
         yield
-    except Exception as exc:
-        watch.end()
-        if watch.fired:
-            raise NoAnswer(f'{what}: no answer from the server for {seconds:g} s') from exc
-        raise
-    finally:
-        watch.end()
-        timer.cancel()
 
 
 @contextmanager
@@ -128,13 +142,6 @@ def stall_watch(fileno: Callable[[], int | None], every_s: float,
         raise ValueError(f'every_s {every_s!r} must be > 0')
     watch = _Watch(fileno)
     started = time.monotonic()
-    timers: list[threading.Timer] = []
-
-    def arm() -> None:
-        timer = threading.Timer(every_s, tick)
-        timer.daemon = True
-        timers.append(timer)
-        timer.start()
 
     def tick() -> None:
         if watch.over:
@@ -146,20 +153,11 @@ def stall_watch(fileno: Callable[[], int | None], every_s: float,
             if watch.expire(f'no answer for {waited:.0f} s, {exc}'):
                 return
         if not watch.over:
-            arm()
+            watch.start_timer(every_s, tick)
 
-    arm()
-    try:
+    watch.start_timer(every_s, tick)
+    with watch.guarding(what):
         yield
-    except Exception as exc:
-        watch.end()
-        if watch.fired:
-            raise NoAnswer(f'{what}: {watch.reason}') from exc
-        raise
-    finally:
-        watch.end()
-        for timer in timers:
-            timer.cancel()
 
 
 def notice_lost_peer(sock: socket.socket) -> None:

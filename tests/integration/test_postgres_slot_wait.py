@@ -7,12 +7,11 @@ waiting without a word; once that transaction ends, the slot is created and the 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from typing import Any
 
 import pytest
 
+from tests.integration.background import Background, wait_for_log
 from transforms.sources.postgres.read import create_slot
 from transforms.sources.postgres.replication import ReplicationStream
 
@@ -33,39 +32,24 @@ def test_creating_a_slot_names_the_open_transaction_it_waits_for(postgres, pg_db
     time.sleep(1.1)  # older than the slot creation by more than the report's rounding
 
     stream = ReplicationStream.connect(pg_db.dsn)
-    outcome: dict[str, Any] = {}
-
-    def create() -> None:
-        try:
-            outcome['created'] = create_slot(stream, pg_db.dsn, 'waits_for_a_session',
-                                             export_snapshot=False, report_every_s=0.5)
-        except BaseException as exc:
-            outcome['error'] = exc
-
-    thread = threading.Thread(target=create, daemon=True)
-    thread.start()
+    creating = Background(lambda: create_slot(stream, pg_db.dsn, 'waits_for_a_session',
+                                              export_snapshot=False, report_every_s=0.5))
     try:
-        warning = None
-        deadline = time.monotonic() + 30
-        while warning is None and time.monotonic() < deadline:
-            warning = next((r.getMessage() for r in caplog.records
-                            if f'process {pid} ' in r.getMessage()), None)
-            time.sleep(0.05)
-        assert thread.is_alive(), outcome  # still waiting: the transaction is open
+        warning = wait_for_log(caplog, lambda message: f'process {pid} ' in message, 30)
+        assert creating.is_alive(), creating.error  # still waiting: the transaction is open
     finally:
         blocker.execute('COMMIT')
         blocker.close()
-    thread.join(30)
-    assert not thread.is_alive(), 'the slot is still not created after the transaction ended'
+    assert creating.join(30), 'the slot is still not created after the transaction ended'
     try:
-        assert 'error' not in outcome, outcome
+        assert creating.error is None, creating.error
         assert warning is not None, [r.getMessage() for r in caplog.records]
         assert 'creating slot waits_for_a_session has waited' in warning
         assert f'process {pid} (database {other.name}, user ' in warning
         assert ', nightly-report) idle in transaction for ' in warning
         assert 'INSERT INTO t VALUES (1)' in warning
         assert 'pg_terminate_backend(pid)' in warning
-        assert outcome['created'].consistent_point > 0
+        assert creating.result.consistent_point > 0
         with pg_db.connect() as conn:
             assert conn.execute("SELECT count(*) FROM pg_replication_slots "
                                 "WHERE slot_name = 'waits_for_a_session'").fetchone()[0] == 1
@@ -101,30 +85,15 @@ def test_setting_up_names_the_session_holding_the_lock_it_waits_for(pg_db, tmp_p
          | ReadPostgresChanges(pg_db.dsn, tables=['public.t'], snapshot='never',
                                max_idle_secs=1, dead_letter=f'jsonl:{tmp_path / "dead"}')
          | beam.Map(lambda event: None))
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            pipeline.run().wait_until_finish()
-        except BaseException as exc:
-            outcome['error'] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    running = Background(lambda: pipeline.run().wait_until_finish())
     try:
-        warning = None
-        deadline = time.monotonic() + 60
-        while warning is None and time.monotonic() < deadline:
-            warning = next((r.getMessage() for r in caplog.records
-                            if r.getMessage().startswith('starting: ')), None)
-            time.sleep(0.05)
-        assert thread.is_alive(), outcome
+        warning = wait_for_log(caplog, lambda message: message.startswith('starting: '), 60)
+        assert running.is_alive(), running.error
     finally:
         holder.execute('COMMIT')
         holder.close()
-    thread.join(60)
-    assert not thread.is_alive(), 'the pipeline did not go on once the lock was released'
-    assert 'error' not in outcome, outcome
+    assert running.join(60), 'the pipeline did not go on once the lock was released'
+    assert running.error is None, running.error
     assert warning is not None, [r.getMessage() for r in caplog.records]
     assert "'CREATE PUBLICATION " in warning and ' has waited ' in warning
     assert f'for a lock held by process {pid} (database {pg_db.name}, user ' in warning

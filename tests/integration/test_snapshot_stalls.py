@@ -19,23 +19,10 @@ from typing import Any
 import apache_beam as beam
 import pytest
 
+from tests.integration.background import Background
 from transforms.deadline import NoAnswer
 
 pytestmark = pytest.mark.integration
-
-
-def _run_in_background(pipeline: beam.Pipeline) -> tuple[threading.Thread, dict[str, Any]]:
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            pipeline.run().wait_until_finish()
-        except BaseException as exc:
-            outcome['error'] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def _no_answer_in(exc: BaseException | None) -> NoAnswer | None:
@@ -110,23 +97,22 @@ def test_a_snapshot_on_a_frozen_server_ends_with_an_error_not_a_hang(kind, tmp_p
                                 "WHERE STATE LIKE 'Waiting for table metadata lock'")
                     return cur.fetchone()[0] > 0
         _ = pipeline | read | beam.Map(_hold_the_first_batch)
-        thread, outcome = _run_in_background(pipeline)
+        running = Background(lambda: pipeline.run().wait_until_finish())
         _wait_until(snapshot_waits, 60, 'the snapshot never started to wait for the lock')
         time.sleep(1.5)  # checks pass meanwhile: the server answers, the snapshot waits on
-        assert thread.is_alive(), outcome
+        assert running.is_alive(), running.error
         server.freeze()
         frozen = True
         began = time.monotonic()
-        thread.join(60)
+        still_waiting = not running.join(60)
         waited = time.monotonic() - began
-        still_waiting = thread.is_alive()
     finally:
         if frozen:
             server.thaw()
         server.stop()
     assert not still_waiting, 'the snapshot still waits on the frozen server'
-    cause = _no_answer_in(outcome.get('error'))
-    assert cause is not None, outcome
+    cause = _no_answer_in(running.error)
+    assert cause is not None, running.error
     assert str(cause).startswith('the snapshot: no answer for '), str(cause)
     assert 'nor did a new connection within 2 s' in str(cause)
     assert waited < 30, waited

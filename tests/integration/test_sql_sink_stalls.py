@@ -8,14 +8,13 @@ the log says what it waits for.  Real PostgreSQL 15 and MariaDB servers; "frozen
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
+from tests.integration.background import Background, wait_for_log
 from tests.integration.test_sql_sinks import (
     my_expected,
     my_rows,
@@ -33,36 +32,41 @@ pytestmark = pytest.mark.integration
 _APPLY = 'transforms.sinks.sql.apply'
 
 
-class _Applying:
-    """``applier.apply(events)`` on a thread of its own: what it returned or raised."""
-
-    def __init__(self, applier: Applier, events: list[ChangeEvent]) -> None:
-        self.letters: Any = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(applier, events), daemon=True)
-        self._thread.start()
-
-    def _run(self, applier: Applier, events: list[ChangeEvent]) -> None:
-        try:
-            self.letters = applier.apply(events)
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f'the batch still waits after {timeout} s more'
-        if self.error is not None:
-            raise self.error
+def _applying(applier: Applier, events: list[ChangeEvent]) -> Background:
+    return Background(lambda: applier.apply(events))
 
 
-def _wait_for_log(caplog: Any, text: str, timeout: float) -> str | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in caplog.records:
-            if text in record.getMessage():
-                return record.getMessage()
-        time.sleep(0.05)
-    return None
+def _applied(applying: Background, timeout: float = 60) -> Any:
+    """The dead letters of the batch, once it committed."""
+    assert applying.join(timeout), f'the batch still waits after {timeout} s more'
+    if applying.error is not None:
+        raise applying.error
+    return applying.result
+
+
+def _logged(caplog: Any, text: str, timeout: float = 30) -> str | None:
+    return wait_for_log(caplog, lambda message: text in message, timeout)
+
+
+def _half_applied(target: Any, *, mariadb_safe: bool
+                  ) -> tuple[Applier, list[ChangeEvent], list[ChangeEvent]]:
+    """An Applier checking after 1 s (answer within 2 s; 60 s and 20 s in earnest) that applied
+    the first half of a stream (so its table exists); the whole stream and the half to go."""
+    events = stream(count=300, mariadb_safe=mariadb_safe)
+    applier = Applier(target, backoff_s=0.2, stall_check_s=1.0, probe_timeout_s=2.0)
+    applier.open()
+    assert applier.apply(events[:150]) == []
+    return applier, events, events[150:]
+
+
+def _on_the_shared_server(kind: str, request: Any) -> tuple[Any, Any, Callable, Callable]:
+    """A database of the session's server, a sink target on it, and how to read and expect
+    its rows."""
+    if kind == 'postgres':
+        db = request.getfixturevalue('pg_db')
+        return db, _PostgresTarget(db.dsn), pg_rows, pg_expected
+    db = request.getfixturevalue('mariadb_db')
+    return db, _MySQLTarget(db.dsn), my_rows, my_expected
 
 
 def _warnings(caplog: Any) -> list[str]:
@@ -102,25 +106,20 @@ def test_a_batch_on_a_frozen_server_is_retried_on_a_new_connection(kind, caplog)
     after ``stall_check_s`` a new connection gets no answer either, the batch's connection is
     shut down and the batch retried; once the server runs again it commits, exactly."""
     caplog.set_level(logging.INFO, logger=_APPLY)
-    mariadb_safe = kind == 'mariadb'
-    events = stream(count=300, mariadb_safe=mariadb_safe)
-    first, rest = events[:150], events[150:]
     with _target_on_its_own_server(kind) as (server, target, rows, expected_of):
-        applier = Applier(target, backoff_s=0.2, stall_check_s=1.0, probe_timeout_s=2.0)
-        applier.open()
-        assert applier.apply(first) == []
+        applier, events, rest = _half_applied(target, mariadb_safe=kind == 'mariadb')
         server.freeze()
         try:
-            applying = _Applying(applier, rest)
-            gave_up = _wait_for_log(caplog, 'reconnecting in', timeout=30)
+            applying = _applying(applier, rest)
+            gave_up = _logged(caplog, 'reconnecting in', timeout=30)
         finally:
             server.thaw()
-        applying.join(timeout=60)
+        letters = _applied(applying)
         applier.close()
         assert gave_up is not None, _warnings(caplog)
         assert 'no answer for ' in gave_up
         assert 'nor did a check from a new connection within 2 s' in gave_up
-        assert applying.letters == []
+        assert letters == []
         assert rows() == expected_of(events)
 
 
@@ -131,19 +130,8 @@ def test_a_batch_waiting_for_a_lock_waits_and_the_log_says_for_what(kind, reques
     server answers the check, so the batch is not cut short (no reconnect); the warning names
     the wait; the batch commits once the lock is released."""
     caplog.set_level(logging.INFO, logger=_APPLY)
-    events = stream(count=300, mariadb_safe=kind == 'mariadb')
-    first, rest = events[:150], events[150:]
-    if kind == 'postgres':
-        db = request.getfixturevalue('pg_db')
-        target: Any = _PostgresTarget(db.dsn)
-        rows, expected = pg_rows, pg_expected
-    else:
-        db = request.getfixturevalue('mariadb_db')
-        target = _MySQLTarget(db.dsn)
-        rows, expected = my_rows, my_expected
-    applier = Applier(target, backoff_s=0.2, stall_check_s=1.0, probe_timeout_s=2.0)
-    applier.open()
-    assert applier.apply(first) == []
+    db, target, rows, expected = _on_the_shared_server(kind, request)
+    applier, events, rest = _half_applied(target, mariadb_safe=kind == 'mariadb')
     with db.connect() as holder:
         if kind == 'postgres':
             holder.execute("SET application_name = 'maintenance'")
@@ -152,14 +140,14 @@ def test_a_batch_waiting_for_a_lock_waits_and_the_log_says_for_what(kind, reques
         else:
             with holder.cursor() as cur:
                 cur.execute('LOCK TABLES `items` READ')
-        applying = _Applying(applier, rest)
-        waiting = _wait_for_log(caplog, 'still waiting for the target', timeout=30)
+        applying = _applying(applier, rest)
+        waiting = _logged(caplog, 'still waiting for the target', timeout=30)
         if kind == 'postgres':
             holder.execute('COMMIT')
         else:
             with holder.cursor() as cur:
                 cur.execute('UNLOCK TABLES')
-    applying.join(timeout=60)
+    letters = _applied(applying)
     applier.close()
     assert waiting is not None, _warnings(caplog)
     assert 'lock' in waiting.lower(), waiting
@@ -168,7 +156,7 @@ def test_a_batch_waiting_for_a_lock_waits_and_the_log_says_for_what(kind, reques
         assert ', maintenance) idle in transaction for ' in waiting, waiting
         assert 'LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE' in waiting, waiting
     assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
-    assert applying.letters == []
+    assert letters == []
     assert rows(db) == expected(events)
 
 
@@ -178,19 +166,8 @@ def test_a_batch_waiting_for_row_locks_names_the_session_holding_them(kind, requ
     """An application holds rows of the target locked (``SELECT … FOR UPDATE`` in an open
     transaction): the warning names that session and its statement."""
     caplog.set_level(logging.INFO, logger=_APPLY)
-    events = stream(count=300, mariadb_safe=kind == 'mariadb')
-    first, rest = events[:150], events[150:]
-    if kind == 'postgres':
-        db = request.getfixturevalue('pg_db')
-        target: Any = _PostgresTarget(db.dsn)
-        rows, expected = pg_rows, pg_expected
-    else:
-        db = request.getfixturevalue('mariadb_db')
-        target = _MySQLTarget(db.dsn)
-        rows, expected = my_rows, my_expected
-    applier = Applier(target, backoff_s=0.2, stall_check_s=1.0, probe_timeout_s=2.0)
-    applier.open()
-    assert applier.apply(first) == []
+    db, target, rows, expected = _on_the_shared_server(kind, request)
+    applier, events, rest = _half_applied(target, mariadb_safe=kind == 'mariadb')
     with db.connect() as holder:
         if kind == 'postgres':
             holder.execute('BEGIN')
@@ -202,13 +179,13 @@ def test_a_batch_waiting_for_row_locks_names_the_session_holding_them(kind, requ
                 cur.execute('SELECT id FROM `items` FOR UPDATE')
                 cur.fetchall()
             session = holder.thread_id()
-        applying = _Applying(applier, rest)
-        waiting = _wait_for_log(caplog, 'still waiting for the target', timeout=30)
+        applying = _applying(applier, rest)
+        waiting = _logged(caplog, 'still waiting for the target', timeout=30)
         if kind == 'postgres':
             holder.execute('COMMIT')
         else:
             holder.commit()
-    applying.join(timeout=60)
+    letters = _applied(applying)
     applier.close()
     assert waiting is not None, _warnings(caplog)
     if kind == 'postgres':
@@ -217,7 +194,7 @@ def test_a_batch_waiting_for_row_locks_names_the_session_holding_them(kind, requ
     else:  # MariaDB keeps no statement of an idle session
         assert (f'waits for row locks held by session {session} (user {db.server.user}) '
                 'idle in a transaction for ') in waiting, waiting
-    assert applying.letters == []
+    assert letters == []
     assert rows(db) == expected(events)
 
 
@@ -232,21 +209,17 @@ def test_a_mariadb_sink_without_the_process_privilege_still_waits_and_says_why(m
         cur.execute("CREATE USER IF NOT EXISTS 'cb_limited'@'%' IDENTIFIED BY 'pw'")
         cur.execute(f"GRANT ALL ON `{db.name}`.* TO 'cb_limited'@'%'")
     dsn = f'mysql://cb_limited:pw@127.0.0.1:{db.server.port}/{db.name}'
-    events = stream(count=300, mariadb_safe=True)
-    first, rest = events[:150], events[150:]
-    applier = Applier(_MySQLTarget(dsn), backoff_s=0.2, stall_check_s=1.0, probe_timeout_s=2.0)
+    applier, events, rest = _half_applied(_MySQLTarget(dsn), mariadb_safe=True)
     try:
-        applier.open()
-        assert applier.apply(first) == []
         with db.connect() as holder:
             with holder.cursor() as cur:
                 cur.execute('START TRANSACTION')
                 cur.execute('SELECT id FROM `items` FOR UPDATE')
                 cur.fetchall()
-            applying = _Applying(applier, rest)
-            waiting = _wait_for_log(caplog, 'still waiting for the target', timeout=30)
+            applying = _applying(applier, rest)
+            waiting = _logged(caplog, 'still waiting for the target', timeout=30)
             holder.commit()
-        applying.join(timeout=60)
+        letters = _applied(applying)
     finally:
         applier.close()
         with db.connect() as admin, admin.cursor() as cur:
@@ -254,7 +227,7 @@ def test_a_mariadb_sink_without_the_process_privilege_still_waits_and_says_why(m
     assert waiting is not None, _warnings(caplog)
     assert 'Updating for ' in waiting and 'row locks held by' not in waiting, waiting
     assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
-    assert applying.letters == []
+    assert letters == []
     assert my_rows(db) == my_expected(events)
 
 
@@ -271,12 +244,7 @@ def test_a_check_refused_for_too_many_connections_counts_as_an_answer(caplog) ->
     fillers: list[Any] = []
     try:
         db = server.database()
-        events = stream(count=300)
-        first, rest = events[:150], events[150:]
-        applier = Applier(_PostgresTarget(db.dsn), backoff_s=0.2, stall_check_s=1.0,
-                          probe_timeout_s=2.0)
-        applier.open()
-        assert applier.apply(first) == []
+        applier, events, rest = _half_applied(_PostgresTarget(db.dsn), mariadb_safe=False)
         holder = db.connect()
         holder.execute('BEGIN')
         holder.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')
@@ -285,19 +253,19 @@ def test_a_check_refused_for_too_many_connections_counts_as_an_answer(caplog) ->
                 fillers.append(psycopg.connect(db.dsn))
             except psycopg.OperationalError:
                 break
-        applying = _Applying(applier, rest)
-        waiting = _wait_for_log(caplog, 'still waiting for the target', timeout=30)
+        applying = _applying(applier, rest)
+        waiting = _logged(caplog, 'still waiting for the target', timeout=30)
         for conn in fillers:
             conn.close()
         holder.execute('COMMIT')
         holder.close()
-        applying.join(timeout=60)
+        letters = _applied(applying)
         applier.close()
         assert waiting is not None, _warnings(caplog)
         assert 'a check from a new connection got' in waiting, waiting
         assert 'too many clients' in waiting, waiting
         assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
-        assert applying.letters == []
+        assert letters == []
         assert pg_rows(db) == pg_expected(events)
     finally:
         for conn in fillers:
