@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import urllib.parse
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_T = TypeVar('_T')
 
 __all__ = ['MYSQL_PARAMS', 'PG_CONNECTION_DEFAULTS', 'Dsn', 'DsnError', 'display',
-           'mysql_connect_args', 'parse_dsn', 'pg_conninfo', 'pg_error_from_server', 'redact']
+           'mysql_connect_args', 'mysql_error_from_server', 'parse_dsn', 'pg_ask',
+           'pg_conninfo', 'pg_error_from_server', 'redact']
 
 _SCHEMES = {'postgresql': 'postgresql', 'postgres': 'postgresql', 'mysql': 'mysql',
             'mariadb': 'mysql'}
@@ -79,6 +83,33 @@ def pg_error_from_server(exc: BaseException) -> bool:
     failed connect carries no SQLSTATE: libpq then shows the server's message as
     ``FATAL:  …`` (in English unless the server's ``lc_messages`` says otherwise)."""
     return bool(getattr(exc, 'sqlstate', None)) or 'FATAL:' in str(exc)
+
+
+def pg_ask(dsn: str, ask: Callable[[Any], _T], timeout_s: float) -> _T:
+    """``ask(conn)`` on a new autocommit connection that must connect and answer within
+    ``timeout_s`` (libpq's connect timeout counts whole seconds, 2 at least): what the stall
+    checks ask a server that may hang.  ``ConnectionError`` when it does not answer (refused,
+    timed out, lost); the server's own errors (too many clients, …) as psycopg raises them."""
+    import psycopg
+
+    from transforms.deadline import answer_within
+
+    info = pg_conninfo(dsn, connect_timeout=str(max(2, round(timeout_s))))
+    try:
+        with psycopg.connect(info, autocommit=True) as conn, \
+                answer_within(conn.fileno(), timeout_s, 'the check'):
+            return ask(conn)
+    except psycopg.Error as exc:
+        if pg_error_from_server(exc):
+            raise
+        raise ConnectionError(' '.join(str(exc).split())) from exc
+
+
+def mysql_error_from_server(exc: BaseException) -> bool:
+    """Whether a PyMySQL error is the server's own answer (its error numbers are below 2000;
+    2000 and up are the client's: cannot connect, lost the connection)."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return code is not None and code < 2000
 
 
 MYSQL_PARAMS = frozenset({'unix_socket', 'charset', 'connect_timeout', 'read_timeout',

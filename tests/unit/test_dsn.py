@@ -214,3 +214,13 @@ def test_a_postgres_error_sent_by_the_server_is_told_from_no_answer() -> None:
         'connection failed: connection to server at "10.0.0.9", port 5432 failed: '
         'Connection refused'))
     assert not pg_error_from_server(OSError('the check: no answer from the server for 20 s'))
+
+
+def test_a_mysql_error_sent_by_the_server_is_told_from_no_answer() -> None:
+    from transforms.dsn import mysql_error_from_server
+
+    assert mysql_error_from_server(Exception(1040, 'Too many connections'))
+    assert mysql_error_from_server(Exception(1227, 'Access denied; you need the PROCESS ...'))
+    assert not mysql_error_from_server(Exception(2003, "Can't connect to MySQL server"))
+    assert not mysql_error_from_server(Exception(2013, 'Lost connection to MySQL server'))
+    assert not mysql_error_from_server(OSError('timed out'))

@@ -25,7 +25,7 @@ from itertools import accumulate
 from typing import Any
 
 from transforms.deadline import notice_lost_peer
-from transforms.dsn import mysql_connect_args, parse_dsn, redact
+from transforms.dsn import mysql_connect_args, mysql_error_from_server, parse_dsn, redact
 from transforms.envelope import Column, Kind, TableSchema, encode_json_value
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
@@ -321,10 +321,10 @@ class _MySQLTarget(Target):
                 row = cur.fetchone()
                 holders = self._row_lock_holders(cur, session) if row is not None else []
         except pymysql.err.OperationalError as exc:
-            if exc.args and isinstance(exc.args[0], int) and exc.args[0] >= 2000:
-                # A client error (2003: cannot connect, 2013: lost the connection): no answer.
-                raise ConnectionError(self.describe(exc)) from exc
-            raise
+            if mysql_error_from_server(exc):
+                raise
+            # 2003: cannot connect, 2013: lost the connection: no answer.
+            raise ConnectionError(self.describe(exc)) from exc
         finally:
             other.close()
         if row is None:

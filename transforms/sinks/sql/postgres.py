@@ -20,8 +20,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from transforms.deadline import answer_within
-from transforms.dsn import parse_dsn, pg_conninfo, pg_error_from_server, redact
+from transforms.dsn import parse_dsn, pg_ask, pg_conninfo, redact
 from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
@@ -144,21 +143,13 @@ class _PostgresTarget(Target):
         if conn is None:
             raise ConnectionError('not connected')
         pid = conn.info.backend_pid  # a field libpq keeps: no round trip
-        seconds = max(1, round(timeout_s))  # libpq's connect_timeout: whole seconds, 2 at least
-        psycopg = _psycopg()
-        try:
-            with psycopg.connect(pg_conninfo(self._dsn, connect_timeout=str(max(2, seconds))),
-                                 autocommit=True) as other, \
-                    answer_within(other.fileno(), timeout_s, 'the check'):
-                row = other.execute(sql.PG_SESSION_ACTIVITY, (pid,)).fetchone()
-                # Who holds the lock it waits for: what an operator needs to know.
-                locked = lock_wait(other, pid) if row is not None and row[1] == 'Lock' \
-                    else None
-        except psycopg.OperationalError as exc:
-            if pg_error_from_server(exc):  # too many connections, …: it answers
-                raise
-            # Could not connect, or the connection broke: no answer.
-            raise ConnectionError(' '.join(str(exc).split())) from exc
+
+        def ask(other: Any) -> tuple[Any, str | None]:
+            row = other.execute(sql.PG_SESSION_ACTIVITY, (pid,)).fetchone()
+            # Who holds the lock it waits for: what an operator needs to know.
+            return row, lock_wait(other, pid) if row is not None and row[1] == 'Lock' else None
+
+        row, locked = pg_ask(self._dsn, ask, timeout_s)
         if row is None:
             raise ConnectionError(f'the server has no session {pid} any more')
         if locked is not None:

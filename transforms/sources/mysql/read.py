@@ -41,7 +41,14 @@ from apache_beam.utils.timestamp import Timestamp
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, WriteDeadLetters, parse_dead_letter_uri
 from transforms.deadline import CHECK_ANSWER_S, STALL_CHECK_S, NoAnswer, stall_watch
-from transforms.dsn import MYSQL_PARAMS, display, mysql_connect_args, parse_dsn, redact
+from transforms.dsn import (
+    MYSQL_PARAMS,
+    display,
+    mysql_connect_args,
+    mysql_error_from_server,
+    parse_dsn,
+    redact,
+)
 from transforms.envelope import (
     MAX_EPOCH,
     ChangeEvent,
@@ -629,8 +636,7 @@ class _ReadBinlogFn(StreamReadFn):
             finally:
                 conn.close()
         except Exception as exc:
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            if code is not None and code < 2000:  # the server's own error: it answers
+            if mysql_error_from_server(exc):  # it answers
                 _LOG.info('a check from a new connection got an error from the server: %s',
                           exc)
                 return

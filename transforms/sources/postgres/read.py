@@ -47,7 +47,7 @@ from transforms.deadline import (
     answer_within,
     stall_watch,
 )
-from transforms.dsn import display, parse_dsn, pg_conninfo, pg_error_from_server
+from transforms.dsn import display, parse_dsn, pg_ask, pg_conninfo
 from transforms.envelope import ChangeEvent, Op
 from transforms.sources.postgres import catalog, pgtypes
 from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
@@ -677,44 +677,40 @@ def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapsh
         return stream.create_slot(name, export_snapshot=export_snapshot, temporary=temporary)
 
 
-def watched_by_a_new_connection(fileno: Callable[[], int | None], dsn: str, what: str,
-                                every_s: float | None = None
-                                ) -> AbstractContextManager[None]:
+def watched_by_a_new_connection(fileno: Callable[[], int | None], dsn: str,
+                                what: str) -> AbstractContextManager[None]:
     """A block of work on one connection (a snapshot's COPY, which may take hours) that the
     server could leave waiting for ever by hanging with the connection open: every
-    ``every_s`` (default ``STALL_CHECK_S``, 60 s) a new connection must get an answer within
-    ``CHECK_ANSWER_S`` (20 s), else the block's connection is shut down and the block fails
+    ``STALL_CHECK_S`` (60 s) a new connection must get an answer within ``CHECK_ANSWER_S``
+    (20 s), else the block's connection is shut down and the block fails
     with :class:`NoAnswer`."""
     def check(waited: float) -> None:
         _ask_server(dsn, lambda conn: conn.execute('SELECT 1'))
 
-    return stall_watch(fileno, STALL_CHECK_S if every_s is None else every_s, check, what)
+    return stall_watch(fileno, STALL_CHECK_S, check, what)
 
 
-def _connect(dsn: str, **params: str) -> Any:
+def _connect(dsn: str) -> Any:
     """A control or snapshot connection (autocommit, the session settings the decoder
-    expects, the connection timeouts of transforms.dsn unless ``params`` say otherwise)."""
+    expects, the connection timeouts of transforms.dsn)."""
     import psycopg
 
-    return psycopg.connect(pg_conninfo(dsn, options=SESSION_OPTIONS, **params),
-                           autocommit=True)
+    return psycopg.connect(pg_conninfo(dsn, options=SESSION_OPTIONS), autocommit=True)
 
 
 def _ask_server(dsn: str, ask: Callable[[Any], _T]) -> _T | None:
     """A stall watch's check: ``ask(conn)`` on a new connection that must connect and answer
-    within ``CHECK_ANSWER_S`` (libpq counts whole seconds, 2 at least).  Raises
-    :class:`NoAnswer` when the server does not answer; None when it answers with an error of
-    its own (too many connections, starting up): it is there, which is what was asked."""
+    within ``CHECK_ANSWER_S``.  Raises :class:`NoAnswer` when the server does not answer; None
+    when it answers with an error of its own (too many connections, starting up): it is
+    there, which is what was asked."""
     try:
-        with _connect(dsn, connect_timeout=str(max(2, round(CHECK_ANSWER_S)))) as conn, \
-                answer_within(conn.fileno(), CHECK_ANSWER_S, 'the check'):
-            return ask(conn)
+        return pg_ask(dsn, ask, CHECK_ANSWER_S)
+    except ConnectionError as exc:
+        raise NoAnswer(f'nor did a new connection within {CHECK_ANSWER_S:g} s ({exc})') from exc
     except Exception as exc:
-        text = ' '.join(str(exc).split())
-        if pg_error_from_server(exc):
-            _LOG.info('a check from a new connection got an error from the server: %s', text)
-            return None
-        raise NoAnswer(f'nor did a new connection within {CHECK_ANSWER_S:g} s ({text})') from exc
+        _LOG.info('a check from a new connection got an error from the server: %s',
+                  ' '.join(str(exc).split()))
+        return None
 
 
 def _where(config: _SourceConfig, frame: Any) -> str:
