@@ -13,8 +13,9 @@ import argparse
 import dataclasses
 import re
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from transforms.dead_letter import parse_dead_letter_uri
 from transforms.dsn import Dsn, DsnError, display, parse_dsn
 
 __all__ = [
@@ -108,8 +109,9 @@ class CdcOptions(PipelineOptions):
                  '(default: run forever).')
         group.add_argument(
             '--dead_letter', default=None,
-            help='Where records that cannot be decoded or written go, as jsonl:DIR '
-                 '(default: DIR/_dead_letters under a jsonl:DIR sink, else ./dead-letters).')
+            help='Where records that cannot be decoded or written go, as jsonl:DIR, DIR a '
+                 'directory, gs://… or s3://… (default: DIR/_dead_letters under a file sink\'s '
+                 'DIR, else ./dead-letters; required on Dataflow with a database sink).')
         group.add_argument(
             '--slot_name', default=None,
             help='PostgreSQL replication slot to create or resume (default: changebeam_<db>).')
@@ -124,7 +126,8 @@ class CdcOptions(PipelineOptions):
         group.add_argument(
             '--schema_registry', default=None,
             help='Where table schema versions are kept: a directory, gs://… or s3://… '
-                 '(default: DIR/_schemas under a jsonl:DIR sink, else ./schemas).')
+                 '(default: DIR/_schemas under a file sink\'s DIR, else ./schemas; required '
+                 'on Dataflow with a database sink).')
         group.add_argument(
             '--heartbeat_secs', default='10',
             help='How often an idle source writes a heartbeat so the slot keeps advancing '
@@ -138,7 +141,7 @@ class CdcOptions(PipelineOptions):
             '--offset_store', default=None,
             help='Where a MySQL/MariaDB source records the binlog position the sink reached: '
                  'a file path, gs://… or s3://… (default: DIR/_offsets/NAME.json under a '
-                 'jsonl:DIR sink, else ./offsets/NAME.json; NAME is --server_name).')
+                 'file sink\'s DIR, else ./offsets/NAME.json; NAME is --server_name).')
         group.add_argument(
             '--server_name', default=None,
             help='Logical name of the source in events (source.name; default: the DB name).')
@@ -214,14 +217,19 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         if not opts.dead_letter.startswith('jsonl:') or len(opts.dead_letter) <= len('jsonl:'):
             raise OptionError('--dead_letter', opts.dead_letter, 'use jsonl:DIR')
         dead_letter = opts.dead_letter
-    elif sink.is_file and '://' not in sink.target:
-        dead_letter = f'jsonl:{sink.target.rstrip("/")}/_dead_letters'
+    elif _beside(sink):  # beside the files, also in a bucket (a worker's disk is not kept)
+        dead_letter = f'jsonl:{_beside(sink)}/_dead_letters'
     else:
         dead_letter = 'jsonl:dead-letters'
+    try:
+        parse_dead_letter_uri(dead_letter)
+    except ValueError:
+        raise OptionError('--dead_letter', dead_letter, 'use jsonl:DIR with DIR a local '
+                          'directory, gs://BUCKET/… or s3://BUCKET/…') from None
     if opts.schema_registry:
         schema_registry = opts.schema_registry
-    elif sink.is_file and '://' not in sink.target:
-        schema_registry = f'{sink.target.rstrip("/")}/_schemas'
+    elif _beside(sink):
+        schema_registry = f'{_beside(sink)}/_schemas'
     else:
         schema_registry = 'schemas'
     slot = opts.slot_name or _default_slot(source.database)
@@ -233,7 +241,7 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
     heartbeat = _positive_float('--heartbeat_secs', opts.heartbeat_secs, allow_zero=True)
     progress = _choice('--progress', opts.progress, ('on', 'off', 'auto'))
     server_name = opts.server_name or source.database or 'changebeam'
-    return CdcConfig(
+    config = CdcConfig(
         source=source,
         tables=_tables(opts.tables or ''),
         sink=sink,
@@ -252,6 +260,59 @@ def validate_cdc(options: PipelineOptions) -> CdcConfig:
         reconnect_secs=_positive_float('--reconnect_secs', opts.reconnect_secs,
                                        allow_zero=True) or 0.0,
     )
+    _check_runner(options, config, given={'--dead_letter': bool(opts.dead_letter),
+                                          '--schema_registry': bool(opts.schema_registry),
+                                          '--offset_store': bool(opts.offset_store)})
+    return config
+
+
+def _runner_name(options: PipelineOptions) -> str:
+    """'direct', 'dataflow', 'flink', 'spark', … from --runner however it is spelled."""
+    runner = options.view_as(StandardOptions).runner or 'DirectRunner'
+    name = str(runner).rsplit('.', 1)[-1].lower()
+    return name[:-len('runner')] if name.endswith('runner') and name != 'runner' else name
+
+
+def _check_runner(options: PipelineOptions, config: CdcConfig, given: dict[str, bool]) -> None:
+    """What the runner needs for the sources' guarantees to hold.
+
+    The sources confirm a position (the slot's, the offset store's) in Beam's bundle
+    finalizer, once the sink committed: a runner that never calls it would never let the slot
+    advance.  And what must outlive a worker (files, dead letters, schema versions, binlog
+    offsets) cannot live on a Dataflow worker's disk, which is discarded with the worker."""
+    runner = _runner_name(options)
+    if runner in ('spark', 'sparkportable'):
+        raise OptionError('--runner', options.view_as(StandardOptions).runner,
+                          "Spark's runner never calls Beam's bundle finalizer, where the "
+                          'sources confirm what the sink committed (the slot or offset would '
+                          'never advance): use DirectRunner, DataflowRunner or FlinkRunner')
+    if runner == 'flink':
+        every = options.get_all_options(retain_unknown_options=True)
+        if not every.get('streaming') or not every.get('checkpointing_interval'):
+            raise OptionError('--runner', options.view_as(StandardOptions).runner,
+                              "Flink calls Beam's bundle finalizer, where the sources confirm "
+                              'what the sink committed, only in streaming mode after a '
+                              'checkpoint: add --streaming --checkpointing_interval=MILLISECONDS')
+    if runner != 'dataflow':
+        return
+    stored = {'--dead_letter': parse_dead_letter_uri(config.dead_letter),
+              '--schema_registry': config.schema_registry}
+    if config.source.kind == 'mysql' and config.snapshot != 'only':
+        stored['--offset_store'] = config.offset_store
+    if config.sink.is_file:
+        stored = {'--sink': config.sink.target, **stored}
+    for option, where in stored.items():
+        if where.startswith(('gs://', 's3://')):
+            continue
+        if option == '--sink' or given.get(option):
+            shown = f'{config.sink.kind}:{where}' if option == '--sink' else \
+                f'jsonl:{where}' if option == '--dead_letter' else where
+            raise OptionError(option, shown, "on DataflowRunner a worker's disk is discarded "
+                              'with the worker: use gs://BUCKET/… or s3://BUCKET/…')
+        raise OptionError(option, None, 'is required on DataflowRunner unless the sink is '
+                          f'files in gs:// or s3:// (the default, {where}, would be on a '
+                          "worker's disk, discarded with the worker): use gs://BUCKET/… or "
+                          's3://BUCKET/…')
 
 
 def _retention_hours(value: str | None) -> float:
@@ -264,6 +325,15 @@ def _retention_hours(value: str | None) -> float:
     return hours
 
 
+def _beside(sink: SinkSpec) -> str | None:
+    """The directory of a file sink that can also hold dead letters, schema versions and
+    offsets (local, gs:// or s3://; the sink itself refuses other schemes)."""
+    if not sink.is_file or ('://' in sink.target
+                            and not sink.target.startswith(('gs://', 's3://'))):
+        return None
+    return sink.target.rstrip('/')
+
+
 def _offset_store(value: str | None, sink: SinkSpec, server_name: str) -> str:
     if value:
         scheme, sep, rest = value.partition('://')
@@ -273,8 +343,8 @@ def _offset_store(value: str | None, sink: SinkSpec, server_name: str) -> str:
                               'use a file path, gs://BUCKET/PATH or s3://BUCKET/PATH')
         return value
     name = re.sub(r'[^A-Za-z0-9_.-]', '_', server_name) + '.json'
-    if sink.is_file and '://' not in sink.target:
-        return f'{sink.target.rstrip("/")}/_offsets/{name}'
+    if _beside(sink):
+        return f'{_beside(sink)}/_offsets/{name}'
     return f'offsets/{name}'
 
 

@@ -17,6 +17,9 @@ Only after the pipeline finished, i.e. the sink committed, are the redriven lett
 run does not apply them again.  Database sinks would ignore them anyway: every target row keeps
 the source position that last wrote it (``_cb_pos``) and older events are skipped.  A letter
 that holds no event (undecodable WAL, an unencodable value) is counted as skipped and stays.
+
+DIR may be ``gs://…`` or ``s3://…`` (dead letters written by a distributed runner): read and
+written through Beam's FileSystems, configured by the pipeline options given (``--s3_*``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
@@ -39,9 +43,11 @@ from transforms.dead_letter import (
     NotAnEvent,
     WriteDeadLetters,
     event_from_payload,
+    is_remote,
     parse_dead_letter_uri,
 )
 from transforms.envelope import ChangeEvent
+from transforms.retry import with_retries
 
 __all__ = ['Inventory', 'Letter', 'main', 'move_aside', 'read_dead_letters']
 
@@ -94,15 +100,52 @@ _NOT_AN_EVENT = 'not an event'
 _OTHER_STEP = 'other step'
 
 
+# -- the dead-letter directory: local (appended, fsynced, renamed) or gs:// / s3:// (objects
+#    written whole through Beam's FileSystems, which the pipeline options configure)
+
+def _join(directory: str, name: str) -> str:
+    return f'{directory.rstrip("/")}/{name}' if is_remote(directory) else \
+        os.path.join(directory, name)
+
+
+def _split(path: str) -> tuple[str, str]:
+    return tuple(path.rsplit('/', 1)) if is_remote(path) else os.path.split(path)  # type: ignore[return-value]
+
+
+def _letter_files(directory: str) -> list[str]:
+    """The ``*.jsonl`` files directly in ``directory``, sorted by name."""
+    if is_remote(directory):
+        from apache_beam.io.filesystems import FileSystems
+
+        found = FileSystems.match([_join(directory, '*.jsonl')])[0].metadata_list
+        return sorted(m.path for m in found)
+    if not os.path.isdir(directory):
+        return []
+    return [os.path.join(directory, n) for n in sorted(os.listdir(directory))
+            if n.endswith('.jsonl') and os.path.isfile(os.path.join(directory, n))]
+
+
+def _read_text(path: str) -> str:
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path, compression_type='uncompressed') as handle:
+            return handle.read().decode('utf-8')
+    with open(path, encoding='utf-8') as handle:
+        return handle.read()
+
+
+def _directory_exists(directory: str) -> bool:
+    if is_remote(directory):
+        return True  # a prefix: "no letters" is an empty listing, not an error
+    return os.path.isdir(directory)
+
+
 def read_dead_letters(directory: str, only_step: str | None = None) -> Inventory:
     """Every letter of the ``*.jsonl`` files directly in ``directory`` (not ``redriven/``)."""
     letters = []
-    names = sorted(n for n in os.listdir(directory) if n.endswith('.jsonl')
-                   and os.path.isfile(os.path.join(directory, n)))
-    for name in names:
-        path = os.path.join(directory, name)
-        with open(path, encoding='utf-8') as handle:
-            lines = handle.read().splitlines()
+    for path in _letter_files(directory):
+        lines = _read_text(path).splitlines()
         for number, line in enumerate(lines, 1):
             if line.strip():
                 letters.append(_letter(path, number, line, only_step))
@@ -144,7 +187,11 @@ def move_aside(inventory: Inventory) -> int:
         if not done:
             continue
         kept = [letter.line for letter in letters if letter.event is None]
-        directory, name = os.path.split(path)
+        directory, name = _split(path)
+        if is_remote(path):
+            _move_aside_object(path, _join(_join(directory, REDRIVEN), name), done, kept)
+            touched += 1
+            continue
         aside = os.path.join(directory, REDRIVEN)
         os.makedirs(aside, exist_ok=True)
         _append(os.path.join(aside, name), done)
@@ -161,6 +208,35 @@ def move_aside(inventory: Inventory) -> int:
     return touched
 
 
+def _move_aside_object(path: str, aside: str, done: list[str], kept: list[str]) -> None:
+    """``move_aside`` for an object: objects cannot be appended to or renamed, so the object
+    in ``redriven/`` is written whole (what an earlier run moved there, then ``done``) before
+    the original is written again with ``kept`` only, or deleted."""
+    from apache_beam.io.filesystems import FileSystems
+
+    earlier = _read_text(aside) if FileSystems.exists(aside) else ''
+    _write_object(aside, earlier + ''.join(line + '\n' for line in done))
+    if kept:
+        _write_object(path, ''.join(line + '\n' for line in kept))
+    elif path.startswith('gs://'):
+        # One request: FileSystems deletes through GCS's batch API, which emulators lack.
+        from apache_beam.io.gcp.gcsio import GcsIO
+
+        GcsIO().delete(path)
+    else:
+        FileSystems.delete([path])
+
+
+def _write_object(path: str, text: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    def write() -> None:
+        with FileSystems.create(path, mime_type='application/x-ndjson') as handle:
+            handle.write(text.encode('utf-8'))
+
+    with_retries(write, f'writing {path}')
+
+
 def _append(path: str, lines: Iterable[str]) -> None:
     with open(path, 'a', encoding='utf-8') as handle:
         handle.write(''.join(line + '\n' for line in lines))
@@ -169,14 +245,9 @@ def _append(path: str, lines: Iterable[str]) -> None:
 
 
 def _count_lines(directory: str, before: set[str]) -> int:
-    if not os.path.isdir(directory):
-        return 0
-    total = 0
-    for name in set(os.listdir(directory)) - before:
-        if name.endswith('.jsonl'):
-            with open(os.path.join(directory, name), encoding='utf-8') as handle:
-                total += sum(1 for line in handle if line.strip())
-    return total
+    """Letters in the ``*.jsonl`` files of ``directory`` that are not in ``before``."""
+    return sum(sum(1 for line in _read_text(path).splitlines() if line.strip())
+               for path in set(_letter_files(directory)) - before)
 
 
 def build(pipeline: beam.Pipeline, events: Sequence[ChangeEvent], sink: SinkSpec,
@@ -243,11 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             directory = parse_dead_letter_uri(args.dead_letter)
         except ValueError:
             raise OptionError('--dead_letter', args.dead_letter, 'use jsonl:DIR') from None
-        if not os.path.isdir(directory):
+        if not _directory_exists(directory):
             raise OptionError('--dead_letter', args.dead_letter, 'no such directory')
         sink = parse_sink(args.sink)
         stamp = dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
-        failed = args.failed or f'jsonl:{os.path.join(directory, f"failed-{stamp}")}'
+        failed = args.failed or f'jsonl:{_join(directory, f"failed-{stamp}")}'
         try:
             failed_dir = parse_dead_letter_uri(failed)
         except ValueError:
@@ -264,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger('apache_beam.runners').setLevel(logging.CRITICAL)
 
+    options = PipelineOptions(beam_args)
+    options.view_as(StandardOptions).runner = args.runner
+    FileSystems.set_options(options)  # gs:// and s3:// letters are read before the pipeline
     inventory = read_dead_letters(directory, args.only_step)
     events = inventory.events
     duplicates = inventory.count() - len(events)
@@ -273,9 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _LOG.info('redriving %d event(s) from %s into %s', len(events), directory,
               sink.target if sink.is_file else sink.kind)
-    options = PipelineOptions(beam_args)
-    options.view_as(StandardOptions).runner = args.runner
-    before = set(os.listdir(failed_dir)) if os.path.isdir(failed_dir) else set()
+    before = set(_letter_files(failed_dir))
     pipeline = beam.Pipeline(options=options)
     build(pipeline, events, sink, failed, tombstone_retention_hours=retention_hours)
     try:

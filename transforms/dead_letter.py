@@ -7,8 +7,10 @@ with :class:`WriteDeadLetters`::
     results = events | 'ApplyChanges' >> beam.ParDo(_ApplyFn()).with_outputs(DEAD_LETTER, main='ok')
     results[DEAD_LETTER] | 'WriteDeadLetters' >> WriteDeadLetters('jsonl:/var/lib/cb/dead')
 
-A dead-letter file is JSON Lines, one record a line, appended and fsynced per bundle, so what a
-bundle reported is on disk before the source acknowledges the bundle's position.
+A dead-letter file is JSON Lines, one record a line, so what a bundle reported is stored before
+the source acknowledges the bundle's position: in a local directory appended to one file per
+worker and fsynced per bundle; under ``gs://`` or ``s3://`` (where a distributed runner's
+workers keep nothing) one object per bundle, which appears whole or not at all.
 
 A sink's dead letter carries the event it could not write as :func:`event_payload`, which
 :func:`event_from_payload` turns back into the same :class:`~transforms.envelope.ChangeEvent`,
@@ -29,6 +31,7 @@ from typing import IO, Any
 import apache_beam as beam
 
 from transforms.envelope import ChangeEvent, EnvelopeError, from_debezium_json, to_debezium_json
+from transforms.retry import with_retries
 from transforms.schema.registry import schema_from_json, schema_to_json
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     'WriteDeadLetters',
     'event_from_payload',
     'event_payload',
+    'is_remote',
     'parse_dead_letter_uri',
 ]
 
@@ -132,25 +136,43 @@ def event_from_payload(payload: Any) -> ChangeEvent:
         raise NotAnEvent(f'event.{exc}') from None
 
 
+_REMOTE = ('gs://', 's3://')
+
+
 def parse_dead_letter_uri(uri: str) -> str:
-    """The directory of a ``jsonl:DIR`` URI; ValueError naming the URI otherwise."""
+    """The directory of a ``jsonl:DIR`` URI (DIR local, ``gs://BUCKET[/…]`` or
+    ``s3://BUCKET[/…]``); ValueError naming the URI otherwise."""
     scheme, sep, path = uri.partition(':')
     if not sep or scheme != 'jsonl' or not path:
         raise ValueError(f'dead-letter URI {uri!r} is not supported; use jsonl:DIR')
+    if '://' in path and (not path.startswith(_REMOTE)
+                          or not path.split('://', 1)[1].split('/', 1)[0]):
+        # Anything else would become a local directory named after the scheme.
+        raise ValueError(f'dead-letter URI {uri!r} is not supported; use jsonl:DIR with DIR '
+                         'a local directory, gs://BUCKET/… or s3://BUCKET/…')
     return path
 
 
+def is_remote(directory: str) -> bool:
+    """Whether a dead-letter directory is in object storage rather than on this machine."""
+    return directory.startswith(_REMOTE)
+
+
 class _WriteDeadLettersFn(beam.DoFn):
-    """Appends each bundle's dead letters to a per-worker JSONL file, fsynced at bundle end."""
+    """Stores each bundle's dead letters before the bundle ends: appended to a per-worker JSONL
+    file and fsynced, or in object storage as one object per bundle."""
 
     def __init__(self, directory: str) -> None:
         self._directory = directory
 
     def setup(self) -> None:
-        os.makedirs(self._directory, exist_ok=True)
         # One file per DoFn instance: concurrent workers never interleave partial lines.
-        name = f'dead-letters-{uuid.uuid4().hex[:12]}.jsonl'
-        self._path = os.path.join(self._directory, name)
+        self._instance = uuid.uuid4().hex[:12]
+        self._remote = is_remote(self._directory)
+        self._bundles = 0
+        if not self._remote:
+            os.makedirs(self._directory, exist_ok=True)
+        self._path = os.path.join(self._directory, f'dead-letters-{self._instance}.jsonl')
         self._file: IO[str] | None = None
         self._lock = threading.Lock()
 
@@ -166,13 +188,34 @@ class _WriteDeadLettersFn(beam.DoFn):
         if not self._lines:
             return
         with self._lock:
-            if self._file is None:
-                self._file = open(self._path, 'a', encoding='utf-8')
-            self._file.write(''.join(self._lines))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        _LOG.warning('%d dead letter(s) written to %s', len(self._lines), self._path)
+            if self._remote:
+                path = self._write_object(''.join(self._lines).encode())
+            else:
+                path = self._path
+                if self._file is None:
+                    self._file = open(self._path, 'a', encoding='utf-8')
+                self._file.write(''.join(self._lines))
+                self._file.flush()
+                os.fsync(self._file.fileno())
+        _LOG.warning('%d dead letter(s) written to %s', len(self._lines), path)
         self._lines = []
+
+    def _write_object(self, data: bytes) -> str:
+        """One object per bundle (objects cannot be appended to), named so that a listing
+        sorts them in the order this worker wrote them.  A failed upload is made again; one
+        that keeps failing fails the bundle, so the source confirms nothing of it."""
+        from apache_beam.io.filesystems import FileSystems
+
+        self._bundles += 1
+        path = (f'{self._directory.rstrip("/")}/dead-letters-{self._instance}-'
+                f'{self._bundles:08d}.jsonl')
+
+        def upload() -> None:
+            with FileSystems.create(path, mime_type='application/x-ndjson') as handle:
+                handle.write(data)
+
+        with_retries(upload, f'writing dead letters to {path}')
+        return path
 
     def teardown(self) -> None:
         handle = getattr(self, '_file', None)

@@ -53,11 +53,19 @@ def test_dead_letters_go_under_a_local_file_sink_directory() -> None:
     assert config(sink='parquet:rel/dir').dead_letter == 'jsonl:rel/dir/_dead_letters'
 
 
-@pytest.mark.parametrize('sink', ['jsonl:gs://bucket/lake', 'avro:s3://bucket/lake',
-                                  'postgresql://u@replica/shop', 'mysql://u@replica/shop'])
-def test_dead_letters_default_to_a_local_directory_for_remote_and_database_sinks(
-        sink: str) -> None:
+@pytest.mark.parametrize('sink, stored', [('jsonl:gs://bucket/lake', 'gs://bucket/lake'),
+                                           ('avro:s3://bucket/lake/', 's3://bucket/lake')])
+def test_what_must_be_kept_goes_beside_files_in_a_bucket(sink: str, stored: str) -> None:
+    cfg = config(sink=sink, source='mysql://cdc@db.example/shop')
+    assert cfg.dead_letter == f'jsonl:{stored}/_dead_letters'
+    assert cfg.schema_registry == f'{stored}/_schemas'
+    assert cfg.offset_store == f'{stored}/_offsets/shop.json'
+
+
+@pytest.mark.parametrize('sink', ['postgresql://u@replica/shop', 'mysql://u@replica/shop'])
+def test_dead_letters_default_to_a_local_directory_for_database_sinks(sink: str) -> None:
     assert config(sink=sink).dead_letter == 'jsonl:dead-letters'
+    assert config(sink=sink).schema_registry == 'schemas'
 
 
 def test_explicit_dead_letter_directory_wins() -> None:
@@ -69,6 +77,91 @@ def test_bad_dead_letter_uri(value: str) -> None:
     error = rejected('--dead_letter', value)
     assert error.option == '--dead_letter'
     assert str(error) == f'--dead_letter {value!r}: use jsonl:DIR'
+
+
+@pytest.mark.parametrize('value', ['jsonl:ftp://host/dead', 'jsonl:gs:///dead', 'jsonl:s3://'])
+def test_a_dead_letter_uri_that_would_become_a_local_directory_is_refused(value: str) -> None:
+    error = rejected('--dead_letter', value)
+    assert str(error) == (f'--dead_letter {value!r}: use jsonl:DIR with DIR a local directory, '
+                          'gs://BUCKET/… or s3://BUCKET/…')
+
+
+@pytest.mark.parametrize('value', ['jsonl:gs://bucket', 'jsonl:s3://bucket/cdc/dead'])
+def test_dead_letters_in_a_bucket(value: str) -> None:
+    assert config('--dead_letter', value).dead_letter == value
+
+
+# -- what the runner must do for the guarantees to hold -----------------------------------------
+
+def test_spark_is_refused_it_never_finalizes_bundles() -> None:
+    error = rejected('--runner', 'SparkRunner')
+    assert error.option == '--runner'
+    assert "never calls Beam's bundle finalizer" in str(error)
+
+
+@pytest.mark.parametrize('extra', [(), ('--streaming',), ('--checkpointing_interval=10000',)])
+def test_flink_needs_streaming_and_checkpoints(extra: tuple[str, ...]) -> None:
+    error = rejected('--runner', 'FlinkRunner', *extra)
+    assert str(error) == (
+        "--runner 'FlinkRunner': Flink calls Beam's bundle finalizer, where the sources confirm "
+        'what the sink committed, only in streaming mode after a checkpoint: add --streaming '
+        '--checkpointing_interval=MILLISECONDS')
+
+
+def test_flink_with_streaming_and_checkpoints() -> None:
+    cfg = config('--runner', 'FlinkRunner', '--streaming', '--checkpointing_interval', '10000')
+    assert cfg.sink == SinkSpec('jsonl', '/data/lake')
+
+
+DATAFLOW = ('--runner', 'DataflowRunner')
+
+
+def test_dataflow_refuses_files_on_a_workers_disk() -> None:
+    error = rejected(*DATAFLOW, sink='parquet:/data/lake')
+    assert str(error) == ("--sink 'parquet:/data/lake': on DataflowRunner a worker's disk is "
+                          'discarded with the worker: use gs://BUCKET/… or s3://BUCKET/…')
+
+
+@pytest.mark.parametrize('option, value', [('--dead_letter', 'jsonl:/var/dead'),
+                                           ('--schema_registry', '/var/schemas')])
+def test_dataflow_refuses_a_local_directory_given_for_what_must_be_kept(
+        option: str, value: str) -> None:
+    error = rejected(*DATAFLOW, option, value, sink='jsonl:gs://b/lake')
+    assert error.option == option
+    assert str(error).startswith(f'{option} {value!r}: ')
+    assert "a worker's disk is discarded" in str(error)
+
+
+def test_dataflow_with_a_database_sink_needs_dead_letters_and_registry_named() -> None:
+    sink = 'postgresql://u@replica/shop'
+    error = rejected(*DATAFLOW, sink=sink)
+    assert str(error) == (
+        "--dead_letter None: is required on DataflowRunner unless the sink is files in gs:// "
+        "or s3:// (the default, dead-letters, would be on a worker's disk, discarded with the "
+        'worker): use gs://BUCKET/… or s3://BUCKET/…')
+    error = rejected(*DATAFLOW, '--dead_letter', 'jsonl:gs://b/dead', sink=sink)
+    assert error.option == '--schema_registry'
+    cfg = config(*DATAFLOW, '--dead_letter', 'jsonl:gs://b/dead', '--schema_registry',
+                 's3://b/schemas', sink=sink)
+    assert cfg.schema_registry == 's3://b/schemas'
+
+
+def test_dataflow_with_a_mysql_source_needs_the_offset_store_kept() -> None:
+    mysql = 'mysql://cdc@db.example/shop'
+    kept = ('--dead_letter', 'jsonl:gs://b/dead', '--schema_registry', 'gs://b/schemas')
+    error = rejected(*DATAFLOW, *kept, source=mysql, sink='mysql://u@replica/shop')
+    assert error.option == '--offset_store'
+    assert config(*DATAFLOW, *kept, '--snapshot', 'only', source=mysql,
+                  sink='mysql://u@replica/shop').snapshot == 'only'  # a backfill keeps none
+    assert config(*DATAFLOW, source=mysql, sink='avro:gs://b/lake').offset_store == \
+        'gs://b/lake/_offsets/shop.json'
+
+
+@pytest.mark.parametrize('runner', ['DirectRunner', 'apache_beam.runners.direct.DirectRunner',
+                                    'PortableRunner'])
+def test_other_runners_keep_local_directories(runner: str) -> None:
+    assert config('--runner', runner, sink='postgresql://u@r/shop').dead_letter == \
+        'jsonl:dead-letters'
 
 
 @pytest.mark.parametrize('database, slot', [
