@@ -77,12 +77,17 @@ def pg_conninfo(dsn: str, **params: str) -> str:
     return conninfo.make_conninfo(dsn, **defaults, **params)
 
 
+# libpq shows an error the server sent as "SEVERITY:  message", two spaces after the colon,
+# the severity in the server's lc_messages (FATAL, VAZHNO, …); its own errors never look so.
+_SERVER_SAID = re.compile(r'(?:^|: )[^\s:]+:  \S')
+
+
 def pg_error_from_server(exc: BaseException) -> bool:
     """Whether a psycopg error is the server's own answer (too many clients, starting up, a
     refused query) rather than no answer at all (refused, timed out, connection lost).  A
     failed connect carries no SQLSTATE: libpq then shows the server's message as
-    ``FATAL:  …`` (in English unless the server's ``lc_messages`` says otherwise)."""
-    return bool(getattr(exc, 'sqlstate', None)) or 'FATAL:' in str(exc)
+    ``FATAL:  …``, the severity in the server's language."""
+    return bool(getattr(exc, 'sqlstate', None)) or _SERVER_SAID.search(str(exc)) is not None
 
 
 def pg_ask(dsn: str, ask: Callable[[Any], _T], timeout_s: float) -> _T:

@@ -209,7 +209,19 @@ def test_a_postgres_error_sent_by_the_server_is_told_from_no_answer() -> None:
     assert pg_error_from_server(Refused(
         'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: '
         'FATAL:  sorry, too many clients already'))
+    # The severity is in the server's lc_messages (as PostgreSQL 15 servers answered with
+    # de_DE.UTF-8 and ru_RU.UTF-8):
+    assert pg_error_from_server(Refused(
+        'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: '
+        'FATAL:  tut mir leid, schon zu viele Verbindungen'))
+    assert pg_error_from_server(Refused(
+        'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: '
+        'VAZHNO:  izvinite, uzhe slishkom mnogo klientov'))
     assert not pg_error_from_server(Refused('connection timeout expired'))
+    assert not pg_error_from_server(Refused(
+        'connection failed: connection to server at "10.0.0.9", port 5432 failed: '
+        'server closed the connection unexpectedly\n\tThis probably means the server '
+        'terminated abnormally\n\tbefore or while processing the request.'))
     assert not pg_error_from_server(Refused(
         'connection failed: connection to server at "10.0.0.9", port 5432 failed: '
         'Connection refused'))
