@@ -81,3 +81,43 @@ def test_every_avro_file_reads_with_its_own_and_with_the_latest_schema(
             # columns the latest schema lacks are skipped; ones it added read as null
             assert after['memo'] == event.after.get('memo')
     assert sorted(seen) == list(range(1, 3 * (len(STEPS) + 1) + 1))
+
+
+def test_parquet_lake_through_the_cli_holds_every_row_of_every_version(
+        pg_db: Any, tmp_path: Path) -> None:
+    """The versions EvolveSchema gives are content-derived 63-bit numbers: the Parquet column
+    holding them was int32, so through the CLI every event became a dead letter and the lake
+    stayed empty (the exit status 0)."""
+    import pyarrow.parquet as pq
+
+    from tests.transforms.test_files_sink import parquet_to_events
+
+    lake = tmp_path / 'lake'
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE items (id integer PRIMARY KEY, qty integer, '
+                     'note varchar(10))')
+        conn.execute("INSERT INTO items VALUES (1, 10, 'one')")  # in the snapshot
+        cdc = start_cdc(pg_db.dsn, lake, *CAUGHT_UP_OPTIONS, '--sink', f'parquet:{lake}',
+                        '--schema_registry', str(lake / '_schemas'))
+        slot = f'changebeam_{pg_db.name}'
+        wait_for_slot(conn, slot)
+        conn.execute("INSERT INTO items VALUES (2, 20, 'two')")
+        conn.execute('ALTER TABLE items ALTER COLUMN qty TYPE bigint')
+        conn.execute("INSERT INTO items VALUES (3, 3000000000, 'three')")
+        conn.execute('UPDATE items SET note = NULL WHERE id = 1')
+        stop_when_caught_up(cdc, conn, slot)
+    assert not list(lake.glob('_dead_letters/*.jsonl'))
+    versions = {v.version: v.schema
+                for v in SchemaRegistry(str(lake / '_schemas')).versions('public.items')}
+    assert len(versions) == 2 and all(v > 2**31 for v in versions)  # as fingerprints are
+    got = []
+    for path in sorted(lake.glob('public.items/v=*/part-*.parquet')):
+        version = int(path.parent.name[2:])
+        data = pq.read_table(path)
+        assert set(data.column('schema_version').to_pylist()) == {version}
+        got += parquet_to_events(data, versions[version])
+    rows = sorted((e.source.sort_key, e.op.value, e.after) for e in got if e.op.value != 'm')
+    assert [row[1:] for row in rows] == [('r', {'id': 1, 'qty': 10, 'note': 'one'}),
+                                         ('c', {'id': 2, 'qty': 20, 'note': 'two'}),
+                                         ('c', {'id': 3, 'qty': 3000000000, 'note': 'three'}),
+                                         ('u', {'id': 1, 'qty': 10, 'note': None})]

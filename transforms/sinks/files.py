@@ -575,7 +575,7 @@ def _parquet_layout(table: TableSchema, version: int) -> _ParquetLayout:
         ('ts_ms', pa.int64()),
         ('transaction', pa.struct([('id', pa.string()), ('total_order', pa.int64()),
                                    ('data_collection_order', pa.int64())])),
-        ('schema_version', pa.int32()),
+        ('schema_version', pa.int64()),  # content-derived: 63 bits
         ('unchanged', names),
         ('message', pa.string()),  # the JSON text of an 'm' event's payload
         ('before_absent', names),
