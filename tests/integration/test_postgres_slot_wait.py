@@ -126,3 +126,49 @@ def test_a_backfill_with_no_replication_slot_free_says_what_to_do(tmp_path) -> N
     assert 'raise max_replication_slots' in last and 'pg_drop_replication_slot' in last
     assert 'Traceback' not in output
     assert not list((tmp_path / 'out').rglob('*.jsonl'))
+
+
+@pytest.mark.parametrize('mode', ['initial', 'only'])
+def test_a_stop_while_the_slot_waits_ends_the_pipeline_at_once(pg_db, tmp_path,
+                                                               mode: str) -> None:
+    """SIGTERM (or Ctrl-C) while the slot waits for a session idle in a transaction: the wait
+    was inside libpq, where Python's signal handler never ran, so neither a first nor a second
+    signal did anything.  Now the creation is cancelled, nothing is left behind, exit 0."""
+    import signal
+    import subprocess
+
+    from tests.integration.test_postgres_source import start_cdc
+
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE t (id integer PRIMARY KEY)')
+        conn.execute('INSERT INTO t VALUES (1)')
+    blocker = pg_db.connect()
+    blocker.execute('BEGIN')
+    blocker.execute('INSERT INTO t VALUES (2)')
+    cdc = start_cdc(pg_db.dsn, tmp_path / 'out', '--snapshot', mode)
+    try:
+        with pg_db.connect() as conn:
+            deadline = time.monotonic() + 60
+            while not conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' "
+                    "AND query LIKE 'CREATE_REPLICATION_SLOT%'").fetchone()[0]:
+                assert cdc.poll() is None, cdc.communicate()[0][-3000:]
+                assert time.monotonic() < deadline, 'the slot creation never started'
+                time.sleep(0.1)
+            time.sleep(0.5)  # waiting for the blocker's transaction now
+            cdc.send_signal(signal.SIGTERM)
+            try:
+                output, _ = cdc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                raise AssertionError('SIGTERM did not stop a pipeline whose slot waits') from None
+            assert cdc.returncode == 0, output[-3000:]
+            assert 'CREATE_REPLICATION_SLOT cancelled: a stop was asked for before streaming ' \
+                'began: stopping' in output, output[-3000:]
+            assert conn.execute('SELECT count(*) FROM pg_replication_slots').fetchone()[0] == 0
+            assert not list((tmp_path / 'out').glob('*/part-*'))  # nothing was read
+    finally:
+        if cdc.poll() is None:
+            cdc.kill()
+            cdc.wait()
+        blocker.execute('ROLLBACK')
+        blocker.close()

@@ -66,6 +66,7 @@ from transforms.sources.postgres.pgoutput import (
 )
 from transforms.sources.postgres.replication import (
     SESSION_OPTIONS,
+    Interrupted,
     ReplicationError,
     ReplicationStream,
     SlotCreated,
@@ -214,8 +215,12 @@ class _ReadSlotFn(StreamReadFn):
             if waiting is not None:
                 _LOG.warning('starting: %s; it goes on once they end', waiting)
 
-        with stall_watch(control.fileno, _SLOT_WAIT_REPORT_S, check, 'starting'):
-            yield from self._set_up(start, tracker, finalizer)
+        try:
+            with stall_watch(control.fileno, _SLOT_WAIT_REPORT_S, check, 'starting'):
+                yield from self._set_up(start, tracker, finalizer)
+        except Interrupted as exc:
+            # SIGTERM / Ctrl-C while a slot waited for transactions to end: nothing was read.
+            _LOG.info('%s before streaming began: stopping', exc)
 
     def _set_up(self, start: int, tracker: Any, finalizer: Any) -> Iterator[Any]:
         config = self._config
@@ -270,8 +275,12 @@ class _ReadSlotFn(StreamReadFn):
                 start_lsn = parse_lsn(slot.confirmed_flush or '0/0')
                 break
             self._set_marker(_SNAPSHOT_PENDING)
-            created = create_slot(stream, config.dsn, config.slot,
-                                  export_snapshot=wants_snapshot)
+            try:
+                created = create_slot(stream, config.dsn, config.slot,
+                                      export_snapshot=wants_snapshot, until=STOP)
+            except BaseException:
+                stream.close()
+                raise
             start_lsn = created.consistent_point
             _LOG.info('created slot %s at %s', config.slot, format_lsn(start_lsn))
             if not wants_snapshot:
@@ -319,7 +328,7 @@ class _ReadSlotFn(StreamReadFn):
                 try:
                     created = create_slot(stream, self._config.dsn,
                                           f'changebeam_backfill_{secrets.token_hex(6)}',
-                                          export_snapshot=True, temporary=True)
+                                          export_snapshot=True, temporary=True, until=STOP)
                 except ReplicationError as exc:
                     if exc.sqlstate != '53400':  # configuration_limit_exceeded
                         raise
@@ -650,7 +659,8 @@ _FAST_KINDS = b'IU'  # the frames ChangeAssembler.change_from_frame may take
 
 
 def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapshot: bool,
-                temporary: bool = False, report_every_s: float | None = None) -> SlotCreated:
+                temporary: bool = False, report_every_s: float | None = None,
+                until: threading.Event | None = None) -> SlotCreated:
     """``stream.create_slot``, saying what it waits for when that takes long.
 
     A logical slot starts at a point where no transaction that had written is open, so
@@ -658,7 +668,8 @@ def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapsh
     server: a session left idle in a transaction, or a forgotten prepared transaction, makes it
     wait for ever without a word.  Every ``report_every_s`` (default 30 s) a new connection
     looks them up, and a warning names them and what ends them.  A server that does not
-    answer that connection either has the slot's connection shut down (:class:`NoAnswer`)."""
+    answer that connection either has the slot's connection shut down (:class:`NoAnswer`).
+    Setting ``until`` (a stop was asked for) cancels the wait: :class:`Interrupted`."""
     every = _SLOT_WAIT_REPORT_S if report_every_s is None else report_every_s
 
     def check(waited: float) -> None:
@@ -674,7 +685,8 @@ def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapsh
             _LOG.info('creating slot %s: still waiting after %.0f s', name, waited)
 
     with stall_watch(stream.fileno, every, check, f'creating slot {name}'):
-        return stream.create_slot(name, export_snapshot=export_snapshot, temporary=temporary)
+        return stream.create_slot(name, export_snapshot=export_snapshot, temporary=temporary,
+                                  until=until)
 
 
 def watched_by_a_new_connection(fileno: Callable[[], int | None], dsn: str,

@@ -35,6 +35,7 @@ _STATUS = struct.Struct('!cQQQq?')
 _STATUS_INTERVAL_S = 5.0  # well under the default wal_sender_timeout of 60 s
 _STATUS_EVERY = 256  # frames of a burst between checks whether a status update is due
 _SILENCE_S = 20.0  # no answer to a status update that asked for one: the connection is dead
+_COMMAND_POLL_S = 0.5  # how often a waiting command looks whether to give up
 
 SESSION_OPTIONS = ('-c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex '
                    '-c TimeZone=UTC -c extra_float_digits=3')
@@ -58,6 +59,10 @@ class ReplicationError(RuntimeError):
         connection that broke (it lets go within ``wal_sender_timeout``)."""
         state = self.sqlstate or ''
         return state[:2] in ('08', '53') or state in ('57P01', '57P02', '57P03', '55006')
+
+
+class Interrupted(ReplicationError):
+    """A command given up (cancelled on the server) because the caller asked to stop."""
 
 
 class ConnectionLost(ReplicationError):
@@ -163,12 +168,40 @@ class ReplicationStream:
 
     # -- commands ------------------------------------------------------------------------------
 
-    def _command(self, sql: str) -> list[tuple[str | None, ...]]:
+    def _command(self, sql: str,
+                 until: threading.Event | None = None) -> list[tuple[str | None, ...]]:
+        """Run a replication command; once ``until`` is set, cancel it (:class:`Interrupted`
+        unless it completed meanwhile).
+
+        The wait is on the socket here, not inside libpq (``exec_``): Python runs a signal's
+        handler only between bytecodes, so while a command waits long (a slot waiting for
+        transactions to end) Ctrl-C, even a second one, would do nothing."""
         from psycopg import pq
 
-        result = self._pgconn.exec_(sql.encode())
-        if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-            raise _result_error(self._pgconn, result)
+        pgconn = self._pgconn
+        cancelled = False
+        results = []
+        try:
+            pgconn.send_query(sql.encode())
+            while True:
+                pgconn.consume_input()
+                if not pgconn.is_busy():
+                    break
+                if until is not None and until.is_set() and not cancelled:
+                    pgconn.get_cancel().cancel()
+                    cancelled = True  # the server's answer to the cancel comes next
+                select.select([pgconn.socket], [], [], _COMMAND_POLL_S)
+            while (result := pgconn.get_result()) is not None:
+                results.append(result)
+        except psycopg_errors().OperationalError as exc:
+            raise ConnectionLost(f'replication connection lost: {exc}') from exc
+        result = results[-1] if results else None
+        if result is None or result.status not in (pq.ExecStatus.TUPLES_OK,
+                                                   pq.ExecStatus.COMMAND_OK):
+            error = _result_error(pgconn, result)
+            if cancelled and error.sqlstate == '57014':  # query_canceled
+                raise Interrupted(f'{sql.split()[0]} cancelled: a stop was asked for', '57014')
+            raise error
         rows = []
         for row in range(result.ntuples):
             rows.append(tuple(
@@ -181,14 +214,16 @@ class ReplicationStream:
         systemid, timeline, xlogpos, dbname = self._command('IDENTIFY_SYSTEM')[0]
         return {'systemid': systemid, 'timeline': timeline, 'xlogpos': xlogpos, 'dbname': dbname}
 
-    def create_slot(self, name: str, *, export_snapshot: bool,
-                    temporary: bool = False) -> SlotCreated:
+    def create_slot(self, name: str, *, export_snapshot: bool, temporary: bool = False,
+                    until: threading.Event | None = None) -> SlotCreated:
         """Create a pgoutput slot; with ``export_snapshot`` also export its consistent snapshot
         (valid while this connection runs no other command); a ``temporary`` slot is dropped
-        when the connection ends."""
+        when the connection ends.  Setting ``until`` gives up waiting (:class:`Interrupted`;
+        a cancelled creation leaves no slot)."""
         mode = 'EXPORT_SNAPSHOT' if export_snapshot else 'NOEXPORT_SNAPSHOT'
         kind = ' TEMPORARY' if temporary else ''
-        rows = self._command(f'CREATE_REPLICATION_SLOT "{name}"{kind} LOGICAL pgoutput {mode}')
+        rows = self._command(f'CREATE_REPLICATION_SLOT "{name}"{kind} LOGICAL pgoutput {mode}',
+                             until)
         _slot, consistent_point, snapshot, _plugin = rows[0]
         assert consistent_point is not None
         return SlotCreated(name, parse_lsn(consistent_point), snapshot)
