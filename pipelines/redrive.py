@@ -100,8 +100,10 @@ _NOT_AN_EVENT = 'not an event'
 _OTHER_STEP = 'other step'
 
 
-# -- the dead-letter directory: local (appended, fsynced, renamed) or gs:// / s3:// (objects
-#    written whole through Beam's FileSystems, which the pipeline options configure)
+# -- the dead-letter directory: local (files written, fsynced, renamed) or gs:// / s3://
+#    (objects written whole through Beam's FileSystems, which the pipeline options configure).
+#    The pipeline never writes a file again once it is there, so one may be rewritten here
+#    while the pipeline runs on.
 
 def _join(directory: str, name: str) -> str:
     return f'{directory.rstrip("/")}/{name}' if is_remote(directory) else \

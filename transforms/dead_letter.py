@@ -7,10 +7,11 @@ with :class:`WriteDeadLetters`::
     results = events | 'ApplyChanges' >> beam.ParDo(_ApplyFn()).with_outputs(DEAD_LETTER, main='ok')
     results[DEAD_LETTER] | 'WriteDeadLetters' >> WriteDeadLetters('jsonl:/var/lib/cb/dead')
 
-A dead-letter file is JSON Lines, one record a line, so what a bundle reported is stored before
-the source acknowledges the bundle's position: in a local directory appended to one file per
-worker and fsynced per bundle; under ``gs://`` or ``s3://`` (where a distributed runner's
-workers keep nothing) one object per bundle, which appears whole or not at all.
+A dead-letter file is JSON Lines, one record a line, one file per bundle that had dead letters,
+stored before the source acknowledges the bundle's position: in a local directory written
+under a hidden name, fsynced and renamed; under ``gs://`` or ``s3://`` (where a distributed
+runner's workers keep nothing) an object.  Either way a file appears whole, and is never
+written again.
 
 A sink's dead letter carries the event it could not write as :func:`event_payload`, which
 :func:`event_from_payload` turns back into the same :class:`~transforms.envelope.ChangeEvent`,
@@ -26,7 +27,7 @@ import os
 import threading
 import time
 import uuid
-from typing import IO, Any
+from typing import Any
 
 import apache_beam as beam
 
@@ -159,22 +160,25 @@ def is_remote(directory: str) -> bool:
 
 
 class _WriteDeadLettersFn(beam.DoFn):
-    """Stores each bundle's dead letters before the bundle ends: appended to a per-worker JSONL
-    file and fsynced, or in object storage as one object per bundle."""
+    """Stores each bundle's dead letters, before the bundle ends, as one file of its own.
+
+    A file appears whole (written under a hidden name, fsynced, renamed) and is never written
+    again, so ``pipelines.redrive`` may rewrite or remove it while the pipeline runs on: with
+    one file a worker kept open for appending, the letters written after a redrive moved
+    that file aside went to a file no longer in the directory, and were lost.  In object
+    storage (``gs://``, ``s3://``) each bundle's file is an object, written whole."""
 
     def __init__(self, directory: str) -> None:
         self._directory = directory
 
     def setup(self) -> None:
-        # One file per DoFn instance: concurrent workers never interleave partial lines.
+        # Names unique to this DoFn instance: concurrent workers never share a file.
         self._instance = uuid.uuid4().hex[:12]
         self._remote = is_remote(self._directory)
         self._bundles = 0
+        self._lock = threading.Lock()
         if not self._remote:
             os.makedirs(self._directory, exist_ok=True)
-        self._path = os.path.join(self._directory, f'dead-letters-{self._instance}.jsonl')
-        self._file: IO[str] | None = None
-        self._lock = threading.Lock()
 
     def start_bundle(self) -> None:
         self._lines: list[str] = []
@@ -188,39 +192,44 @@ class _WriteDeadLettersFn(beam.DoFn):
         if not self._lines:
             return
         with self._lock:
+            self._bundles += 1
+            # Sorted by name, one worker's files are in the order it wrote them.
+            name = f'dead-letters-{self._instance}-{self._bundles:08d}.jsonl'
+            data = ''.join(self._lines).encode()
             if self._remote:
-                path = self._write_object(''.join(self._lines).encode())
+                path = f'{self._directory.rstrip("/")}/{name}'
+                self._write_object(path, data)
             else:
-                path = self._path
-                if self._file is None:
-                    self._file = open(self._path, 'a', encoding='utf-8')
-                self._file.write(''.join(self._lines))
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                path = os.path.join(self._directory, name)
+                self._write_file(path, data)
         _LOG.warning('%d dead letter(s) written to %s', len(self._lines), path)
         self._lines = []
 
-    def _write_object(self, data: bytes) -> str:
-        """One object per bundle (objects cannot be appended to), named so that a listing
-        sorts them in the order this worker wrote them.  A failed upload is made again; one
-        that keeps failing fails the bundle, so the source confirms nothing of it."""
-        from apache_beam.io.filesystems import FileSystems
+    def _write_file(self, path: str, data: bytes) -> None:
+        directory, name = os.path.split(path)
+        temp = os.path.join(directory, f'.{name}.tmp')  # not *.jsonl: redrive never reads it
+        with open(temp, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temp, path)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the rename itself survives a crash
+        finally:
+            os.close(descriptor)
 
-        self._bundles += 1
-        path = (f'{self._directory.rstrip("/")}/dead-letters-{self._instance}-'
-                f'{self._bundles:08d}.jsonl')
+    @staticmethod
+    def _write_object(path: str, data: bytes) -> None:
+        """Objects appear whole; a failed upload is made again, and one that keeps failing
+        fails the bundle, so the source confirms nothing of it."""
+        from apache_beam.io.filesystems import FileSystems
 
         def upload() -> None:
             with FileSystems.create(path, mime_type='application/x-ndjson') as handle:
                 handle.write(data)
 
         with_retries(upload, f'writing dead letters to {path}')
-        return path
-
-    def teardown(self) -> None:
-        handle = getattr(self, '_file', None)
-        if handle is not None:
-            handle.close()
 
 
 class WriteDeadLetters(beam.PTransform):

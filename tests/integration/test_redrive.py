@@ -197,3 +197,42 @@ def test_dead_letters_in_a_bucket_are_kept_and_redriven(
             assert summary.startswith('changebeam redrive: read 0, re-applied 0'), summary
     finally:
         postgres.drop_database(target.name)
+
+
+def test_redrive_while_the_pipeline_streams_loses_no_later_letter(postgres: Any, pg_db: Any,
+                                                                   tmp_path: Path) -> None:
+    """Fix the target, redrive, keep streaming: the natural way.  The pipeline used to keep
+    one dead-letter file open for appending, which the redrive moved aside, so every letter
+    written after it went to a file no longer in the directory: lost, its position confirmed."""
+    target = postgres.database('replica')
+    dead = tmp_path / 'dead'
+    try:
+        with pg_db.connect() as conn, target.connect() as tconn:
+            conn.execute('CREATE TABLE orders (id integer PRIMARY KEY, qty integer, note text)')
+            conn.execute("INSERT INTO orders VALUES (1, 1, 'a')")
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
+            slot = f'changebeam_{pg_db.name}'
+            wait_for_slot(conn, slot)
+            wait_for_rows(tconn, 1)
+            tconn.execute('ALTER TABLE orders ADD CONSTRAINT positive CHECK (qty >= 0)')
+            conn.execute("INSERT INTO orders VALUES (2, -1, 'x')")
+            deadline = time.monotonic() + 60
+            while not letters(dead):
+                assert time.monotonic() < deadline, 'row 2 was never dead-lettered'
+                time.sleep(0.2)
+            tconn.execute('ALTER TABLE orders DROP CONSTRAINT positive')
+            summary = redrive('--dead_letter', f'jsonl:{dead}', '--sink', target.dsn,
+                              '--failed', f'jsonl:{tmp_path / "failed"}')
+            assert summary.startswith('changebeam redrive: read 1, re-applied 1,'), summary
+            # The pipeline streams on; the target rejects another row.
+            tconn.execute("ALTER TABLE orders ADD CONSTRAINT no_bad CHECK (note <> 'bad')")
+            conn.execute("INSERT INTO orders VALUES (3, 3, 'bad')")
+            output = stop_when_caught_up(cdc, conn, slot)
+            assert [d['payload']['event']['after']['id'] for d in letters(dead)] == [3], \
+                output[-3000:]
+            tconn.execute('ALTER TABLE orders DROP CONSTRAINT no_bad')
+            redrive('--dead_letter', f'jsonl:{dead}', '--sink', target.dsn,
+                    '--failed', f'jsonl:{tmp_path / "failed2"}')
+            assert rows(tconn) == rows(conn)
+    finally:
+        postgres.drop_database(target.name)
