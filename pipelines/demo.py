@@ -16,9 +16,12 @@ import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pipelines import cdc
+
+_MARK = '.changebeam-demo'  # in an --out directory the demo made (and may empty again)
 
 _SCHEMA = """
 CREATE TABLE customers (
@@ -121,9 +124,22 @@ def main(argv: list[str] | None = None) -> int:
                        'demo): it borrows the test harness (tests/) to start a throwaway '
                        'PostgreSQL\n')
 
-    shutil.rmtree(args.out, ignore_errors=True)
+    from tests.services import ServiceError
+
+    out = Path(args.out)
+    if out.exists() and not (out / _MARK).exists() and \
+            (not out.is_dir() or any(out.iterdir())):
+        # Only a directory an earlier demo made is emptied: --out . must not cost a checkout.
+        parser.exit(2, f'{parser.prog}: error: --out {args.out!r} holds files the demo did not '
+                       'write: name a new or empty directory\n')
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / _MARK).write_text('written by python -m pipelines.demo, which empties it again\n')
     print('starting a throwaway PostgreSQL 15 (wal_level=logical) …', file=sys.stderr)
-    server = PostgresServer.start()
+    try:
+        server = PostgresServer.start()
+    except ServiceError as exc:  # the server package missing, or a server that did not start
+        parser.exit(1, f'{parser.prog}: error: {exc}\n')
     stop = threading.Event()
     counts: dict[str, Any] = {'transactions': 0, 'statements': 0}
     try:

@@ -170,6 +170,44 @@ def test_the_demo_outside_a_source_checkout_says_why_in_one_line(monkeypatch, ca
         'it borrows the test harness (tests/) to start a throwaway PostgreSQL\n')
 
 
+def test_the_demo_never_empties_a_directory_it_did_not_make(tmp_path, capsys) -> None:
+    """``--out`` used to be removed whatever it held: ``--out .`` cost the checkout."""
+    from pipelines import demo
+
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'thesis.tex').write_text('years of work')
+    with pytest.raises(SystemExit) as ended:
+        demo.main(['--seconds', '1', '--out', str(mine)])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m pipelines.demo: error: --out '{mine}' holds files the demo did not write: "
+        'name a new or empty directory\n')
+    assert (mine / 'thesis.tex').read_text() == 'years of work'
+
+
+def test_the_demo_without_a_postgresql_server_says_so_in_one_line(tmp_path, monkeypatch,
+                                                                  capsys) -> None:
+    from pipelines import demo
+    from tests.services import MissingBinaryError
+    from tests.services.postgres import PostgresServer
+
+    def missing(cls, *args, **kwargs):
+        raise MissingBinaryError('initdb not found: install the Debian package postgresql-15')
+
+    monkeypatch.setattr(PostgresServer, 'start', classmethod(missing))
+    earlier = tmp_path / 'demo-out'  # a directory an earlier demo made is emptied
+    (earlier / 'public.orders').mkdir(parents=True)
+    (earlier / '.changebeam-demo').write_text('')
+    with pytest.raises(SystemExit) as ended:
+        demo.main(['--seconds', '1', '--out', str(earlier)])
+    assert ended.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        'python -m pipelines.demo: error: initdb not found: install the Debian package '
+        'postgresql-15')
+    assert not (earlier / 'public.orders').exists()
+
+
 def test_a_full_disk_is_one_line_naming_the_file() -> None:
     import errno
 
