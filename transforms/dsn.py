@@ -181,6 +181,12 @@ class Dsn:
         return dict(self.params).get(name, default)
 
 
+# In the user:password part (before the authority's last '@'): a '?' or '#' (the URI would end
+# there); for libpq, also another '@' or a '%' that does not start a percent-encoded byte.
+_UNSPLIT_USERINFO = re.compile(r'[?#]')
+_UNSAFE_USERINFO = re.compile(r'[@?#]|%(?![0-9A-Fa-f]{2})')
+
+
 def parse_dsn(uri: str, *, option: str = 'DSN') -> Dsn:
     """Parse a database URI; DsnError naming ``option``, the shown value and what is valid."""
     shown = display(uri)
@@ -192,6 +198,15 @@ def parse_dsn(uri: str, *, option: str = 'DSN') -> Dsn:
     kind = _SCHEMES.get(scheme.lower())
     if kind is None:
         raise DsnError(option, shown, f'unsupported scheme {scheme!r}; {valid}')
+    userinfo = uri.partition('://')[2].partition('/')[0].rpartition('@')[0]
+    unsafe = _UNSAFE_USERINFO if kind == 'postgresql' else _UNSPLIT_USERINFO
+    if shown == _HIDDEN or unsafe.search(userinfo):
+        # A URI read otherwise than this parser reads it: a '/', '?' or '#' in a password ends
+        # it early; libpq (which reads PostgreSQL DSNs itself) splits at the first '@' and
+        # quotes an undecodable '%' back in its error.  Either way a password, or part of
+        # one, would end up in an error message.
+        raise DsnError(option, _HIDDEN, 'the user or password does not parse: percent-encode '
+                       '@ / ? # % in them (%40 %2F %3F %23 %25)')
     try:
         parts = urllib.parse.urlsplit(uri)
         port = parts.port

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from transforms.dsn import MYSQL_PARAMS, mysql_connect_args, parse_dsn, redact
+from transforms.dsn import MYSQL_PARAMS, DsnError, mysql_connect_args, parse_dsn, redact
 
 
 @pytest.mark.parametrize('uri, kind', [
@@ -154,10 +154,33 @@ def test_an_unencoded_password_never_reaches_the_error(uri: str) -> None:
     assert 'Zq9' not in str(info.value)
 
 
-def test_an_unencoded_at_sign_in_the_password_is_still_hidden() -> None:
-    dsn = parse_dsn('postgresql://app:Zq9@x7@db/shop')
+def test_an_unencoded_at_sign_in_a_mysql_password_is_still_hidden() -> None:
+    dsn = parse_dsn('mysql://app:Zq9@x7@db/shop')
     assert dsn.password == 'Zq9@x7' and dsn.host == 'db'
     assert 'x7' not in str(dsn)
+
+
+@pytest.mark.parametrize('uri', [
+    'postgresql://cdc:S3cretPW%zz@127.0.0.1:1/shop',  # libpq: invalid percent-encoded token
+    'postgresql://cdc:S3cret@LEAKPART@127.0.0.1:1/shop',  # libpq: host 'LEAKPART@127.0.0.1'
+    'postgresql://cdc:p@ss/w?LEAK#PART@127.0.0.1:1/shop',  # libpq: query 'LEAK#PART@…'
+    'postgresql://cdc:a?LEAK@h/db',
+    'mysql://cdc:a#LEAK@h/db',
+])
+def test_a_password_libpq_or_the_parser_would_read_otherwise_is_refused_unshown(
+        uri: str) -> None:
+    """libpq reads PostgreSQL DSNs itself, and quoted what it made of such a password in its
+    error, the whole password or part of it."""
+    with pytest.raises(DsnError) as info:
+        parse_dsn(uri, option='--source')
+    assert 'LEAK' not in str(info.value) and 'S3cret' not in str(info.value)
+    assert str(info.value).endswith('the user or password does not parse: percent-encode '
+                                    '@ / ? # % in them (%40 %2F %3F %23 %25)')
+
+
+def test_a_percent_encoded_password_still_parses() -> None:
+    dsn = parse_dsn('postgresql://cdc:p%40ss%2Fw%3F%23%25@db/shop')
+    assert dsn.password == 'p@ss/w?#%' and dsn.host == 'db'
 
 
 def test_libpq_connection_timeouts_are_added_unless_the_dsn_sets_them() -> None:
