@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.options import CdcConfig, CdcOptions, OptionError, SinkSpec, validate_cdc
 from transforms.dead_letter import WriteDeadLetters
+from transforms.dsn import display
 
 __all__ = ['build', 'main', 'sink_transform']
 
@@ -37,7 +38,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
-        prog='python -m pipelines.cdc',
+        prog='python -m pipelines.cdc', allow_abbrev=False,
         description='Stream every committed row change of a PostgreSQL or MySQL/MariaDB '
                     'database into a sink, starting with a consistent snapshot.',
         epilog='Any other Beam pipeline option (--runner, --project, --region, --temp_location, '
@@ -97,15 +98,20 @@ def sink_transform(sink: SinkSpec, *, tombstone_retention_hours: float = 168.0
         except ValueError as exc:
             raise OptionError('--sink', f'{sink.kind}:{sink.target}',
                               str(exc).split(': ', 1)[-1]) from None
-    if sink.kind == 'postgresql':
-        from transforms.sinks.sql import WriteChangesToPostgres
+    retention = _tombstone_retention(tombstone_retention_hours)
+    try:
+        if sink.kind == 'postgresql':
+            from transforms.sinks.sql import WriteChangesToPostgres
 
-        return 'WriteChangesToPostgres', WriteChangesToPostgres(
-            sink.target, tombstone_retention=_tombstone_retention(tombstone_retention_hours))
-    from transforms.sinks.sql import WriteChangesToMySQL
+            return 'WriteChangesToPostgres', WriteChangesToPostgres(
+                sink.target, tombstone_retention=retention)
+        from transforms.sinks.sql import WriteChangesToMySQL
 
-    return 'WriteChangesToMySQL', WriteChangesToMySQL(
-        sink.target, tombstone_retention=_tombstone_retention(tombstone_retention_hours))
+        return 'WriteChangesToMySQL', WriteChangesToMySQL(
+            sink.target, tombstone_retention=retention)
+    except ValueError as exc:  # a DSN parameter the driver would not take
+        raise OptionError('--sink', display(sink.target),
+                          str(exc).split("': ", 1)[-1]) from None
 
 
 def _tombstone_retention(hours: float) -> dt.timedelta | None:
@@ -116,7 +122,10 @@ def _tombstone_retention(hours: float) -> dt.timedelta | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    known, _beam_args = parser.parse_known_args(argv)
+    known, beam_args = parser.parse_known_args(argv)
+    mistyped = _mistyped(beam_args)
+    if mistyped:
+        parser.error(mistyped)
     options = PipelineOptions(argv)
     try:
         config = validate_cdc(options)
@@ -152,6 +161,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _summary(result)
     return 0
+
+
+def _mistyped(beam_args: Sequence[str]) -> str | None:
+    """An option left to the runner that is no Beam option but nearly one of ours: ``--tabels``
+    (or ``--table``) would otherwise pass to the runner, which ignores it, and the pipeline
+    would capture every table.  Others pass on (``--checkpointing_interval`` is Flink's)."""
+    import difflib
+
+    ours = [action.option_strings[0] for action in _parser()._actions
+            if action.option_strings and action.option_strings[0].startswith('--')]
+    beams = {f'--{name}' for name in PipelineOptions([]).get_all_options()}
+    for arg in beam_args:
+        name = arg.split('=', 1)[0]
+        if not name.startswith('--') or name in beams:
+            continue
+        close = difflib.get_close_matches('--' + name[2:].replace('-', '_'), ours, n=1,
+                                          cutoff=0.75)
+        if close:
+            return f'{name} is not an option; did you mean {close[0]}?'
+    return None
 
 
 def _stop_on_signals() -> None:

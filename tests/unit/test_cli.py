@@ -34,6 +34,10 @@ def _cases(out: str) -> dict[str, list[str]]:
         'mysql': ['--source', 'mysql://u:topsecret@db.invalid/shop', '--sink',
                   f'jsonl:{out}-mysql', '--offset_store', f'{out}-mysql-offsets.json'],
         'avro_sink': ['--source', PG, '--sink', 'avro:ftp://files.invalid/lake'],
+        'mistyped': ['--source', PG, '--sink', sink, '--tabels', 'public.orders'],
+        'abbreviated': ['--source', PG, '--sink', sink, '--table', 'public.orders'],
+        'mysql_sink_param': ['--source', PG, '--sink',
+                             'mysql://u:topsecret@db.invalid/shop?sslmode=REQUIRED'],
     }
 
 
@@ -100,6 +104,24 @@ def test_unsupported_source_scheme(runs: dict[str, subprocess.CompletedProcess[s
 def test_bad_sink(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
     line = _one_error_line(runs['bad_sink'], '--sink')
     assert "'csv:out'" in line and 'jsonl:DIR' in line
+
+
+@pytest.mark.parametrize('case, given', [('mistyped', '--tabels'), ('abbreviated', '--table')])
+def test_a_mistyped_option_is_refused_not_passed_on(
+        runs: dict[str, subprocess.CompletedProcess[str]], case: str, given: str) -> None:
+    """It used to go to the runner, which ignored it: the pipeline captured every table."""
+    line = _one_error_line(runs[case], given)
+    assert line.endswith(f'{given} is not an option; did you mean --tables?'), line
+
+
+def test_a_mysql_sink_parameter_the_driver_does_not_take_is_one_line(
+        runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    result = runs['mysql_sink_param']
+    line = _one_error_line(result, '--sink')
+    assert line.endswith("?sslmode=REQUIRED': unknown parameter 'sslmode'; valid: charset, "
+                         'connect_timeout, read_timeout, ssl_ca, ssl_cert, ssl_key, '
+                         'unix_socket, write_timeout'), line
+    assert 'topsecret' not in result.stderr
 
 
 def test_bad_snapshot(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
