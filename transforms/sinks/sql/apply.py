@@ -167,6 +167,18 @@ class Target(abc.ABC):
     def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
         """Delete rows older than each change and record the tombstones."""
 
+    @abc.abstractmethod
+    def carried(self, tb: TableBatch, changes: Sequence[RowChange]) -> dict[int, dict[str, Any]]:
+        """For changes with ``carry``: the carried columns' values as the target's rows under
+        the carried-from keys hold them (read before the batch deletes those rows), by
+        ``id(change)``; a change whose row the target lacks is left out."""
+
+    @abc.abstractmethod
+    def set_carried(self, tb: TableBatch, changes: Sequence[RowChange],
+                    values: dict[int, dict[str, Any]]) -> None:
+        """Write ``values`` (from :meth:`carried`) into the changes' rows, where the row is
+        the one the change wrote (its position)."""
+
     def render_upserts(self, tb: TableBatch, upserts: list[RowChange]) -> Any:
         """Optional: ``upserts`` rendered ahead of the batch's transaction, without the
         connection (it may run while another batch is being written); None for nothing.  The
@@ -628,6 +640,10 @@ class Applier:
                     upserts.append(change)
             appends = [c for c in tb.appends if truncated is None or c.pos > truncated]
             written.stale += len(tb.appends) - len(appends)
+            # Values an update that moved a key left unchanged: under the old key, which the
+            # deletes below remove; written into the new key's row once it is there.
+            moved = [c for c in upserts if c.carry is not None]
+            carried = target.carried(tb, moved) if moved else {}
             if not row_by_row:
                 if deletes:
                     target.delete(tb, deletes)
@@ -642,6 +658,8 @@ class Applier:
                     if self._step(True, functools.partial(self._one, tb, change), change.events,
                                   written):
                         done.append(change)
+            if carried:
+                target.set_carried(tb, [c for c in moved if id(c) in carried], carried)
             revived = [c.key_hash for c in done if c.row is not None and c.key_hash in marks] \
                 if keyed_marks else []
             if revived:

@@ -57,6 +57,9 @@ class RowChange:
     table: TableSchema
     values: tuple[Any, ...] = ()
     earlier: tuple[ChangeEvent, ...] = ()
+    # Columns the row image lacks whose values the target holds under another key: an update
+    # moved the key and left them unchanged (TOAST).  (that key's values, the columns)
+    carry: tuple[tuple[Any, ...], tuple[str, ...]] | None = None
 
     @property
     def events(self) -> list[ChangeEvent]:
@@ -286,9 +289,12 @@ def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
     key = _key_text(table, after)
     if key is None:
         return f'the after image lacks key column(s) {list(table.key)}'
+    carry = None
     if event.op is Op.UPDATE and event.before:
         old = _key_text(table, event.before)
         if old is not None and old != key:
+            if event.unchanged:
+                after, carry = _moved(tb.changes.get(old), table, event, after)
             _put(tb, RowChange(old, '', pos, None, event, table,
                                _values(table, event.before)))
     previous = tb.changes.get(key)
@@ -297,11 +303,34 @@ def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
         # A partial image (unchanged columns) keeps the values this batch already holds.
         row = {**previous.row, **after}
         earlier = (*previous.earlier, previous.event)
+        if previous.carry is not None:  # and those the target holds under the key it left
+            rest = tuple(name for name in previous.carry[1] if name not in row)
+            carry = (previous.carry[0], rest) if rest else None
     else:
         row = after  # never modified: a merge above makes a new dict
         earlier = ()
-    _put(tb, RowChange(key, '', pos, row, event, table, earlier=earlier))
+    _put(tb, RowChange(key, '', pos, row, event, table, earlier=earlier, carry=carry))
     return None
+
+
+def _moved(source: RowChange | None, table: TableSchema, event: ChangeEvent,
+           after: Mapping[str, Any]
+           ) -> tuple[Mapping[str, Any], tuple[tuple[Any, ...], tuple[str, ...]] | None]:
+    """An update that moved the key and left columns unchanged: their values are the old
+    key's, as this batch holds them (``source``, its state before the move) or else as the
+    target does.  PostgreSQL's own apply updates the row in place; writing the new key's
+    image alone lost them (NULL), or, where keys were swapped, kept the other row's."""
+    unchanged = [name for name in table.by_name if name in event.unchanged and name not in after]
+    if source is not None and source.row is not None:
+        known = {name: source.row[name] for name in unchanged if name in source.row}
+        after = {**known, **after}
+        rest = tuple(name for name in unchanged if name not in known)
+        if not rest:
+            return after, None
+        # Not in the batch's image: in the target, under the key the chain started from.
+        origin = source.carry[0] if source.carry is not None else _values(table, event.before)
+        return after, (origin, rest)
+    return after, (_values(table, event.before), tuple(unchanged))
 
 
 def _values(table: TableSchema, row: Any) -> tuple[Any, ...]:

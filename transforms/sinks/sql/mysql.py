@@ -488,6 +488,40 @@ class _MySQLTarget(Target):
             self._run(sql.my_record_tombstones(
                 [f"({label}, '{c.key_hash}', '{c.pos}')" for c in chunk]))
 
+    def carried(self, tb: TableBatch, changes: Sequence[RowChange]) -> dict[int, dict[str, Any]]:
+        kept = tb.target_columns or frozenset(self.columns(tb.target))
+        out: dict[int, dict[str, Any]] = {}
+        for change in changes:
+            assert change.carry is not None
+            old, names = change.carry
+            names = tuple(n for n in names if n in kept)
+            if not names:
+                continue
+            self._run(f'SELECT {", ".join(sql.my_ident(n) for n in names)} '
+                      f'FROM {sql.my_table(tb.target)} WHERE '
+                      + self._key_match(change.table, old))
+            row = self._cur.fetchone()
+            if row is not None:
+                out[id(change)] = dict(zip(names, row, strict=True))
+        return out
+
+    def set_carried(self, tb: TableBatch, changes: Sequence[RowChange],
+                    values: dict[int, dict[str, Any]]) -> None:
+        literal = self._conn.literal  # the values as the driver read them, written back as is
+        for change in changes:
+            assert change.row is not None
+            assignments = ', '.join(f'{sql.my_ident(n)} = {literal(v)}'
+                                    for n, v in values[id(change)].items())
+            new = tuple(change.row[k] for k in change.table.key)
+            self._run(f'UPDATE {sql.my_table(tb.target)} SET {assignments} WHERE '
+                      + self._key_match(change.table, new)
+                      + f' AND {sql.my_ident(sql.POS)} = {self._literal(change.pos)}')
+
+    def _key_match(self, table: TableSchema, values: Sequence[Any]) -> str:
+        convert = self._convert(table)
+        return ' AND '.join(f'{sql.my_ident(k)} = {convert[k](v)}'
+                            for k, v in zip(table.key, values, strict=True))
+
     def render_upserts(self, tb: TableBatch, upserts: list[RowChange]
                        ) -> list[tuple[list[str], tuple[str, ...], list[str]]]:
         return self._rows(tb, upserts, with_id=False)  # the rows as escaped literals
