@@ -266,6 +266,35 @@ def test_a_table_added_to_tables_is_copied_then_streamed(postgres: Any, pg_db: A
         postgres.drop_database(target.name)
 
 
+def test_a_replica_identity_index_beside_the_primary_key_keys_the_replica(
+        postgres: Any, pg_db: Any, tmp_path: Path) -> None:
+    """REPLICA IDENTITY USING INDEX on a table with a primary key: the log's old rows hold the
+    index's columns only, so deletes and primary-key changes must reach the replica by them."""
+    target = postgres.database('replica')
+    slot = f'changebeam_{pg_db.name}'
+    try:
+        with pg_db.connect() as conn, target.connect() as tconn:
+            conn.execute('CREATE TABLE acct (id integer PRIMARY KEY, code text NOT NULL, v int);'
+                         'CREATE UNIQUE INDEX acct_code ON acct (code);'
+                         'ALTER TABLE acct REPLICA IDENTITY USING INDEX acct_code')
+            conn.execute("INSERT INTO acct SELECT g, 'c' || g, g FROM generate_series(1, 5) g")
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
+            wait_for_slot(conn, slot)
+            conn.execute('DELETE FROM acct WHERE id = 1')
+            conn.execute('UPDATE acct SET id = 20 WHERE id = 2')
+            conn.execute("UPDATE acct SET code = 'c30', v = 30 WHERE id = 3")
+            with conn.transaction():  # a swap of the identity through a free value
+                conn.execute("UPDATE acct SET code = 'tmp' WHERE id = 4")
+                conn.execute("UPDATE acct SET code = 'c4' WHERE id = 5")
+                conn.execute("UPDATE acct SET code = 'c5' WHERE id = 4")
+            conn.execute("INSERT INTO acct VALUES (1, 'c1', 100)")
+            output = stop_when_caught_up(cdc, conn, slot)
+            assert pg_rows(tconn, 'public.acct') == pg_rows(conn, 'public.acct')
+            assert not list((tmp_path / 'dead').rglob('*.jsonl')), output[-3000:]
+    finally:
+        postgres.drop_database(target.name)
+
+
 def test_a_table_added_under_snapshot_never_says_how_to_copy_its_rows(
         pg_db: Any, tmp_path: Path) -> None:
     slot = f'changebeam_{pg_db.name}'

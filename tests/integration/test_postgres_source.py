@@ -454,6 +454,22 @@ def test_a_partition_without_replica_identity_is_refused_with_the_fix(
         ('r', 'y'), ('u', 'z')]
 
 
+def test_a_partition_whose_identity_lacks_the_key_is_refused_with_the_fix(
+        pg_db: Any, tmp_path: Path) -> None:
+    """A partition logs its own replica identity as the old row: one without the table's key
+    would leave deleted rows in the targets."""
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE acct (id integer PRIMARY KEY, code text NOT NULL) '
+                     'PARTITION BY RANGE (id)')
+        conn.execute('CREATE TABLE acct_low PARTITION OF acct FOR VALUES FROM (0) TO (100)')
+        conn.execute('CREATE UNIQUE INDEX acct_low_code ON acct_low (code)')
+        conn.execute('ALTER TABLE acct_low REPLICA IDENTITY USING INDEX acct_low_code')
+    output = run_until_error(pg_db.dsn, tmp_path, '--tables', 'public.acct')
+    assert ('partition public.acct_low of table public.acct logs (code)' in output
+            and "lacks the table's key (id)" in output
+            and 'ALTER TABLE public.acct_low REPLICA IDENTITY FULL' in output), output[-2000:]
+
+
 def test_an_unlogged_table_is_refused_when_named_and_left_out_otherwise(
         pg_db: Any, tmp_path: Path) -> None:
     """An UNLOGGED table's changes never reach the WAL: a snapshot of it could never be kept

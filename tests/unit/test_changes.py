@@ -330,6 +330,24 @@ def test_index_identity_without_primary_key_uses_the_identity_columns_as_key() -
     assert event.key == ('A-1',)
 
 
+def test_index_identity_beside_a_primary_key_keys_on_the_identity_columns() -> None:
+    """The old-row image holds the identity index's columns only: a delete keyed on the
+    primary key could not name its row."""
+    asm = assembler(FakeCatalog(keys={ORDERS: ('id',)}))
+    relation = Relation(xid=None, oid=ORDERS, namespace='public', name='orders',
+                        replica_identity='i',
+                        columns=(RelationColumn('id', INT4, -1, False),
+                                 RelationColumn('sku', TEXT, -1, True),
+                                 RelationColumn('qty', INT4, -1, False)))
+    asm.relation(relation)
+    assert asm.table_for(ORDERS).key == ('sku',)
+    begin(asm)
+    event = one(asm.change(Delete(xid=None, relation_oid=ORDERS, old=None,
+                                  key=(None, 'A-1', None)), 1))
+    assert event.before == {'sku': 'A-1'}
+    assert event.key == ('A-1',)
+
+
 def test_table_without_key_or_identity_has_an_empty_key() -> None:
     asm = assembler(FakeCatalog(keys={}))
     asm.relation(orders('n'))

@@ -92,15 +92,32 @@ WHERE p.isleaf AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
 ORDER BY 1
 """
 
+# Each captured table's key (its replica identity index's columns, else its primary key's: as
+# the stream keys it) at level 0, then the columns each of its partitions logs as the old row's
+# identity (REPLICA IDENTITY FULL: all).
+_PARTITION_IDENTITY_SQL = """
+SELECT t.oid, p.level, n.nspname || '.' || c.relname, c.relreplident,
+       ARRAY(SELECT a.attname FROM pg_index i JOIN pg_attribute a
+             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = c.oid
+               AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END)
+FROM unnest(%s::oid[]) AS t(oid)
+CROSS JOIN LATERAL pg_partition_tree(t.oid) AS p
+JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE p.level = 0 OR p.isleaf
+ORDER BY p.level, 3
+"""
+
 
 def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
     """The tables to capture: ``names`` (schema.table, default schema public) or all of them.
 
     Raises SourceSetupError naming a table that does not exist, and naming every table whose
     updates PostgreSQL would refuse to publish (no primary key and no replica identity) — adding
-    such a table to a publication would make the application's UPDATEs fail.  An UNLOGGED
-    table's changes are not in the write-ahead log: one named is refused, and without names
-    they are left out (with a warning).
+    such a table to a publication would make the application's UPDATEs fail — and a partition
+    whose replica identity lacks its table's key.  An UNLOGGED table's changes are not in the
+    write-ahead log: one named is refused, and without names they are left out (with a
+    warning).
     """
     rows = conn.execute(_TABLES_SQL + ' ORDER BY 2, 3').fetchall()
     found = {(schema, table): TableRef(oid, schema, table, ident, has_pk)
@@ -138,7 +155,29 @@ def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
             f'table(s) {", ".join(unpublishable)} have no primary key or replica identity, so '
             f'PostgreSQL cannot publish their updates and deletes: run ALTER TABLE {first} '
             'REPLICA IDENTITY FULL (or add a primary key), or leave them out of --tables')
+    _check_partition_identities(conn, chosen)
     return chosen
+
+
+def _check_partition_identities(conn: Any, tables: Sequence[TableRef]) -> None:
+    """A partition logs its own replica identity as the old row, which must hold the key its
+    table's changes carry, or their deletes and key changes could not name a row."""
+    keys: dict[int, list[str]] = {}
+    for oid, level, name, ident, columns in conn.execute(
+            _PARTITION_IDENTITY_SQL, ([t.oid for t in tables],)).fetchall():
+        if level == 0:
+            keys[oid] = columns
+            continue
+        if ident == 'f' or set(keys[oid]) <= set(columns):
+            continue
+        table = next(t for t in tables if t.oid == oid)
+        key = ', '.join(keys[oid])
+        raise SourceSetupError(
+            f'partition {name} of table {table.name} logs ({", ".join(columns)}) as the old '
+            f"row's replica identity, which lacks the table's key ({key}), so its deletes "
+            f'and key changes could not be applied: run ALTER TABLE {name} REPLICA IDENTITY '
+            f'FULL (or USING a unique index that includes ({key})), or leave {table.name} '
+            'out of --tables')
 
 
 def _split_name(name: str) -> tuple[str, str]:

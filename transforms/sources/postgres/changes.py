@@ -152,9 +152,15 @@ class ChangeAssembler:
             columns = self._with_missing_values(message, columns,
                                                 self._relations.get(message.oid))
         identity = tuple(c.name for c in message.columns if c.is_key)
-        key = self._lookup_key(message.oid)
-        if not key and message.replica_identity == 'i':
+        # The old-row image holds the replica identity index's columns only, whatever the
+        # primary key: keyed on the primary key, a delete or a key change could not name its
+        # row.  PostgreSQL requires that index to be unique, not partial and on NOT NULL
+        # columns, so it is a key.  (Its index dropped, the table has no identity: UPDATEs
+        # and DELETEs fail at the source.)
+        if message.replica_identity == 'i' and identity:
             key = identity
+        else:
+            key = self._lookup_key(message.oid)
         table = TableSchema(schema=message.namespace, table=message.name, columns=columns,
                             key=key)
         state = RelationState(message, table, pgtypes.row_decoder(columns), identity,
