@@ -470,6 +470,18 @@ def test_a_partition_whose_identity_lacks_the_key_is_refused_with_the_fix(
             and 'ALTER TABLE public.acct_low REPLICA IDENTITY FULL' in output), output[-2000:]
 
 
+def test_a_table_named_twice_in_tables_is_copied_once(pg_db: Any, tmp_path: Path) -> None:
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE a (id integer PRIMARY KEY)')
+        conn.execute('INSERT INTO a SELECT generate_series(1, 3)')
+    output = finish(start_cdc(pg_db.dsn, tmp_path / 'out', '--tables', 'a,public.a',
+                              '--snapshot', 'only'))
+    docs = read_jsonl_dir(str(tmp_path / 'out'))
+    assert sorted(d['after']['id'] for d in docs if d['op'] == 'r') == [1, 2, 3], output[-2000:]
+    assert sum(d['op'] == 'm' and d['message'].get('kind') == 'snapshot_complete'
+               for d in docs) == 1
+
+
 def test_an_unlogged_table_is_refused_when_named_and_left_out_otherwise(
         pg_db: Any, tmp_path: Path) -> None:
     """An UNLOGGED table's changes never reach the WAL: a snapshot of it could never be kept

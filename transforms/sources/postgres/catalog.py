@@ -137,7 +137,9 @@ def resolve_tables(conn: Any, names: Sequence[str]) -> list[TableRef]:
                     f'table {ref.name} is UNLOGGED, so its changes are not in the write-ahead '
                     f'log and cannot be captured: run ALTER TABLE {ref.quoted} SET LOGGED, or '
                     'leave it out of --tables')
-            chosen.append(ref)
+            # A table named twice (``a,public.a``) would be copied twice.
+            if ref not in chosen:
+                chosen.append(ref)
     else:
         chosen = [ref for key, ref in found.items() if key not in unlogged]
         if unlogged:
