@@ -18,6 +18,7 @@ import pytest
 from tests.services.mariadb import MariaDBDatabase, MariaDBServer
 from transforms.envelope import Kind, TableSchema
 from transforms.sources.mysql import binlog as b
+from transforms.sources.mysql.snapshot import describe_table
 from transforms.sources.mysql.stream import (
     BinlogConfigError,
     BinlogPosition,
@@ -179,6 +180,27 @@ def test_every_column_type_round_trips(mariadb_db: MariaDBDatabase,
     assert (kinds['b1'], kinds['e'], kinds['dec_big'], kinds['ts']) == \
         (Kind.BOOLEAN, Kind.ENUM, Kind.DECIMAL, Kind.TIMESTAMPTZ)
     assert schema.key == ('id',)
+
+
+def test_numeric_columns_after_a_year_column_keep_their_sign(mariadb_db: MariaDBDatabase,
+                                                              position: BinlogPosition) -> None:
+    # MariaDB's SIGNEDNESS metadata has a bit for YEAR: a decoder that skips it hands every
+    # later numeric column its neighbour's sign.
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE t (id INT PRIMARY KEY, y YEAR, u INT UNSIGNED, s INT, '
+                  'mu MEDIUMINT UNSIGNED, ms MEDIUMINT, du DECIMAL(20,0) UNSIGNED)',
+            'INSERT INTO t VALUES (1, 2024, 4294967295, -1, 16777215, -1, 12345678901234567890)')
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute('SELECT * FROM t')
+        selected = cur.fetchall()
+    stream = open_stream(mariadb_db.server.connect(), mariadb_db.name, position)
+    try:
+        items = read_until(stream, lambda items: len(rows_of(items)) == 1)
+    finally:
+        stream.close()
+    event = rows_of(items)[0]
+    assert event.rows == selected
+    assert event.table.schema == describe_table(conn, mariadb_db.name, 't').schema
 
 
 # ---------------------------------------------------------------------------------------------

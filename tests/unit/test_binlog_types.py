@@ -259,6 +259,13 @@ def test_char_longer_than_255_bytes_hides_its_length_in_the_type_byte() -> None:
     assert t.parse_column_meta(t.NEWDECIMAL, bytes([10, 4])) == {'precision': 10, 'scale': 4}
 
 
+def test_year_has_a_signedness_bit_on_mariadb_only() -> None:
+    # MariaDB 10.11 gives YEAR (a Field_tiny) a SIGNEDNESS bit; MySQL 8 does not.
+    assert t.is_numeric(t.YEAR, mariadb=True)
+    assert not t.is_numeric(t.YEAR, mariadb=False)
+    assert t.is_numeric(t.LONG, mariadb=False) and not t.is_numeric(t.DATE, mariadb=True)
+
+
 @pytest.mark.parametrize(('info', 'kind', 'source_type'), [
     (t.ColumnInfo(0, 'a', t.TINY), Kind.INT16, 'tinyint'),
     (t.ColumnInfo(0, 'a', t.SHORT, unsigned=True), Kind.INT32, 'smallint unsigned'),

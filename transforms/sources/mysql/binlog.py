@@ -320,7 +320,8 @@ def _table_names(body: bytes, id_size: int) -> tuple[str, str]:
 def parse_table_map(body: bytes, id_size: int = 6, mariadb: bool = True) -> TableMap:
     """A TABLE_MAP event body (post-header onwards, no checksum) -> TableMap.
 
-    ``mariadb``: the server is MariaDB (whose charset metadata also covers GEOMETRY columns).
+    ``mariadb``: the server is MariaDB (whose charset metadata also covers GEOMETRY columns,
+    and whose signedness metadata also counts YEAR columns).
     """
     table_id = int.from_bytes(body[:id_size], 'little')
     pos = id_size + 2  # flags
@@ -358,7 +359,7 @@ def parse_table_map(body: bytes, id_size: int = 6, mariadb: bool = True) -> Tabl
 
 def _parse_optional_metadata(body: bytes, pos: int, fields: list[dict[str, Any]],
                              mariadb: bool) -> tuple[tuple[int, ...], bool]:
-    numeric = [f for f in fields if t.is_numeric(f['type'])]
+    numeric = [f for f in fields if t.is_numeric(f['type'], mariadb)]
     character = [f for f in fields if t.is_character(f['type'], mariadb)]
     enum_set = [f for f in fields if f['type'] in (t.ENUM, t.SET)]
     key: tuple[int, ...] = ()

@@ -116,8 +116,15 @@ def column_meta_size(type_code: int) -> int:
     return 0
 
 
-def is_numeric(type_code: int) -> bool:
-    """Whether the SIGNEDNESS optional metadata has a bit for this column (MySQL's rule)."""
+def is_numeric(type_code: int, mariadb: bool) -> bool:
+    """Whether the SIGNEDNESS optional metadata has a bit for this column.
+
+    MariaDB also gives YEAR columns a bit (a ``Field_tiny`` underneath; seen in 10.11's
+    binlog), MySQL does not.  Counting a column the server skips, or skipping one it counts,
+    hands every later numeric column its neighbour's signedness.
+    """
+    if type_code == YEAR:
+        return mariadb
     return type_code in (TINY, SHORT, INT24, LONG, LONGLONG, FLOAT, DOUBLE, NEWDECIMAL, DECIMAL)
 
 
