@@ -203,6 +203,39 @@ def test_numeric_columns_after_a_year_column_keep_their_sign(mariadb_db: MariaDB
     assert event.table.schema == describe_table(conn, mariadb_db.name, 't').schema
 
 
+# Tables without a PRIMARY KEY: the key the binlog names (the server promotes its first
+# unique key of whole NOT NULL columns), which the snapshot must name too.
+_KEYS = {
+    'pk': ('CREATE TABLE pk (u INT NOT NULL UNIQUE, id INT PRIMARY KEY)', ('id',)),
+    'uk': ('CREATE TABLE uk (id INT NOT NULL, v INT, UNIQUE KEY (id))', ('id',)),
+    'composite': ('CREATE TABLE composite (a INT NOT NULL, b VARCHAR(5) NOT NULL, '
+                  'UNIQUE KEY (b, a))', ('b', 'a')),
+    'nullable_first': ('CREATE TABLE nullable_first (a INT, b INT NOT NULL, UNIQUE KEY (a), '
+                       'UNIQUE KEY (b))', ('b',)),
+    'twins': ('CREATE TABLE twins (a INT NOT NULL, b INT NOT NULL, UNIQUE KEY k2 (b, a), '
+              'UNIQUE KEY k1 (a, b))', ('b', 'a')),
+    'nullable': ('CREATE TABLE nullable (a INT, UNIQUE KEY (a))', ()),
+    'prefix': ('CREATE TABLE prefix (s VARCHAR(50) NOT NULL, UNIQUE KEY (s(10)))', ()),
+    'plain': ('CREATE TABLE plain (a INT NOT NULL, KEY (a))', ()),
+}
+
+
+def test_the_snapshot_names_the_key_the_binlog_names(mariadb_db: MariaDBDatabase,
+                                                     position: BinlogPosition) -> None:
+    conn = mariadb_db.connect()
+    execute(conn, "SET sql_mode = ''", *(sql for sql, _ in _KEYS.values()),
+            *(f'INSERT INTO {name} () VALUES ()' for name in _KEYS))
+    stream = open_stream(mariadb_db.server.connect(), mariadb_db.name, position)
+    try:
+        items = read_until(stream, lambda items: len(rows_of(items)) == len(_KEYS))
+    finally:
+        stream.close()
+    streamed = {event.table.table: event.table.schema for event in rows_of(items)}
+    for name, (_, key) in _KEYS.items():
+        assert streamed[name].key == key, name
+        assert describe_table(conn, mariadb_db.name, name).schema == streamed[name], name
+
+
 # ---------------------------------------------------------------------------------------------
 # Images, multi-row events and transactions
 

@@ -615,6 +615,37 @@ def test_postgres_replica_equals_mariadb_source(mariadb_db: Any, pg_db: Any,
     assert not dead_letters(tmp_path)
 
 
+@pytest.mark.parametrize('sink', ['mariadb', 'postgres'])
+def test_a_table_keyed_by_a_unique_not_null_key_replicates_equal(
+        mariadb_db: Any, mariadb: Any, pg_db: Any, tmp_path: Path, sink: str) -> None:
+    """Without a PRIMARY KEY the server keys the table by its UNIQUE NOT NULL key, and so
+    does the binlog: the snapshot must create the replica with that key too, or the
+    streamed upserts find no key to update."""
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE uk (id INT NOT NULL, v INT, UNIQUE KEY (id))',
+            'INSERT INTO uk VALUES (1, 1), (2, 2)')
+    target = mariadb.database('replica') if sink == 'mariadb' else pg_db
+    try:
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
+        wait_for_offsets(tmp_path / 'offsets.json', cdc)
+        execute(conn, 'UPDATE uk SET v = 10 WHERE id = 1', 'UPDATE uk SET id = 3 WHERE id = 2')
+        stop_when_caught_up(cdc, conn, tmp_path)
+        source = fetch_all(conn, 'SELECT id, v FROM uk ORDER BY id, v')
+        if sink == 'mariadb':
+            with target.connect() as tconn:
+                replica = fetch_all(tconn, 'SELECT id, v FROM uk ORDER BY id, v')
+        else:
+            with pg_db.connect() as pconn:
+                replica = tuple(pconn.execute(f'SELECT id, v FROM "{mariadb_db.name}".uk '
+                                              'ORDER BY id, v').fetchall())
+        assert source == ((1, 10), (3, 2))
+        assert tuple(map(tuple, replica)) == source
+        assert not dead_letters(tmp_path)
+    finally:
+        if sink == 'mariadb':
+            mariadb.drop_database(target.name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Clear failures
 

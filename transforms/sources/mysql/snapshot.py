@@ -164,7 +164,7 @@ _ENUM_LABEL = re.compile(r"'((?:[^']|'')*)'")
 _COLUMNS_QUERY = (
     'SELECT c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE, '
     'c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE, c.DATETIME_PRECISION, '
-    'co.ID FROM information_schema.COLUMNS c '
+    'co.ID, c.COLUMN_KEY FROM information_schema.COLUMNS c '
     'LEFT JOIN information_schema.COLLATIONS co ON co.COLLATION_NAME = c.COLLATION_NAME '
     'WHERE c.TABLE_SCHEMA = %s AND c.TABLE_NAME = %s ORDER BY c.ORDINAL_POSITION')
 
@@ -175,7 +175,7 @@ def _int(value: Any) -> int:
 
 def _column_info(position: int, row: Sequence[Any]) -> t.ColumnInfo:
     """One information_schema.COLUMNS row as the binlog's TABLE_MAP would describe it."""
-    name, data_type, column_type, nullable, octets, precision, scale, fsp, collation = row
+    name, data_type, column_type, nullable, octets, precision, scale, fsp, collation = row[:9]
     data_type, column_type = str(data_type).lower(), str(column_type).lower()
     info = t.ColumnInfo(position=position, name=str(name), type=t.NULL,
                         nullable=str(nullable) == 'YES', unsigned='unsigned' in column_type,
@@ -221,6 +221,30 @@ def _column_info(position: int, row: Sequence[Any]) -> t.ColumnInfo:
                                    'snapshot cannot read yet')
 
 
+def _primary_key(conn: Any, db: str, table: str, marked: set[str]) -> tuple[str, ...]:
+    """The key the binlog's PRIMARY_KEY metadata names for ``db.table``, in key order.
+
+    Without a PRIMARY KEY, the server promotes its first UNIQUE key of whole NOT NULL columns
+    to the primary key, and the binlog names that key: information_schema marks its columns
+    ``PRI`` (``marked``).  The unique index holding exactly those columns gives their order;
+    rows come in the server's own key order, so of two such indexes the promoted one is first.
+    """
+    if not marked:
+        return ()
+    indexes: dict[str, list[tuple[int, str]]] = {}
+    for index, seq, column in _query(
+            conn, 'SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS '
+                  'WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND NON_UNIQUE = 0', (db, table)):
+        indexes.setdefault(str(index), []).append((int(seq), str(column)))
+    for parts in indexes.values():
+        if {column for _, column in parts} == marked and len(parts) == len(marked):
+            return tuple(column for _, column in sorted(parts))
+    raise BinlogConfigError(f'{db}.{table}: information_schema marks {sorted(marked)} as its '
+                            'primary key, but no unique index holds exactly those columns, so '
+                            'the snapshot cannot tell their order; capture the table after '
+                            'giving it a PRIMARY KEY')
+
+
 def _select_expression(info: t.ColumnInfo, data_type: str) -> str:
     name = quote(info.name)
     if info.type == t.FLOAT:
@@ -236,10 +260,7 @@ def describe_table(conn: Any, db: str, table: str) -> SnapshotTable:
     if not rows:
         raise BinlogConfigError(f'no such table: {db}.{table}')
     columns = tuple(_column_info(i, row) for i, row in enumerate(rows))
-    key = tuple(str(r[0]) for r in _query(
-        conn, 'SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s '
-              "AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
-        (db, table)))
+    key = _primary_key(conn, db, table, {str(r[0]) for r in rows if str(r[9]) == 'PRI'})
     schema = TableSchema(db, table, tuple(t.to_column(c) for c in columns), key)
     select = tuple(_select_expression(c, str(r[1]).lower()) for c, r in zip(columns, rows,
                                                                             strict=True))
