@@ -615,6 +615,31 @@ def test_postgres_replica_equals_mariadb_source(mariadb_db: Any, pg_db: Any,
     assert not dead_letters(tmp_path)
 
 
+def test_a_year_column_replicates_into_mariadb(mariadb_db: Any, mariadb: Any,
+                                               tmp_path: Path) -> None:
+    """The sink creates `year`, information_schema shows it as `year(4)`: the same type, so
+    the rows are written, not refused as a schema change; the integers after the YEAR keep
+    their sign in the stream."""
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE t (id INT PRIMARY KEY, y YEAR, u INT UNSIGNED, s INT)',
+            'INSERT INTO t VALUES (1, 2024, 4294967295, -1), (2, NULL, 0, 0)')
+    target = mariadb.database('replica')
+    try:
+        cdc = start_cdc(mariadb_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
+        wait_for_offsets(tmp_path / 'offsets.json', cdc)
+        execute(conn, 'INSERT INTO t VALUES (3, 1901, 4294967295, -1)',
+                'UPDATE t SET y = 2155 WHERE id = 2')
+        stop_when_caught_up(cdc, conn, tmp_path)
+        source = fetch_all(conn, 'SELECT id, y, u, s FROM t ORDER BY id')
+        with target.connect() as tconn:
+            replica = fetch_all(tconn, 'SELECT id, y, u, s FROM t ORDER BY id')
+        assert source == ((1, 2024, 4294967295, -1), (2, 2155, 0, 0), (3, 1901, 4294967295, -1))
+        assert replica == source
+        assert not dead_letters(tmp_path)
+    finally:
+        mariadb.drop_database(target.name)
+
+
 @pytest.mark.parametrize('sink', ['mariadb', 'postgres'])
 def test_a_table_keyed_by_a_unique_not_null_key_replicates_equal(
         mariadb_db: Any, mariadb: Any, pg_db: Any, tmp_path: Path, sink: str) -> None:

@@ -53,6 +53,7 @@ def test_postgres_types_that_need_no_alter(target, new):
     ('datetime(6)', 'DATETIME(6)'),
     ("enum('a','b''c')", "ENUM('a')"),
     ('bigint(20)', 'INT UNSIGNED'),
+    ('year(4)', 'year'),  # how information_schema shows a column created as `year`
 ])
 def test_mariadb_types_that_need_no_alter(target, new):
     assert holds(target, new, 'mysql')

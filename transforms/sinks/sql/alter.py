@@ -225,6 +225,9 @@ def _my_shape(text: str) -> _Shape:
         return _Shape('other', text=text)
     name, args, tail = parts
     name = _MY_ALIASES.get(name, name)
+    if name == 'year' and args in (None, '4') and not tail:
+        # A column created as `year` reads back from information_schema as `year(4)`.
+        return _Shape('other', text='year')
     if name in _MY_INTS and tail in ('', 'unsigned', 'signed'):
         return _int(_MY_INTS[name], unsigned=tail == 'unsigned')
     if name == 'decimal' and tail in ('', 'signed'):
