@@ -54,6 +54,8 @@ def test_postgres_types_that_need_no_alter(target, new):
     ("enum('a','b''c')", "ENUM('a')"),
     ('bigint(20)', 'INT UNSIGNED'),
     ('year(4)', 'year'),  # how information_schema shows a column created as `year`
+    ('longblob', 'VARBINARY(255)'),
+    ('datetime(6)', 'datetime'),
 ])
 def test_mariadb_types_that_need_no_alter(target, new):
     assert holds(target, new, 'mysql')
@@ -89,6 +91,12 @@ def test_postgres_widenings(target, new, expected):
     ('decimal(10,2)', 'DECIMAL(10,4)', 'DECIMAL(12,4)'),
     ("enum('a','b')", "ENUM('c','a')", "ENUM('a','b','c')"),
     ('float', 'DOUBLE', 'DOUBLE'),
+    ('varbinary(4)', 'varbinary(10)', 'varbinary(10)'),
+    ('blob', 'longblob', 'longblob'),
+    ('tinyblob', 'varbinary(300)', 'varbinary(300)'),
+    ('datetime', 'datetime(6)', 'datetime(6)'),
+    ('time', 'time(3)', 'time(3)'),
+    ('timestamp(3)', 'timestamp(6)', 'timestamp(6)'),
 ])
 def test_mariadb_widenings(target, new, expected):
     assert not holds(target, new, 'mysql')
@@ -111,6 +119,8 @@ def test_a_mariadb_key_column_widens_to_an_indexable_type():
     ('longtext', 'INT', 'mysql'),
     ('datetime(6)', 'DATE', 'mysql'),
     ('decimal(65,30)', 'DECIMAL(65,0)', 'mysql'),  # MariaDB's 65 digits cannot hold both
+    ('datetime(6)', 'time(6)', 'mysql'),
+    ('binary(4)', 'binary(10)', 'mysql'),  # pads the values the target holds with zeros
 ])
 def test_changes_no_target_can_follow_safely(target, new, dialect):
     assert not holds(target, new, dialect)

@@ -13,8 +13,9 @@ Targets only ever grow, so every version's rows keep fitting and a replayed old 
   dropped right after (``add_default`` / ``drop_defaults``): later rows come with their values;
 * a retyped column is widened only when the target's current type cannot hold the new type's
   values (``integer`` → ``bigint``, ``varchar(10)`` → ``text``, ``numeric(10,2)`` →
-  ``numeric(14,4)``, anything → ``text``): to the new source type when that holds every value
-  the target already has, else to the narrowest type holding both.  A source type that got
+  ``numeric(14,4)``, ``VARBINARY(4)`` → ``LONGBLOB``, ``DATETIME`` → ``DATETIME(6)``, anything
+  → ``text``): to the new source type when that holds every value the target already has,
+  else to the narrowest type holding both.  A source type that got
   narrower (``bigint`` → ``integer``) needs nothing: the target still holds it;
 * a column the source no longer has (dropped, or renamed: the log shows a drop plus an add) is
   kept, made nullable if needed; sinks write NULL into it from then on;
@@ -26,9 +27,9 @@ column was widened) only needs its values to fit: a ``text`` column the sink wid
 ``integer`` stores the old integers as text, as the source's own ALTER converted them
 (``older=True``).
 
-Type texts are compared as shapes (integer ranges, decimal digits, string lengths, enum labels)
-after the dialect's aliases are folded, so ``varchar(10)`` and ``character varying(10)``, or
-``INT`` and ``int(11)``, are the same type.
+Type texts are compared as shapes (integer ranges, decimal digits, string and byte string
+lengths, digits of a second, enum labels) after the dialect's aliases are folded, so
+``varchar(10)`` and ``character varying(10)``, or ``INT`` and ``int(11)``, are the same type.
 """
 from __future__ import annotations
 
@@ -102,15 +103,15 @@ class Alteration:
 
 @dataclasses.dataclass(frozen=True)
 class _Shape:
-    family: str  # 'int', 'numeric', 'float', 'string', 'enum' or 'other'
+    family: str  # 'int', 'numeric', 'float', 'string', 'bytes', 'temporal', 'enum' or 'other'
     low: int = 0  # int: the range
     high: int = 0
     digits: int | None = None  # numeric: digits before the point; None: unbounded
-    scale: int | None = None  # numeric: digits after it; None: unbounded
+    scale: int | None = None  # numeric: digits after it; None: unbounded; temporal: of seconds
     bits: int = 0  # float: mantissa bits
-    length: int | None = None  # string: characters; None: unbounded
+    length: int | None = None  # string: characters, bytes: bytes; None: unbounded
     symbols: tuple[str, ...] = ()  # enum labels
-    text: str = ''  # other: the normalized type text
+    text: str = ''  # other: the normalized type text; temporal: the type's name
 
 
 def _int(bits: int, unsigned: bool = False) -> _Shape:
@@ -136,6 +137,11 @@ _MY_FLOATS = {'float': 24, 'double': 53, 'double precision': 53, 'real': 53}
 # MariaDB's TEXT types hold bytes; in characters of utf8mb4 (up to 4 bytes each) that is:
 _MY_TEXTS = {'tinytext': 63, 'text': 16383, 'mediumtext': 4194303, 'longtext': None,
              'json': None}
+# Byte strings by their maximum length in bytes.  Not BINARY(n): it pads its values to n bytes,
+# so a wider one changes the values the target already holds.
+_MY_BLOBS = {'tinyblob': 255, 'blob': 65535, 'mediumblob': 16777215, 'longblob': None}
+# Types that keep 0-6 digits of fractions of a second (0 when no precision is given).
+_MY_TEMPORALS = ('datetime', 'time', 'timestamp')
 _MY_ALIASES = {'dec': 'decimal', 'fixed': 'decimal', 'numeric': 'decimal',
                'character varying': 'varchar'}
 
@@ -240,6 +246,16 @@ def _my_shape(text: str) -> _Shape:
         numbers = _NUMBERS.match(args)
         if numbers and numbers.group(2) is None:
             return _Shape('string', length=int(numbers.group(1)))
+    if name in _MY_BLOBS and args is None and not tail:
+        return _Shape('bytes', length=_MY_BLOBS[name])
+    if name == 'varbinary' and args is not None and not tail:
+        numbers = _NUMBERS.match(args)
+        if numbers and numbers.group(2) is None:
+            return _Shape('bytes', length=int(numbers.group(1)))
+    if name in _MY_TEMPORALS and not tail:
+        numbers = _NUMBERS.match(args or '0')
+        if numbers and numbers.group(2) is None:
+            return _Shape('temporal', scale=int(numbers.group(1)), text=name)
     return _Shape('other', text=text)
 
 
@@ -261,8 +277,10 @@ def _holds(target: _Shape, new: _Shape) -> bool:
                     and (t.scale is None or (n.scale is not None and t.scale >= n.scale)))
         if t.family == 'float':
             return t.bits >= n.bits
-        if t.family == 'string':
+        if t.family in ('string', 'bytes'):
             return t.length is None or (n.length is not None and t.length >= n.length)
+        if t.family == 'temporal':  # more digits of a second keep every value as it was
+            return t.text == n.text and (t.scale or 0) >= (n.scale or 0)
         if t.family == 'enum':
             return set(n.symbols) <= set(t.symbols)
         return t.text == n.text
