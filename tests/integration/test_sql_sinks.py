@@ -488,6 +488,28 @@ def test_mariadb_rejects_become_dead_letters_and_the_rest_commits(mariadb_db, tm
         assert cur.fetchall() == ((1, 'b', None), (3, 'fine', dt.datetime(2024, 1, 1, 12)))
 
 
+def test_mariadb_refuses_decimals_it_would_round_and_the_rest_commits(mariadb_db, tmp_path):
+    # A PostgreSQL numeric without a precision becomes DECIMAL(65,30), and MariaDB rounds a
+    # value with more digits after the point even in strict mode.
+    table = TableSchema('shop', 'amounts', (Column('id', Kind.INT64, 'bigint', nullable=False),
+                                            Column('v', Kind.DECIMAL, 'numeric')), key=('id',))
+    values = {1: Decimal('0.000000000000000000000000000000123'),
+              2: Decimal('1.0000000000000000000000000000001'),
+              3: Decimal('2.5'),
+              4: Decimal('7.' + '0' * 40),  # equal to its rounded self: nothing is lost
+              5: Decimal('12345678901234567890.123456789012345678901234567891')}
+    events = [change('c', key, table=table, after={'id': key, 'v': v})
+              for key, v in values.items()]
+    letters, _ = run(events, WriteChangesToMySQL(mariadb_db.dsn), tmp_path)
+    errors = {letter['payload']['event']['after']['id']: letter['error'] for letter in letters}
+    assert set(errors) == {1, 2}
+    assert "column 'v'" in errors[1] and '0.000000000000000000000000000000123' in errors[1]
+    assert "column 'v'" in errors[2] and '1.0000000000000000000000000000001' in errors[2]
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('SELECT id, v FROM amounts ORDER BY id')
+        assert dict(cur.fetchall()) == {key: values[key] for key in (3, 4, 5)}
+
+
 def test_mariadb_unchanged_columns_and_literal_names(mariadb_db, tmp_path):
     evil = 'x`; DROP TABLE t; --'
     table = TableSchema('s', 'ta`ble"; DROP TABLE t', (

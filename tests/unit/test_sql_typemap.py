@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from transforms.envelope import Column, Kind
-from transforms.sinks.sql.typemap import mysql_type, postgres_type
+from transforms.sinks.sql.typemap import mysql_scale, mysql_type, postgres_type
 
 
 @pytest.mark.parametrize(('column', 'expected'), [
@@ -139,3 +139,16 @@ def test_every_column_maps_to_a_type_that_cannot_break_out_of_ddl(column, connec
     for type_ in (postgres_type(column, connector), mysql_type(column, connector, key=key)):
         assert type_ and _SAFE.match(type_), type_
         assert ';' not in type_.split("'")[0] and '--' not in type_.split("'")[0]
+
+
+@pytest.mark.parametrize(('column', 'connector', 'expected'), [
+    (Column('v', Kind.DECIMAL, 'numeric'), 'postgresql', 30),
+    (Column('v', Kind.DECIMAL, 'numeric(40,35)', precision=40, scale=35), 'postgresql', 30),
+    (Column('v', Kind.DECIMAL, 'numeric(10,2)', precision=10, scale=2), 'postgresql', 2),
+    (Column('v', Kind.DECIMAL, 'decimal(65,38)', precision=65, scale=38), 'mariadb', 38),
+    (Column('v', Kind.DECIMAL, 'decimal(10,0) unsigned'), 'mariadb', 0),
+    (Column('v', Kind.DECIMAL, 'decimal'), 'mysql', 0),
+    (Column('v', Kind.DECIMAL, 'money'), 'mysql', None),
+])
+def test_mysql_scale_is_the_digits_the_created_column_keeps(column, connector, expected):
+    assert mysql_scale(column, connector) == expected

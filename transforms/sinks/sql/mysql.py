@@ -9,8 +9,9 @@ the batch transaction, and is idempotent if the batch is retried).  Each batch i
 transaction of multi-row ``INSERT … ON DUPLICATE KEY UPDATE c = IF(row older, new, old)``
 statements (measured in bench/sinks.py against ``LOAD DATA LOCAL INFILE``; see docs/sinks.md).
 The session runs in strict mode with ``NO_AUTO_VALUE_ON_ZERO`` and UTC: a value MariaDB cannot
-hold (NaN, ±Infinity, ``infinity`` and other temporal text forms, out-of-range numbers or dates)
-is rejected and its row goes to the dead-letter output instead of being silently changed.
+hold (NaN, ±Infinity, ``infinity`` and other temporal text forms, out-of-range numbers or dates,
+decimals with more digits after the point than the column keeps) is rejected and its row goes
+to the dead-letter output instead of being silently changed.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from transforms.sinks.sql.apply import (
 )
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
-from transforms.sinks.sql.typemap import mysql_type
+from transforms.sinks.sql.typemap import mysql_scale, mysql_type
 
 __all__ = ['WriteChangesToMySQL']
 
@@ -104,12 +105,30 @@ def _float(value: Any) -> str:
     return repr(number) + ('e0' if 'e' not in repr(number) else '')
 
 
-def _decimal(value: Any) -> str:
-    if not isinstance(value, Decimal):
-        value = Decimal(str(value))
-    if not value.is_finite():
-        return _reject('decimal', value)
-    return format(value, 'f')
+def _decimals(value: Decimal) -> int:
+    """How many digits a finite ``value`` has after the point, trailing zeros aside."""
+    _, digits, exponent = value.as_tuple()
+    significant = ''.join(map(str, digits)).rstrip('0')
+    if not significant:
+        return 0
+    return max(0, -(int(exponent) + len(digits) - len(significant)))
+
+
+def _decimal(scale: int | None) -> Callable[[Any], str]:
+    """The literal of a value for a DECIMAL column keeping ``scale`` digits after the point."""
+    def literal(value: Any) -> str:
+        if not isinstance(value, Decimal):
+            value = Decimal(str(value))
+        if not value.is_finite():
+            return _reject('decimal', value)
+        # MariaDB rounds extra digits with only a Note, even in strict mode: refused here.
+        if scale is not None and _decimals(value) > scale:
+            raise ValueError(f'MariaDB cannot hold decimal value {value:f} unchanged: it has '
+                             f'{_decimals(value)} digits after the point, and the column\'s '
+                             f'type keeps {scale} (MariaDB would round it); round such values '
+                             f'at the source, e.g. with a type numeric(p,s) with s <= {scale}')
+        return format(value, 'f')
+    return literal
 
 
 def _integer(value: Any) -> str:
@@ -132,8 +151,9 @@ def _temporal(quote: Callable[[Any], str]) -> Callable[[Any], str]:
     return literal
 
 
-def _converters(table: TableSchema,
-                escape: Callable[[str], str]) -> dict[str, Callable[[Any], str]]:
+def _converters(table: TableSchema, escape: Callable[[str], str],
+                connector: str = '') -> dict[str, Callable[[Any], str]]:
+    """Per column, the SQL literal of a value (of a ``connector`` source's ``table``)."""
     quote = _quoted(escape)
     out: dict[str, Callable[[Any], str]] = {}
     for column in table.columns:
@@ -145,7 +165,7 @@ def _converters(table: TableSchema,
         elif kind in (Kind.FLOAT32, Kind.FLOAT64):
             out[column.name] = _float
         elif kind is Kind.DECIMAL:
-            out[column.name] = _decimal
+            out[column.name] = _decimal(mysql_scale(column, connector))
         elif kind in (Kind.DATE, Kind.TIME, Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
             out[column.name] = _temporal(quote)
         elif kind is Kind.ARRAY:
@@ -178,10 +198,11 @@ _QUOTED = frozenset({Kind.STRING, Kind.TEXT, Kind.JSON, Kind.UUID, Kind.ENUM, Ki
 _NEEDS_ESCAPE = ('\\', "'", '\x00')
 
 
-def _column_literals(column: Column, values: Sequence[Any],
-                     convert: Callable[[Any], str]) -> list[str]:
-    """SQL literals of one column's values: one C-level map when every value has the expected
-    type (~5x cheaper than ``convert`` per value, which handles everything else)."""
+def _column_literals(column: Column, values: Sequence[Any], convert: Callable[[Any], str],
+                     connector: str = '') -> list[str]:
+    """SQL literals of one column's values (of a ``connector`` source): one C-level map when
+    every value has the expected type (~5x cheaper than ``convert`` per value, which handles
+    everything else)."""
     types = set(map(type, values))
     types.discard(_NONE)
     texts: list[str] | None = None
@@ -196,7 +217,9 @@ def _column_literals(column: Column, values: Sequence[Any],
         elif kind in _INTEGERS and type_ is int:
             texts = list(map(str, present))
         elif kind is Kind.DECIMAL and type_ is Decimal and all(map(Decimal.is_finite, present)):
-            texts = [format(v, 'f') for v in present]
+            scale = mysql_scale(column, connector)
+            if scale is None or all(v.as_tuple().exponent >= -scale for v in present):
+                texts = [format(v, 'f') for v in present]
         elif kind in _TEMPORAL and type_ in (dt.date, dt.time):
             texts = ["'" + v + "'" for v in map(type_.isoformat, present)]
         elif kind is Kind.TIMESTAMP and type_ is dt.datetime and all(
@@ -375,11 +398,11 @@ class _MySQLTarget(Target):
     def _literal(self, text: str) -> str:
         return "'" + _escape_string(text) + "'"
 
-    def _convert(self, table: TableSchema) -> dict[str, Callable[[Any], str]]:
-        cached = self._literals.get(id(table))
+    def _convert(self, table: TableSchema, connector: str) -> dict[str, Callable[[Any], str]]:
+        cached = self._literals.get(id(table))  # a table's events all come from one source
         if cached is None or cached[0] is not table:
             converters = {name: _null_safe(name, fn)
-                          for name, fn in _converters(table, self._escape).items()}
+                          for name, fn in _converters(table, self._escape, connector).items()}
             cached = self._literals[id(table)] = (table, converters)
             if len(self._literals) > 1024:
                 self._literals = {id(table): cached}
@@ -477,7 +500,7 @@ class _MySQLTarget(Target):
         self._run(sql.my_record_tombstones([f"({label}, '{sql.TRUNCATED}', {position})"]))
 
     def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
-        convert = self._convert(tb.table)
+        convert = self._convert(tb.table, tb.connector)
         key = tb.table.key
         label = self._literal(sql.my_label(tb.target))
         for start in range(0, len(changes), _DELETES_PER_STATEMENT):
@@ -554,9 +577,9 @@ class _MySQLTarget(Target):
             fill = filled(tb.schemas, table, nulled) if len(tb.schemas) > 1 and nulled else {}
             nulled = tuple(n for n in nulled if n not in fill)
             names = [*columns, *fill, sql.POS] + ([sql.ROW_ID] if with_id else [])
-            converters = self._convert(table)
+            converters = self._convert(table, tb.connector)
             by_column = [
-                _column_literals(table.by_name[name], values, converters[name])
+                _column_literals(table.by_name[name], values, converters[name], tb.connector)
                 for name, values in zip(columns, zip(*(c.row.values() for c in group),  # type: ignore[union-attr]
                                                      strict=True), strict=True)]
             for column in fill.values():

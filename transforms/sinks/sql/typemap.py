@@ -40,7 +40,9 @@ ARRAY           <element type>[]               JSON (the array as a JSON array)
 
 What MariaDB cannot hold is rejected by the server (strict mode) or by the sink's value
 conversion, and the row goes to the dead-letter output: NaN and ±Infinity (float and decimal),
-temporal text forms such as ``infinity`` or dates after 9999-12-31, decimals beyond 65 digits.
+temporal text forms such as ``infinity`` or dates after 9999-12-31, decimals beyond 65 digits or
+with more digits after the point than the column keeps (30 for ``numeric`` without a
+precision: :func:`mysql_scale`).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ import re
 
 from transforms.envelope import Column, Kind
 
-__all__ = ['SAME_DATABASE', 'mysql_type', 'postgres_type']
+__all__ = ['SAME_DATABASE', 'mysql_scale', 'mysql_type', 'postgres_type']
 
 SAME_DATABASE = {'postgresql': 'postgresql', 'mysql': 'mysql', 'mariadb': 'mysql'}
 """Source connector name → the target dialect whose types it can reuse verbatim."""
@@ -108,6 +110,8 @@ _MY_SHORT_VARCHAR = 255
 _SAFE_PG_TYPE = re.compile(r'^(?:[A-Za-z0-9_ .,()\[\]]|"(?:[^"\x00]|"")+")+$')
 _SAFE_MY_TYPE = re.compile(r'^[A-Za-z0-9_ ,()]+$')
 _LENGTH = re.compile(r'\(\s*(\d+)\s*\)')
+_MY_DECIMAL = re.compile(r'^\s*(?:decimal|dec|numeric|fixed)\s*(?:\(\s*\d+\s*(?:,\s*(\d+)\s*)?\))?',
+                         re.IGNORECASE)
 
 
 def _is_same_database(column: Column, source_connector: str, dialect: str) -> bool:
@@ -176,3 +180,11 @@ def mysql_type(column: Column, source_connector: str = '', *, key: bool = False)
 def _mysql_enum(kind: str, symbols: tuple[str, ...]) -> str:
     labels = ','.join("'" + s.replace('\\', '\\\\').replace("'", "''") + "'" for s in symbols)
     return f'{kind}({labels})'
+
+
+def mysql_scale(column: Column, source_connector: str = '') -> int | None:
+    """The digits after the point that :func:`mysql_type` of a DECIMAL ``column`` keeps; None
+    when that type is no DECIMAL.  MariaDB rounds a value with more, even in strict mode (with
+    only a Note), so the sink must refuse such values itself."""
+    match = _MY_DECIMAL.match(mysql_type(column, source_connector))
+    return int(match.group(1) or 0) if match else None
