@@ -510,6 +510,43 @@ def test_mariadb_refuses_decimals_it_would_round_and_the_rest_commits(mariadb_db
         assert dict(cur.fetchall()) == {key: values[key] for key in (3, 4, 5)}
 
 
+def test_mariadb_never_merges_two_source_tables_into_one_target_table(mariadb_db, tmp_path):
+    # a.users and b.users (or PostgreSQL public.users and auth.users) both go to `users`.
+    users_a = TableSchema('a', 'users', (Column('id', Kind.INT32, 'integer', nullable=False),
+                                         Column('name', Kind.TEXT, 'text')), key=('id',))
+    users_b = TableSchema('b', 'users', (Column('id', Kind.INT32, 'integer', nullable=False),
+                                         Column('pw', Kind.TEXT, 'text')), key=('id',))
+    first = [change('c', 1, table=users_a, after={'id': 1, 'name': 'alice'}),
+             change('c', 2, table=users_b, after={'id': 1, 'pw': 's1'}),
+             change('c', 3, table=users_a, after={'id': 2, 'name': 'bob'}),
+             change('c', 4, table=users_b, after={'id': 3, 'pw': 's3'})]
+    # Restarted (a new sink, no memory), b.users' rows now first in the batch.
+    again = [change('u', 5, table=users_b, before={'id': 1}, after={'id': 1, 'pw': 's2'}),
+             change('u', 6, table=users_a, before={'id': 1}, after={'id': 1, 'name': 'ann'})]
+
+    def users() -> tuple:
+        with mariadb_db.connect() as conn, conn.cursor() as cur:
+            cur.execute('SELECT id, name FROM users ORDER BY id')
+            return cur.fetchall()
+
+    for events, refused, expected in ((first, [2, 4], ((1, 'alice'), (2, 'bob'))),
+                                      (again, [5], ((1, 'ann'), (2, 'bob')))):
+        letters, _ = run(events, WriteChangesToMySQL(mariadb_db.dsn), tmp_path)
+        assert sorted(letter['source'] for letter in letters) == [
+            f'b.users@{e.source.sort_key}' for e in events if e.source.lsn in refused]
+        error = letters[0]['error']
+        assert 'b.users' in error and 'a.users' in error and 'into users' in error, error
+        assert "route={'b.users': 'b_users'}" in error, error
+        assert users() == expected
+
+    routed = WriteChangesToMySQL(mariadb_db.dsn, route={'b.users': 'b_users'})
+    assert run([*first, *again], routed, tmp_path)[0] == []
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('SELECT id, pw FROM b_users ORDER BY id')
+        assert cur.fetchall() == ((1, 's2'), (3, 's3'))
+    assert users() == ((1, 'ann'), (2, 'bob'))
+
+
 def test_mariadb_unchanged_columns_and_literal_names(mariadb_db, tmp_path):
     evil = 'x`; DROP TABLE t; --'
     table = TableSchema('s', 'ta`ble"; DROP TABLE t', (

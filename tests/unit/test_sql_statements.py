@@ -181,6 +181,18 @@ def test_changes_to_one_key_collapse_to_the_newest():
         '[1]': ('c', pos(3)), '[2]': ('z', pos(1))}
 
 
+def test_two_source_tables_with_one_target_are_kept_apart():
+    auth = TableSchema('auth', 'items', ITEMS.columns, key=('id',))
+    batch = plan_batch([event('c', 2, table=auth, after={'id': 1, 'name': 'b', 'doc': 'x'}),
+                        event('c', 1, after={'id': 1, 'name': 'a', 'doc': 'x'}),
+                        event('c', 3, table=auth, after={'id': 2, 'name': 'c', 'doc': 'x'})],
+                       mysql_target)
+    mine = TargetTable(None, 'items')
+    assert [c.row['name'] for c in batch.tables[mine].changes.values()] == ['a']
+    assert [c.row['name'] for c in batch.strays[mine, 'auth.items'].changes.values()] == [
+        'b', 'c']
+
+
 def test_a_partial_update_keeps_the_unchanged_value_of_an_earlier_image():
     batch = plan([
         event('c', 1, after={'id': 1, 'name': 'a', 'doc': 'big'}),

@@ -13,8 +13,9 @@ columns from the catalog once and ALTER it so it holds that schema's rows, see `
 the truncate, deletes, upserts and appends that :func:`~transforms.sinks.sql.batch.plan_batch`
 reduced the batch to, each skipped where the target already holds a newer position (row
 ``_cb_pos``, tombstone, truncate mark).  A target whose DDL commits implicitly (MariaDB) runs
-the schema step just before the transaction instead; a table the sink cannot make fit
-dead-letters that table's events of the batch with the reason.  If the target rejects the
+the schema step just before the transaction instead; a table the sink cannot make fit, or a
+second source table for one target table (whose rows would overwrite the first one's), dead-letters
+that table's events of the batch with the reason.  If the target rejects the
 batch, it is retried row by row, one savepoint per row, and only the rows the target rejects
 become dead letters.  A lost connection (or a
 deadlock, serialization failure, shutdown) is retried with exponential backoff on a new
@@ -121,6 +122,16 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def create(self, target: TargetTable, schema: TableSchema, connector: str) -> None:
         """Create the table (and its schema) for ``schema``'s rows, if it does not exist."""
+
+    def claim(self, target: TargetTable, source: str) -> str | None:
+        """The source table (``schema.table``) whose rows the existing ``target`` holds, as
+        recorded on it; with no record yet, ``source``, recorded now.  None when the target
+        keeps no record (then the :class:`Applier` remembers the first source table it sees)."""
+        return None
+
+    def unclaim(self, target: TargetTable) -> str:
+        """The statement that clears :meth:`claim`'s record ('' when there is none)."""
+        return ''
 
     @abc.abstractmethod
     def high_water(self, target: TargetTable) -> str:
@@ -319,6 +330,8 @@ class Applier:
         # (target, schema) pairs the target table is known to hold, and its columns then.
         self._fitted: set[tuple[TargetTable, TableSchema]] = set()
         self._target_columns: dict[TargetTable, frozenset[str]] = {}
+        # The source table each target table holds the rows of, where the target keeps no record.
+        self._sources: dict[TargetTable, str] = {}
         self._altered = Metrics.counter(step, 'tables_altered')
         self._pruned = Metrics.counter(step, 'tombstones_pruned')
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -407,7 +420,7 @@ class Applier:
             _LOG.warning('%d delete(s) of table(s) without a key not applied (no row identity): %s',
                          len(plan.unkeyed_deletes),
                          sorted({e.table.name for e in plan.unkeyed_deletes}))
-        tables = list(plan.tables.values())
+        tables = [*plan.tables.values(), *plan.strays.values()]
         if tables:
             try:
                 done = self._retry(lambda: self._write(tables, row_by_row=False))
@@ -551,6 +564,13 @@ class Applier:
                 target.create(tb.target, todo[0], tb.connector)
                 _LOG.info('%s created table %s', target.step, tb.target)
                 existing = target.columns(tb.target)
+            # Two source tables in one target table would overwrite and delete each other's
+            # rows (same keys, each one's truncates and snapshot ends): the first one keeps it.
+            source = tb.table.name
+            owner = target.claim(tb.target, source) or self._sources.setdefault(tb.target,
+                                                                                 source)
+            if owner != source:
+                return self._shared(tb.target, owner, source)
             high_water: str | None = None
             for schema in todo:
                 wanted = functools.partial(self._column_type, tb, schema)
@@ -592,6 +612,18 @@ class Applier:
             return f'cannot create or alter {tb.target}: {target.describe(exc)}'
         tb.target_columns = fitted[tb.target] = frozenset(existing)
         return None
+
+    def _shared(self, target: TargetTable, owner: str, source: str) -> str:
+        """Why ``source``'s rows cannot go into ``target``, which holds ``owner``'s."""
+        own = source.replace('.', '_')
+        unclaim = self.target.unclaim(target)
+        replaces = (f'; if {source} replaces {owner} (a table renamed or moved at the source), '
+                    f'run {unclaim} and restart') if unclaim else ''
+        return (f'{self.target.step} cannot write the rows of {source} into {target}: that '
+                f'table holds the rows of {owner}, and two source tables in one target table '
+                "overwrite and delete each other's rows; give one of them a table of its own "
+                f'with the sink\'s route option (route={{{source!r}: {own!r}}}) or a pipeline '
+                f'with another target database{replaces}')
 
     def _column_type(self, tb: TableBatch, schema: TableSchema, column: Column) -> str:
         return self.target.column_type(column, tb.connector, column.name in schema.key)

@@ -17,7 +17,10 @@ Pure (no driver, no Beam).  Events are ordered by ``source.sort_key``; per targe
   older than the snapshot are gone from the source, written like a truncate at its position
   but after the batch's rows;
 * other ``m`` events are counted in ``messages``; malformed events go to ``rejected`` with a
-  reason.
+  reason;
+* a source table whose target is already another source table's in the batch (``a.users`` and
+  ``b.users`` both to a MariaDB ``users``) gets a batch of its own in ``strays``: the sink
+  writes one source table's rows into a target table and refuses the other's.
 """
 from __future__ import annotations
 
@@ -137,11 +140,13 @@ class Rendered:
 
 @dataclasses.dataclass
 class Batch:
-    tables: dict[TargetTable, TableBatch]
+    tables: dict[TargetTable, TableBatch]  # by target: the first source table's
     rejected: list[tuple[ChangeEvent, str]]
     unkeyed_deletes: list[ChangeEvent]
     messages: int
     size: int
+    # Other source tables going to a target in ``tables``, by target and source table name.
+    strays: dict[tuple[TargetTable, str], TableBatch] = dataclasses.field(default_factory=dict)
 
 
 def key_hash(text: str) -> str:
@@ -204,9 +209,14 @@ def _table_batch(batch: Batch, table: TableSchema, pos: str, connector: str,
     except (ValueError, TypeError) as exc:
         return f'route: {exc}'
     tb = batch.tables.get(target)
-    if tb is None:
+    if tb is not None and tb.table.name != table.name:  # another source table, same target
+        tb = batch.strays.get((target, table.name))
+        if tb is None:
+            tb = batch.strays[target, table.name] = TableBatch(target, table, [table], [pos],
+                                                               connector)
+    elif tb is None:
         tb = batch.tables[target] = TableBatch(target, table, [table], [pos], connector)
-    elif tb.table != table:  # events are in position order: this schema is the newer one
+    if tb.table != table:  # events are in position order: this schema is the newer one
         tb.table = table
         if table not in tb.schemas:
             tb.schemas.append(table)

@@ -57,6 +57,8 @@ _RETRYABLE_CODES = frozenset({1040, 1053, 1205, 1213, 1927})
 _STATEMENT_BYTES = 2 << 20  # per multi-row statement, well under max_allowed_packet (16 MiB)
 _DELETES_PER_STATEMENT = 500
 _LOCK_TIMEOUT_S = 60
+# The table comment naming the source table whose rows a target table holds (``Target.claim``).
+_SOURCE_NOTE = 'changebeam source: '
 def _pymysql() -> Any:
     try:
         import pymysql
@@ -424,7 +426,24 @@ class _MySQLTarget(Target):
     def create(self, target: TargetTable, schema: TableSchema, connector: str) -> None:
         definitions = [(c.name, self.column_type(c, connector, c.name in schema.key),
                         c.nullable) for c in schema.columns]
-        self._run(sql.my_create_table(target, definitions, schema.key))
+        self._run(sql.my_create_table(target, definitions, schema.key,
+                                      self._literal(_SOURCE_NOTE + schema.name)))
+
+    def claim(self, target: TargetTable, source: str) -> str | None:
+        # In the table comment: a restarted sink, or another worker, must see it too.
+        database = self._literal(target.schema) if target.schema else 'DATABASE()'
+        self._run(sql.my_table_comment(database, self._literal(target.table)))
+        row = self._cur.fetchone()
+        comment = row[0] if row else ''
+        if comment.startswith(_SOURCE_NOTE):
+            return str(comment[len(_SOURCE_NOTE):])
+        if comment:  # the table's own comment (made by someone else): left alone
+            return None
+        self._run(sql.my_set_comment(target, self._literal(_SOURCE_NOTE + source)))
+        return source
+
+    def unclaim(self, target: TargetTable) -> str:
+        return f"ALTER TABLE {sql.my_table(target)} COMMENT=''"
 
     def high_water(self, target: TargetTable) -> str:
         self._run(sql.my_high_water(target, self._literal(sql.my_label(target))))

@@ -386,7 +386,8 @@ def _my_column(column: ColumnDef) -> str:
 
 
 def my_create_table(target: TargetTable, columns: Sequence[ColumnDef],
-                    key: Sequence[str]) -> str:
+                    key: Sequence[str], comment: str = "''") -> str:
+    """CREATE TABLE; ``comment`` is the table comment's literal."""
     parts = [_my_column(c) for c in columns]
     parts.append(f'{my_ident(POS)} {_MY_POS_TYPE} NULL')
     if key:
@@ -394,7 +395,18 @@ def my_create_table(target: TargetTable, columns: Sequence[ColumnDef],
     else:
         parts.append(f'{my_ident(ROW_ID)} VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin '
                      'NULL UNIQUE')
-    return f'CREATE TABLE IF NOT EXISTS {my_table(target)} ({", ".join(parts)}) {_MY_TABLE_OPTIONS}'
+    return (f'CREATE TABLE IF NOT EXISTS {my_table(target)} ({", ".join(parts)}) '
+            f'{_MY_TABLE_OPTIONS} COMMENT={comment}')
+
+
+def my_table_comment(database: str, table: str) -> str:
+    """The comment of a table, by its database's and its name's literals (no row: no table)."""
+    return ('SELECT TABLE_COMMENT FROM information_schema.TABLES '
+            f'WHERE TABLE_SCHEMA = {database} AND TABLE_NAME = {table}')
+
+
+def my_set_comment(target: TargetTable, comment: str) -> str:
+    return f'ALTER TABLE {my_table(target)} COMMENT={comment}'
 
 
 def my_add_columns(target: TargetTable, columns: Sequence[ColumnDef],
