@@ -541,7 +541,7 @@ class _MySQLTarget(Target):
                 continue
             self._run(f'SELECT {", ".join(sql.my_ident(n) for n in names)} '
                       f'FROM {sql.my_table(tb.target)} WHERE '
-                      + self._key_match(change.table, old))
+                      + self._key_match(change.table, tb.connector, old))
             row = self._cur.fetchone()
             if row is not None:
                 out[id(change)] = dict(zip(names, row, strict=True))
@@ -556,11 +556,11 @@ class _MySQLTarget(Target):
                                     for n, v in values[id(change)].items())
             new = tuple(change.row[k] for k in change.table.key)
             self._run(f'UPDATE {sql.my_table(tb.target)} SET {assignments} WHERE '
-                      + self._key_match(change.table, new)
+                      + self._key_match(change.table, tb.connector, new)
                       + f' AND {sql.my_ident(sql.POS)} = {self._literal(change.pos)}')
 
-    def _key_match(self, table: TableSchema, values: Sequence[Any]) -> str:
-        convert = self._convert(table)
+    def _key_match(self, table: TableSchema, connector: str, values: Sequence[Any]) -> str:
+        convert = self._convert(table, connector)
         return ' AND '.join(f'{sql.my_ident(k)} = {convert[k](v)}'
                             for k, v in zip(table.key, values, strict=True))
 
