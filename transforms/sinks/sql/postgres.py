@@ -112,12 +112,15 @@ class _PostgresTarget(Target):
         for attempt in (1, 2):
             try:
                 with self._conn.transaction():
+                    self._run(f"SELECT to_regclass('{sql.PG_TOMBSTONES}') IS NOT NULL")
+                    existed = self._cur.fetchone()[0]
                     for statement in sql.pg_create_tombstones():
                         self._run(statement)
                     self._run(sql.PG_TOMBSTONES_CURRENT)
-                    if not self._cur.fetchone()[0]:
-                        _LOG.info('%s: adding written_at to %s (made by an older version)',
-                                  _STEP, sql.PG_TOMBSTONES)
+                    if not self._cur.fetchone()[0]:  # its index is made here, new or old
+                        if existed:
+                            _LOG.info('%s: adding written_at to %s (made by an older '
+                                      'version)', _STEP, sql.PG_TOMBSTONES)
                         for statement in sql.pg_upgrade_tombstones():
                             self._run(statement)
                 break

@@ -122,9 +122,6 @@ def pg_create_tombstones() -> list[str]:
     ]
 
 
-# Whether the tombstone table has ``written_at`` and its index (a table made by an older
-# version has neither).  Checked first because ALTER TABLE takes its exclusive lock even when
-# IF NOT EXISTS then finds nothing to do, and would queue every batch behind it.
 # What a session does, asked from another one (the sink's stall check): state, wait event,
 # seconds in that state, the start of its statement.
 PG_SESSION_ACTIVITY = (
@@ -132,6 +129,9 @@ PG_SESSION_ACTIVITY = (
     'extract(epoch FROM clock_timestamp() - state_change)::float8, left(query, 100) '
     'FROM pg_stat_activity WHERE pid = %s')
 
+# Whether the tombstone table has ``written_at`` and its index (a table made by an older
+# version has neither).  Checked first because ALTER TABLE takes its exclusive lock even when
+# IF NOT EXISTS then finds nothing to do, and would queue every batch behind it.
 PG_TOMBSTONES_CURRENT = (
     'SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '
     "to_regclass('\"_changebeam\".\"tombstones\"') AND attname = 'written_at' "
