@@ -482,6 +482,41 @@ def test_a_table_named_twice_in_tables_is_copied_once(pg_db: Any, tmp_path: Path
                for d in docs) == 1
 
 
+def test_a_database_moved_to_another_cluster_is_refused_not_silently_stale(
+        pg_db: Any, tmp_path: Path) -> None:
+    """A dump restored on another cluster keeps the publication and its comment, where the
+    pipeline records its snapshot; WAL positions start over there, below those the replicas
+    hold, which then took every change for an old one and stayed stale without a word."""
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE a (id integer PRIMARY KEY)')
+        conn.execute('INSERT INTO a VALUES (1)')
+    out = tmp_path / 'out'
+    slot = f'changebeam_{pg_db.name}'
+    finish(start_cdc(pg_db.dsn, out, '--max_idle_secs', '1'))  # a first run records it
+    with pg_db.connect() as conn:
+        cluster = str(conn.execute('SELECT system_identifier FROM pg_control_system()')
+                      .fetchone()[0])
+        comment = conn.execute('SELECT obj_description(oid, %s) FROM pg_publication',
+                               ('pg_publication',)).fetchone()[0]
+        assert f'; cluster {cluster}' in comment, comment
+        output = finish(start_cdc(pg_db.dsn, out, '--max_idle_secs', '1'))  # a restart: fine
+        assert 'another PostgreSQL cluster' not in output
+        # As restored from a dump of another cluster: the comment came along, the slot not.
+        conn.execute(f"SELECT pg_drop_replication_slot('{slot}')")
+        moved = comment.replace(cluster, '7300000000000000001')
+        conn.execute(f"COMMENT ON PUBLICATION {slot} IS '{moved}'")
+    result = start_cdc(pg_db.dsn, out, '--max_idle_secs', '1')
+    output, _ = result.communicate(timeout=120)
+    assert result.returncode == 1, output[-3000:]
+    assert output.strip().splitlines()[-1] == (
+        f"python -m pipelines.cdc: error: publication '{slot}' was made on another "
+        f'PostgreSQL cluster (system identifier 7300000000000000001, this one {cluster}): the '
+        'database was moved, and WAL positions started over below those the replicas and '
+        'consumers hold, which would take every change for an old one. Empty the replicas '
+        "(their tables and changebeam's tombstones) or give the sink a new target, run "
+        f'COMMENT ON PUBLICATION "{slot}" IS NULL, and start again with --snapshot initial')
+
+
 def test_an_unlogged_table_is_refused_when_named_and_left_out_otherwise(
         pg_db: Any, tmp_path: Path) -> None:
     """An UNLOGGED table's changes never reach the WAL: a snapshot of it could never be kept

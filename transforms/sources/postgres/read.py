@@ -93,6 +93,7 @@ _SNAPSHOT_ATTEMPTS = 5
 _SNAPSHOT_PENDING = 'changebeam: snapshot pending for slot '
 _SNAPSHOT_DONE = 'changebeam: snapshot confirmed for slot '
 _TABLES_NOTE = '; tables '  # then a JSON list of the tables snapshots covered
+_CLUSTER_NOTE = '; cluster '  # then the server's system identifier, before the tables note
 _METRICS = 'ReadPostgresChanges'
 _BEHIND_US = 1_000_000  # a commit sent this long after it happened means a backlog
 _CATCH_UP_ROUND_S = 1.0  # the longest round while catching up
@@ -126,6 +127,8 @@ class _SourceConfig:
 @beam.DoFn.unbounded_per_element()
 class _ReadSlotFn(StreamReadFn):
     """Reads one replication slot; emits lists of ChangeEvents (a transaction or a chunk)."""
+
+    _cluster = ''  # the server's system identifier, once _check_cluster asked
 
     def __init__(self, config: _SourceConfig) -> None:
         self._config = config
@@ -234,6 +237,7 @@ class _ReadSlotFn(StreamReadFn):
                 f'slot {config.slot!r} is in use by process {slot.active_pid}: another pipeline '
                 'reads it; stop that one or pass another --slot_name')
         wants_snapshot = config.snapshot == 'initial'
+        self._check_cluster()
         confirmed, covered = self._covered()
         if slot is not None and wants_snapshot and not confirmed:
             _LOG.warning('slot %s exists but its snapshot was never confirmed downstream: '
@@ -379,6 +383,8 @@ class _ReadSlotFn(StreamReadFn):
         # every worker and restart sees it) without adding anything to the application's
         # schema.
         comment = text + self._config.slot
+        if self._cluster:
+            comment += _CLUSTER_NOTE + self._cluster
         if tables is not None:
             comment += _TABLES_NOTE + json.dumps(sorted(tables))
         with self._lock:
@@ -386,14 +392,47 @@ class _ReadSlotFn(StreamReadFn):
                 f'COMMENT ON PUBLICATION {catalog.quote_ident(self._config.publication)} IS '
                 + "'" + comment.replace("'", "''") + "'")
 
-    def _covered(self) -> tuple[bool, set[str] | None]:
-        """Whether this slot's snapshot was confirmed downstream, and the tables snapshots
-        covered since (None: not recorded, as without --tables or by an older release)."""
+    def _marker(self) -> str:
         row = self._control.execute(
             'SELECT obj_description(oid, %s) FROM pg_publication WHERE pubname = %s',
             ('pg_publication', self._config.publication)).fetchone()
-        comment = (row[0] if row else None) or ''
+        return (row[0] if row else None) or ''
+
+    def _check_cluster(self) -> None:
+        """Refuse a publication whose marker names another cluster: the database was moved
+        (a dump restored, which keeps the publication's comment, or an upgrade).  WAL
+        positions start over there, below those every replica and consumer holds, so each
+        would take every change and snapshot row for an old one, and keep its rows: silently
+        stale for ever."""
+        stream = ReplicationStream.connect(self._config.dsn)
+        try:
+            self._cluster = str(stream.identify_system()['systemid'])
+        finally:
+            stream.close()
+        marker = self._marker()
+        head = _CLUSTER_NOTE
+        if head not in marker or not marker.startswith((_SNAPSHOT_DONE, _SNAPSHOT_PENDING)):
+            return  # none yet, or recorded by an older release
+        recorded = marker.split(head, 1)[1].split(';', 1)[0].strip()
+        if recorded != self._cluster:
+            raise catalog.SourceSetupError(
+                f'publication {self._config.publication!r} was made on another PostgreSQL '
+                f'cluster (system identifier {recorded}, this one {self._cluster}): the '
+                'database was moved, and WAL positions started over below those the replicas '
+                'and consumers hold, which would take every change for an old one. Empty the '
+                'replicas (their tables and changebeam\'s tombstones) or give the sink a new '
+                'target, run COMMENT ON PUBLICATION '
+                f'{catalog.quote_ident(self._config.publication)} IS NULL, and start again '
+                'with --snapshot initial')
+
+    def _covered(self) -> tuple[bool, set[str] | None]:
+        """Whether this slot's snapshot was confirmed downstream, and the tables snapshots
+        covered since (None: not recorded, as without --tables or by an older release)."""
+        comment = self._marker()
         head = _SNAPSHOT_DONE + self._config.slot
+        if comment.startswith(head + _CLUSTER_NOTE):  # the cluster is _check_cluster's
+            cluster_end = comment.find(';', len(head) + len(_CLUSTER_NOTE))
+            comment = head + (comment[cluster_end:] if cluster_end >= 0 else '')
         if comment.startswith(head + _TABLES_NOTE):
             try:
                 return True, set(json.loads(comment[len(head) + len(_TABLES_NOTE):]))
