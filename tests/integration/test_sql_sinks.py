@@ -754,3 +754,30 @@ def test_the_mysql_sink_notices_a_lost_server_within_about_a_minute(mariadb_db: 
         target._conn.ping(reconnect=False)
     finally:
         target._conn.close()
+
+
+def test_a_snapshot_older_than_the_tables_mark_is_not_skipped_silently(pg_db, caplog):
+    """A source whose positions started over (a PostgreSQL database moved to another cluster,
+    whose first pipeline takes a snapshot) had every row taken for an old one, without a
+    word: the target stayed as it was."""
+    import logging
+
+    from transforms.envelope import snapshot_complete
+    from transforms.sinks.sql.postgres import _PostgresTarget
+
+    caplog.set_level(logging.WARNING, logger='transforms.sinks.sql.apply')
+    applier = Applier(_PostgresTarget(pg_db.dsn))
+    applier.open()
+    try:
+        first = change('r', 900, after=_row(random.Random(1), 1, 900, False))
+        assert _apply(applier, [first, snapshot_complete(ITEMS, first.source, 1, 0)]) == []
+        assert not caplog.records
+        # The new cluster's snapshot: positions below the first one's.
+        again = change('r', 30, after=_row(random.Random(2), 1, 30, False))
+        assert _apply(applier, [again, snapshot_complete(ITEMS, again.source, 1, 0)]) == []
+    finally:
+        applier.close()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and 'a snapshot of shop.items at ' in warnings[0], warnings
+    assert 'the target no longer follows it: empty it and take the snapshot again' in \
+        warnings[0]

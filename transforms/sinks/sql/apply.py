@@ -702,6 +702,16 @@ class Applier:
                 self._step(row_by_row, functools.partial(target.truncate, tb.target,
                                                          tb.snapshot),
                            tb.snapshot_events, written)
+            elif tb.snapshot and tb.snapshot < floor:
+                # A truncate streamed after a backfill's position does this; so does a source
+                # whose positions started over (a database moved to another PostgreSQL
+                # cluster), whose every row this target would now take for an old one.
+                _LOG.warning(
+                    '%s: a snapshot of %s at %s arrived after the table was emptied at the '
+                    'later position %s: its rows older than that are skipped. If the source '
+                    'moved to another server or cluster (positions started over), the target '
+                    'no longer follows it: empty it and take the snapshot again',
+                    target.step, tb.table.name, tb.snapshot, floor)
             written.applied[tb.target] = len(done)
         target.commit()
         # Only now: a rolled-back transaction took its ALTERs with it (PostgreSQL).
