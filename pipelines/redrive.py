@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -293,12 +294,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summary(read: int, applied: int | None, failed: int, inventory: Inventory,
-             duplicates: int, dry_run: bool) -> str:
+             duplicates: int, dry_run: bool, stale: int = 0) -> str:
     parts = [f'read {read:,}']
     if dry_run:
         parts.append(f'would re-apply {inventory.count() - duplicates:,}')
     else:
         parts += [f're-applied {applied or 0:,}', f'failed again {failed:,}']
+        if stale:
+            parts.append(f'older than the target {stale:,}')
     parts.append(f'skipped {inventory.count(_NOT_AN_EVENT):,} (not an event)')
     if inventory.count(_OTHER_STEP):
         parts.append(f'left {inventory.count(_OTHER_STEP):,} (other step)')
@@ -353,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, events, sink, failed, tombstone_retention_hours=retention_hours)
     try:
-        pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        result.wait_until_finish()
     except Exception as exc:
         message = _setup_failure(exc)
         if message is None:
@@ -362,12 +366,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # The sink committed and the events it rejected again are on disk: only now move aside.
     failed_again = _count_lines(failed_dir, before)
+    stale = _stale(result)
     move_aside(inventory)
-    print(_summary(read, len(events) - failed_again, failed_again, inventory, duplicates,
-                   False), file=sys.stderr)
+    print(_summary(read, len(events) - failed_again - stale, failed_again, inventory,
+                   duplicates, False, stale), file=sys.stderr)
     if failed_again:
         print(f'changebeam redrive: events rejected again are in {failed}', file=sys.stderr)
+    if stale:
+        print(f'changebeam redrive: {stale:,} event(s) were not applied: the target already '
+              'held a newer change of their rows (a value a later partial update left '
+              'unchanged stays as the target has it)', file=sys.stderr)
     return 0
+
+
+def _stale(result: Any) -> int:
+    """The database sink's ``rows_stale``: redriven events the target already held newer."""
+    try:
+        counters = result.metrics().query()['counters']
+    except Exception:  # a runner without metrics: nothing to tell
+        return 0
+    return sum(c.committed or c.attempted or 0 for c in counters
+               if c.key.metric.name == 'rows_stale')
 
 
 if __name__ == '__main__':
