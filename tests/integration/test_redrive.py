@@ -199,6 +199,25 @@ def test_dead_letters_in_a_bucket_are_kept_and_redriven(
         postgres.drop_database(target.name)
 
 
+def _streaming_with_row_2_rejected(pg_db: Any, target: Any, conn: Any, tconn: Any,
+                                   workdir: Path) -> tuple[Any, str]:
+    """A pipeline streaming ``orders`` into ``target``, whose CHECK (qty >= 0) rejected the
+    insert of row 2 in a batch of its own (its letter is in ``workdir / 'dead'``)."""
+    conn.execute('CREATE TABLE orders (id integer PRIMARY KEY, qty integer, note text)')
+    conn.execute("INSERT INTO orders VALUES (1, 1, 'a')")
+    cdc = start_cdc_to(pg_db.dsn, target.dsn, workdir, *CAUGHT_UP_OPTIONS)
+    slot = f'changebeam_{pg_db.name}'
+    wait_for_slot(conn, slot)
+    wait_for_rows(tconn, 1)
+    tconn.execute('ALTER TABLE orders ADD CONSTRAINT positive CHECK (qty >= 0)')
+    conn.execute("INSERT INTO orders VALUES (2, -1, 'x')")
+    deadline = time.monotonic() + 60
+    while not letters(workdir / 'dead'):
+        assert time.monotonic() < deadline, 'row 2 was never dead-lettered'
+        time.sleep(0.2)
+    return cdc, slot
+
+
 def test_redrive_while_the_pipeline_streams_loses_no_later_letter(postgres: Any, pg_db: Any,
                                                                    tmp_path: Path) -> None:
     """Fix the target, redrive, keep streaming: the natural way.  The pipeline used to keep
@@ -208,18 +227,7 @@ def test_redrive_while_the_pipeline_streams_loses_no_later_letter(postgres: Any,
     dead = tmp_path / 'dead'
     try:
         with pg_db.connect() as conn, target.connect() as tconn:
-            conn.execute('CREATE TABLE orders (id integer PRIMARY KEY, qty integer, note text)')
-            conn.execute("INSERT INTO orders VALUES (1, 1, 'a')")
-            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
-            slot = f'changebeam_{pg_db.name}'
-            wait_for_slot(conn, slot)
-            wait_for_rows(tconn, 1)
-            tconn.execute('ALTER TABLE orders ADD CONSTRAINT positive CHECK (qty >= 0)')
-            conn.execute("INSERT INTO orders VALUES (2, -1, 'x')")
-            deadline = time.monotonic() + 60
-            while not letters(dead):
-                assert time.monotonic() < deadline, 'row 2 was never dead-lettered'
-                time.sleep(0.2)
+            cdc, slot = _streaming_with_row_2_rejected(pg_db, target, conn, tconn, tmp_path)
             tconn.execute('ALTER TABLE orders DROP CONSTRAINT positive')
             summary = redrive('--dead_letter', f'jsonl:{dead}', '--sink', target.dsn,
                               '--failed', f'jsonl:{tmp_path / "failed"}')
@@ -246,18 +254,7 @@ def test_a_letter_older_than_the_targets_row_is_reported_not_counted_applied(
     dead = tmp_path / 'dead'
     try:
         with pg_db.connect() as conn, target.connect() as tconn:
-            conn.execute('CREATE TABLE orders (id integer PRIMARY KEY, qty integer, note text)')
-            conn.execute("INSERT INTO orders VALUES (1, 1, 'a')")
-            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS)
-            slot = f'changebeam_{pg_db.name}'
-            wait_for_slot(conn, slot)
-            wait_for_rows(tconn, 1)
-            tconn.execute('ALTER TABLE orders ADD CONSTRAINT positive CHECK (qty >= 0)')
-            conn.execute("INSERT INTO orders VALUES (2, -1, 'x')")
-            deadline = time.monotonic() + 60
-            while not letters(dead):  # rejected in a batch of its own
-                assert time.monotonic() < deadline, 'row 2 was never dead-lettered'
-                time.sleep(0.2)
+            cdc, slot = _streaming_with_row_2_rejected(pg_db, target, conn, tconn, tmp_path)
             conn.execute("UPDATE orders SET qty = 5, note = 'y' WHERE id = 2")
             stop_when_caught_up(cdc, conn, slot)
             assert len(letters(dead)) == 1

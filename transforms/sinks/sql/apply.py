@@ -178,11 +178,26 @@ class Target(abc.ABC):
     def delete(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
         """Delete rows older than each change and record the tombstones."""
 
-    @abc.abstractmethod
     def carried(self, tb: TableBatch, changes: Sequence[RowChange]) -> dict[int, dict[str, Any]]:
         """For changes with ``carry``: the carried columns' values as the target's rows under
         the carried-from keys hold them (read before the batch deletes those rows), by
         ``id(change)``; a change whose row the target lacks is left out."""
+        kept = tb.target_columns or frozenset(self.columns(tb.target))
+        out: dict[int, dict[str, Any]] = {}
+        for change in changes:
+            assert change.carry is not None
+            old, names = change.carry
+            names = tuple(n for n in names if n in kept)
+            row = self.read_row(tb, change.table, old, names) if names else None
+            if row is not None:
+                out[id(change)] = dict(zip(names, row, strict=True))
+        return out
+
+    @abc.abstractmethod
+    def read_row(self, tb: TableBatch, table: TableSchema, key: Sequence[Any],
+                 names: Sequence[str]) -> Sequence[Any] | None:
+        """Columns ``names`` of the target's row whose key values (of ``table``'s key) are
+        ``key``, in a form :meth:`set_carried` writes back unchanged; None without the row."""
 
     @abc.abstractmethod
     def set_carried(self, tb: TableBatch, changes: Sequence[RowChange],

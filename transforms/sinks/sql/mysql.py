@@ -530,22 +530,13 @@ class _MySQLTarget(Target):
             self._run(sql.my_record_tombstones(
                 [f"({label}, '{c.key_hash}', '{c.pos}')" for c in chunk]))
 
-    def carried(self, tb: TableBatch, changes: Sequence[RowChange]) -> dict[int, dict[str, Any]]:
-        kept = tb.target_columns or frozenset(self.columns(tb.target))
-        out: dict[int, dict[str, Any]] = {}
-        for change in changes:
-            assert change.carry is not None
-            old, names = change.carry
-            names = tuple(n for n in names if n in kept)
-            if not names:
-                continue
-            self._run(f'SELECT {", ".join(sql.my_ident(n) for n in names)} '
-                      f'FROM {sql.my_table(tb.target)} WHERE '
-                      + self._key_match(change.table, tb.connector, old))
-            row = self._cur.fetchone()
-            if row is not None:
-                out[id(change)] = dict(zip(names, row, strict=True))
-        return out
+    def read_row(self, tb: TableBatch, table: TableSchema, key: Sequence[Any],
+                 names: Sequence[str]) -> Sequence[Any] | None:
+        self._run(f'SELECT {", ".join(sql.my_ident(n) for n in names)} '
+                  f'FROM {sql.my_table(tb.target)} WHERE '
+                  + self._key_match(table, tb.connector, key))
+        row = self._cur.fetchone()
+        return None if row is None else tuple(row)
 
     def set_carried(self, tb: TableBatch, changes: Sequence[RowChange],
                     values: dict[int, dict[str, Any]]) -> None:

@@ -331,24 +331,14 @@ class _PostgresTarget(Target):
         self._run(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
         self._run(f'TRUNCATE {stage}')
 
-    def carried(self, tb: TableBatch, changes: Sequence[RowChange]) -> dict[int, dict[str, Any]]:
-        key = tb.table.key
-        kept = self._target_columns(tb)
-        out: dict[int, dict[str, Any]] = {}
-        for change in changes:
-            assert change.carry is not None
-            old, names = change.carry
-            names = tuple(n for n in names if n in kept)
-            if not names:
-                continue
-            # As text: it goes back through the column's own input function, whatever the type.
-            self._run(f'SELECT {", ".join(f"{sql.pg_ident(n)}::text" for n in names)} '
-                      f'FROM {sql.pg_table(tb.target)} WHERE '
-                      + ' AND '.join(f'{sql.pg_ident(k)} = %s' for k in key), old)
-            row = self._cur.fetchone()
-            if row is not None:
-                out[id(change)] = dict(zip(names, row, strict=True))
-        return out
+    def read_row(self, tb: TableBatch, table: TableSchema, key: Sequence[Any],
+                 names: Sequence[str]) -> Sequence[Any] | None:
+        # As text: it goes back through the column's own input function, whatever the type.
+        self._run(f'SELECT {", ".join(f"{sql.pg_ident(n)}::text" for n in names)} '
+                  f'FROM {sql.pg_table(tb.target)} WHERE '
+                  + ' AND '.join(f'{sql.pg_ident(k)} = %s' for k in table.key), key)
+        row = self._cur.fetchone()
+        return None if row is None else tuple(row)
 
     def set_carried(self, tb: TableBatch, changes: Sequence[RowChange],
                     values: dict[int, dict[str, Any]]) -> None:
@@ -362,9 +352,6 @@ class _PostgresTarget(Target):
                       + ' AND '.join(f'{sql.pg_ident(k)} = %s' for k in key)
                       + f' AND {sql.pg_ident(sql.POS)} = %s',
                       (*given.values(), *(change.row[k] for k in key), change.pos))
-
-    def _target_columns(self, tb: TableBatch) -> frozenset[str]:
-        return tb.target_columns or frozenset(self.columns(tb.target))
 
     def render_upserts(self, tb: TableBatch, upserts: list[RowChange]) -> list[_Group]:
         return _upsert_groups(tb, upserts, ahead=True)
