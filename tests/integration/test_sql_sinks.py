@@ -307,6 +307,30 @@ def test_mariadb_source_into_postgres_uses_the_typemap(pg_db, tmp_path):
     assert types['id'] == 'numeric' and types['qty'] == 'bigint' and types['paid'] == 'boolean'
 
 
+def test_a_mariadb_time_is_a_duration_in_postgres_also_in_a_column_made_as_time(
+        pg_db, tmp_path):
+    """MariaDB's TIME runs from -838:59:59 to 838:59:59; PostgreSQL's time stops at 24:00, so
+    such values were dead-lettered.  An interval holds them, and a replica made by an earlier
+    release (a time column) is widened to one."""
+    table = TableSchema('shop', 'shifts', (
+        Column('id', Kind.INT32, 'int(11)'), Column('length', Kind.TIME, 'time'),
+    ), key=('id',))
+    values = {1: dt.time(10, 0), 2: '-01:00:00', 3: '25:00:00', 4: '-838:59:59'}
+    events = [change('c', n, table=table, connector='mysql', after={'id': n, 'length': v})
+              for n, v in values.items()]
+    with pg_db.connect() as conn:
+        conn.execute('CREATE SCHEMA shop; CREATE TABLE shop.shifts (id integer PRIMARY KEY, '
+                     "length time); INSERT INTO shop.shifts VALUES (9, '23:59:59')")
+    assert run(events, WriteChangesToPostgres(pg_db.dsn), tmp_path)[0] == []
+    with pg_db.connect() as conn:
+        got = dict(conn.execute('SELECT id, length::text FROM shop.shifts').fetchall())
+        kind = conn.execute("SELECT data_type FROM information_schema.columns "
+                            "WHERE table_name = 'shifts' AND column_name = 'length'").fetchone()
+    assert got == {1: '10:00:00', 2: '-01:00:00', 3: '25:00:00', 4: '-838:59:59',
+                   9: '23:59:59'}
+    assert kind == ('interval',)
+
+
 def test_keyless_tables_are_appended_once(pg_db, tmp_path):
     table = TableSchema('public', 'audit', (Column('line', Kind.STRING, 'text'),))
     events = [change('c', n, table=table, after={'line': f'l{n % 3}'}) for n in range(1, 8)]

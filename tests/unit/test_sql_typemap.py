@@ -24,7 +24,7 @@ from transforms.sinks.sql.typemap import mysql_scale, mysql_type, postgres_type
     (Column('a', Kind.STRING, source_type='varchar(20)'), 'varchar(20)'),
     (Column('a', Kind.BYTES), 'bytea'),
     (Column('a', Kind.DATE), 'date'),
-    (Column('a', Kind.TIME), 'time'),
+    (Column('a', Kind.TIME), 'interval'),  # MariaDB's TIME is a duration
     (Column('a', Kind.TIMESTAMP), 'timestamp'),
     (Column('a', Kind.TIMESTAMPTZ), 'timestamptz'),
     (Column('a', Kind.INTERVAL), 'interval'),

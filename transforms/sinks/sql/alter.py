@@ -269,6 +269,8 @@ def _int_digits(s: _Shape) -> int:
 
 def _holds(target: _Shape, new: _Shape) -> bool:
     t, n = target, new
+    if t.text == 'interval' and n.text.startswith('time') and n.text.endswith(' without time zone'):
+        return True  # a time of day is a duration since midnight (MariaDB TIME: a duration)
     if t.family == n.family:
         if t.family == 'int':
             return t.low <= n.low and t.high >= n.high

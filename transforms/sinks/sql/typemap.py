@@ -27,7 +27,10 @@ STRING          varchar(n) if the source       VARCHAR(n) for n ≤ 255 (or a ke
 TEXT            text                           LONGTEXT (key column: VARCHAR(255))
 BYTES           bytea                          LONGBLOB (key column: VARBINARY(255))
 DATE            date                           DATE
-TIME            time                           TIME(6)
+TIME            time (interval from MySQL or   TIME(6)
+                MariaDB, whose TIME is a
+                duration: -838:59:59 to
+                838:59:59)
 TIMETZ          timetz                         VARCHAR(32), the text form
 TIMESTAMP       timestamp                      DATETIME(6)
 TIMESTAMPTZ     timestamptz                    DATETIME(6), in UTC
@@ -146,6 +149,8 @@ def postgres_type(column: Column, source_connector: str = '') -> str:
     if kind is Kind.STRING:
         length = _length(column)
         return f'varchar({length})' if length else 'text'
+    if kind is Kind.TIME and SAME_DATABASE.get(source_connector) == 'mysql':
+        return 'interval'  # a duration there: -838:59:59 to 838:59:59
     return _PG_KIND.get(kind, 'text')
 
 
