@@ -20,6 +20,7 @@ import json
 import logging
 import operator
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from itertools import accumulate
@@ -44,7 +45,7 @@ from transforms.sinks.sql.apply import (
 )
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
-from transforms.sinks.sql.typemap import mysql_scale, mysql_type
+from transforms.sinks.sql.typemap import SAME_DATABASE, mysql_scale, mysql_type
 
 __all__ = ['WriteChangesToMySQL']
 
@@ -172,9 +173,34 @@ def _converters(table: TableSchema, escape: Callable[[str], str],
             out[column.name] = _temporal(quote)
         elif kind is Kind.ARRAY:
             out[column.name] = _json_array(column, quote)
+        elif _is_geometry(column, connector):
+            out[column.name] = _geometry
         else:
             out[column.name] = quote
     return out
+
+
+_GEOMETRIES = ('geometry', 'point', 'linestring', 'polygon', 'multipoint', 'multilinestring',
+               'multipolygon', 'geometrycollection')
+_EWKB_SRID = 0x20000000  # the EWKB flag: an SRID follows the geometry type
+
+
+def _is_geometry(column: Column, connector: str) -> bool:
+    """A MySQL/MariaDB geometry column, which the sink creates as the same type: its values
+    (WKB, or EWKB with an SRID) go in through ST_GeomFromWKB, not as bytes."""
+    return (column.kind is Kind.BYTES and SAME_DATABASE.get(connector) == 'mysql'
+            and column.source_type.lower().startswith(_GEOMETRIES))
+
+
+def _geometry(value: Any) -> str:
+    wkb = bytes(value)
+    order = '<' if wkb[:1] == b'\x01' else '>'
+    (type_,) = struct.unpack_from(order + 'I', wkb, 1)
+    srid = 0
+    if type_ & _EWKB_SRID:
+        (srid,) = struct.unpack_from(order + 'I', wkb, 5)
+        wkb = wkb[:1] + struct.pack(order + 'I', type_ & ~_EWKB_SRID) + wkb[9:]
+    return f"ST_GeomFromWKB(X'{wkb.hex()}', {srid})"
 
 
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # made once: the C encoder
@@ -237,7 +263,7 @@ def _column_literals(column: Column, values: Sequence[Any], convert: Callable[[A
                 texts = ["'" + _escape_string(t) + "'" for t in texts]
             else:
                 texts = ["'" + t + "'" for t in texts]
-        elif kind is Kind.BYTES and type_ is bytes:
+        elif kind is Kind.BYTES and type_ is bytes and not _is_geometry(column, connector):
             texts = ["_binary X'" + h + "'" for h in map(bytes.hex, present)]
         if texts is not None and len(present) < len(values):
             rendered = iter(texts)
