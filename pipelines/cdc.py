@@ -148,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     _LOG.info('capturing %s into %s:%s', config.source, config.sink.kind,
               '***' if not config.sink.is_file else config.sink.target)
+    unreachable = _check_sink(config.sink)
+    if unreachable:
+        sys.stderr.write(f'{parser.prog}: error: {unreachable}\n')
+        return 1
     if known.runner == 'DirectRunner':
         _stop_on_signals()
     try:
@@ -180,6 +184,22 @@ def _mistyped(beam_args: Sequence[str]) -> str | None:
                                           cutoff=0.75)
         if close:
             return f'{name} is not an option; did you mean {close[0]}?'
+    return None
+
+
+def _check_sink(sink: SinkSpec) -> str | None:
+    """Why a database sink cannot be written, in one line, before the source creates a slot
+    for it: a wrong password or database was retried for half a minute, after that."""
+    if sink.is_file:
+        return None
+    from transforms.sinks.sql.apply import WriteChanges
+
+    _label, writer = sink_transform(sink)
+    assert isinstance(writer, WriteChanges)
+    try:
+        writer.check_connection()
+    except Exception as exc:  # the driver's own error says what is wrong
+        return f'--sink {display(sink.target)!r}: cannot connect: {" ".join(str(exc).split())}'
     return None
 
 

@@ -443,3 +443,24 @@ def test_a_key_change_keeps_a_large_value_the_update_left_unchanged(
     finally:
         if replica == 'postgresql':
             postgres.drop_database(target.name)
+
+
+def test_a_replica_that_refuses_the_connection_stops_the_start_in_one_line(
+        postgres: Any, pg_db: Any, tmp_path: Path) -> None:
+    """A wrong database (or password) in --sink was retried for half a minute, after the
+    source had created its slot and publication."""
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE t (id integer PRIMARY KEY)')
+    sink = postgres.dsn('no_such_replica').replace('postgresql://postgres@',
+                                                   'postgresql://postgres:hunter2@')
+    started = time.monotonic()
+    output = start_cdc_to(pg_db.dsn, sink, tmp_path).communicate(timeout=120)[0]
+    assert time.monotonic() - started < 20, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("python -m pipelines.cdc: error: --sink 'postgresql://postgres:***@"), \
+        last
+    assert 'cannot connect: ' in last and 'database "no_such_replica" does not exist' in last
+    assert 'hunter2' not in output and 'Traceback' not in output
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT count(*) FROM pg_replication_slots').fetchone()[0] == 0
+        assert conn.execute('SELECT count(*) FROM pg_publication').fetchone()[0] == 0

@@ -866,6 +866,16 @@ class WriteChanges(beam.PTransform):
         self._backoff_s = backoff_s
         self._tombstone_retention = tombstone_retention
 
+    def check_connection(self) -> None:
+        """Connect to the target once, and close: the driver's error when it cannot be reached
+        or refuses (a wrong password, an unknown database).  The pipeline asks before its
+        source sets anything up; the running sink retries what fails later."""
+        target = self._target()
+        try:
+            target.connect()
+        finally:
+            target.close()
+
     def _target(self) -> Target:
         raise NotImplementedError
 
