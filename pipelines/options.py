@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -175,14 +176,15 @@ def parse_sink(value: str | None, option: str = '--sink') -> SinkSpec:
 
 
 def _positive_float(option: str, value: str | None, *, allow_zero: bool = False,
-                    unit: str = 'seconds') -> float | None:
+                    unit: str = 'seconds', finite: bool = True) -> float | None:
     if value is None or value == '':
         return None
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = -1.0
-    if number < 0 or (number == 0 and not allow_zero) or number != number:
+    if number < 0 or (number == 0 and not allow_zero) or number != number or \
+            (finite and not math.isfinite(number)):
         least = 'zero or more' if allow_zero else 'more than zero'
         raise OptionError(option, value, f'must be a number of {unit}, {least}')
     return number
@@ -317,7 +319,7 @@ def _check_runner(options: PipelineOptions, config: CdcConfig, given: dict[str, 
 
 def _retention_hours(value: str | None) -> float:
     hours = _positive_float('--tombstone_retention_hours', value, allow_zero=True,
-                            unit='hours') or 0.0
+                            unit='hours', finite=False) or 0.0
     if hours > _MAX_RETENTION_HOURS:  # infinity, or more than a timedelta holds
         raise OptionError('--tombstone_retention_hours', value,
                           f'must be at most {_MAX_RETENTION_HOURS:.0f} hours; 0 keeps '

@@ -300,7 +300,7 @@ def test_max_idle_secs(value: str, seconds: float) -> None:
     assert config('--max_idle_secs', value).max_idle_secs == seconds
 
 
-@pytest.mark.parametrize('value', ['0', '-1', 'abc', 'nan', '10s'])
+@pytest.mark.parametrize('value', ['0', '-1', 'abc', 'nan', '10s', 'inf'])
 def test_bad_max_idle_secs(value: str) -> None:
     error = rejected('--max_idle_secs', value)
     assert error.option == '--max_idle_secs'
