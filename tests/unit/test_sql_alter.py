@@ -224,6 +224,20 @@ def test_a_narrowing_the_target_cannot_follow_names_the_column_and_both_types():
     assert pg_plan(v2, older=True).problems == ()
 
 
+def test_a_kept_column_is_marked_and_added_anew_when_its_name_comes_back():
+    v2 = TableSchema('public', 'items', V1.columns[:3], key=('id',))
+    assert [c.name for c in pg_plan(v2).mark] == ['gone']
+    marked = {**TARGET, 'gone': TargetColumn('gone', 'text', dropped=True)}
+    assert pg_plan(v2, target=marked).mark == ()  # once
+    back = Column('gone', Kind.INT32, 'integer', default='7')
+    v3 = TableSchema('public', 'items', (*V1.columns[:3], back), key=('id',))
+    plan = pg_plan(v3, target=marked)
+    assert plan.readd == ('gone',) and plan.add == (('gone', 'integer', True),)
+    assert plan.defaults == (back,) and plan.problems == () and plan.kept == ()
+    # A column that was never dropped is the same column: kept as it is.
+    assert not pg_plan(V1) and pg_plan(V1).readd == ()
+
+
 def test_a_changed_key_is_a_problem():
     v2 = TableSchema('public', 'items', V1.columns, key=('id', 'n'))
     assert 'key changed' in pg_plan(v2).problems[0]

@@ -18,7 +18,10 @@ Targets only ever grow, so every version's rows keep fitting and a replayed old 
   else to the narrowest type holding both.  A source type that got
   narrower (``bigint`` → ``integer``) needs nothing: the target still holds it;
 * a column the source no longer has (dropped, or renamed: the log shows a drop plus an add) is
-  kept, made nullable if needed; sinks write NULL into it from then on;
+  kept, made nullable if needed; sinks write NULL into it from then on.  It is marked in the
+  target's catalog (``mark``, a column comment), so that when a column of that name comes back
+  the kept one, with its old values, is dropped and the column added as new (``readd``): the
+  source's existing rows read the new column's default, not the old values;
 * anything else (``text`` → ``integer``, ``date`` → ``timestamp``, a changed key) is a problem:
   converting would fail or change values, so the sink refuses with the column and both types.
 
@@ -50,10 +53,12 @@ from transforms.sinks.sql.statements import (
     pg_table,
 )
 
-__all__ = ['Alteration', 'TargetColumn', 'add_default', 'drop_defaults', 'filled', 'holds',
-           'plan_alteration', 'storable', 'widened']
+__all__ = ['DROPPED_NOTE', 'Alteration', 'TargetColumn', 'add_default', 'drop_defaults',
+           'filled', 'holds', 'plan_alteration', 'storable', 'widened']
 
 DIALECTS = ('postgresql', 'mysql')
+DROPPED_NOTE = 'changebeam: dropped at the source'
+"""The comment marking a target column kept after the source dropped it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,7 @@ class TargetColumn:
     type: str
     nullable: bool = True
     key: bool = False
+    dropped: bool = False  # marked as kept after the source dropped it (``DROPPED_NOTE``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +89,9 @@ class Alteration:
     ``kept`` are target columns the schema lacks (the sink writes NULL into them); ``relax``
     those of them that must drop NOT NULL first (as ``TargetColumn`` s, for their types);
     ``hidden`` the sink's bookkeeping columns a table made by someone else lacks; ``defaults``
-    the source columns among ``add`` whose ``default`` the target's existing rows must get.
+    the source columns among ``add`` whose ``default`` the target's existing rows must get;
+    ``mark`` kept columns to mark as dropped at the source; ``readd`` marked columns the schema
+    has again, dropped before being added anew (they are in ``add``).
     """
 
     add: tuple[ColumnDef, ...] = ()
@@ -93,9 +101,11 @@ class Alteration:
     kept: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
     defaults: tuple[Column, ...] = ()
+    mark: tuple[TargetColumn, ...] = ()
+    readd: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.add or self.widen or self.relax or self.hidden)
+        return bool(self.add or self.widen or self.relax or self.hidden or self.mark)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,11 +402,14 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
     add: list[ColumnDef] = []
     defaults: list[Column] = []
     widen: list[Widening] = []
+    readd: list[str] = []
     problems: list[str] = []
     for column in schema.columns:
         have = existing.get(column.name)
         want = wanted(column)
-        if have is None:
+        if have is None or have.dropped:
+            if have is not None:  # back after a drop: the kept column holds the old values
+                readd.append(column.name)
             add.append((column.name, want, True))
             if column.default is not None:
                 defaults.append(column)
@@ -421,10 +434,12 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
                  if name not in schema.by_name and name not in RESERVED)
     relax = tuple(existing[name] for name in kept
                   if not existing[name].nullable and not existing[name].key)
+    mark = tuple(existing[name] for name in kept
+                 if not existing[name].dropped and not existing[name].key)
     hidden = tuple(name for name in (POS, ROW_ID) if name not in existing
                    and (name == POS or not schema.key))
     return Alteration(tuple(add), tuple(widen), relax, hidden, kept, tuple(problems),
-                      tuple(defaults))
+                      tuple(defaults), mark, tuple(readd))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -595,15 +596,21 @@ class Applier:
                 older = schema is not tb.schemas[-1]
                 alteration = plan_alteration(existing, schema, wanted, target.dialect,
                                              older=older)
-                if alteration.problems and not older:
+                if (alteration.problems and not older) or alteration.mark or alteration.readd:
                     # So do rows from before the target's shape (a replay after a restart).
                     # A real change the target cannot follow never gets a row applied, so its
-                    # rows are always newer than everything the table reflects.
+                    # rows are always newer than everything the table reflects.  Nor does a
+                    # replay mark a column dropped that a newer schema has again, or take a
+                    # marked column it still has for one added again (and drop the old values
+                    # the target keeps for it).
                     if high_water is None:
                         high_water = target.high_water(tb.target)
-                    if tb.since[-1] < high_water:
-                        alteration = plan_alteration(existing, schema, wanted, target.dialect,
-                                                     older=True)
+                    if tb.since[tb.schemas.index(schema)] < high_water:
+                        unmarked = {name: dataclasses.replace(column, dropped=False)
+                                    for name, column in existing.items()}
+                        alteration = dataclasses.replace(
+                            plan_alteration(unmarked, schema, wanted, target.dialect,
+                                            older=True), mark=())
                 if alteration.problems:
                     return (f'{target.step} cannot make {tb.target} hold the rows of '
                             f'{schema.name} as the source now has it: '
@@ -611,11 +618,18 @@ class Applier:
                 if alteration:
                     target.alter(tb.target, alteration)
                     self._altered.inc()
-                    _LOG.info('%s altered %s for a new schema of %s: added %s, widened %s, '
-                              'made nullable %s', target.step, tb.target, schema.name,
-                              [c[0] for c in alteration.add] + list(alteration.hidden),
-                              [f'{w.column} {w.old} -> {w.new}' for w in alteration.widen],
-                              [c.name for c in alteration.relax])
+                    done = {
+                        'added': [c[0] for c in alteration.add if c[0] not in alteration.readd]
+                        + list(alteration.hidden),
+                        'widened': [f'{w.column} {w.old} -> {w.new}' for w in alteration.widen],
+                        'made nullable': [c.name for c in alteration.relax],
+                        'marked as dropped at the source': [c.name for c in alteration.mark],
+                        'added again in place of the kept column': list(alteration.readd),
+                    }
+                    _LOG.info('%s altered %s for a new schema of %s: %s', target.step,
+                              tb.target, schema.name,
+                              ', '.join(f'{what} {names}' for what, names in done.items()
+                                        if names))
                     existing = target.columns(tb.target)
                 if alteration.kept:
                     _LOG.info('%s keeps column(s) %s of %s that %s no longer has: NULL in the '

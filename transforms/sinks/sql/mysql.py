@@ -31,6 +31,7 @@ from transforms.dsn import mysql_connect_args, mysql_error_from_server, parse_ds
 from transforms.envelope import Column, Kind, TableSchema, encode_json_value
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
+    DROPPED_NOTE,
     Alteration,
     TargetColumn,
     add_default,
@@ -440,11 +441,12 @@ class _MySQLTarget(Target):
 
     def columns(self, target: TargetTable) -> dict[str, TargetColumn]:
         database = self._literal(target.schema) if target.schema else 'DATABASE()'
-        self._run("SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI' "
+        self._run("SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI', "
+                  f'COLUMN_COMMENT = {self._literal(DROPPED_NOTE)} '
                   f'FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {database} '
                   f'AND TABLE_NAME = {self._literal(target.table)} ORDER BY ORDINAL_POSITION')
-        return {name: TargetColumn(name, type_, bool(nullable), bool(key))
-                for name, type_, nullable, key in self._cur.fetchall()}
+        return {name: TargetColumn(name, type_, bool(nullable), bool(key), bool(dropped))
+                for name, type_, nullable, key, dropped in self._cur.fetchall()}
 
     def column_type(self, column: Column, connector: str, key: bool) -> str:
         return mysql_type(column, connector, key=key)
@@ -477,7 +479,12 @@ class _MySQLTarget(Target):
 
     def alter(self, target: TargetTable, alteration: Alteration) -> None:
         modify = [(w.column, w.new, w.nullable) for w in alteration.widen]
-        modify += [(c.name, c.type, True) for c in alteration.relax]
+        # A kept column is marked by its comment, which MODIFY restates with the definition
+        # (and NULL: a kept column is made nullable anyway).
+        marked = {c.name for c in alteration.mark}
+        modify += [(c.name, c.type, True) for c in alteration.relax if c.name not in marked]
+        comment = f' COMMENT {self._literal(DROPPED_NOTE)}'
+        modify += [(c.name, c.type + comment, True) for c in alteration.mark]
         # A column older rows hold a value of at the source (ADD COLUMN … DEFAULT <constant>):
         # added with that DEFAULT so existing rows get it, which is then dropped.  A value
         # MariaDB cannot hold raises (ValueError, or the server's error) before any DDL: the
@@ -485,7 +492,10 @@ class _MySQLTarget(Target):
         defaults = {c.name: _default_literal(c, self._escape) for c in alteration.defaults}
         add = [add_default(c, defaults[c[0]], self.dialect) if c[0] in defaults else c
                for c in alteration.add]
-        statements = sql.my_alter_table(target, add, modify, alteration.hidden)
+        # A column back after a drop goes first, with the old values the sink kept: a separate
+        # statement, as ADD COLUMN IF NOT EXISTS would still see it.
+        statements = sql.my_drop_columns(target, alteration.readd)
+        statements += sql.my_alter_table(target, add, modify, alteration.hidden)
         statements += drop_defaults(target, list(defaults), self.dialect)
         for statement in statements:
             self._run(statement)

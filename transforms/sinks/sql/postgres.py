@@ -24,6 +24,7 @@ from transforms.dsn import parse_dsn, pg_ask, pg_conninfo, redact
 from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import statements as sql
 from transforms.sinks.sql.alter import (
+    DROPPED_NOTE,
     Alteration,
     TargetColumn,
     add_default,
@@ -52,9 +53,11 @@ _RETRYABLE_CLASSES = frozenset({'08', '40', '53', '57', '58'})
 _RETRYABLE_STATES = frozenset({'55P03'})  # lock_not_available
 _COPY_CHUNK_ROWS = 1000
 # The live columns of a table: format_type prints the type text a PostgreSQL source's columns
-# carry (Column.source_type), so the two compare as text; key = part of the primary key.
+# carry (Column.source_type), so the two compare as text; key = part of the primary key;
+# dropped = the comment marking a column kept after the source dropped it.
 _COLUMNS = ('SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, '
-            'COALESCE(a.attnum = ANY(i.indkey::int2[]), false) '
+            'COALESCE(a.attnum = ANY(i.indkey::int2[]), false), '
+            'COALESCE(col_description(a.attrelid, a.attnum) = %s, false) '
             'FROM pg_attribute a LEFT JOIN pg_index i '
             'ON i.indrelid = a.attrelid AND i.indisprimary '
             'WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped '
@@ -187,9 +190,9 @@ class _PostgresTarget(Target):
     # -- tables ---------------------------------------------------------------------------
 
     def columns(self, target: TargetTable) -> dict[str, TargetColumn]:
-        self._run(_COLUMNS, (sql.pg_label(target),))
-        return {name: TargetColumn(name, type_, nullable, key)
-                for name, type_, nullable, key in self._cur.fetchall()}
+        self._run(_COLUMNS, (DROPPED_NOTE, sql.pg_label(target)))
+        return {name: TargetColumn(name, type_, nullable, key, dropped)
+                for name, type_, nullable, key, dropped in self._cur.fetchall()}
 
     def column_type(self, column: Column, connector: str, key: bool) -> str:
         type_ = postgres_type(column, connector)
@@ -235,14 +238,18 @@ class _PostgresTarget(Target):
         # A column older rows hold a value of at the source (ADD COLUMN … DEFAULT <constant>)
         # is added with it as DEFAULT, the source's text form cast to the column's type (a
         # value the type cannot take fails the ALTER: the table's rows become dead letters),
-        # and the DEFAULT is dropped in the same transaction.
+        # and the DEFAULT is dropped in the same transaction.  A column back after a drop goes
+        # first, with the old values the sink kept (the marks are comments on the columns).
         defaults = {c.name: c.default for c in alteration.defaults if c.default is not None}
         add = [add_default(c, defaults[c[0]], self.dialect) if c[0] in defaults else c
                for c in alteration.add]
-        statements = sql.pg_alter_table(
+        statements = sql.pg_drop_columns(target, alteration.readd)
+        statements += sql.pg_alter_table(
             target, add, [(w.column, w.new) for w in alteration.widen],
             [c.name for c in alteration.relax], alteration.hidden)
         statements += drop_defaults(target, list(defaults), self.dialect)
+        statements += sql.pg_comment_columns(target, [c.name for c in alteration.mark],
+                                             DROPPED_NOTE)
         with self._conn.transaction():
             for statement in statements:
                 self._run(statement)

@@ -41,17 +41,20 @@ __all__ = [
     'my_create_table',
     'my_create_tombstones',
     'my_delete',
+    'my_drop_columns',
     'my_ident',
     'my_record_tombstones',
     'my_table',
     'my_upsert',
     'pg_alter_table',
     'pg_append',
+    'pg_comment_columns',
     'pg_copy',
     'pg_create_stage',
     'pg_create_table',
     'pg_create_tombstones',
     'pg_delete',
+    'pg_drop_columns',
     'pg_ident',
     'pg_record_tombstones',
     'pg_table',
@@ -196,6 +199,19 @@ def pg_alter_table(target: TargetTable, add: Sequence[ColumnDef] = (),
         else:
             statements.insert(0, f'ALTER TABLE {pg_table(target)} {", ".join(parts)}')
     return statements
+
+
+def pg_drop_columns(target: TargetTable, names: Sequence[str]) -> list[str]:
+    """Drop kept columns whose name the source uses again, before they are added anew."""
+    if not names:
+        return []
+    drops = ', '.join(f'DROP COLUMN IF EXISTS {pg_ident(n)}' for n in names)
+    return [f'ALTER TABLE {pg_table(target)} {drops}']
+
+
+def pg_comment_columns(target: TargetTable, names: Sequence[str], comment: str) -> list[str]:
+    literal = "'" + comment.replace("'", "''").replace('%', '%%') + "'"
+    return [f'COMMENT ON COLUMN {pg_table(target)}.{pg_ident(n)} IS {literal}' for n in names]
 
 
 def pg_stage(number: int) -> str:
@@ -430,6 +446,14 @@ def my_alter_table(target: TargetTable, add: Sequence[ColumnDef] = (),
         else:
             statements.append(f'ALTER TABLE {my_table(target)} {", ".join(parts)}')
     return statements
+
+
+def my_drop_columns(target: TargetTable, names: Sequence[str]) -> list[str]:
+    """Drop kept columns whose name the source uses again, before they are added anew."""
+    if not names:
+        return []
+    drops = ', '.join(f'DROP COLUMN IF EXISTS {my_ident(n)}' for n in names)
+    return [f'ALTER TABLE {my_table(target)} {drops}']
 
 
 def my_upsert(target: TargetTable, columns: Sequence[str], key: Sequence[str],
