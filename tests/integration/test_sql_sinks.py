@@ -864,3 +864,37 @@ def test_a_column_dropped_and_added_again_reads_as_the_source_reads_it(target, r
     assert _apply(third, replay) == []
     third.close()
     assert read() == expected
+
+
+@pytest.mark.parametrize('target', ['postgres', 'mariadb'])
+def test_a_narrowing_that_rounds_at_the_source_rounds_the_target_too(target, request):
+    """numeric(10,2) -> numeric(10,0): the source's ALTER rounds every row (1.50 -> 2) and the
+    log shows none of it; the target's rows not written since must read the same."""
+    id_ = Column('id', Kind.INT64, 'bigint', nullable=False)
+    v1 = TableSchema('shop', 'narrowed', (
+        id_, Column('price', Kind.DECIMAL, 'numeric(10,2)', precision=10, scale=2),
+        Column('ratio', Kind.FLOAT64, 'double precision')), key=('id',))
+    v2 = TableSchema('shop', 'narrowed', (
+        id_, Column('price', Kind.DECIMAL, 'numeric(10,0)', precision=10, scale=0),
+        Column('ratio', Kind.FLOAT32, 'real')), key=('id',))
+    # A 4-byte float read at its full precision (MariaDB's text protocol gives 6 digits).
+    ratio = 'ratio::float8' if target == 'postgres' else 'CAST(ratio AS DOUBLE)'
+    applier_for, read = _applier_and_read(target, request, 'narrowed', f'price, {ratio}')
+    first = applier_for()
+    old = [change('c', 1, table=v1, after={'id': 1, 'price': Decimal('1.50'), 'ratio': 16777217.0}),
+           change('c', 2, table=v1, after={'id': 2, 'price': Decimal('-2.49'), 'ratio': 1.5}),
+           change('c', 3, table=v1, after={'id': 3, 'price': Decimal('12345678.99'),
+                                           'ratio': None})]
+    assert _apply(first, old) == []
+    new = [change('u', 4, table=v2, before={'id': 3},
+                  after={'id': 3, 'price': Decimal('7'), 'ratio': 2.0})]
+    assert _apply(first, new) == []
+    first.close()
+    # As the source reads them: rounded half away from zero; 2**24 + 1 as a 4-byte float.
+    expected = {1: (Decimal('2'), 16777216.0), 2: (Decimal('-2'), 1.5),
+                3: (Decimal('7'), 2.0)}
+    assert read() == expected
+    second = applier_for()  # a replay after a restart leaves the values as they are
+    assert _apply(second, [*old, *new]) == []
+    second.close()
+    assert read() == expected

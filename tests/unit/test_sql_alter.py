@@ -13,6 +13,7 @@ from transforms.sinks.sql.alter import (
     drop_defaults,
     filled,
     holds,
+    narrowed,
     plan_alteration,
     storable,
     widened,
@@ -158,6 +159,34 @@ def test_a_widened_type_holds_the_old_and_the_new_values(first, data):
         assert holds(wider, target, dialect), (target, new, wider)
 
 
+@pytest.mark.parametrize(('target', 'new', 'dialect', 'expected'), [
+    ('numeric(10,2)', 'numeric(10,0)', 'postgresql', 'numeric(10,0)'),
+    ('numeric(10,2)', 'integer', 'postgresql', 'integer'),
+    ('numeric(20,4)', 'numeric(10,2)', 'postgresql', 'numeric(18,2)'),  # wider integer part
+    ('numeric', 'numeric(10,2)', 'postgresql', 'numeric(10,2)'),
+    ('double precision', 'real', 'postgresql', 'real'),
+    ('double precision', 'integer', 'postgresql', 'integer'),
+    ('decimal(10,2)', 'DECIMAL(8,0)', 'mysql', 'DECIMAL(8,0)'),
+    ('double', 'FLOAT', 'mysql', 'FLOAT'),
+    ('datetime(6)', 'DATETIME', 'mysql', 'DATETIME'),
+])
+def test_a_narrowing_that_rounds_converts_the_target_too(target, new, dialect, expected):
+    assert narrowed(target, new, dialect) == expected
+
+
+@pytest.mark.parametrize(('target', 'new', 'dialect'), [
+    ('bigint', 'integer', 'postgresql'),  # the source's ALTER fails rather than change a value
+    ('text', 'character varying(10)', 'postgresql'),
+    ('numeric(12,2)', 'numeric(10,2)', 'postgresql'),
+    ('numeric(12,2)', 'numeric', 'postgresql'),
+    ('numeric(12,0)', 'integer', 'postgresql'),
+    ('longtext', 'VARCHAR(20)', 'mysql'),
+    ('datetime(6)', 'DATETIME(6)', 'mysql'),
+])
+def test_narrowings_that_keep_every_value_need_nothing(target, new, dialect):
+    assert narrowed(target, new, dialect) is None
+
+
 # --- the plan for a table --------------------------------------------------------------------
 
 V1 = TableSchema('public', 'items', (
@@ -222,6 +251,19 @@ def test_a_narrowing_the_target_cannot_follow_names_the_column_and_both_types():
     assert 'integer' in plan.problems[0] and 'type text' in plan.problems[0]
     # Rows from before the target was widened (a replay) only need to fit.
     assert pg_plan(v2, older=True).problems == ()
+
+
+def test_a_scale_cut_with_the_same_precision_rounds_rather_than_widens():
+    """numeric(10,2) -> numeric(10,0) has more digits before the point, and rounds."""
+    price = Column('price', Kind.DECIMAL, 'numeric(10,0)')
+    v2 = TableSchema('public', 'items', (*V1.columns, price), key=('id',))
+    have = {**TARGET, 'price': TargetColumn('price', 'numeric(10,2)')}
+    plan = pg_plan(v2, target=have)
+    assert plan.widen == () and [(w.column, w.new) for w in plan.narrow] == [
+        ('price', 'numeric(10,0)')]
+    # Rows from before the change (a replay) are older than the target's rounded values.
+    older = pg_plan(v2, target=have, older=True)
+    assert older.narrow == () and [w.new for w in older.widen] == ['numeric(12,2)']
 
 
 def test_a_kept_column_is_marked_and_added_anew_when_its_name_comes_back():

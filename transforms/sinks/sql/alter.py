@@ -16,7 +16,11 @@ Targets only ever grow, so every version's rows keep fitting and a replayed old 
   ``numeric(14,4)``, ``VARBINARY(4)`` → ``LONGBLOB``, ``DATETIME`` → ``DATETIME(6)``, anything
   → ``text``): to the new source type when that holds every value the target already has,
   else to the narrowest type holding both.  A source type that got
-  narrower (``bigint`` → ``integer``) needs nothing: the target still holds it;
+  narrower (``bigint`` → ``integer``) needs nothing: the target still holds it.  Unless the
+  narrowing rounds (``numeric(10,2)`` → ``numeric(10,0)`` or ``integer``, ``double`` →
+  ``real``, ``DATETIME(6)`` → ``DATETIME``): the source's ALTER rewrote every row with the
+  rounded value, which the log never shows, so the target column is converted the same way
+  (``narrow``);
 * a column the source no longer has (dropped, or renamed: the log shows a drop plus an add) is
   kept, made nullable if needed; sinks write NULL into it from then on.  It is marked in the
   target's catalog (``mark``, a column comment), so that when a column of that name comes back
@@ -54,7 +58,7 @@ from transforms.sinks.sql.statements import (
 )
 
 __all__ = ['DROPPED_NOTE', 'Alteration', 'TargetColumn', 'add_default', 'drop_defaults',
-           'filled', 'holds', 'plan_alteration', 'storable', 'widened']
+           'filled', 'holds', 'narrowed', 'plan_alteration', 'storable', 'widened']
 
 DIALECTS = ('postgresql', 'mysql')
 DROPPED_NOTE = 'changebeam: dropped at the source'
@@ -91,7 +95,8 @@ class Alteration:
     ``hidden`` the sink's bookkeeping columns a table made by someone else lacks; ``defaults``
     the source columns among ``add`` whose ``default`` the target's existing rows must get;
     ``mark`` kept columns to mark as dropped at the source; ``readd`` marked columns the schema
-    has again, dropped before being added anew (they are in ``add``).
+    has again, dropped before being added anew (they are in ``add``); ``narrow`` columns
+    converted to a type with fewer digits of a fraction, as the source's ALTER rounded them.
     """
 
     add: tuple[ColumnDef, ...] = ()
@@ -103,9 +108,11 @@ class Alteration:
     defaults: tuple[Column, ...] = ()
     mark: tuple[TargetColumn, ...] = ()
     readd: tuple[str, ...] = ()
+    narrow: tuple[Widening, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.add or self.widen or self.relax or self.hidden or self.mark)
+        return bool(self.add or self.widen or self.relax or self.hidden or self.mark
+                    or self.narrow)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +393,30 @@ def widened(target_type: str, new_type: str, dialect: str, *, key: bool = False)
     return None
 
 
+def narrowed(target_type: str, new_type: str, dialect: str) -> str | None:
+    """The type to convert a ``target_type`` column to when the source's column became
+    ``new_type``, which the target holds but with fewer digits of a fraction (``numeric(10,2)``
+    → ``numeric(10,0)`` or ``integer``, ``double`` → ``real``, ``DATETIME(6)`` → ``DATETIME``):
+    the source's ALTER rounded the values of its rows.  None when nothing rounds."""
+    t, n = shape(target_type, dialect), shape(new_type, dialect)
+    if t.family == 'numeric' and n.family in ('numeric', 'int'):
+        scale = 0 if n.family == 'int' else n.scale
+        if scale is None or (t.scale is not None and t.scale <= scale):
+            return None
+        # A target widened beyond the source keeps its longer integer parts: only the
+        # fraction is the source's.
+        if t.digits is not None and not _holds(n, _Shape('numeric', digits=t.digits,
+                                                         scale=scale)):
+            return _decimal_type(t.digits, scale, dialect) or new_type
+        return new_type
+    if t.family == 'float' and (n.family == 'int' or (n.family == 'float'
+                                                      and n.bits < t.bits)):
+        return new_type
+    if t.family == 'temporal' and (n.scale or 0) < (t.scale or 0) and n.text == t.text:
+        return new_type
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The plan
 
@@ -395,13 +426,15 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
     """What the target table with ``existing`` columns needs to hold rows of ``schema``.
 
     ``wanted(column)`` is the type the sink would give the column in a new table; ``older``
-    says the schema predates the target's shape (its values need only be storable).
+    says the schema predates the target's shape (its values need only be storable, and a
+    narrowing that rounds is not followed: the target's rows are newer).
     """
     if dialect not in DIALECTS:
         raise ValueError(f'dialect {dialect!r} is not one of {", ".join(DIALECTS)}')
     add: list[ColumnDef] = []
     defaults: list[Column] = []
     widen: list[Widening] = []
+    narrow: list[Widening] = []
     readd: list[str] = []
     problems: list[str] = []
     for column in schema.columns:
@@ -414,7 +447,12 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
             if column.default is not None:
                 defaults.append(column)
             continue
-        if holds(have.type, want, dialect) or (older and storable(have.type, want, dialect)):
+        if holds(have.type, want, dialect):
+            new = None if older else narrowed(have.type, want, dialect)
+            if new is not None:
+                narrow.append(Widening(column.name, have.type, new, have.nullable))
+            continue
+        if older and storable(have.type, want, dialect):
             continue
         new = widened(have.type, want, dialect, key=have.key)
         source = column.source_type or column.kind.value
@@ -425,7 +463,12 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
                 'could fail or change its values; alter the target table by hand (or route '
                 'the table elsewhere) and restart')
         else:
-            widen.append(Widening(column.name, have.type, new, have.nullable))
+            # numeric(10,2) -> numeric(10,0) needs more digits before the point, and rounds.
+            rounded = None if older else narrowed(new, want, dialect)
+            if rounded is not None:
+                narrow.append(Widening(column.name, have.type, rounded, have.nullable))
+            else:
+                widen.append(Widening(column.name, have.type, new, have.nullable))
     target_key = tuple(name for name, c in existing.items() if c.key)
     if target_key and schema.key and set(target_key) != set(schema.key):
         problems.append(f'the key changed to ({", ".join(schema.key)}) but the target table\'s '
@@ -439,7 +482,7 @@ def plan_alteration(existing: Mapping[str, TargetColumn], schema: TableSchema,
     hidden = tuple(name for name in (POS, ROW_ID) if name not in existing
                    and (name == POS or not schema.key))
     return Alteration(tuple(add), tuple(widen), relax, hidden, kept, tuple(problems),
-                      tuple(defaults), mark, tuple(readd))
+                      tuple(defaults), mark, tuple(readd), tuple(narrow))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -596,13 +596,14 @@ class Applier:
                 older = schema is not tb.schemas[-1]
                 alteration = plan_alteration(existing, schema, wanted, target.dialect,
                                              older=older)
-                if (alteration.problems and not older) or alteration.mark or alteration.readd:
+                if ((alteration.problems and not older) or alteration.narrow
+                        or alteration.mark or alteration.readd):
                     # So do rows from before the target's shape (a replay after a restart).
                     # A real change the target cannot follow never gets a row applied, so its
                     # rows are always newer than everything the table reflects.  Nor does a
-                    # replay mark a column dropped that a newer schema has again, or take a
-                    # marked column it still has for one added again (and drop the old values
-                    # the target keeps for it).
+                    # replay round the target's values, or mark a column dropped that a newer
+                    # schema has again, or take a marked column it still has for one added
+                    # again (and drop the old values the target keeps for it).
                     if high_water is None:
                         high_water = target.high_water(tb.target)
                     if tb.since[tb.schemas.index(schema)] < high_water:
@@ -622,6 +623,8 @@ class Applier:
                         'added': [c[0] for c in alteration.add if c[0] not in alteration.readd]
                         + list(alteration.hidden),
                         'widened': [f'{w.column} {w.old} -> {w.new}' for w in alteration.widen],
+                        'narrowed (rounding its values as the source did)':
+                            [f'{w.column} {w.old} -> {w.new}' for w in alteration.narrow],
                         'made nullable': [c.name for c in alteration.relax],
                         'marked as dropped at the source': [c.name for c in alteration.mark],
                         'added again in place of the kept column': list(alteration.readd),

@@ -478,7 +478,7 @@ class _MySQLTarget(Target):
         return str(self._cur.fetchone()[0] or '')
 
     def alter(self, target: TargetTable, alteration: Alteration) -> None:
-        modify = [(w.column, w.new, w.nullable) for w in alteration.widen]
+        modify = [(w.column, w.new, w.nullable) for w in alteration.widen + alteration.narrow]
         # A kept column is marked by its comment, which MODIFY restates with the definition
         # (and NULL: a kept column is made nullable anyway).
         marked = {c.name for c in alteration.mark}

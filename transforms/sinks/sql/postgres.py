@@ -245,7 +245,7 @@ class _PostgresTarget(Target):
                for c in alteration.add]
         statements = sql.pg_drop_columns(target, alteration.readd)
         statements += sql.pg_alter_table(
-            target, add, [(w.column, w.new) for w in alteration.widen],
+            target, add, [(w.column, w.new) for w in alteration.widen + alteration.narrow],
             [c.name for c in alteration.relax], alteration.hidden)
         statements += drop_defaults(target, list(defaults), self.dialect)
         statements += sql.pg_comment_columns(target, [c.name for c in alteration.mark],
