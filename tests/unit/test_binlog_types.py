@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import struct
 from decimal import Decimal
 
@@ -349,3 +350,63 @@ def test_compiled_rows_decode_decimals_exactly(case: tuple[Decimal, int, int]) -
         ctx.prec = 3  # a narrow thread context must not round what the binlog holds
         (row,) = decode(image, 0, len(image))
     assert row['d'] == value and row['d'].as_tuple().exponent == -scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Column defaults: information_schema.COLUMNS.COLUMN_DEFAULT as MariaDB 10.11 prints it
+
+_LATIN = 8  # latin1_swedish_ci: any character collation will do
+
+
+@pytest.mark.parametrize(('info', 'data_type', 'default', 'text'), [
+    (t.ColumnInfo(0, 'c', t.LONG, nullable=False), 'int', '7', '7'),
+    (t.ColumnInfo(0, 'c', t.LONG), 'int', 'NULL', None),
+    (t.ColumnInfo(0, 'c', t.LONG, nullable=False), 'int', None, '0'),  # NOT NULL, no DEFAULT
+    (t.ColumnInfo(0, 'c', t.NEWDECIMAL, precision=10, scale=2), 'decimal', '1.50', '1.50'),
+    (t.ColumnInfo(0, 'c', t.LONGLONG, unsigned=True), 'bigint', '18446744073709551615',
+     '18446744073709551615'),
+    (t.ColumnInfo(0, 'c', t.FLOAT, length=4), 'float', '1.1', '1.1'),
+    (t.ColumnInfo(0, 'c', t.VARCHAR, length=20, collation=_LATIN), 'varchar',
+     "'a''b\\\\c\\0\\n'", "a'b\\c\0\n"),
+    (t.ColumnInfo(0, 'c', t.VARCHAR, length=20, collation=_LATIN), 'varchar', "'NULL'", 'NULL'),
+    (t.ColumnInfo(0, 'c', t.VARCHAR, length=5, collation=_LATIN, nullable=False), 'varchar',
+     None, ''),
+    (t.ColumnInfo(0, 'c', t.DATE), 'date', "'2024-03-01'", '2024-03-01'),
+    (t.ColumnInfo(0, 'c', t.DATETIME2, fsp=3), 'datetime', "'2024-03-01 10:00:00.500'",
+     '2024-03-01 10:00:00.500000'),
+    (t.ColumnInfo(0, 'c', t.TIMESTAMP2), 'timestamp', "'2024-03-01 05:00:00'",
+     '2024-03-01 05:00:00+00:00'),
+    (t.ColumnInfo(0, 'c', t.BIT, length=1), 'bit', "b'1'", 't'),
+    (t.ColumnInfo(0, 'c', t.BIT, length=10), 'bit', "b'101'", '\\x0005'),
+    (t.ColumnInfo(0, 'c', t.STRING, length=4, collation=t.BINARY_COLLATION), 'binary',
+     "'ab\\0\\0'", '\\x61620000'),
+    (t.ColumnInfo(0, 'c', t.ENUM, symbols=('x', 'y'), nullable=False), 'enum', None, 'x'),
+])
+def test_a_constant_default_becomes_its_postgres_text_form(
+        info: t.ColumnInfo, data_type: str, default: str | None, text: str | None) -> None:
+    from transforms.sources.mysql.defaults import default_text
+
+    assert default_text(info, data_type, default, '', mariadb=True) == text
+
+
+@pytest.mark.parametrize(('info', 'data_type', 'default', 'extra', 'reason'), [
+    (t.ColumnInfo(0, 'c', t.DATETIME2), 'datetime', 'current_timestamp()', '',
+     'current_timestamp() is an expression'),
+    (t.ColumnInfo(0, 'c', t.LONG), 'int', '(1 + 1)', '', '(1 + 1) is an expression'),
+    (t.ColumnInfo(0, 'c', t.LONG), 'int', None, 'VIRTUAL GENERATED', 'its own value'),
+    (t.ColumnInfo(0, 'c', t.TIME2), 'time', "'-01:00:00'", '', 'a time outside a day'),
+    (t.ColumnInfo(0, 'c', t.DATE, nullable=False), 'date', None, '', 'the zero date'),
+    (t.ColumnInfo(0, 'c', t.VARCHAR, length=4, collation=t.BINARY_COLLATION), 'varbinary',
+     "'\\0?'", '', 'shows as "?"'),
+    (t.ColumnInfo(0, 'c', t.STRING, length=16, collation=t.BINARY_COLLATION), 'uuid',
+     "'123e4567-e89b-12d3-a456-426614174000'", '', 'a uuid the binlog holds in another form'),
+    (t.ColumnInfo(0, 'c', t.DATETIME2), 'datetime', 'CURRENT_TIMESTAMP', 'DEFAULT_GENERATED',
+     'is an expression'),  # MySQL 8
+])
+def test_a_default_that_is_no_constant_value_says_why(
+        info: t.ColumnInfo, data_type: str, default: str | None, extra: str,
+        reason: str) -> None:
+    from transforms.sources.mysql.defaults import default_text
+
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        default_text(info, data_type, default, extra, mariadb=extra != 'DEFAULT_GENERATED')

@@ -228,3 +228,39 @@ def test_truncate_of_a_captured_table_is_a_t_event() -> None:
     assert event.op.value == 't' and event.table.name == 'shop.orders'
     assert event.table.key == ('id',)
     assert builder.statement(_query('TRUNCATE other'), 'bin.000002', 90, None) == []
+
+
+def test_columns_a_table_gains_carry_the_default_the_catalog_gives_once() -> None:
+    """The stream asks the catalog only for columns it sees for the first time; the columns
+    of a table's first rows are its baseline, unless an ALTER of it came first."""
+    from transforms.envelope import Op
+    from transforms.sources.mysql.binlog import Rows, TableMap
+    from transforms.sources.mysql.read import _EventBuilder
+    from transforms.sources.mysql.types import LONG, ColumnInfo
+
+    asked: list[list[str]] = []
+
+    def lookup_defaults(db: str, table: str, columns: Any) -> dict[str, str | None]:
+        asked.append([c.name for c in columns])
+        return {c.name: f'{c.name}-default' for c in columns}
+
+    builder = _EventBuilder('srv', lambda db, table: True, frozenset({'shop'}),
+                            lambda db, table: None,  # type: ignore[arg-type,return-value]
+                            clock=lambda: 1.0, lookup_defaults=lookup_defaults)
+
+    def defaults(table: str, *names: str) -> dict[str, str | None]:
+        columns = tuple(ColumnInfo(i, n, LONG) for i, n in enumerate(names))
+        table_map = TableMap(1, 'shop', table, columns, (0,), True, repr(names).encode())
+        [event] = builder.rows(Rows(Op.CREATE, table_map, [dict.fromkeys(names, 1)], 1, 1, 1,
+                                    True), 'bin.000001', 4, None)
+        return {c.name: c.default for c in event.table.columns}
+
+    assert defaults('t', 'id', 'a') == {'id': None, 'a': None} and asked == []
+    assert defaults('t', 'id', 'a', 'c') == {'id': None, 'a': None, 'c': 'c-default'}
+    assert defaults('t', 'id', 'c', 'd') == {'id': None, 'c': 'c-default', 'd': 'd-default'}
+    assert asked == [['c'], ['d']]
+    builder.statement(_query('ALTER TABLE u ADD COLUMN c INT DEFAULT 7'), 'bin.000001', 9, None)
+    assert defaults('u', 'id', 'c') == {'id': 'id-default', 'c': 'c-default'}
+    builder.statement(_query('DROP TABLE t'), 'bin.000001', 10, None)
+    builder.statement(_query('CREATE TABLE t (id INT, c INT DEFAULT 7)'), 'bin.000001', 11, None)
+    assert defaults('t', 'id', 'c') == {'id': None, 'c': None}

@@ -58,6 +58,7 @@ from transforms.envelope import (
     TransactionInfo,
 )
 from transforms.sources.mysql import binlog
+from transforms.sources.mysql.defaults import column_defaults
 from transforms.sources.mysql.offsets import (
     Offset,
     OffsetStore,
@@ -83,6 +84,7 @@ from transforms.sources.mysql.stream import (
     ServerInfo,
     check_server,
 )
+from transforms.sources.mysql.types import ColumnInfo
 from transforms.sources.progress import ProgressLine
 from transforms.sources.stream_range import (
     END,
@@ -188,6 +190,7 @@ _DDL_TARGET = re.compile(
     r'^\s*(?:/\*.*?\*/\s*)*(?:CREATE|ALTER|DROP|RENAME)\s+(?:OR\s+REPLACE\s+)?'
     r'(?:TEMPORARY\s+)?(?:ONLINE\s+|IGNORE\s+)*TABLE\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?'
     + _QUALIFIED, re.IGNORECASE | re.DOTALL)
+_NEW_TABLE = re.compile(r'^\s*(?:/\*.*?\*/\s*)*(?:CREATE|DROP)\b', re.IGNORECASE | re.DOTALL)
 _DDL_VERB = re.compile(r'^\s*(?:/\*.*?\*/\s*)*(CREATE|ALTER|DROP|RENAME)\b',
                        re.IGNORECASE | re.DOTALL)
 
@@ -204,19 +207,30 @@ class _EventBuilder:
     """Turns the decoded events of one binlog stream into ChangeEvents.
 
     ``lookup(db, table)`` gives a table's current schema when a statement (TRUNCATE) names a
-    table no row event described yet.
+    table no row event described yet.  ``lookup_defaults(db, table, columns)`` gives the
+    ``Column.default`` of columns a table gained (see ``defaults.column_defaults``); None: no
+    defaults.
     """
 
     def __init__(self, server_name: str, captured: Callable[[str, str], bool],
                  databases: frozenset[str],
                  lookup: Callable[[str, str], TableSchema],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 lookup_defaults: Callable[[str, str, Sequence[ColumnInfo]],
+                                           Mapping[str, str | None]] | None = None) -> None:
         self._server = server_name
         self._captured = captured
         self._databases = databases
         self._lookup = lookup
+        self._lookup_defaults = lookup_defaults
         self._clock = clock
         self._schemas: dict[tuple[str, str], TableSchema] = {}
+        # Per table: the default of each column it has now, as far as the stream knows it;
+        # the table map's schema last seen and the one emitted for it (with the defaults);
+        # the tables altered before the stream knew their columns.
+        self._known: dict[tuple[str, str], dict[str, str | None]] = {}
+        self._emitted: dict[tuple[str, str], tuple[TableSchema, TableSchema]] = {}
+        self._altered: set[tuple[str, str]] = set()
         self._tx_id = ''
         self._total = 0
         self._orders: dict[str, int] = {}
@@ -235,7 +249,7 @@ class _EventBuilder:
         """One event per row of a ROWS event.  Raises ValueError for a table whose columns
         have no envelope representation."""
         table_map = event.table
-        schema = table_map.schema
+        schema = self._with_defaults(table_map)
         self._schemas[table_map.db, table_map.table] = schema
         template = SourcePosition(
             connector=_CONNECTOR, name=self._server, db=table_map.db, schema=table_map.db,
@@ -263,6 +277,47 @@ class _EventBuilder:
         self._orders[schema.name] = order
         return out
 
+    def baseline(self, table: TableSchema) -> None:
+        """The snapshot read ``table`` with these columns: a column the stream shows later
+        was added since."""
+        self._known.setdefault((table.schema, table.table),
+                               {c.name: None for c in table.columns})
+
+    def _with_defaults(self, table_map: binlog.TableMap) -> TableSchema:
+        """The table map's schema, its columns added since the stream (or the snapshot) first
+        saw the table carrying the value rows older than them read (``Column.default``),
+        which the binlog never shows: MariaDB and MySQL fill existing rows without row events.
+
+        The catalog answers as it is now, not as of the change, so it is asked only for the
+        columns the stream sees for the first time; a column it knows keeps the value it came
+        with, through any later version.  A table first seen in rows written after an ALTER
+        of it (a restart, ``--snapshot never``) may have any column added: all are looked up,
+        and the sinks use a default only for a column they add."""
+        schema = table_map.schema
+        if self._lookup_defaults is None:
+            return schema
+        name = (table_map.db, table_map.table)
+        emitted = self._emitted.get(name)
+        if emitted is not None and emitted[0] is schema:
+            return emitted[1]
+        previous = self._known.get(name)
+        if previous is None:
+            previous = {} if name in self._altered else {c.name: None for c in schema.columns}
+        new = [c for c in table_map.columns if c.name not in previous]
+        looked = self._lookup_defaults(table_map.db, table_map.table, new) if new else {}
+        # A dropped column is forgotten: added again, its rows read the new DEFAULT.
+        known = self._known[name] = {
+            c.name: previous[c.name] if c.name in previous else looked.get(c.name)
+            for c in schema.columns}
+        self._altered.discard(name)
+        columns = tuple(c if known[c.name] is None
+                        else dataclasses.replace(c, default=known[c.name])
+                        for c in schema.columns)
+        out = dataclasses.replace(schema, columns=columns) \
+            if any(c.default is not None for c in columns) else schema
+        self._emitted[name] = (schema, out)
+        return out
+
     def statement(self, event: binlog.Query, file: str, pos: int, gtid: str | None
                   ) -> list[ChangeEvent]:
         """A DDL statement: an ``m`` event (``t`` for TRUNCATE of a captured table), or
@@ -288,6 +343,13 @@ class _EventBuilder:
         if not (self._captured(db, table) if table else db in self._databases):
             return []
         self._schemas.pop((db, table), None)
+        if _NEW_TABLE.match(sql):
+            # Its columns are those of another table now: none was added to older rows.
+            self._known.pop((db, table), None)
+            self._emitted.pop((db, table), None)
+            self._altered.discard((db, table))
+        elif table and (db, table) not in self._known:
+            self._altered.add((db, table))
         source = SourcePosition(
             connector=_CONNECTOR, name=self._server, db=db, schema=db, table=table,
             ts_ms=event.timestamp * 1000, file=file, pos=pos, row=0, gtid=gtid,
@@ -373,7 +435,7 @@ class _ReadBinlogFn(StreamReadFn):
         self._captured = captured
         self._builder = _EventBuilder(config.server_name, captured,
                                       databases | {db for db, _ in wanted_tables},
-                                      self._lookup_table)
+                                      self._lookup_table, lookup_defaults=self._lookup_defaults)
         self._resync = False
         self._idle_since = time.monotonic()
         self._watermark = Timestamp(0)
@@ -392,6 +454,18 @@ class _ReadBinlogFn(StreamReadFn):
             if not self._transient(exc):
                 raise
             # Not the statement's fault: read it again once reconnected (never dead-letter it).
+            raise BinlogConnectionLost(f'the control connection broke: {exc}') from exc
+
+    def _lookup_defaults(self, db: str, table: str, columns: Sequence[ColumnInfo]
+                         ) -> dict[str, str | None]:
+        assert self._info is not None
+        try:
+            with self._lock:
+                return column_defaults(self._control, db, table, columns,
+                                       mariadb=self._info.mariadb)
+        except _pymysql().err.OperationalError as exc:
+            if not self._transient(exc):
+                raise
             raise BinlogConnectionLost(f'the control connection broke: {exc}') from exc
 
     def teardown(self) -> None:
@@ -610,7 +684,11 @@ class _ReadBinlogFn(StreamReadFn):
                                            server_name=config.server_name,
                                            server_id=self._info.server_id, epoch=self._epoch,
                                            batch_size=config.batch_size):
-                    rows += sum(event.op is Op.READ for event in batch)  # not the markers
+                    for event in batch:
+                        if event.op is Op.READ:
+                            rows += 1
+                        else:  # a table's marker (snapshot_complete)
+                            self._builder.baseline(event.table)
                     yield from self._emit(batch)
                     self._progress.update(self._emitted, self._confirmed_changes, None,
                                           f'snapshot at {position.file}:{position.pos}')
