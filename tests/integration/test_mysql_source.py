@@ -402,6 +402,29 @@ def test_add_column_mid_stream(mariadb_db: Any, tmp_path: Path) -> None:
     assert_rebuilt_equals_source(conn, mariadb_db.name, docs, ['items'])
 
 
+def test_a_unique_text_column_streams_without_mariadbs_hidden_hash_column(
+        mariadb_db: Any, tmp_path: Path) -> None:
+    """MariaDB enforces UNIQUE on a whole TEXT column with a hidden DB_ROW_HASH_1 column,
+    which row images carry and SELECT does not show: the streamed schema is the snapshot's,
+    with no extra column or version, also after a column is added."""
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE u (id INT PRIMARY KEY, t TEXT NOT NULL, UNIQUE (t))',
+            "INSERT INTO u VALUES (1, 'a')")
+    out = tmp_path / 'out'
+    cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, *CAUGHT_UP_OPTIONS)
+    wait_for_offsets(tmp_path / 'offsets.json', cdc)
+    execute(conn, "INSERT INTO u VALUES (2, 'b')", "UPDATE u SET t = 'c' WHERE id = 1",
+            'ALTER TABLE u ADD COLUMN n INT', "INSERT INTO u VALUES (3, 'd', 4)",
+            'DELETE FROM u WHERE id = 2')
+    stop_when_caught_up(cdc, conn, tmp_path)
+    docs = sorted(read_jsonl_dir(str(out)), key=position)
+    change = [d for d in docs if d['op'] == 'm' and d['message']['kind'] == 'schema_change']
+    assert [c['message']['added'] for c in change] == [['id', 't'], ['n']]
+    assert [(d['op'], d['after']) for d in docs if d['op'] in 'cu'] == [
+        ('c', {'id': 2, 't': 'b'}), ('u', {'id': 1, 't': 'c'}), ('c', {'id': 3, 't': 'd', 'n': 4})]
+    assert_rebuilt_equals_source(conn, mariadb_db.name, docs, ['u'])
+
+
 # ---------------------------------------------------------------------------------------------
 # Replicas: MariaDB -> PostgreSQL and MariaDB -> MariaDB
 

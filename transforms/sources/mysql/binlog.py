@@ -19,6 +19,7 @@ documented format and are tested with hand-built bytes only.
 """
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 import zlib
@@ -287,7 +288,8 @@ class TableMap:
         """The envelope's schema of this table (raises UnsupportedColumnError if a column
         has no envelope representation)."""
         if self._schema is None:
-            columns: tuple[Column, ...] = tuple(t.to_column(c) for c in self.columns)
+            columns: tuple[Column, ...] = tuple(t.to_column(c) for c in self.columns
+                                                if not c.hidden)
             self._schema = TableSchema(self.db, self.table, columns,
                                        tuple(self.columns[i].name for i in self.key_indexes))
         return self._schema
@@ -353,8 +355,25 @@ def parse_table_map(body: bytes, id_size: int = 6, mariadb: bool = True) -> Tabl
         f['position'] = i
         f['name'] = f'@{i + 1}'
     key, has_metadata = _parse_optional_metadata(body, pos, fields, mariadb)
+    if mariadb and has_metadata:
+        _hide_long_unique_hashes(fields)
     columns = tuple(t.ColumnInfo(**f) for f in fields)
     return TableMap(table_id, db, table, columns, key, has_metadata, body)
+
+
+_LONG_UNIQUE_HASH = re.compile(r'DB_ROW_HASH_\d+')
+
+
+def _hide_long_unique_hashes(fields: list[dict[str, Any]]) -> None:
+    """MariaDB enforces a UNIQUE key on a BLOB/TEXT column without a prefix length (or on
+    columns too long for an index) through a hidden ``DB_ROW_HASH_<n> bigint unsigned`` column
+    of the values' hash, after the table's own columns.  Row images carry it; the table has
+    no such column for a SELECT or ``information_schema`` (nor for the snapshot), so it is
+    decoded past and left out of rows and schema."""
+    for f in reversed(fields):
+        if f['type'] != t.LONGLONG or not _LONG_UNIQUE_HASH.fullmatch(f['name']):
+            break
+        f['hidden'] = True
 
 
 def _parse_optional_metadata(body: bytes, pos: int, fields: list[dict[str, Any]],

@@ -303,7 +303,7 @@ class _EventBuilder:
         previous = self._known.get(name)
         if previous is None:
             previous = {} if name in self._altered else {c.name: None for c in schema.columns}
-        new = [c for c in table_map.columns if c.name not in previous]
+        new = [c for c in table_map.columns if c.name not in previous and not c.hidden]
         looked = self._lookup_defaults(table_map.db, table_map.table, new) if new else {}
         # A dropped column is forgotten: added again, its rows read the new DEFAULT.
         known = self._known[name] = {

@@ -267,7 +267,8 @@ class _Generator:
             else:
                 lines += self._one(cols[k], k)
                 k += 1
-        entries = ', '.join(f'{cols[k].name!r}: v{k}' for k in range(len(cols)))
+        entries = ', '.join(f'{cols[k].name!r}: v{k}' for k in range(len(cols))
+                            if not cols[k].hidden)
         return [indent + line for line in lines], '{' + entries + '}'
 
     def _one(self, c: t.ColumnInfo, k: int) -> list[str]:

@@ -149,7 +149,9 @@ class ColumnInfo(NamedTuple):
     CHAR/VARCHAR, the byte width of the length prefix of a BLOB/TEXT/JSON/GEOMETRY, the byte
     width of an ENUM/SET value, the float's byte width, the number of bits of a BIT.
     ``fsp`` is the fractional-second precision of a temporal type.  ``collation`` is None for
-    columns without a charset or when the table map carried none.
+    columns without a charset or when the table map carried none.  ``hidden``: a column the
+    server keeps for itself (MariaDB's ``DB_ROW_HASH_<n>``), in row images but not in the table
+    a SELECT or ``information_schema`` shows, so in no event or schema.
     """
 
     position: int
@@ -164,6 +166,7 @@ class ColumnInfo(NamedTuple):
     collation: int | None = None
     symbols: tuple[str, ...] = ()
     geometry_type: int | None = None
+    hidden: bool = False
 
 
 def parse_column_meta(type_code: int, meta: bytes) -> dict[str, int]:
