@@ -315,7 +315,10 @@ def _mutate(draw: Any, schema: Any, names: _Names, depth: int = 0) -> Any:
     if change == 'replace':  # an unrelated type: incompatible unless by luck
         return _schema(draw, names, depth)
     if change == 'nullable' and not isinstance(schema, list) and schema != 'null':
-        return draw(st.permutations(['null', _mutate(draw, schema, names, depth)]))
+        inner = _mutate(draw, schema, names, depth)
+        if isinstance(inner, list) or inner == 'null':  # a union in a union is no schema
+            return inner
+        return draw(st.permutations(['null', inner]))
     if isinstance(schema, str):
         if change == 'other':
             promoted = sorted({schema} | set(_PROMOTE.get(schema, ())))
