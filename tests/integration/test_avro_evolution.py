@@ -2,6 +2,7 @@
 — Avro schema resolution — with the table's latest schema, as a lake reader would."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,16 @@ def test_parquet_lake_through_the_cli_holds_every_row_of_every_version(
         slot = f'changebeam_{pg_db.name}'
         wait_for_slot(conn, slot)
         conn.execute("INSERT INTO items VALUES (2, 20, 'two')")
+        # An application's message: an 'm' event of a table without columns, which Parquet
+        # could not write (no empty struct), crashing the pipeline on every restart.
+        conn.execute("SELECT pg_logical_emit_message(true, 'app', 'hello')")
         conn.execute('ALTER TABLE items ALTER COLUMN qty TYPE bigint')
         conn.execute("INSERT INTO items VALUES (3, 3000000000, 'three')")
         conn.execute('UPDATE items SET note = NULL WHERE id = 1')
         stop_when_caught_up(cdc, conn, slot)
     assert not list(lake.glob('_dead_letters/*.jsonl'))
+    [messages] = [pq.read_table(p).to_pylist() for p in lake.glob('_messages/v=*/part-*')]
+    assert [json.loads(m['message'])['content'] for m in messages] == ['hello']
     versions = {v.version: v.schema
                 for v in SchemaRegistry(str(lake / '_schemas')).versions('public.items')}
     assert len(versions) == 2 and all(v > 2**31 for v in versions)  # as fingerprints are

@@ -563,8 +563,10 @@ def _parquet_layout(table: TableSchema, version: int) -> _ParquetLayout:
         typed = not pa.types.is_string(arrow)
         element_typed = pa.types.is_list(arrow) and not pa.types.is_string(arrow.value_type)
         fields.append(_ParquetField(column, avro_field['name'], typed, element_typed))
+    # The pseudo-tables of 'm' events (_messages, _ddl) have no columns, and Parquet cannot
+    # write a struct without fields: their before/after are always null, so they are typed so.
     row = pa.struct([pa.field(f.column.name, _arrow_type(f.column.kind, f.column))
-                     for f in fields])
+                     for f in fields]) if fields else pa.null()
     text = pa.map_(pa.string(), pa.string())
     names = pa.list_(pa.string())
     schema = pa.schema([
