@@ -23,6 +23,7 @@ import base64
 import dataclasses
 import datetime as dt
 import enum
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -725,9 +726,24 @@ _CLOUDEVENT_TYPES = {
 }
 
 
-def _cloudevent_id(source: SourcePosition) -> str:
-    # Unique per source position: the same change replayed keeps its id, so consumers can dedup.
-    return f'{source.connector}:{source.name}:{source.sort_key}'
+def _cloudevent_id(event: ChangeEvent) -> str:
+    """Unique per event and the same for its replays, so consumers can deduplicate by it.
+
+    A position alone is not unique: the rows of a snapshot share the snapshot's, a
+    ``snapshot_complete`` or ``schema_change`` event shares a row's, a TRUNCATE of several
+    tables is one position.  So the table and op follow it, then what tells such events
+    apart: a snapshot row's key (its values' hash for a keyless table), a message's kind."""
+    source = event.source
+    parts = [source.connector, source.name, source.sort_key, event.table.name, event.op.value]
+    if event.op is Op.READ and event.after is not None:
+        table = event.table
+        names = table.key or tuple(c.name for c in table.columns if c.name in event.after)
+        values = [encode_json_value(table.column(n), event.after.get(n)) for n in names]
+        parts.append(hashlib.sha256(json.dumps(values, separators=(',', ':')).encode())
+                     .hexdigest()[:16])
+    elif event.op is Op.MESSAGE and event.message is not None:
+        parts.append(str(event.message.get('kind') or event.message.get('prefix') or ''))
+    return ':'.join(parts)
 
 
 def to_cloudevent(event: ChangeEvent) -> dict[str, Any]:
@@ -736,7 +752,7 @@ def to_cloudevent(event: ChangeEvent) -> dict[str, Any]:
     time = dt.datetime.fromtimestamp(source.ts_ms / 1000, dt.timezone.utc)
     return {
         'specversion': '1.0',
-        'id': _cloudevent_id(source),
+        'id': _cloudevent_id(event),
         'source': f'/changebeam/{source.connector}/{source.name}/{source.db}',
         'type': f'io.changebeam.{source.connector}.row.{_CLOUDEVENT_TYPES[event.op]}',
         'time': time.replace(tzinfo=None).isoformat(timespec='milliseconds') + 'Z',

@@ -159,6 +159,36 @@ def test_unchanged_column_is_absent_not_a_placeholder() -> None:
     assert from_debezium_json(doc, table) == event
 
 
+def test_cloudevent_ids_tell_apart_the_events_of_one_position() -> None:
+    """A snapshot's rows share its position; a snapshot_complete or schema_change event shares
+    a row's; a TRUNCATE of two tables is one position.  With the position as the id, a
+    consumer deduplicating by id kept one row of a whole snapshot."""
+    from transforms.envelope import snapshot_complete
+
+    keyed = TableSchema('public', 't', (Column('id', Kind.INT32), Column('v', Kind.TEXT)),
+                        key=('id',))
+    keyless = TableSchema('public', 'log', (Column('v', Kind.TEXT),))
+    other = TableSchema('public', 'u', (Column('id', Kind.INT32),), key=('id',))
+    at = SourcePosition('postgresql', 'pg', 'db', 'public', 't', 1700000000123, lsn=0,
+                        commit_lsn=0x20)
+    events = [
+        ChangeEvent(Op.READ, keyed, at, after={'id': 1, 'v': 'a'}),
+        ChangeEvent(Op.READ, keyed, at, after={'id': 2, 'v': 'a'}),
+        ChangeEvent(Op.READ, keyless, at, after={'v': 'a'}),
+        ChangeEvent(Op.READ, keyless, at, after={'v': 'b'}),
+        snapshot_complete(keyed, at, 2, 0),
+        ChangeEvent(Op.MESSAGE, keyed, at, message={'kind': 'schema_change'}),
+        ChangeEvent(Op.TRUNCATE, keyed, at),
+        ChangeEvent(Op.TRUNCATE, other, at),
+    ]
+    ids = [to_cloudevent(event)['id'] for event in events]
+    assert len(set(ids)) == len(events), ids
+    # A replay (same position, same row; another time) keeps its id; a changed value of the
+    # same key does too: it is the same row of the same snapshot.
+    again = ChangeEvent(Op.READ, keyed, at, after={'id': 1, 'v': 'z'}, ts_ms=9)
+    assert to_cloudevent(again)['id'] == ids[0]
+
+
 def test_cloudevent_id_is_stable_per_source_position() -> None:
     table = TableSchema('public', 't', (Column('id', Kind.INT32),))
     source = SourcePosition('postgresql', 'pg', 'db', 'public', 't', 1700000000123,
