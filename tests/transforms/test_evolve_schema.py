@@ -118,6 +118,16 @@ def test_ignore_projects_every_event_onto_the_first_schema(tmp_path: Path) -> No
     assert [e.op for e in out].count(Op.MESSAGE) == 1
 
 
+def test_ignore_leaves_a_retyped_columns_values_out_too(tmp_path: Path) -> None:
+    """Kept, they did not fit the first schema's type: every later row of the table became a
+    dead letter of the Avro and Parquet sinks (and a jsonl line its reader refuses)."""
+    out = run([event(V1, 10, id=1, qty=2, note='a'),
+               event(RETYPED, 20, id=2, qty='many', note='b')], tmp_path, 'ignore')
+    last = out[-1]
+    assert last.table == V1 and last.after == {'id': 2, 'note': 'b'}
+    assert last.schema_version == fingerprint(V1) and last.message == {'ignore': ['qty']}
+
+
 def run_batched(batches: list[list[ChangeEvent]], registry: Path, policy: str
                 ) -> list[list[ChangeEvent]]:
     key = f'{registry}:{len(_COLLECTED)}'

@@ -214,7 +214,13 @@ class _EvolveSchemaFn(beam.DoFn):
             return new_state
         if self._policy == 'ignore' and previous is not None:
             first = self._registry.versions(table.name)[0]
-            new_state = (incoming, first, first.schema, {})
+            # A retyped column's values would not fit the first schema's type (the file sinks
+            # dead-lettered every such row): left out like a new column's ('' is no column).
+            retyped = {c.name: '' for c in incoming.columns
+                       if c.name in first.schema.by_name
+                       and (first.schema.by_name[c.name].kind, first.schema.by_name[c.name].element)
+                       != (c.kind, c.element)}
+            new_state = (incoming, first, first.schema, retyped)
             self._current[table.name] = new_state
             _LOG.warning('%s changed schema; --schema_change ignore keeps version %016x',
                          table.name, first.version)
