@@ -234,7 +234,7 @@ def _setup_failure(exc: BaseException) -> str | None:
     under strict), or None for anything else."""
     known = ('SourceSetupError', 'ReplicationError', 'NoAnswer', 'OperationalError',
              'SchemaChangeError', 'BinlogConfigError', 'BinlogPurgedError',
-             'BinlogConnectionLost', 'SourceUnavailable')
+             'BinlogConnectionLost', 'SourceUnavailable', 'OffsetStoreError')
     cause: BaseException | None = exc
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:

@@ -1221,3 +1221,60 @@ def test_a_failover_behind_the_same_address_loses_nothing(pg_db: Any, tmp_path: 
     assert 'the source is now server id 2, not 1' in output, output[-3000:]
     assert len(source) > 20 and target == source
     assert not dead_letters(tmp_path)
+
+
+@pytest.mark.parametrize('after_reset', [5, 60], ids=['fewer', 'more'])
+def test_a_binlog_history_that_started_over_is_refused_not_skipped(tmp_path: Path,
+                                                                    after_reset: int) -> None:
+    """RESET MASTER (or a server restored from a backup) starts the binlogs and the GTID
+    numbering over: the stored position then names other transactions, and a restart resumed
+    there, skipping the first ones written since without a word (or, with fewer of them,
+    ended with the server's raw error in a traceback)."""
+    from tests.services.mariadb import MariaDBServer
+
+    server = MariaDBServer.start()  # its own: RESET MASTER must not touch the shared one's
+    try:
+        conn = server.connect()
+        execute(conn, 'CREATE DATABASE shop', 'CREATE TABLE shop.t (id INT PRIMARY KEY)',
+                *(f'INSERT INTO shop.t VALUES ({n})' for n in range(20)))
+        sink = f'jsonl:{tmp_path / "out"}'
+        finish(start_cdc(server.dsn('shop'), sink, tmp_path, '--snapshot', 'never',
+                         '--max_idle_secs', '2'))
+        execute(conn, 'RESET MASTER',
+                *(f'INSERT INTO shop.t VALUES ({n})' for n in range(100, 100 + after_reset)))
+        restarted = start_cdc(server.dsn('shop'), sink, tmp_path, '--snapshot', 'never',
+                              '--max_idle_secs', '2')
+        output, _ = restarted.communicate(timeout=120)
+        assert restarted.returncode == 1, output[-3000:]
+        last = output.strip().splitlines()[-1]
+        assert last.startswith(f'python -m pipelines.cdc: error: the offset store '
+                               f'{tmp_path / "offsets.json"} holds bin.000001:'), last
+        assert last.endswith("the server's binlog history started over (RESET MASTER, or a "
+                             'server restored from a backup), so the stored position names '
+                             'other transactions now and resuming there would skip changes; '
+                             'delete the offset store and restart with --snapshot initial')
+        # Resuming where the history is the one read still works.
+        execute(conn, 'INSERT INTO shop.t VALUES (500)')
+        (tmp_path / 'offsets.json').unlink()
+        finish(start_cdc(server.dsn('shop'), f'jsonl:{tmp_path / "again"}', tmp_path,
+                         '--snapshot', 'initial', '--max_idle_secs', '2'))
+        execute(conn, 'INSERT INTO shop.t VALUES (501)')
+        finish(start_cdc(server.dsn('shop'), f'jsonl:{tmp_path / "again"}', tmp_path,
+                         '--snapshot', 'initial', '--max_idle_secs', '2'))
+        ids = {d['after']['id'] for d in read_jsonl_dir(str(tmp_path / 'again'))
+               if d['op'] in 'rc'}
+        assert ids == {*range(20), *range(100, 100 + after_reset), 500, 501}
+    finally:
+        server.stop()
+
+
+def test_an_offset_store_without_a_valid_offset_is_one_line(mariadb_db: Any,
+                                                            tmp_path: Path) -> None:
+    (tmp_path / 'offsets.json').write_text('')  # truncated (a full disk, an editor)
+    run = start_cdc(mariadb_db.dsn, f'jsonl:{tmp_path / "out"}', tmp_path)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 1 and 'Traceback' not in output, output[-3000:]
+    assert output.strip().splitlines()[-1] == (
+        f'python -m pipelines.cdc: error: the offset store {tmp_path / "offsets.json"} holds no '
+        'valid offset (Expecting value: line 1 column 1 (char 0)); delete it and restart with '
+        '--snapshot initial')

@@ -563,7 +563,44 @@ class _ReadBinlogFn(StreamReadFn):
             _LOG.warning('the offset was written against server id %s, this is %s, and has '
                          'no GTID: resuming at %s:%s', offset.server_id,
                          self._info.server_id, offset.file, offset.pos)
+        elif offset.file:
+            self._check_history(offset)
         return BinlogPosition(offset.file, offset.pos, offset.gtid)
+
+    def _check_history(self, offset: Offset) -> None:
+        """Refuse an offset past the end of this server's binlogs: its history started over
+        (RESET MASTER, a server restored from a backup), so the stored GTID and file/pos name
+        other transactions now, and resuming there skipped the first ones written since,
+        without a word.  Purging only removes older files, and binlogs only grow."""
+        assert offset.file is not None and self._info is not None
+        with self._lock, self._control.cursor() as cur:
+            cur.execute('SHOW BINARY LOGS')
+            sizes = {str(row[0]): int(row[1]) for row in cur.fetchall()}
+            newest = max(sizes, key=_file_number, default=None)
+            if newest is None:
+                return
+            if offset.file not in sizes:  # purged (older: the dump says so), or newer than any
+                changed = _file_number(offset.file) > _file_number(newest)
+                seen = f'the newest binlog is {newest}'
+            elif offset.pos > sizes[offset.file]:
+                changed, seen = True, f'{offset.file} has {sizes[offset.file]} bytes'
+            elif self._info.mariadb and offset.gtid:
+                # The GTIDs before that point, as the binlogs now tell: the stored ones if the
+                # history is the one read.
+                cur.execute('SELECT BINLOG_GTID_POS(%s, %s)', (offset.file, offset.pos))
+                row = cur.fetchone()
+                at = str(row[0]) if row and row[0] is not None else None
+                changed = at is None or _gtid_set(at) != _gtid_set(offset.gtid)
+                seen = f'the binlogs now have GTID {at or "none"} there'
+            else:
+                changed = False
+        if changed:
+            raise BinlogConfigError(
+                f'the offset store {self._store.uri} holds {offset.file}:{offset.pos} after GTID '
+                f'{offset.gtid or "-"}, but {seen}: the server\'s binlog history started over '
+                '(RESET MASTER, or a server restored from a backup), so the stored position '
+                'names other transactions now and resuming there would skip changes; delete '
+                'the offset store and restart with --snapshot initial')
 
     def _file_start(self, position: int) -> BinlogPosition:
         index, _ = decode_position(position)
@@ -912,6 +949,17 @@ class _ReadBinlogFn(StreamReadFn):
                 return
         self._store.save(pending)
         self._saved, self._saved_at = pending, now
+
+
+def _gtid_set(text: str) -> frozenset[str]:
+    """A MariaDB GTID position (``0-1-22,1-2-5``) as a set, whatever the order."""
+    return frozenset(part.strip() for part in text.split(',') if part.strip())
+
+
+def _file_number(name: str) -> int:
+    """The number of a binlog file's name (``bin.000012`` → 12)."""
+    tail = name.rsplit('.', 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _current_position(conn: Any, info: ServerInfo) -> BinlogPosition:

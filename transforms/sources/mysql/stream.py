@@ -419,7 +419,8 @@ class BinlogStream:
             message = message[6:]  # '#' + SQLSTATE
         if code == _ER_MASTER_FATAL_ERROR_READING_BINLOG and any(
                 hint in message.lower() for hint in ('purged', 'could not find first log',
-                                                     'could not find gtid state')):
+                                                     'could not find gtid state',
+                                                     "not in the master's binlog")):
             raise BinlogPurgedError(
                 f'the requested position {self._requested} is no longer in the server\'s '
                 f'binlogs ({message}); re-snapshot the tables and stream from the new '
