@@ -81,15 +81,17 @@ def build(pipeline: beam.Pipeline, config: CdcConfig) -> None:
     events = events | 'EvolveSchema' >> EvolveSchema(config.schema_registry,
                                                       config.schema_change, batched=True)
     label, writer = sink_transform(config.sink,
-                                   tombstone_retention_hours=config.tombstone_retention_hours)
+                                   tombstone_retention_hours=config.tombstone_retention_hours,
+                                   reconnect_secs=config.reconnect_secs)
     dead = events | label >> writer
     _ = dead | 'WriteSinkDeadLetters' >> WriteDeadLetters(config.dead_letter)
 
 
-def sink_transform(sink: SinkSpec, *, tombstone_retention_hours: float = 168.0
-                   ) -> tuple[str, beam.PTransform]:
+def sink_transform(sink: SinkSpec, *, tombstone_retention_hours: float = 168.0,
+                   reconnect_secs: float | None = None) -> tuple[str, beam.PTransform]:
     """The label and sink transform for ``sink`` (also used by ``pipelines.redrive``);
-    ``tombstone_retention_hours`` is for database sinks (0: keep tombstones forever)."""
+    ``tombstone_retention_hours`` and ``reconnect_secs`` (how long a lost target is waited
+    for; None: a few attempts) are for database sinks (0 hours: keep tombstones forever)."""
     if sink.is_file:
         from transforms.sinks.files import WriteChangesToFiles
 
@@ -104,11 +106,11 @@ def sink_transform(sink: SinkSpec, *, tombstone_retention_hours: float = 168.0
             from transforms.sinks.sql import WriteChangesToPostgres
 
             return 'WriteChangesToPostgres', WriteChangesToPostgres(
-                sink.target, tombstone_retention=retention)
+                sink.target, tombstone_retention=retention, reconnect_secs=reconnect_secs)
         from transforms.sinks.sql import WriteChangesToMySQL
 
         return 'WriteChangesToMySQL', WriteChangesToMySQL(
-            sink.target, tombstone_retention=retention)
+            sink.target, tombstone_retention=retention, reconnect_secs=reconnect_secs)
     except ValueError as exc:  # a DSN parameter the driver would not take
         raise OptionError('--sink', display(sink.target),
                           str(exc).split("': ", 1)[-1]) from None
@@ -234,7 +236,8 @@ def _setup_failure(exc: BaseException) -> str | None:
     under strict), or None for anything else."""
     known = ('SourceSetupError', 'ReplicationError', 'NoAnswer', 'OperationalError',
              'SchemaChangeError', 'BinlogConfigError', 'BinlogPurgedError',
-             'BinlogConnectionLost', 'SourceUnavailable', 'OffsetStoreError')
+             'BinlogConnectionLost', 'SourceUnavailable', 'OffsetStoreError',
+             'TargetUnavailable')
     cause: BaseException | None = exc
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:

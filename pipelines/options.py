@@ -136,8 +136,9 @@ class CdcOptions(PipelineOptions):
         group.add_argument(
             '--reconnect_secs', default='300',
             help='How long a streaming source keeps reconnecting after its connection broke '
-                 '(server restart, failover, network), resuming where it was (default: 300; '
-                 '0 stops the pipeline at once).')
+                 '(server restart, failover, network), resuming where it was, and a database '
+                 'sink retries a target that stopped answering (default: 300; 0: the source '
+                 'stops the pipeline at once, the sink after a few quick attempts).')
         group.add_argument(
             '--offset_store', default=None,
             help='Where a MySQL/MariaDB source records the binlog position the sink reached: '

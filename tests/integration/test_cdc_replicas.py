@@ -464,3 +464,45 @@ def test_a_replica_that_refuses_the_connection_stops_the_start_in_one_line(
     with pg_db.connect() as conn:
         assert conn.execute('SELECT count(*) FROM pg_replication_slots').fetchone()[0] == 0
         assert conn.execute('SELECT count(*) FROM pg_publication').fetchone()[0] == 0
+
+
+def test_a_replica_down_for_half_a_minute_is_waited_for(pg_db: Any, tmp_path: Path) -> None:
+    """The sink gave up after six quick attempts (~16 s) whatever --reconnect_secs said, and
+    the pipeline ended with libpq's bare text; a target down longer than --reconnect_secs
+    ends it with one line saying which side and what to do."""
+    from tests.services.postgres import PostgresServer
+
+    replica = PostgresServer.start()  # a server of its own: it goes down, the source not
+    try:
+        target = replica.database('replica')
+        with pg_db.connect() as conn:
+            conn.execute('CREATE TABLE t (id integer PRIMARY KEY, v text)')
+            conn.execute("INSERT INTO t VALUES (1, 'a')")
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS,
+                               '--reconnect_secs', '120')
+            slot = f'changebeam_{pg_db.name}'
+            wait_for_slot(conn, slot)
+            replica.halt()
+            for n in range(2, 40):
+                conn.execute('INSERT INTO t VALUES (%s, %s)', (n, f'v{n}'))
+                time.sleep(0.5)  # ~19 s of changes while the replica is down, then 11 s more
+            time.sleep(11)
+            replica.resume()
+            stop_when_caught_up(cdc, conn, slot)
+            with target.connect() as tconn:
+                assert pg_rows(tconn, 'public.t') == pg_rows(conn, 'public.t')
+
+            cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS,
+                               '--reconnect_secs', '5')
+            time.sleep(3)
+            replica.halt()
+            conn.execute("INSERT INTO t VALUES (100, 'lost target')")
+            output = cdc.communicate(timeout=120)[0]
+            assert cdc.returncode == 1, output[-3000:]
+            last = output.strip().splitlines()[-1]
+            assert last.startswith('python -m pipelines.cdc: error: WriteChangesToPostgres: the '
+                                   'target has not answered for '), last
+            assert last.endswith('run again once it is back: what it did not commit is read '
+                                 'again'), last
+    finally:
+        replica.stop()

@@ -296,6 +296,13 @@ def _fast_switching(hold: bool) -> None:
                 sys.setswitchinterval(_switch_saved)
 
 
+_LONGEST_RECONNECT_PAUSE_S = 10.0
+
+
+class TargetUnavailable(ConnectionError):
+    """The target did not answer for the whole ``reconnect_s`` the sink was given."""
+
+
 class Applier:
     """Writes batches through a :class:`Target`: effectively-once, dead letters, retries.
 
@@ -321,9 +328,13 @@ class Applier:
                  prune_interval_s: float = _PRUNE_INTERVAL_S,
                  stall_check_s: float | None = DEFAULT_STALL_CHECK_S,
                  probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
+                 reconnect_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         _check_stall(stall_check_s, probe_timeout_s)
         self.target = target
+        # Given: also retry for that long after the first failure, however many attempts
+        # that takes (pauses up to 10 s), then raise TargetUnavailable.
+        self._reconnect_s = reconnect_s
         self._stall_check_s = stall_check_s
         self._probe_timeout_s = probe_timeout_s
         self._retention_s = _retention_seconds(tombstone_retention)
@@ -519,7 +530,10 @@ class Applier:
 
     def _retry(self, work: Callable[[], _T]) -> _T:
         target = self.target
-        for attempt in range(1, self._max_attempts + 1):
+        failed_at: float | None = None
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 with self._watched():
                     if not self._connected:
@@ -530,19 +544,31 @@ class Applier:
                 target.rollback()
                 if not target.is_retryable(exc):
                     raise
-                if attempt == self._max_attempts:
+                now = time.monotonic()
+                failed_at = now if failed_at is None else failed_at
+                timed = self._reconnect_s is not None
+                if attempt >= self._max_attempts and (
+                        self._reconnect_s is None or now - failed_at >= self._reconnect_s):
                     _LOG.error('%s: giving up after %d attempts: %s', target.step, attempt,
                                target.describe(exc))
                     target.close()  # the next batch (a retried bundle) starts on a new one
                     self._connected = False
+                    if timed:
+                        raise TargetUnavailable(
+                            f'{target.step}: the target has not answered for '
+                            f'{now - failed_at:.0f} s ({" ".join(target.describe(exc).split())}'
+                            '); run again once it is back: what it did not commit is read '
+                            'again') from exc
                     raise
-                delay = min(self._backoff_s * 2 ** (attempt - 1), self._max_backoff_s)
-                _LOG.warning('%s: %s; reconnecting in %.1f s (attempt %d of %d)', target.step,
-                             target.describe(exc), delay, attempt, self._max_attempts)
+                delay = min(self._backoff_s * 2 ** (attempt - 1),
+                            _LONGEST_RECONNECT_PAUSE_S if timed else self._max_backoff_s)
+                _LOG.warning('%s: %s; reconnecting in %.1f s (attempt %d%s)', target.step,
+                             target.describe(exc), delay, attempt,
+                             f' of {self._max_attempts}' if not timed else
+                             f', for up to {self._reconnect_s:.0f} s')
                 target.close()
                 self._connected = False
                 time.sleep(delay)
-        raise AssertionError('unreachable')
 
     def _watched(self) -> contextlib.AbstractContextManager[None]:
         if self._stall_check_s is None:
@@ -789,8 +815,9 @@ class _ApplyChangesFn(beam.DoFn):
 
     def __init__(self, target: Target, *, max_batch_size: int, max_attempts: int,
                  backoff_s: float, tombstone_retention: dt.timedelta | None,
-                 stall_check_s: float | None) -> None:
+                 stall_check_s: float | None, reconnect_s: float | None) -> None:
         self._target = target
+        self._reconnect_s = reconnect_s
         self._max_batch_size = max_batch_size
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
@@ -801,7 +828,8 @@ class _ApplyChangesFn(beam.DoFn):
         self._applier = Applier(self._target, max_attempts=self._max_attempts,
                                 backoff_s=self._backoff_s,
                                 tombstone_retention=self._tombstone_retention,
-                                stall_check_s=self._stall_check_s)
+                                stall_check_s=self._stall_check_s,
+                                reconnect_s=self._reconnect_s)
         self._applier.open()
 
     def start_bundle(self) -> None:
@@ -856,7 +884,9 @@ class WriteChanges(beam.PTransform):
 
     ``route`` maps source ``schema.table`` to a target (see ``routing``); ``max_batch_size``
     bounds the events applied per transaction (a bundle is flushed at its end in any case);
-    a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised.
+    a lost connection is retried ``max_attempts`` times, ``backoff_s`` doubling, then raised;
+    with ``reconnect_secs``, also for at least that long (pauses up to 10 s), then
+    :class:`TargetUnavailable` is raised (the CLI passes its ``--reconnect_secs``).
     ``tombstone_retention`` is how long a deleted key's tombstone (and a truncate mark) keeps
     stopping late, older changes of it; then it is pruned (None or zero: kept forever).
     A batch still waiting for the target after ``stall_check_s`` is checked from a new
@@ -867,8 +897,10 @@ class WriteChanges(beam.PTransform):
     def __init__(self, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5,
                  tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION,
-                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S) -> None:
+                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S,
+                 reconnect_secs: float | None = None) -> None:
         super().__init__()
+        self._reconnect_s = reconnect_secs
         check_route(route)
         _retention_seconds(tombstone_retention)
         _check_stall(stall_check_s, DEFAULT_PROBE_TIMEOUT_S)
@@ -900,7 +932,8 @@ class WriteChanges(beam.PTransform):
         fn = _ApplyChangesFn(self._target(), max_batch_size=self._max_batch_size,
                              max_attempts=self._max_attempts, backoff_s=self._backoff_s,
                              tombstone_retention=self._tombstone_retention,
-                             stall_check_s=self._stall_check_s)
+                             stall_check_s=self._stall_check_s,
+                             reconnect_s=self._reconnect_s)
         results = events | 'ApplyChanges' >> beam.ParDo(fn).with_outputs(DEAD_LETTER,
                                                                             main='applied')
         return results[DEAD_LETTER]

@@ -471,10 +471,12 @@ class WriteChangesToPostgres(WriteChanges):
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5,
                  tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION,
-                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S) -> None:
+                 stall_check_s: float | None = DEFAULT_STALL_CHECK_S,
+                 reconnect_secs: float | None = None) -> None:
         super().__init__(route=route, max_batch_size=max_batch_size,
                          max_attempts=max_attempts, backoff_s=backoff_s,
-                         tombstone_retention=tombstone_retention, stall_check_s=stall_check_s)
+                         tombstone_retention=tombstone_retention, stall_check_s=stall_check_s,
+                         reconnect_secs=reconnect_secs)
         self._dsn = _parse(dsn)
 
     def _target(self) -> Target:
