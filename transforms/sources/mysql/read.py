@@ -886,8 +886,9 @@ class _ReadBinlogFn(StreamReadFn):
                 self._last_lag = lag
             self._advance_watermark(watermark, Timestamp(commit_ts))
         elif not in_tx:
-            # Caught up: nothing committed before now can still arrive.
+            # Caught up: nothing committed before now can still arrive (no lag to show).
             self._advance_watermark(watermark, Timestamp.now() - 1)
+            self._last_lag = 0.0
         idle = now - self._idle_since
         stopping = STOP.is_set() or (config.max_idle_secs is not None
                                      and idle >= config.max_idle_secs)

@@ -637,8 +637,9 @@ class _ReadSlotFn(StreamReadFn):
             self._last_lag = lag
             self._advance_watermark(watermark, Timestamp(micros=commit_ts))
         elif not assembler.in_transaction:
-            # Caught up: nothing committed before now can still arrive.
+            # Caught up: nothing committed before now can still arrive (no lag to show).
             self._advance_watermark(watermark, Timestamp.now() - 1)
+            self._last_lag = 0.0
         if confirm_lsn:
             emitted = self._emitted
             finalizer.register(lambda lsn=confirm_lsn, n=emitted: self._confirm(lsn, n))
