@@ -960,3 +960,37 @@ def test_a_source_unreachable_for_longer_than_reconnect_secs_stops_with_one_line
         assert 20 <= waited < 90, waited
     assert [d['after']['id'] for d in read_jsonl_dir(str(tmp_path / 'out'))
             if d['op'] == 'c'] == [1]
+
+
+def test_a_source_restart_during_the_snapshot_says_what_to_do(tmp_path: Path) -> None:
+    """The snapshot is not resumed but taken again: the pipeline stops, and its line said
+    only psycopg's 'the connection is lost' (which side? then what?)."""
+    from tests.services.postgres import PostgresServer
+
+    source = PostgresServer.start()  # its own: it restarts mid-snapshot
+    try:
+        with source.connect() as conn:
+            conn.execute('CREATE TABLE wide (id integer PRIMARY KEY, payload text)')
+            conn.execute("INSERT INTO wide SELECT g, repeat('p', 200) "
+                         'FROM generate_series(1, 300000) g')
+        out = tmp_path / 'out'
+        cdc = start_cdc(source.dsn(), out, '--reconnect_secs', '60', '--max_idle_secs', '5')
+        deadline = time.monotonic() + 90
+        while not any(out.glob('public.wide/part-*')):  # rows of the snapshot written
+            assert cdc.poll() is None and time.monotonic() < deadline, \
+                cdc.communicate()[0][-3000:]
+            time.sleep(0.05)
+        source.restart(down_secs=2)
+        output, _ = cdc.communicate(timeout=240)
+        assert cdc.returncode == 1, output[-3000:]
+        last = output.strip().splitlines()[-1]
+        assert last.startswith('python -m pipelines.cdc: error: the snapshot: the connection '
+                               'to the source broke ('), last
+        assert last.endswith('run again once it is back: the snapshot is taken again (none of '
+                             'it was confirmed)'), last
+        finish(start_cdc(source.dsn(), tmp_path / 'again', '--max_idle_secs', '2'))
+        ids = {d['after']['id'] for d in read_jsonl_dir(str(tmp_path / 'again'))
+               if d['op'] == 'r'}
+        assert len(ids) == 300000
+    finally:
+        source.stop()

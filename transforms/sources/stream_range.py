@@ -26,7 +26,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 
 __all__ = ['END', 'STOP', 'SourceUnavailable', 'StreamReadFn', 'StreamRestrictionProvider',
-           'end_bundles_promptly']
+           'end_bundles_promptly', 'snapshot_broke']
 
 _LOG = logging.getLogger(__name__)
 
@@ -69,7 +69,16 @@ def end_bundles_promptly() -> None:
 
 
 class SourceUnavailable(ConnectionError):
-    """The source's server stayed unreachable for longer than the source waits for it."""
+    """The source's server stayed unreachable for longer than the source waits for it, or
+    went away during a snapshot (which is taken again, not resumed)."""
+
+
+def snapshot_broke(exc: BaseException) -> SourceUnavailable:
+    """A snapshot's connection broke (the source restarted, the network): the driver's bare
+    "connection lost" said neither which side nor what to do."""
+    return SourceUnavailable(
+        f'the snapshot: the connection to the source broke ({" ".join(str(exc).split())}); '
+        'run again once it is back: the snapshot is taken again (none of it was confirmed)')
 
 
 class StreamRestrictionProvider(RestrictionProvider):

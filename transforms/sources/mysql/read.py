@@ -92,6 +92,7 @@ from transforms.sources.stream_range import (
     STOP,
     StreamReadFn,
     end_bundles_promptly,
+    snapshot_broke,
 )
 
 __all__ = ['SNAPSHOT_MODES', 'ReadMySqlChanges', 'connect_args']
@@ -729,6 +730,10 @@ class _ReadBinlogFn(StreamReadFn):
                     yield from self._emit(batch)
                     self._progress.update(self._emitted, self._confirmed_changes, None,
                                           f'snapshot at {position.file}:{position.pos}')
+        except _pymysql().err.OperationalError as exc:
+            if mysql_error_from_server(exc):
+                raise
+            raise snapshot_broke(exc) from exc
         finally:
             conn.close()
         _LOG.info('snapshot of %d table(s) at %s:%s: %d rows', len(tables), position.file,

@@ -47,7 +47,7 @@ from transforms.deadline import (
     answer_within,
     stall_watch,
 )
-from transforms.dsn import display, parse_dsn, pg_ask, pg_conninfo
+from transforms.dsn import display, parse_dsn, pg_ask, pg_conninfo, pg_error_from_server
 from transforms.envelope import ChangeEvent, Op
 from transforms.sources.postgres import catalog, pgtypes
 from transforms.sources.postgres.changes import HEARTBEAT_PREFIX, ChangeAssembler
@@ -81,6 +81,7 @@ from transforms.sources.stream_range import (
     STOP,
     StreamReadFn,
     end_bundles_promptly,
+    snapshot_broke,
 )
 
 __all__ = ['SNAPSHOT_MODES', 'ReadPostgresChanges']
@@ -358,17 +359,25 @@ class _ReadSlotFn(StreamReadFn):
         if claim and not tracker.try_claim(consistent_point):
             return
         rows = 0
-        with _connect(self._config.dsn) as conn, watched_by_a_new_connection(
-                conn.fileno, self._config.dsn, 'the snapshot'):
-            for batch in read_snapshot(conn, name, tables, self._assembler, consistent_point,
-                                       batch_size=self._config.batch_size):
-                read = sum(event.op is Op.READ for event in batch)  # not the markers
-                rows += read
-                self._emitted += read
-                self._changes.inc(read)
-                yield batch
-                self._progress.update(self._emitted, self._confirmed_changes, None,
-                                      f'snapshot at {format_lsn(consistent_point)}')
+        import psycopg
+
+        try:
+            with _connect(self._config.dsn) as conn, watched_by_a_new_connection(
+                    conn.fileno, self._config.dsn, 'the snapshot'):
+                for batch in read_snapshot(conn, name, tables, self._assembler,
+                                           consistent_point,
+                                           batch_size=self._config.batch_size):
+                    read = sum(event.op is Op.READ for event in batch)  # not the markers
+                    rows += read
+                    self._emitted += read
+                    self._changes.inc(read)
+                    yield batch
+                    self._progress.update(self._emitted, self._confirmed_changes, None,
+                                          f'snapshot at {format_lsn(consistent_point)}')
+        except psycopg.OperationalError as exc:
+            if pg_error_from_server(exc):
+                raise
+            raise snapshot_broke(exc) from exc
         _LOG.info('snapshot of %d table(s): %d rows', len(tables), rows)
         if committed is not None:
             finalizer.register(lambda: committed(rows))
