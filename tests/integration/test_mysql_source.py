@@ -1278,3 +1278,15 @@ def test_an_offset_store_without_a_valid_offset_is_one_line(mariadb_db: Any,
         f'python -m pipelines.cdc: error: the offset store {tmp_path / "offsets.json"} holds no '
         'valid offset (Expecting value: line 1 column 1 (char 0)); delete it and restart with '
         '--snapshot initial')
+
+
+def test_a_table_named_twice_in_tables_is_copied_once(mariadb_db: Any, tmp_path: Path) -> None:
+    conn = mariadb_db.connect()
+    execute(conn, 'CREATE TABLE t1 (id INT PRIMARY KEY)', 'INSERT INTO t1 VALUES (1), (2)')
+    out = tmp_path / 'out'
+    finish(start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, '--snapshot', 'only',
+                     '--tables', f't1,{mariadb_db.name}.t1'))
+    docs = read_jsonl_dir(str(out))
+    assert sorted(d['after']['id'] for d in docs if d['op'] == 'r') == [1, 2]
+    assert sum(d['op'] == 'm' and d['message'].get('kind') == 'snapshot_complete'
+               for d in docs) == 1

@@ -571,6 +571,29 @@ def test_mariadb_never_merges_two_source_tables_into_one_target_table(mariadb_db
     assert users() == ((1, 'ann'), (2, 'bob'))
 
 
+def test_mariadb_route_into_another_database_beside_an_unrouted_table(mariadb, mariadb_db,
+                                                                      tmp_path):
+    """A batch with a table routed to 'otherdb.t' (a form docs/sinks.md allows) and one
+    that is not crashed the sink on every attempt (sorting a schema None against a str)."""
+    other = mariadb.create_database('other')
+    a = TableSchema('shop', 'a', (Column('id', Kind.INT32, 'integer', nullable=False),),
+                    key=('id',))
+    b = TableSchema('shop', 'b', (Column('id', Kind.INT32, 'integer', nullable=False),),
+                    key=('id',))
+    events = [change('c', 1, table=a, after={'id': 1}), change('c', 2, table=b, after={'id': 2})]
+    try:
+        for route in ({'shop.a': f'{other}.aa'}, {'shop.a': (other, 'ab')}):
+            assert run(events, WriteChangesToMySQL(mariadb_db.dsn, route=route), tmp_path)[0] \
+                == []
+        with mariadb_db.connect() as conn, conn.cursor() as cur:
+            cur.execute(f'SELECT id FROM {other}.aa UNION ALL SELECT id FROM {other}.ab')
+            assert cur.fetchall() == ((1,), (1,))
+            cur.execute('SELECT id FROM b')
+            assert cur.fetchall() == ((2,),)
+    finally:
+        mariadb.drop_database(other)
+
+
 def test_mariadb_unchanged_columns_and_literal_names(mariadb_db, tmp_path):
     evil = 'x`; DROP TABLE t; --'
     table = TableSchema('s', 'ta`ble"; DROP TABLE t', (

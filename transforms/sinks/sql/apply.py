@@ -706,7 +706,8 @@ class Applier:
         if not target.transactional_ddl:  # its DDL would commit the batch transaction
             tables = self._fit_all(tables, written, fitted)
         target.begin(row_by_row)
-        target.lock(sorted({tb.target for tb in tables}))
+        # In one order for every writer; a MariaDB table of the DSN's database has no schema.
+        target.lock(sorted({tb.target for tb in tables}, key=lambda t: (t.schema or '', t.table)))
         if target.transactional_ddl:  # after the lock: one writer alters a table at a time
             tables = self._fit_all(tables, written, fitted)
         for tb in tables:

@@ -1038,7 +1038,8 @@ class ReadMySqlChanges(beam.PTransform):
         if server_id is not None and not 0 < server_id < 2 ** 32:
             raise ValueError(f'server_id {server_id} must be in 1..4294967295 and unique '
                              'among the server\'s replicas')
-        names = tuple(split_table_name(name, parsed.database) for name in tables)
+        # Named twice (t1,DB.t1): copied twice, every row a duplicate.
+        names = tuple(dict.fromkeys(split_table_name(name, parsed.database) for name in tables))
         system = [f'{db}.{table}' for db, table in names if db.lower() in SYSTEM_DATABASES]
         if system:
             raise ValueError(f'tables {", ".join(system)} are in a system database; '
