@@ -301,7 +301,7 @@ def _summary(read: int, applied: int | None, failed: int, inventory: Inventory,
     else:
         parts += [f're-applied {applied or 0:,}', f'failed again {failed:,}']
         if stale:
-            parts.append(f'older than the target {stale:,}')
+            parts.append(f'row changes older than the target {stale:,}')
     parts.append(f'skipped {inventory.count(_NOT_AN_EVENT):,} (not an event)')
     if inventory.count(_OTHER_STEP):
         parts.append(f'left {inventory.count(_OTHER_STEP):,} (other step)')
@@ -368,19 +368,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed_again = _count_lines(failed_dir, before)
     stale = _stale(result)
     move_aside(inventory)
-    print(_summary(read, len(events) - failed_again - stale, failed_again, inventory,
-                   duplicates, False, stale), file=sys.stderr)
+    print(_summary(read, len(events) - failed_again, failed_again, inventory, duplicates,
+                   False, stale), file=sys.stderr)
     if failed_again:
         print(f'changebeam redrive: events rejected again are in {failed}', file=sys.stderr)
     if stale:
-        print(f'changebeam redrive: {stale:,} event(s) were not applied: the target already '
-              'held a newer change of their rows (a value a later partial update left '
+        print(f'changebeam redrive: {stale:,} row change(s) were skipped: the target already '
+              'held a newer state of those rows (a value a later partial update left '
               'unchanged stays as the target has it)', file=sys.stderr)
     return 0
 
 
 def _stale(result: Any) -> int:
-    """The database sink's ``rows_stale``: redriven events the target already held newer."""
+    """The database sink's ``rows_stale``: row changes (an event that moves a key makes two)
+    the target already held newer."""
     try:
         counters = result.metrics().query()['counters']
     except Exception:  # a runner without metrics: nothing to tell

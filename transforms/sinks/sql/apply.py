@@ -54,7 +54,7 @@ from transforms.envelope import ChangeEvent, Column, TableSchema
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import Batch, Rendered, RowChange, TableBatch, plan_batch
 from transforms.sinks.sql.routing import Route, TargetTable, check_route
-from transforms.sinks.sql.statements import TRUNCATED
+from transforms.sinks.sql.statements import POS, TRUNCATED
 
 __all__ = ['Applier', 'Target', 'WriteChanges']
 
@@ -746,8 +746,10 @@ class Applier:
             else:
                 done = []
                 for change in deletes + upserts + appends:
+                    newer = functools.partial(self._holds_newer, tb, change) \
+                        if change.row is not None and change.key else None
                     if self._step(True, functools.partial(self._one, tb, change), change.events,
-                                  written):
+                                  written, newer):
                         done.append(change)
             if carried:
                 target.set_carried(tb, [c for c in moved if id(c) in carried], carried)
@@ -787,8 +789,11 @@ class Applier:
             self.target.append(tb, [change])
 
     def _step(self, row_by_row: bool, work: Callable[[], object], events: list[ChangeEvent],
-              written: _Written) -> bool:
-        """Run ``work``; row by row, inside a savepoint whose failure dead-letters ``events``."""
+              written: _Written, newer: Callable[[], bool] | None = None) -> bool:
+        """Run ``work``; row by row, inside a savepoint whose failure dead-letters ``events``,
+        unless ``newer()`` says the target already holds a newer state of the row: the
+        target checks a row's constraints before the guard that would have skipped it, so an
+        old state it rejects (a redriven letter, a replay) is stale, not a dead letter."""
         if not row_by_row:
             work()
             return True
@@ -800,11 +805,23 @@ class Applier:
             if not self._rejected(exc):
                 raise
             target.rollback_to()
+            if newer is not None and newer():
+                written.stale += 1
+                return False
             error = target.describe(exc)
             written.letters += [(self._letter(error, e), e) for e in events]
             return False
         target.release()
         return True
+
+    def _holds_newer(self, tb: TableBatch, change: RowChange) -> bool:
+        assert change.row is not None
+        try:
+            row = self.target.read_row(tb, change.table,
+                                       tuple(change.row[k] for k in change.table.key), (POS,))
+        except Exception:  # it cannot tell: the rejection stands
+            return False
+        return row is not None and row[0] is not None and str(row[0]) >= change.pos
 
 
 class _ApplyChangesFn(beam.DoFn):
