@@ -921,3 +921,22 @@ def test_a_narrowing_that_rounds_at_the_source_rounds_the_target_too(target, req
     assert _apply(second, [*old, *new]) == []
     second.close()
     assert read() == expected
+
+
+def test_a_table_made_from_the_sources_ddl_with_an_identity_column(pg_db, tmp_path):
+    """'A table that exists is kept': one made beforehand from the source's DDL (pg_dump
+    --schema-only) with GENERATED ALWAYS AS IDENTITY refused every row ('cannot insert a
+    non-DEFAULT value'); PostgreSQL's own replication writes the source's values."""
+    table = TableSchema('shop', 'tickets', (
+        Column('id', Kind.INT64, 'bigint', nullable=False), Column('note', Kind.TEXT, 'text'),
+    ), key=('id',))
+    with pg_db.connect() as conn:
+        conn.execute('CREATE SCHEMA shop; CREATE TABLE shop.tickets (id bigint GENERATED ALWAYS '
+                     'AS IDENTITY PRIMARY KEY, note text)')
+    events = [change('c', 1, table=table, after={'id': 7, 'note': 'a'}),
+              change('u', 2, table=table, before={'id': 7}, after={'id': 7, 'note': 'b'}),
+              change('c', 3, table=table, after={'id': 9, 'note': 'c'})]
+    assert run(events, WriteChangesToPostgres(pg_db.dsn), tmp_path)[0] == []
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT id, note FROM shop.tickets ORDER BY id').fetchall() == \
+            [(7, 'b'), (9, 'c')]

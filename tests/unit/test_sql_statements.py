@@ -98,7 +98,7 @@ def test_pg_upsert_only_overwrites_older_rows():
     statement = sql.pg_upsert(TARGET, 'pg_temp."s"', ['id', 'name', '_cb_pos'], ['id'])
     assert statement == (
         'INSERT INTO "public"."items" AS _cb_t ("id", "name", "_cb_pos") '
-        'SELECT "id", "name", "_cb_pos" FROM pg_temp."s" '
+        'OVERRIDING SYSTEM VALUE SELECT "id", "name", "_cb_pos" FROM pg_temp."s" '
         'ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name", '
         '"_cb_pos" = EXCLUDED."_cb_pos" '
         'WHERE _cb_t."_cb_pos" IS NULL OR _cb_t."_cb_pos" < EXCLUDED."_cb_pos"')

@@ -243,8 +243,10 @@ def pg_upsert(target: TargetTable, stage: str, columns: Sequence[str],
     assignments = ', '.join([f'{pg_ident(c)} = EXCLUDED.{pg_ident(c)}' for c in updates]
                             + [f'{pg_ident(c)} = NULL' for c in nulled])
     pos = pg_ident(POS)
+    # OVERRIDING SYSTEM VALUE: the source's values, also into a GENERATED ALWAYS AS IDENTITY
+    # column of a table made from the source's own DDL (ignored where there is none).
     return (f'INSERT INTO {pg_table(target)} AS _cb_t ({_pg_list(columns)}) '
-            f'SELECT {_pg_list(columns)} FROM {stage} '
+            f'OVERRIDING SYSTEM VALUE SELECT {_pg_list(columns)} FROM {stage} '
             f'ON CONFLICT ({_pg_list(key)}) DO UPDATE SET {assignments} '
             f'WHERE _cb_t.{pos} IS NULL OR _cb_t.{pos} < EXCLUDED.{pos}')
 
@@ -252,7 +254,7 @@ def pg_upsert(target: TargetTable, stage: str, columns: Sequence[str],
 def pg_append(target: TargetTable, stage: str, columns: Sequence[str]) -> str:
     """Insert staged rows of a keyless table; a row whose ``_cb_id`` exists is a replay."""
     return (f'INSERT INTO {pg_table(target)} ({_pg_list(columns)}) '
-            f'SELECT {_pg_list(columns)} FROM {stage} '
+            f'OVERRIDING SYSTEM VALUE SELECT {_pg_list(columns)} FROM {stage} '
             f'ON CONFLICT ({pg_ident(ROW_ID)}) DO NOTHING')
 
 
