@@ -40,11 +40,13 @@ __all__ = [
     'EnvelopeError',
     'Kind',
     'Op',
+    'RenderedChanges',
     'SourcePosition',
     'TableSchema',
     'TransactionInfo',
     'avro_schema',  # noqa: F822 (lazy, see __getattr__)
     'debezium_json_bytes',
+    'debezium_row_json',
     'decode_json_value',
     'dumps',
     'dumps_bytes',
@@ -630,6 +632,45 @@ def debezium_json_bytes(event: ChangeEvent) -> bytes:
         return orjson.dumps(doc, default=_orjson_default, option=orjson.OPT_UTC_Z)
     except TypeError:
         return dumps_bytes(to_debezium_json(event))
+
+
+def debezium_row_json(table: TableSchema, row: Mapping[str, Any]) -> bytes | None:
+    """The JSON of ``row`` exactly as it appears inside :func:`debezium_json_bytes`, or None
+    when orjson refuses it (that path then takes the general encoder, with another form)."""
+    try:
+        return orjson.dumps(_row_for_orjson(table, row), default=_orjson_default,
+                            option=orjson.OPT_UTC_Z)
+    except TypeError:
+        return None
+
+
+@dataclasses.dataclass
+class RenderedChanges:
+    """Row changes of one table, in order, already rendered as Debezium JSON: the form a
+    source hands a JSON-lines sink when it is told that is all that reads them (building a
+    :class:`ChangeEvent` and encoding it costs more than reading the change).
+
+    Each of ``docs`` is :func:`debezium_json_bytes` of an event whose ``schema_version`` is
+    None, without the closing ``}``: :meth:`lines` closes them, with the version schema
+    evolution gave the run.  ``source`` and ``ts_ms`` are the first change's, for the
+    schema-change event a new version starts with.  Sources put runs in their batches (lists)
+    beside ChangeEvents, order kept; only ``EvolveSchema`` and the JSON-lines file sink take
+    them.
+    """
+
+    table: TableSchema
+    source: SourcePosition
+    ts_ms: int
+    docs: list[bytes]
+    schema_version: int | None = None
+
+    def lines(self) -> bytes:
+        """The JSON lines of the run, each ended by a newline."""
+        if self.schema_version is None:
+            end = b'}\n'
+        else:
+            end = b',"schema_version":%d}\n' % self.schema_version
+        return end.join(self.docs) + end
 
 
 def _require(doc: Mapping[str, Any], field: str, types: type | tuple[type, ...],

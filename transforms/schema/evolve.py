@@ -34,7 +34,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
-from transforms.envelope import ChangeEvent, Column, Op, TableSchema
+from transforms.envelope import ChangeEvent, Column, Op, RenderedChanges, TableSchema
 from transforms.schema.compatibility import Mode, incompatibilities
 from transforms.schema.registry import SchemaRegistry, SchemaVersion
 
@@ -258,19 +258,48 @@ class _EvolveSchemaFn(beam.DoFn):
 
 
 class _EvolveSchemaBatchFn(_EvolveSchemaFn):
-    """The same, over lists of events (a source's batches): one list out per list in."""
+    """The same, over lists of events (a source's batches): one list out per list in.
+    The lists may hold RenderedChanges too (``ReadPostgresChanges(render_json=True)``)."""
 
     def process(  # type: ignore[override]
-            self, events: list[ChangeEvent]) -> list[list[ChangeEvent]]:
-        out: list[ChangeEvent] = []
+            self, events: list[Any]) -> list[list[Any]]:
+        out: list[Any] = []
         current = self._current
         for event in events:
             state = current.get(event.table.name)
-            if state is not None and state[0] is event.table and state[2] is None:
+            if event.__class__ is RenderedChanges:
+                out.extend(self._tag_run(event, state))
+            elif state is not None and state[0] is event.table and state[2] is None:
                 out.append(event.replace(schema_version=state[1].version))  # the usual case
             else:
                 out.extend(super().process(event))
         return [out]
+
+    def _tag_run(self, run: RenderedChanges, state: _State | None) -> list[Any]:
+        """The run with its schema version, after the schema-change event of a new one."""
+        table = run.table
+        if not table.columns:
+            return [run]
+        out: list[Any] = []
+        if state is None or (state[0] is not table and state[0] != table):
+            first = ChangeEvent(op=Op.CREATE, table=table, source=run.source, ts_ms=run.ts_ms)
+            changes = self._new_schema(first, state)
+            while True:
+                try:
+                    out.append(next(changes))
+                except StopIteration as done:
+                    state = done.value
+                    break
+        assert state is not None
+        if state[2] is not None:
+            # Rendered lines cannot be projected onto another schema (pipelines.cdc renders
+            # only under evolve and strict, which never project).
+            raise TypeError(f'{table.name}: --schema_change {self._policy} projects rows onto '
+                            'an older schema, which rendered JSON lines cannot follow: read '
+                            'without render_json')
+        out.append(RenderedChanges(table, run.source, run.ts_ms, run.docs,
+                                   state[1].version))
+        return out
 
 
 class EvolveSchema(beam.PTransform):
@@ -293,9 +322,12 @@ class EvolveSchema(beam.PTransform):
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         if self._batched:
+            # Lists of events, or of anything a source puts in them (RenderedChanges).
+            element = beam.typehints.List[ChangeEvent] \
+                if events.element_type == beam.typehints.List[ChangeEvent] \
+                else beam.typehints.List[Any]
             return events | 'TagVersions' >> beam.ParDo(
-                _EvolveSchemaBatchFn(self._uri, self._policy)).with_output_types(
-                    beam.typehints.List[ChangeEvent])
+                _EvolveSchemaBatchFn(self._uri, self._policy)).with_output_types(element)
         return events | 'TagVersions' >> beam.ParDo(
             _EvolveSchemaFn(self._uri, self._policy)).with_output_types(ChangeEvent)
 

@@ -49,6 +49,7 @@ from transforms.envelope import (
     Column,
     EnvelopeError,
     Kind,
+    RenderedChanges,
     TableSchema,
     avro_schema,
     debezium_json_bytes,
@@ -838,6 +839,13 @@ class _WriteFilesFn(beam.DoFn):
         for event in events:
             entry = self._file_for(event)
             writer = entry.writer
+            if event.__class__ is RenderedChanges:
+                written += self._write_run(entry, cast(RenderedChanges, event))
+                if writer.size >= limit:
+                    letters.extend(beam.pvalue.TaggedOutput(
+                        DEAD_LETTER, self._dead_letter(writer.step, bad, error))
+                        for bad, error in self._commit(entry))
+                continue
             try:
                 rejected = writer.add(event)
             except _ENCODE_ERRORS as exc:
@@ -857,6 +865,16 @@ class _WriteFilesFn(beam.DoFn):
                     for bad, error in self._commit(entry))
         self._written.inc(written)
         return letters or None
+
+    def _write_run(self, entry: _OpenFile, run: RenderedChanges) -> int:
+        """A source's rendered JSON lines, as they are (a file may pass max_file_bytes by one
+        run: a source's batch at most)."""
+        if not isinstance(entry.writer, _JsonLinesWriter):
+            raise TypeError(f'{run.table.name}: rendered JSON lines reached a '
+                            f'{self._settings.target.format} sink; read without render_json')
+        entry.stream.write(run.lines())
+        entry.events += len(run.docs)
+        return len(run.docs)
 
     def _commit(self, entry: _OpenFile) -> _Rejected:
         self._open = {k: v for k, v in self._open.items() if v is not entry}

@@ -27,9 +27,12 @@ from transforms.envelope import (
     ChangeEvent,
     Column,
     Op,
+    RenderedChanges,
     SourcePosition,
     TableSchema,
     TransactionInfo,
+    debezium_json_bytes,
+    debezium_row_json,
 )
 from transforms.sources.postgres import pgtypes
 from transforms.sources.postgres.catalog import CatalogColumn
@@ -52,6 +55,18 @@ _LOG = logging.getLogger(__name__)
 _INSERT, _UPDATE, _NEW_TUPLE = b'IUN'
 _U32 = struct.Struct('!I')
 _NO_COLUMNS: frozenset[str] = frozenset()
+# render_into's markers in the order it fills them: a marker value and what takes its place.
+_MARKERS = (
+    (b'"after":{}', b'"after":%s'),
+    (b'"ts_ms":-1000001', b'"ts_ms":%d'),
+    (b'"txId":-1000002', b'"txId":%d'),
+    (b'"lsn":-1000003', b'"lsn":%d'),
+    (b'"commit_lsn":-1000004', b'"commit_lsn":%d'),
+    (b'"ts_ms":-1000005', b'"ts_ms":%d'),
+    (b'"id":"-1000006"', b'"id":"%s"'),
+    (b'"total_order":-1000007', b'"total_order":%d'),
+    (b'"data_collection_order":-1000008', b'"data_collection_order":%d'),
+)
 
 
 def _xid_follows(xid: int, other: int) -> bool:
@@ -107,6 +122,9 @@ class ChangeAssembler:
             'table': '', 'ts_ms': 0}
         self._total_order = 0
         self._table_order: dict[str, int] = {}
+        # render_into: per relation oid, (its TableSchema, format of an Insert, of an Update)
+        self._formats: dict[int, tuple[TableSchema, bytes | None, bytes | None]] = {}
+        self._tx_values: tuple[int, int, int, bytes] = (0, 0, 0, b'')
 
     @property
     def server_name(self) -> str:
@@ -128,6 +146,8 @@ class ChangeAssembler:
         source['ts_ms'] = message.commit_ts // 1000
         source['tx_id'] = message.xid
         source['commit_lsn'] = message.final_lsn
+        self._tx_values = (message.commit_ts // 1000, message.xid, message.final_lsn,
+                           self._tx_id.encode('ascii'))
 
     def commit(self, message: Commit) -> None:
         self._begin = None
@@ -269,6 +289,79 @@ class ChangeAssembler:
             return None
         op = Op.CREATE if kind == _INSERT else Op.UPDATE
         return [self._event(op, state, lsn, None, decoded[0], _NO_COLUMNS)]
+
+    def render_into(self, batch: list[Any], buf: bytes, lsn: int) -> bool:
+        """:meth:`change_from_frame` for a JSON-lines sink: the change's Debezium JSON goes
+        straight into ``batch``, in the last :class:`RenderedChanges` when it is of the same
+        table, else in a new one; no ChangeEvent is built.  The document is byte for byte
+        what :func:`debezium_json_bytes` writes for the event :meth:`change_from_frame` gives.
+
+        False, with nothing changed, for a frame ``change_from_frame`` would not take or a
+        row orjson refuses: take the general path.
+        """
+        kind = buf[0]
+        if (kind != _INSERT and kind != _UPDATE) or len(buf) < 6 or buf[5] != _NEW_TUPLE \
+                or self._begin is None:
+            return False
+        oid = _U32.unpack_from(buf, 1)[0]
+        state = self._relations.get(oid)
+        if state is None:
+            return False
+        decoded = state.decode_wire(buf, 6)
+        if decoded is None or decoded[1] != len(buf):
+            return False
+        table = state.schema
+        formats = self._formats.get(oid)
+        if formats is None or formats[0] is not table:
+            formats = self._formats[oid] = (table, self._format(table, Op.CREATE),
+                                            self._format(table, Op.UPDATE))
+        layout = formats[1] if kind == _INSERT else formats[2]
+        if layout is None:
+            return False
+        row = debezium_row_json(table, decoded[0])
+        if row is None:
+            return False
+        name = table.name
+        self._total_order += 1
+        order = self._table_order[name] = self._table_order.get(name, 0) + 1
+        commit_ms, xid, commit_lsn, tx_id = self._tx_values
+        now_ms = int(self._clock() * 1000)
+        doc = layout % (row, commit_ms, xid, lsn, commit_lsn, now_ms, tx_id,
+                        self._total_order, order)
+        last = batch[-1] if batch else None
+        if last is not None and last.__class__ is RenderedChanges and last.table is table:
+            last.docs.append(doc)
+        else:
+            fields = self._tx_source.copy()
+            fields['schema'] = table.schema
+            fields['table'] = table.table
+            fields['lsn'] = lsn
+            batch.append(RenderedChanges(table, SourcePosition.from_fields(fields), now_ms,
+                                         [doc]))
+        return True
+
+    def _format(self, table: TableSchema, op: Op) -> bytes | None:
+        """The %-format render_into fills for ``op`` changes of ``table``: the document of an
+        event made of markers, split where the markers are.  None (never render) unless each
+        marker shows exactly once, in the order render_into fills them."""
+        fields = self._source_template.copy()
+        fields.update(schema=table.schema, table=table.table, ts_ms=-1000001, tx_id=-1000002,
+                      lsn=-1000003, commit_lsn=-1000004)
+        doc = debezium_json_bytes(ChangeEvent.from_fields({
+            'op': op, 'table': table, 'source': SourcePosition.from_fields(fields),
+            'before': None, 'after': {}, 'ts_ms': -1000005,
+            'transaction': TransactionInfo.from_fields({
+                'id': '-1000006', 'total_order': -1000007, 'data_collection_order': -1000008}),
+            'schema_version': None, 'unchanged': _NO_COLUMNS, 'message': None}))
+        layout = doc.replace(b'%', b'%%')
+        at = -1
+        for marker, slot in _MARKERS:
+            found = layout.find(marker)
+            if found <= at or layout.count(marker) != 1 or not layout.endswith(b'}'):
+                return None
+            at = found
+            layout = layout.replace(marker, slot)
+        return layout[:-1]  # the caller closes it, with the schema version
 
     def _old_row(self, state: RelationState, old: Sequence[Any] | None,
                  key: Sequence[Any] | None) -> dict[str, Any] | None:
