@@ -496,3 +496,42 @@ def test_a_lagging_stream_keeps_the_value_an_added_column_came_with(pg_db: Any,
     row = next(d for d in read_jsonl_dir(str(tmp_path / 'kept_up'))
                if (d['after'] or {}).get('id') == 6)
     assert row['schema_version'] == latest.version
+
+
+def test_rendered_lines_are_the_lines_of_the_general_path_through_the_cli(
+        pg_db: Any, tmp_path: Path) -> None:
+    """A jsonl sink under evolve gets its lines rendered by the source; under lenient (which
+    may rewrite rows) every change is a ChangeEvent encoded by the sink.  Same lines."""
+    pipelines: dict[str, Any] = {}
+    with pg_db.connect() as conn, stopped_on_failure(pipelines):
+        conn.execute('CREATE TABLE t (id int PRIMARY KEY, n numeric(12,3), s text, '
+                     'ts timestamptz, b boolean, j jsonb, arr int[], big bigint)')
+        conn.execute('CREATE TABLE u (k text PRIMARY KEY, v double precision)')
+        for policy in ('evolve', 'lenient'):
+            pipelines[policy] = start_pipeline(pg_db.dsn, f'jsonl:{tmp_path / policy}',
+                                               tmp_path, policy, '--schema_change', policy)
+            wait_for_slot(conn, policy)
+        conn.execute("""INSERT INTO t SELECT g, g * 1.5, 'row "' || g || E'"\\n\\t\\u00e9',
+                        '2024-02-29 12:00:00+00'::timestamptz + g * interval '1.25 s',
+                        g % 2 = 0, jsonb_build_object('g', g), ARRAY[g, NULL],
+                        9223372036854775807 - g FROM generate_series(1, 300) g""")
+        conn.execute("INSERT INTO u SELECT 'k' || g, g / 7.0 FROM generate_series(1, 50) g")
+        conn.execute("UPDATE t SET s = s || '!', n = -n WHERE id % 3 = 0")
+        conn.execute('UPDATE t SET id = id + 1000 WHERE id % 50 = 0')  # key changes
+        conn.execute('DELETE FROM t WHERE id % 7 = 0')
+        conn.execute('ALTER TABLE t ADD COLUMN extra text')
+        conn.execute("INSERT INTO t (id, extra) VALUES (5000, 'after the DDL')")
+        conn.execute("UPDATE t SET extra = 'x', ts = NULL WHERE id < 20")
+        outputs = {policy: finish(*pipelines[policy]) for policy in ('evolve', 'lenient')}
+
+    def changes(policy: str) -> list[dict[str, Any]]:
+        docs = [d for d in read_jsonl_dir(str(tmp_path / policy)) if d['op'] != 'm']
+        for doc in docs:
+            del doc['ts_ms']  # when the pipeline processed it
+        return sorted(docs, key=lambda d: (d['source']['lsn'], d['transaction']['total_order']))
+
+    rendered, general = changes('evolve'), changes('lenient')
+    assert len(rendered) == 300 + 50 + 100 + 6 + 43 + 1 + 17
+    assert rendered == general
+    for output in outputs.values():
+        assert 'Traceback' not in output

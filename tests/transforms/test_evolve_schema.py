@@ -7,7 +7,16 @@ from typing import Any
 import apache_beam as beam
 import pytest
 
-from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, TableSchema
+from transforms.envelope import (
+    ChangeEvent,
+    Column,
+    Kind,
+    Op,
+    RenderedChanges,
+    SourcePosition,
+    TableSchema,
+    debezium_json_bytes,
+)
 from transforms.schema.evolve import EvolveSchema, SchemaChangeError, diff
 from transforms.schema.registry import SchemaRegistry, fingerprint
 
@@ -155,6 +164,50 @@ def test_batched_lists_give_the_same_events_in_the_same_lists(tmp_path: Path,
     if policy == 'evolve':  # the schema change sits in its list, before its first row
         assert [e.op for e in lists[1]] == [Op.CREATE, Op.MESSAGE, Op.CREATE, Op.CREATE]
         assert lists[2] == []
+
+
+def rendered(events: list[ChangeEvent]) -> list[Any]:
+    """The events as a source with render_json hands them on: runs of one table's documents."""
+    out: list[Any] = []
+    for e in events:
+        doc = debezium_json_bytes(e)[:-1]
+        if out and out[-1].table is e.table:
+            out[-1].docs.append(doc)
+        else:
+            out.append(RenderedChanges(e.table, e.source, e.ts_ms, [doc]))
+    return out
+
+
+def lines(elements: list[Any]) -> list[bytes]:
+    return [line for element in elements for line in (
+        element.lines() if isinstance(element, RenderedChanges)
+        else debezium_json_bytes(element) + b'\n').splitlines()]
+
+
+@pytest.mark.parametrize('policy', ['evolve', 'strict'])
+def test_rendered_runs_get_the_versions_and_schema_changes_events_get(tmp_path: Path,
+                                                                       policy: str) -> None:
+    later = WIDENED if policy == 'strict' else RETYPED
+    events = [event(V1, 10, id=1, qty=2, note='a'), event(V1, 11, id=2, qty=3, note='b'),
+              event(ADDED, 20, id=3, qty=1, note='c', paid=True),
+              event(ADDED, 21, id=4, qty=1, note='d', paid=False),
+              event(later, 30, id=5, qty='7' if later is RETYPED else 7, note='e')]
+    one_by_one = run(events, tmp_path / 'events', policy)
+    runs = run_batched([rendered(events[:3]), rendered(events[3:])], tmp_path / 'runs', policy)
+    out = [element for batch in runs for element in batch]
+    assert lines(out) == lines(one_by_one)
+    assert [type(e).__name__ for e in out] == [
+        'ChangeEvent', 'RenderedChanges', 'ChangeEvent', 'RenderedChanges', 'RenderedChanges',
+        'ChangeEvent', 'RenderedChanges']
+    assert [e.schema_version for e in out if isinstance(e, RenderedChanges)] == [
+        fingerprint(V1), fingerprint(ADDED), fingerprint(ADDED), fingerprint(later)]
+
+
+def test_rendered_runs_are_refused_where_rows_would_be_projected(tmp_path: Path) -> None:
+    runs = rendered([event(V1, 10, id=1, qty=2, note='a'), event(RETYPED, 20, id=2, qty='x',
+                                                                 note='b')])
+    with pytest.raises(Exception, match='projects rows onto an older schema'):
+        run_batched([runs], tmp_path, 'lenient')
 
 
 def test_bad_policy_is_refused_at_construction(tmp_path: Path) -> None:

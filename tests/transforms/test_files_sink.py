@@ -35,10 +35,12 @@ from transforms.envelope import (
     Column,
     Kind,
     Op,
+    RenderedChanges,
     SourcePosition,
     TableSchema,
     TransactionInfo,
     avro_schema,
+    debezium_json_bytes,
     encode_json_value,
     from_avro_record,
     from_debezium_json,
@@ -394,6 +396,27 @@ def test_lists_of_events_land_like_the_events_one_by_one(tmp_path: pathlib.Path,
     else:
         got = [e for p in visible(tmp_path / 'public.orders', 'avro') for e in read_avro(p, ORDERS)]
     assert comparable_events(got) == comparable_events([order(1), order(2), order(3)])
+
+
+def test_rendered_runs_land_as_the_lines_of_their_events(tmp_path: pathlib.Path) -> None:
+    orders = [order(n).replace(schema_version=77) for n in range(300)]
+    runs = [RenderedChanges(ORDERS, orders[low].source, 0, [
+        debezium_json_bytes(e.replace(schema_version=None))[:-1]
+        for e in orders[low:low + 100]], 77) for low in range(0, 300, 100)]
+    batches = [[runs[0], customer(1)], [runs[1], runs[2]]]
+    assert run(batches, f'jsonl:{tmp_path}', max_file_bytes=30_000) == []
+    files = visible(tmp_path / 'public.orders', 'jsonl')
+    assert len(files) >= 2  # rolled by size, a run at a time
+    lines = [line for path in files for line in path.read_bytes().splitlines()]
+    assert sorted(lines) == sorted(debezium_json_bytes(e) for e in orders)
+    assert read_back(tmp_path, CUSTOMERS) == [customer(1)]
+
+
+def test_rendered_runs_are_refused_by_a_sink_of_another_format(tmp_path: pathlib.Path) -> None:
+    e = order(1)
+    runs = [RenderedChanges(ORDERS, e.source, e.ts_ms, [debezium_json_bytes(e)[:-1]], 1)]
+    with pytest.raises(Exception, match='rendered JSON lines reached a avro sink'):
+        run([runs], f'avro:{tmp_path}')
 
 
 def test_avro_files_read_back_as_the_events_of_every_kind(tmp_path: pathlib.Path) -> None:
