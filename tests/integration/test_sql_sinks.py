@@ -17,7 +17,15 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.dead_letter import WriteDeadLetters
-from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, TableSchema
+from transforms.envelope import (
+    ChangeEvent,
+    Column,
+    Kind,
+    Op,
+    RenderedChanges,
+    SourcePosition,
+    TableSchema,
+)
 from transforms.sinks.sql import WriteChangesToMySQL, WriteChangesToPostgres
 from transforms.sinks.sql.apply import Applier
 from transforms.sinks.sql.postgres import _PostgresTarget
@@ -210,6 +218,13 @@ def test_lists_of_events_from_a_batched_source_apply_the_same(pg_db, tmp_path):
         [('expected a ChangeEvent, got str', 'not an event')]
     assert pg_rows(pg_db) == pg_expected(events)
     assert counter(metrics, 'rows_applied') > 0
+
+
+def test_rendered_json_lines_are_refused_not_dead_lettered(pg_db, tmp_path):
+    first = stream(count=1)[0]
+    run_of_lines = RenderedChanges(first.table, first.source, 0, [b'{"op":"c"'], 1)
+    with pytest.raises(Exception, match='rendered JSON lines reached a database sink'):
+        run([[first, run_of_lines]], WriteChangesToPostgres(pg_db.dsn), tmp_path)
 
 
 def test_postgres_columns_keep_the_source_types(pg_db, tmp_path):

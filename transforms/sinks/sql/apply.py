@@ -50,7 +50,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.dead_letter import DEAD_LETTER, DeadLetter, event_payload
 from transforms.deadline import CHECK_ANSWER_S, STALL_CHECK_S, NoAnswer, stall_watch
-from transforms.envelope import ChangeEvent, Column, TableSchema
+from transforms.envelope import ChangeEvent, Column, RenderedChanges, TableSchema
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import Batch, Rendered, RowChange, TableBatch, plan_batch
 from transforms.sinks.sql.routing import Route, TargetTable, check_route
@@ -861,6 +861,9 @@ class _ApplyChangesFn(beam.DoFn):
         for event in element if isinstance(element, list) else (element,):
             if isinstance(event, ChangeEvent):
                 pending.append(event)
+            elif isinstance(event, RenderedChanges):  # a wiring mistake, not bad data
+                raise TypeError(f'{event.table.name}: rendered JSON lines reached a database '
+                                'sink; read without render_json')
             else:
                 letters.append(self._not_an_event(event))
         while len(self._pending) >= self._max_batch_size:

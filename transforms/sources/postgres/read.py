@@ -532,7 +532,10 @@ class _ReadSlotFn(StreamReadFn):
             if in_tx:
                 timeout = 5.0
             elif catching_up:
-                timeout = 0.0  # only what is already there; caught up ends the round
+                # Past the usual round length, only what is already there: caught up ends the
+                # round.  Before it, a socket that runs dry for a moment does not: every round
+                # costs a bundle, and the server keeps sending while one ends.
+                timeout = max(0.0, deadline - time.monotonic())
             else:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
