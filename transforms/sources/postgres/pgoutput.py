@@ -264,6 +264,17 @@ def _fast_constructor(cls: type[_M]) -> Callable[..., _M]:
             set2(obj, c)
             return obj
         return construct3
+    if len(setters) == 4:  # Commit: one per transaction
+        set0, set1, set2, set3 = setters
+
+        def construct4(a: Any, b: Any, c: Any, d: Any) -> _M:
+            obj = new(cls)
+            set0(obj, a)
+            set1(obj, b)
+            set2(obj, c)
+            set3(obj, d)
+            return obj
+        return construct4
 
     def construct(*args: Any) -> _M:
         obj = new(cls)
