@@ -636,11 +636,12 @@ def debezium_json_bytes(event: ChangeEvent) -> bytes:
 
 def debezium_row_json(table: TableSchema, row: Mapping[str, Any]) -> bytes | None:
     """The JSON of ``row`` exactly as it appears inside :func:`debezium_json_bytes`, or None
-    when orjson refuses it (that path then takes the general encoder, with another form)."""
+    when orjson refuses it or a value does not convert (that path then takes the general
+    encoder, with another form or the error that makes the event a dead letter)."""
     try:
         return orjson.dumps(_row_for_orjson(table, row), default=_orjson_default,
                             option=orjson.OPT_UTC_Z)
-    except TypeError:
+    except (TypeError, ValueError, AttributeError, OverflowError):  # what the sink catches
         return None
 
 

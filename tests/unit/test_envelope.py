@@ -323,3 +323,14 @@ def test_malformed_cloudevent_names_the_field(path: str, value: Any, field: str)
     with pytest.raises(EnvelopeError) as err:
         from_cloudevent(doc, TABLE)
     assert err.value.field == field
+
+
+def test_a_row_json_that_does_not_convert_is_declined_not_raised() -> None:
+    from transforms.envelope import debezium_row_json
+
+    table = TableSchema('public', 't', (Column('b', Kind.BYTES, 'bytea'),
+                                        Column('d', Kind.DATE, 'date')))
+    assert debezium_row_json(table, {'b': b'\x00', 'd': None}) == b'{"b":"AA==","d":null}'
+    assert debezium_row_json(table, {'b': 'not bytes', 'd': None}) is None
+    assert debezium_row_json(table, {'b': None, 'd': 5}) is None
+    assert debezium_row_json(table, {'b': None, 'd': None, 'x': 2**70}) is None
