@@ -1,9 +1,14 @@
-"""The C TupleData decoder (``_pgwire``) against the generated Python one it replaces.
+"""The C TupleData decoder (``_pgwire``) against the generated Python one it replaces, and the C
+renderer against decoding then encoding.
 
 ``wire_row_decoder(columns, native=False)`` is the reference.  The C decoder must give the same
 row (same values, same types, the same ``timezone.utc`` object) or the same None, on tuples
 PostgreSQL would send and on anything the network could hand it: the caller trusts None to
 mean "take the general path" and trusts a row to be the row.
+
+``wire_row_renderer(table)`` must give exactly ``debezium_row_json`` of that row, or None; None
+at least whenever the decoder declines, and never for the values PostgreSQL prints in the forms
+it renders (else it would be no fast path at all).
 """
 from __future__ import annotations
 
@@ -11,20 +16,24 @@ import datetime as dt
 import os
 import sys
 import tracemalloc
+import types
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit import strategies as cst
 from tests.unit.pgoutput_frames import RawText, tuple_data
-from transforms.envelope import Column
+from transforms import envelope
+from transforms.envelope import Column, Kind, TableSchema, debezium_row_json
+from transforms.sources import postgres
 from transforms.sources.postgres import pgtypes
 from transforms.sources.postgres.pgoutput import UNCHANGED_TOAST, RelationColumn
-from transforms.sources.postgres.pgtypes import column_for, wire_row_decoder
+from transforms.sources.postgres.pgtypes import column_for, wire_row_decoder, wire_row_renderer
 
 try:
     from transforms.sources.postgres import _pgwire
@@ -346,10 +355,8 @@ def test_generated_tuples(case: tuple[tuple[Column, ...], list[Any], bool]) -> N
         assert result[1] == len(frame)
 
 
-@fuzz
-@given(tuples(), st.data())
-def test_damaged_tuples(case: tuple[tuple[Column, ...], list[Any], bool], data: Any) -> None:
-    columns, values, _ = case
+def damaged(data: Any, values: Sequence[Any]) -> bytes:
+    """The tuple of ``values`` with one to four bytes flipped, runs cut, inserted or deleted."""
     frame = bytearray(tuple_bytes(values))
     for _ in range(data.draw(st.integers(1, 4))):
         how = data.draw(st.sampled_from(['flip', 'cut', 'insert', 'delete']))
@@ -362,7 +369,14 @@ def test_damaged_tuples(case: tuple[tuple[Column, ...], list[Any], bool], data: 
             frame[at:at] = data.draw(st.binary(min_size=1, max_size=6))
         elif at < len(frame):
             del frame[at:at + data.draw(st.integers(1, 6))]
-    buf = bytes(frame)
+    return bytes(frame)
+
+
+@fuzz
+@given(tuples(), st.data())
+def test_damaged_tuples(case: tuple[tuple[Column, ...], list[Any], bool], data: Any) -> None:
+    columns, values, _ = case
+    buf = damaged(data, values)
     both(columns, buf, data.draw(st.integers(0, len(buf) + 1)))
 
 
@@ -488,3 +502,442 @@ def test_no_reference_leaks_on_any_path() -> None:
     assert _leaked_bytes(lambda: _pgwire.decode_tuple(*long_int)) < 4096
     bad_long_int = ('a',), b'i', (None,), tuple_bytes(['1' * 200 + 'x']), 0
     assert _leaked_bytes(lambda: _pgwire.decode_tuple(*bad_long_int)) < 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# render_tuple: the TupleData straight to JSON, against decoding then debezium_row_json
+
+UUID = 2950
+# The column types wire_row_renderer takes: text-like, the integers, bool, timestamptz, numeric.
+RENDER_OIDS = (*TEXT_OIDS, UUID, *INT_OIDS, BOOL, TIMESTAMPTZ, NUMERIC)
+
+
+def table_of(columns: Sequence[Column]) -> TableSchema:
+    return TableSchema('public', 't', tuple(columns))
+
+
+def rendered(columns: Sequence[Column], buf: bytes, offset: int = 0
+             ) -> tuple[bytes, int] | None:
+    """The C renderer's result, after checking it against the reference: whenever it renders,
+    the JSON debezium_row_json writes for the row the decoders read, and their end offset;
+    None whenever they decline."""
+    table = table_of(columns)
+    render = wire_row_renderer(table)
+    assert render is not None
+    got = render(buf, offset)
+    decoded = both(columns, buf, offset)
+    if decoded is None:
+        assert got is None
+    elif got is not None:
+        assert got == (debezium_row_json(table, decoded[0]), decoded[1])
+    return got
+
+
+def render_one(oid: int, text: str | bytes) -> Any:
+    result = rendered((col(oid),), tuple_bytes([text]))
+    if result is None:
+        return DECLINE
+    json, _ = result
+    assert json.startswith(b'{"c":') and json.endswith(b'}')
+    return json[5:-1]
+
+
+@needs_native
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('', b'""'),
+    ('plain md5 0123456789abcdef', b'"plain md5 0123456789abcdef"'),
+    ('"\\', b'"\\"\\\\"'),
+    ('\b\t\n\f\r', b'"\\b\\t\\n\\f\\r"'),
+    ('\x00\x01\x0b\x1a\x1f', b'"\\u0000\\u0001\\u000b\\u001a\\u001f"'),
+    ('\x7f/ <>&\'', b'"\x7f/ <>&\'"'),  # DEL, '/' and HTML characters as they are
+    ('\u2028\u2029 é \U0001f600', '"\u2028\u2029 é \U0001f600"'.encode()),
+    (b'\xef\xbf\xbf\xf4\x8f\xbf\xbf', b'"\xef\xbf\xbf\xf4\x8f\xbf\xbf"'),  # U+FFFF, U+10FFFF
+    ('ctl\x01 after é\n', b'"ctl\\u0001 after \xc3\xa9\\n"'),
+    (b'\xff', DECLINE),
+    (b'caf\xc3', DECLINE),  # truncated sequence
+    (b'\xed\xa0\x80', DECLINE),  # an encoded surrogate
+    (b'\xc0\x80', DECLINE),  # overlong NUL
+    (b'\xe0\x9f\xbf', DECLINE),  # overlong three bytes
+    (b'\xf0\x8f\xbf\xbf', DECLINE),  # overlong four bytes
+    (b'\xf4\x90\x80\x80', DECLINE),  # past U+10FFFF
+    (b'ok\x80', DECLINE),  # a lone continuation byte
+])
+@pytest.mark.parametrize('oid', [25, 1043, 114])
+def test_render_text(oid: int, text: str | bytes, expected: Any) -> None:
+    assert render_one(oid, text) == expected
+
+
+@needs_native
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('0', b'0'), ('7', b'7'), ('-5', b'-5'), ('32767', b'32767'),
+    ('123456789012345678', b'123456789012345678'),  # 18 digits
+    ('-123456789012345678', b'-123456789012345678'),
+    # What int() takes but orjson would not print back as it is: the decoder's, not ours.
+    ('-0', DECLINE), ('007', DECLINE), ('00', DECLINE), ('+5', DECLINE), (' 5', DECLINE),
+    ('5 ', DECLINE), ('1_000', DECLINE), ('9223372036854775807', DECLINE), ('9' * 30, DECLINE),
+    # Not integers.
+    ('', DECLINE), ('-', DECLINE), ('1.0', DECLINE), ('1e3', DECLINE), ('\u0661', DECLINE),
+    ('5\x00', DECLINE), (b'\xff', DECLINE),
+])
+@pytest.mark.parametrize('oid', [21, 23, 20, 26])
+def test_render_int(oid: int, text: str, expected: Any) -> None:
+    assert render_one(oid, text) == expected
+
+
+@needs_native
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('t', b'true'), ('f', b'false'),
+    ('true', DECLINE), ('T', DECLINE), ('1', DECLINE), ('', DECLINE), ('tt', DECLINE),
+])
+def test_render_bool(text: str, expected: Any) -> None:
+    assert render_one(BOOL, text) == expected
+
+
+@needs_native
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('2024-01-02 03:04:05+00', b'"2024-01-02T03:04:05Z"'),
+    ('2024-01-02 03:04:05.1+00', b'"2024-01-02T03:04:05.100000Z"'),
+    ('2024-01-02 03:04:05.12+00', b'"2024-01-02T03:04:05.120000Z"'),
+    ('2024-01-02 03:04:05.123+00', b'"2024-01-02T03:04:05.123000Z"'),
+    ('2024-01-02 03:04:05.1234+00', b'"2024-01-02T03:04:05.123400Z"'),
+    ('2024-01-02 03:04:05.12345+00', b'"2024-01-02T03:04:05.123450Z"'),
+    ('2024-01-02 03:04:05.123456+00', b'"2024-01-02T03:04:05.123456Z"'),
+    ('2024-01-02 03:04:05.000001+00', b'"2024-01-02T03:04:05.000001Z"'),
+    ('2024-01-02 03:04:05.0+00', b'"2024-01-02T03:04:05Z"'),  # no microseconds: no fraction
+    ('2024-02-29 23:59:59+00', b'"2024-02-29T23:59:59Z"'),
+    ('2000-02-29 00:00:00+00', b'"2000-02-29T00:00:00Z"'),
+    ('0001-01-01 00:00:00+00', b'"0001-01-01T00:00:00Z"'),
+    ('0999-12-31 23:59:59.5+00', b'"0999-12-31T23:59:59.500000Z"'),
+    ('9999-12-31 23:59:59.999999+00', b'"9999-12-31T23:59:59.999999Z"'),
+    # Not a valid instant: the decoder declines too.
+    ('2023-02-29 00:00:00+00', DECLINE), ('1900-02-29 00:00:00+00', DECLINE),
+    ('2024-04-31 00:00:00+00', DECLINE), ('2024-13-01 00:00:00+00', DECLINE),
+    ('0000-01-01 00:00:00+00', DECLINE), ('2024-01-01 24:00:00+00', DECLINE),
+    ('2024-01-01 00:60:00+00', DECLINE), ('2024-01-01 00:00:60+00', DECLINE),
+    ('2024-01-01 00:00:00.1234567+00', DECLINE), ('2024-01-01 00:00:00.+00', DECLINE),
+    # Values the decoder's parser reads (another offset, text forms): ours to decline.
+    ('2024-01-02 03:04:05+01', DECLINE), ('2024-01-02 03:04:05-00', DECLINE),
+    ('2024-01-02 03:04:05+00:00', DECLINE), ('2024-01-02 03:04:05.5-07:30', DECLINE),
+    ('infinity', DECLINE), ('-infinity', DECLINE), ('0044-03-15 12:00:00+00 BC', DECLINE),
+    ('10000-01-01 00:00:00+00', DECLINE), ('2024-01-01T00:00:00+00', DECLINE),
+])
+def test_render_timestamptz(text: str, expected: Any) -> None:
+    assert render_one(TIMESTAMPTZ, text) == expected
+
+
+@needs_native
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('0', b'"0"'), ('-0', b'"-0"'), ('0.0', b'"0.0"'), ('-0.00', b'"-0.00"'), ('1.50', b'"1.50"'),
+    ('-0.5', b'"-0.5"'), ('1234567890123456789012345678901234567890.5',
+                          b'"1234567890123456789012345678901234567890.5"'),
+    # Decimal keeps the plain form down to an adjusted exponent of -6.
+    ('0.000001', b'"0.000001"'), ('-0.000001', b'"-0.000001"'), ('0.000000', b'"0.000000"'),
+    ('0.0000010', b'"0.0000010"'), ('0.0000012345', b'"0.0000012345"'),
+    ('10.0000000001', b'"10.0000000001"'),
+    # ... and below it writes an exponent: '1E-7', '0E-7'.
+    ('0.0000001', DECLINE), ('-0.0000001', DECLINE), ('0.0000000', DECLINE),
+    ('0.00000001234', DECLINE),
+    # Not the plain form Decimal prints back.
+    ('NaN', DECLINE), ('Infinity', DECLINE), ('-Infinity', DECLINE), ('1e5', DECLINE),
+    ('1E-7', DECLINE), ('.5', DECLINE), ('5.', DECLINE), ('-.5', DECLINE), ('007', DECLINE),
+    ('00.5', DECLINE), ('+1', DECLINE), (' 1', DECLINE), ('1 ', DECLINE), ('1_0', DECLINE),
+    ('', DECLINE), ('-', DECLINE), ('1.2.3', DECLINE), ('--1', DECLINE), (b'\xff', DECLINE),
+])
+def test_render_numeric(text: str, expected: Any) -> None:
+    assert render_one(NUMERIC, text) == expected
+
+
+@needs_native
+def test_render_null_in_every_mode() -> None:
+    columns = columns_of(*RENDER_OIDS)
+    assert rendered(columns, tuple_bytes([None] * len(columns))) == (
+        b'{' + b','.join(b'"c%d":null' % i for i in range(len(columns))) + b'}',
+        2 + len(columns))
+
+
+@needs_native
+def test_render_keys_are_orjson_names() -> None:
+    names = ['id', 'q"u\\o', 'ctl\x01\n', '\u2028é', '']
+    columns = tuple(col(25, name) for name in names)
+    buf = tuple_bytes(['v'] * len(names))
+    assert rendered(columns, buf) == (orjson.dumps(dict.fromkeys(names, 'v')), len(buf))
+
+
+@needs_native
+def test_render_utf8_exactly_as_bytes_decode() -> None:
+    # Every one- and two-byte sequence, and every lead byte of longer ones with the second
+    # byte around each boundary of table 3-7 and the others at their range's edges.
+    edges = (0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0)
+    sequences = [bytes([a]) for a in range(256)]
+    sequences += [bytes([a, b]) for a in range(0xC0, 0x100) for b in range(256)]
+    sequences += [bytes([a, b, c]) for a in range(0xE0, 0x100) for b in range(0x70, 0xD0)
+                  for c in edges]
+    sequences += [bytes([a, b, c, d]) for a in range(0xF0, 0x100) for b in range(0x70, 0xD0)
+                  for c in edges for d in edges]
+    render = wire_row_renderer(table_of(columns_of(25)))
+    assert render is not None
+    for raw in sequences:
+        for text in (raw, b'"' + raw + b'\n'):  # and with escapes around it
+            buf = tuple_bytes([text])
+            try:
+                value = text.decode()
+            except UnicodeDecodeError:
+                assert render(buf, 0) is None, text
+            else:
+                assert render(buf, 0) == (b'{"c0":' + orjson.dumps(value) + b'}', len(buf)), text
+
+
+@needs_native
+def test_render_rows_past_the_stack_buffer() -> None:
+    # The JSON outgrows 1 KiB in one value and over many: the buffer grows, then grows again.
+    values = ['x' * 5000, '\x01' * 3000, '"' * 2000, 'é' * 1500, '1.5', '7', None]
+    columns = columns_of(25, 25, 1043, 25, NUMERIC, 20, 25)
+    buf = tuple_bytes(values)
+    assert rendered(columns, buf) is not None
+    many = columns_of(*[20] * 1600)
+    buf = tuple_bytes(['-123456789012345678'] * 1600)
+    assert rendered(many, buf) is not None
+    # Declined after the buffer grew: the last value is invalid.
+    assert rendered(columns, tuple_bytes([*values[:-1], b'\xff'])) is None
+
+
+_INT_NEAR_MISSES = ['0', '-0', '00', '007', '+5', ' 5', '5 ', '1_000', '9' * 18, '-' + '9' * 18,
+                    '9' * 19, '-' + '9' * 19, '-9223372036854775809', '18446744073709551616',
+                    '1' * 25, '']
+_NUMERIC_NEAR_MISSES = ['0.000001', '0.0000001', '0.0000000', '0.000000', '1.50', '-0.5', '-0',
+                        'NaN', 'Infinity', '-Infinity', '1e5', '.5', '5.', '00.1', '+1.0',
+                        '1_0.0', ' 1']
+_TIMESTAMPTZ_NEAR_MISSES = [
+    '2024-01-02 03:04:05+00', '2024-01-02 03:04:05.1+00', '2024-01-02 03:04:05.123456+00',
+    '2024-01-02 03:04:05.1234567+00', '2024-02-29 00:00:00+00', '2023-02-29 00:00:00+00',
+    '2000-02-29 00:00:00+00', '1900-02-29 00:00:00+00', '2024-01-01 24:00:00+00',
+    '2024-01-02 03:04:05+01', '2024-01-02 03:04:05-05:30', '2024-01-02 03:04:05+00:00',
+    '0999-01-01 00:00:00+00', '0000-01-01 00:00:00+00', 'infinity', '-infinity',
+    '0044-03-15 12:00:00+00 BC', '10000-01-01 00:00:00+00']
+_TEXT_NEAR_MISSES: list[str | bytes] = [
+    b'\xff', b'caf\xc3', b'\xed\xa0\x80', b'\xed\xbf\xbf', b'\xed\x9f\xbf', b'\xc0\x80',
+    b'\xc1\xbf', b'\xc2\x80', b'\xe0\x80\x80', b'\xe0\x9f\xbf', b'\xe0\xa0\x80', b'\xe1\x80\x7f',
+    b'\xf0\x80\x80\x80', b'\xf0\x8f\xbf\xbf', b'\xf0\x90\x80\x80', b'\xf1\x80\x80\xc0',
+    b'\xf4\x8f\xbf\xbf', b'\xf4\x90\x80\x80', b'\xf5\x80\x80\x80', b'\x80', '"', '\\', '\x00',
+    '\x1f', '\x7f', '\u2028', 'é', '\U0001f600', 't', 'f', 'true', '']
+_NEAR_MISSES: dict[int, list[Any]] = {
+    **dict.fromkeys(INT_OIDS, _INT_NEAR_MISSES), NUMERIC: _NUMERIC_NEAR_MISSES,
+    TIMESTAMPTZ: _TIMESTAMPTZ_NEAR_MISSES, BOOL: ['t', 'f', 'true', 'T', '', 'tt']}
+# Pieces that turn a printed value into one just off the renderer's forms.
+_EDITS = [b'0', b'00', b'-', b'+', b'.', b' ', b'e', b'E', b'9', b'_', b':', b'\x00', b'\x7f',
+          b'"', b'\\', b'\xff', b'\xc0\x80', b'\xed\xa0\x80', b'\xe0\x9f\xbf', b'\xf4\x90\x80\x80',
+          b'\xe2\x80\xa8', b'+00', b'+01', b'.0000001']
+# Text a value of any type might be sent as, right or wrong for the column.
+_hostile = st.one_of(
+    st.sampled_from(_INT_NEAR_MISSES + _NUMERIC_NEAR_MISSES + _TIMESTAMPTZ_NEAR_MISSES
+                    + _TEXT_NEAR_MISSES),
+    st.text('0123456789-+.eE :', max_size=12),  # near numbers and timestamps
+    st.text(st.characters(exclude_categories=('Cs',)), max_size=30),
+    st.binary(max_size=30),
+)
+
+
+@st.composite
+def plain_numerics(draw: Any) -> str:
+    """numeric text as PostgreSQL prints it, in the forms Decimal prints back as they are."""
+    if draw(st.integers(0, 9)) == 0:  # the edges of Decimal's plain form
+        return draw(st.sampled_from(['0.000000', '-0.000000', '0.000001', '0.0000010', '-0']))
+    text = draw(st.sampled_from(['', '-'])) + str(draw(st.integers(0, 10**30)))
+    if draw(st.booleans()):
+        fraction = draw(st.text('0123456789', min_size=1, max_size=12))
+        zeros = len(fraction) - len(fraction.lstrip('0'))
+        if text.lstrip('-') == '0' and (zeros > 5 if zeros < len(fraction) else zeros > 6):
+            fraction = fraction[zeros:] or '0'  # '0.0000001' would print as '1E-7'
+        text += '.' + fraction
+    return text
+
+
+def _printed(oid: int) -> st.SearchStrategy[str]:
+    """What PostgreSQL prints for a value of the type, as the walsender sends it (UTC)."""
+    if oid in TEXT_OIDS:
+        return st.text(st.characters(exclude_categories=('Cs',)), max_size=40)
+    if oid == UUID:
+        return st.uuids().map(str)
+    if oid == TIMESTAMPTZ:
+        return st.datetimes(min_value=dt.datetime(1, 1, 1),
+                            max_value=dt.datetime(9999, 12, 31)).map(
+            lambda value: _pg_timestamptz(value, 0))
+    if oid == NUMERIC:
+        return plain_numerics()
+    if oid in INT_OIDS:  # up to 18 digits: longer bigints are the decoder's (test_render_int)
+        bits = INT_OIDS[oid]
+        low, high = (0, 2**32 - 1) if oid == 26 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        return st.integers(max(low, 1 - 10**18), min(high, 10**18 - 1)).map(str)
+    return _texts(oid)  # bool
+
+
+@st.composite
+def edited(draw: Any, oid: int) -> bytes:
+    """A value PostgreSQL prints for the type, then one to three pieces inserted, swapped in or
+    removed: the shapes just off the forms the renderer writes."""
+    text = draw(_printed(oid)).encode()
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(text)))
+        piece = draw(st.sampled_from(_EDITS))
+        how = draw(st.sampled_from(['insert', 'replace', 'delete']))
+        if how == 'insert':
+            text = text[:at] + piece + text[at:]
+        elif how == 'replace':
+            text = text[:at] + piece + text[at + len(piece):]
+        else:
+            text = text[:at] + text[at + 1:]
+    return text
+
+
+def _any_text(oid: int) -> st.SearchStrategy[Any]:
+    return st.one_of(_printed(oid), edited(oid), st.sampled_from(_NEAR_MISSES.get(oid, [''])),
+                     st.sampled_from(_TEXT_NEAR_MISSES), _hostile)
+
+
+@st.composite
+def render_tuples(draw: Any) -> tuple[tuple[Column, ...], list[Any], bool]:
+    """Columns, values, and whether every value is text PostgreSQL prints or a null."""
+    oids = draw(st.lists(st.sampled_from(RENDER_OIDS), max_size=8))
+    values = []
+    printed = True
+    for oid in oids:
+        pick = draw(st.integers(0, 9))
+        if pick < 6:
+            values.append(draw(st.none() | _printed(oid)))
+        else:
+            printed = False
+            values.append(draw(_any_text(oid) if pick < 9 else st.one_of(
+                st.just(UNCHANGED), st.binary(max_size=4).map(bytearray))))
+    return columns_of(*oids), values, printed
+
+
+@needs_native
+@fuzz
+@given(render_tuples())
+def test_render_generated_tuples(case: tuple[tuple[Column, ...], list[Any], bool]) -> None:
+    columns, values, printed = case
+    frame = b'U\x00\x00\x00\x01N' + tuple_bytes(values)
+    result = rendered(columns, frame, 6)
+    if printed:  # what PostgreSQL sends is what the renderer is for: it must not decline
+        assert result is not None
+        assert result[1] == len(frame)
+
+
+@needs_native
+@settings(fuzz, max_examples=1000)
+@given(st.sampled_from(RENDER_OIDS).flatmap(lambda oid: st.tuples(st.just(oid), _printed(oid))))
+def test_render_every_printed_value(case: tuple[int, str]) -> None:
+    oid, text = case
+    assert rendered((col(oid),), tuple_bytes([text])) is not None, text
+
+
+@needs_native
+@settings(fuzz, max_examples=2000)
+@given(st.sampled_from(RENDER_OIDS).flatmap(lambda oid: st.tuples(st.just(oid), _any_text(oid))))
+def test_render_one_value_of_any_text(case: tuple[int, Any]) -> None:
+    # One column, so that every value reaches its mode's checks (in a row, the first bad value
+    # of another column would decline the tuple first).
+    oid, text = case
+    rendered((col(oid),), tuple_bytes([text]))
+
+
+@needs_native
+@fuzz
+@given(render_tuples(), st.data())
+def test_render_damaged_tuples(case: tuple[tuple[Column, ...], list[Any], bool],
+                               data: Any) -> None:
+    columns, values, _ = case
+    buf = damaged(data, values)
+    rendered(columns, buf, data.draw(st.integers(0, len(buf) + 1)))
+
+
+@needs_native
+def test_render_declines_every_cut_frame() -> None:
+    columns = columns_of(20, 23, 25, NUMERIC, TIMESTAMPTZ, BOOL)
+    buf = tuple_bytes(['42', '-7', 'héllo', '1.50', '2024-01-02 03:04:05.5+00', 't'])
+    assert rendered(columns, buf) is not None
+    for end in range(len(buf)):
+        assert rendered(columns, buf[:end]) is None, end
+
+
+@needs_native
+def test_wire_row_renderer_plans() -> None:
+    assert wire_row_renderer(table_of(columns_of(*RENDER_OIDS))).__class__.__name__ == 'partial'
+    assert wire_row_renderer(table_of(())) is not None
+    for other in (FLOAT8, DATE, BYTEA, INT4_ARRAY, 1114, 17):  # JSON forms it does not write
+        assert wire_row_renderer(table_of(columns_of(20, other))) is None, other
+    twice = (col(20, 'a'), col(25, 'a'))  # a row dict would keep one value
+    assert wire_row_renderer(table_of(twice)) is None
+
+
+def test_without_the_extension_there_is_no_renderer(monkeypatch: Any) -> None:
+    monkeypatch.setattr(pgtypes, '_NATIVE_RENDER_TUPLE', None)
+    assert wire_row_renderer(table_of(columns_of(20, 25))) is None
+
+
+def test_an_extension_built_before_the_renderer_still_decodes(monkeypatch: Any) -> None:
+    stale = types.ModuleType('transforms.sources.postgres._pgwire')
+    stale.decode_tuple = pgtypes._NATIVE_DECODE_TUPLE  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, 'transforms.sources.postgres._pgwire', stale)
+    monkeypatch.setattr(postgres, '_pgwire', stale, raising=False)
+    assert pgtypes._load_native() == (pgtypes._NATIVE_DECODE_TUPLE, None)
+
+
+@needs_native
+def test_a_kind_that_takes_a_json_converter_is_not_rendered(monkeypatch: Any) -> None:
+    # The renderer writes uuid text as it is because envelope's JSON form of a uuid is its text;
+    # were that to change, its tables must go by the encoder.
+    assert wire_row_renderer(table_of(columns_of(20, UUID))) is not None
+    monkeypatch.setitem(envelope._JSON_ENCODERS, Kind.UUID, str.upper)
+    assert wire_row_renderer(table_of(columns_of(20, UUID))) is None
+
+
+@needs_native
+@pytest.mark.parametrize(('args', 'error'), [
+    (((b'"a":',), b's', bytearray(b'\\x00\\x01n'), 0), TypeError),  # bytes only
+    (((b'"a":',), b's', memoryview(b'\\x00\\x01n'), 0), TypeError),
+    (((b'"a":',), b's', b'\\x00\\x01n', 0.0), TypeError),
+    (([b'"a":'], b's', b'\\x00\\x01n', 0), TypeError),
+    (((b'"a":',), 's', b'\\x00\\x01n', 0), TypeError),
+    ((('"a":',), b's', b'\\x00\\x01n', 0), TypeError),  # a key that is not bytes
+    (((b'"a":',), b'ss', b'\\x00\\x01n', 0), ValueError),
+    (((b'"a":',), b'c', b'\\x00\\x01n', 0), ValueError),  # decode_tuple's mode, not ours
+    (((b'"a":',), b'n', b'\\x00\\x01n', 0), ValueError),
+    (((b'"a":',), b's', b'\\x00\\x01n'), TypeError),  # three arguments
+])
+def test_render_a_wrong_plan_raises(args: tuple[Any, ...], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _pgwire.render_tuple(*args)
+
+
+@needs_native
+def test_render_negative_or_huge_offset_is_out_of_range() -> None:
+    assert _pgwire.render_tuple((b'"a":',), b's', b'\x00\x01n', -3) is None
+    assert _pgwire.render_tuple((b'"a":',), b's', b'\x00\x01n', 2**70) is None
+    assert _pgwire.render_tuple((b'"a":',), b's', b'\x00\x01n', 0) == (b'{"a":null}', 3)
+
+
+@needs_native
+def test_render_no_reference_or_memory_leaks_on_any_path() -> None:
+    keys = (b'"a":', b'"b":', b'"c":')
+    modes = b'szd'
+    big = 'x' * 3000  # past the stack buffer: the heap one must be freed on every path
+    cases = [
+        tuple_bytes(['x', '2024-01-01 00:00:00+00', '1.5']),  # a row
+        tuple_bytes([big, '2024-01-01 00:00:00.5+00', '1.5']),  # a row grown on the heap
+        tuple_bytes([big, '2024-01-01 00:00:00+00', '1E5']),  # declined after growing
+        tuple_bytes([big, 'infinity', '1.5']),
+        tuple_bytes([big, '2024-01-01 00:00:00+00', '1.5'])[:-1],  # runs past the end
+        tuple_bytes([big, '2024-01-01 00:00:00+00', UNCHANGED]),
+        tuple_bytes([b'\xff', None, None]),  # invalid UTF-8
+        tuple_bytes(['x', None]),  # count mismatch
+    ]
+    watched = [keys, modes, *keys]
+    for buf in cases:
+        for offset in (0, 2**70):
+            def call(buf: bytes = buf, offset: int = offset) -> Any:
+                return _pgwire.render_tuple(keys, modes, buf, offset)
+
+            counts = [sys.getrefcount(o) for o in [*watched, buf]]
+            assert _leaked_bytes(call) < 4096, (buf[:40], offset)
+            assert [sys.getrefcount(o) for o in [*watched, buf]] == counts, (buf[:40], offset)

@@ -1,22 +1,31 @@
 /*
- * _pgwire: the pgoutput TupleData fast path of pgtypes.wire_row_decoder, in C.
+ * _pgwire: the pgoutput TupleData fast paths of pgtypes.wire_row_decoder and
+ * pgtypes.wire_row_renderer, in C.
  *
- * One function, decode_tuple(names, modes, parsers, buf, offset), reads the TupleData that
- * starts at buf[offset] (a 2-byte column count, then per column a kind byte: 't' text with a
- * 4-byte big-endian length, or 'n' null) and returns (row, end offset), or None whenever the
- * tuple is anything else.  It must give exactly what the Python decoder that pgtypes
- * generates gives, value for value and type for type; that decoder stays the reference and
- * the fallback when this module was not built.  The per-relation plan (names, modes, parsers)
- * comes first so that functools.partial can bind it once:
+ * decode_tuple(names, modes, parsers, buf, offset) reads the TupleData that starts at
+ * buf[offset] (a 2-byte column count, then per column a kind byte: 't' text with a 4-byte
+ * big-endian length, or 'n' null) and returns (row, end offset), or None whenever the tuple is
+ * anything else.  It must give exactly what the Python decoder that pgtypes generates gives,
+ * value for value and type for type; that decoder stays the reference and the fallback when
+ * this module was not built.  The per-relation plan (names, modes, parsers) comes first so that
+ * functools.partial can bind it once:
  *
  *     decode = functools.partial(decode_tuple, names, modes, parsers)
  *     row, end = decode(frame, 6) or (None, None)
  *
+ * render_tuple(keys, modes, buf, offset) reads the same TupleData straight to the bytes of its
+ * JSON object, (json, end offset): exactly what debezium_row_json gives for decode_tuple's row,
+ * for the few column types whose JSON form is plain to write (the MODE_* comments below).  It
+ * declines (None) whenever decode_tuple would, and whenever a value is not in the one text form
+ * it is sure of; the caller then decodes and encodes in Python, which is the reference.  It
+ * calls no Python code: its only error is a MemoryError, which it raises.
+ *
  * The buffer comes off the network, so nothing about it is trusted: every read is checked
- * against its length first.  None means "take the general path", which gives the same row or
- * the precise error.  As in the Python decoder, an Exception raised while converting a value
- * becomes None; a BaseException that is not an Exception (KeyboardInterrupt) propagates.
- * Bad *arguments* (a plan of the wrong shape) are programming errors and raise.
+ * against its length first, and every write into the JSON against the room reserved for it.
+ * None means "take the general path", which gives the same row or the precise error.  As in
+ * the Python decoder, an Exception raised in decode_tuple while converting a value becomes
+ * None; a BaseException that is not an Exception (KeyboardInterrupt) propagates.  Bad
+ * *arguments* (a plan of the wrong shape) are programming errors and raise.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,11 +34,13 @@
 #include <string.h>
 
 /* Mode bytes, one per column; pgtypes.py builds them (keep the two in step). */
-#define MODE_TEXT 's'        /* UTF-8 -> str */
-#define MODE_INT 'i'         /* int(bytes) */
-#define MODE_BOOL 'b'        /* 't' / 'f' -> True / False */
-#define MODE_TIMESTAMPTZ 'z' /* 'YYYY-MM-DD HH:MM:SS[.ffffff]+00' natively, else the parser */
-#define MODE_CALL 'c'        /* parsers[i](str) */
+#define MODE_TEXT 's'        /* UTF-8 -> str; rendered as a JSON string */
+#define MODE_INT 'i'         /* int(bytes); rendered as the number */
+#define MODE_BOOL 'b'        /* 't' / 'f' -> True / False; rendered as true / false */
+#define MODE_TIMESTAMPTZ 'z' /* 'YYYY-MM-DD HH:MM:SS[.ffffff]+00' natively, else the parser;
+                              * rendered (UTC only) as "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" */
+#define MODE_CALL 'c'        /* parsers[i](str); decode_tuple only */
+#define MODE_DECIMAL 'd'     /* render_tuple only: numeric as the JSON string of Decimal's str */
 
 /* Up to 18 digits always fit in a signed 64-bit integer (10**18 - 1 < 2**63). */
 #define INT_FAST_DIGITS 18
@@ -234,6 +245,76 @@ read_u32(const unsigned char *p)
         | (uint32_t)p[3];
 }
 
+/*
+ * Where the values of the TupleData at buf[offset] start: 1 with *pos set, 0 to decline (an
+ * offset out of range, a count that is not `columns`), -1 with an exception set (buf not bytes,
+ * offset not an int).  `function` names the caller in the TypeError.
+ */
+static int
+tuple_start(const char *function, PyObject *buf, PyObject *offset_arg, Py_ssize_t columns,
+            Py_ssize_t *pos)
+{
+    if (!PyBytes_Check(buf)) {
+        PyErr_Format(PyExc_TypeError, "%s: buf must be bytes, not %.100s", function,
+                     Py_TYPE(buf)->tp_name);
+        return -1;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(offset_arg);
+    if (offset == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1; /* not an int at all */
+        }
+        PyErr_Clear(); /* an int too large to be an offset: out of range */
+        return 0;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(buf);
+    const Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    /*
+     * A negative offset is out of range here.  (The Python decoder would index from the end
+     * instead; no caller passes one.)
+     */
+    if (offset < 0 || size - offset < 2) {
+        return 0;
+    }
+    if (((Py_ssize_t)data[offset] << 8 | data[offset + 1]) != columns) {
+        return 0;
+    }
+    *pos = offset + 2;
+    return 1;
+}
+
+/*
+ * The value of a TupleData at data[*pos]: 'n' for a null, 't' for a text value (*length bytes
+ * at *text), or 0 to decline: 'u' (unchanged TOAST), 'b' (binary), garbage, or a value that
+ * runs past the end.  *pos moves past the value.
+ */
+static int
+next_value(const unsigned char *data, Py_ssize_t size, Py_ssize_t *pos, const char **text,
+           Py_ssize_t *length)
+{
+    Py_ssize_t at = *pos;
+    if (at >= size) {
+        return 0;
+    }
+    if (data[at] == 'n') {
+        *pos = at + 1;
+        return 'n';
+    }
+    if (data[at] != 't' || size - at < 5) {
+        return 0;
+    }
+    uint32_t value_length = read_u32(data + at + 1);
+    at += 5;
+    /* Compared unsigned and wide: a 4 GB length cannot wrap round. */
+    if ((uint64_t)value_length > (uint64_t)(size - at)) {
+        return 0;
+    }
+    *text = (const char *)data + at;
+    *length = (Py_ssize_t)value_length;
+    *pos = at + *length;
+    return 't';
+}
+
 static PyObject *
 decode_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -281,35 +362,13 @@ decode_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    if (!PyBytes_Check(buf)) {
-        PyErr_Format(PyExc_TypeError, "decode_tuple: buf must be bytes, not %.100s",
-                     Py_TYPE(buf)->tp_name);
-        return NULL;
+    Py_ssize_t pos;
+    int start = tuple_start("decode_tuple", buf, offset_arg, columns, &pos);
+    if (start <= 0) {
+        return start < 0 ? NULL : Py_NewRef(Py_None);
     }
-    Py_ssize_t offset = PyLong_AsSsize_t(offset_arg);
-    if (offset == -1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            return NULL; /* not an int at all */
-        }
-        PyErr_Clear(); /* an int too large to be an offset: out of range */
-        Py_RETURN_NONE;
-    }
-
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(buf);
     const Py_ssize_t size = PyBytes_GET_SIZE(buf);
-
-    /*
-     * A negative offset is out of range here.  (The Python decoder would index from the end
-     * instead; no caller passes one.)
-     */
-    if (offset < 0 || size - offset < 2) {
-        Py_RETURN_NONE;
-    }
-    Py_ssize_t pos = offset;
-    if (((Py_ssize_t)data[pos] << 8 | data[pos + 1]) != columns) {
-        Py_RETURN_NONE;
-    }
-    pos += 2;
 
     PyObject *row = PyDict_New(), *end, *result;
     if (row == NULL) {
@@ -317,26 +376,13 @@ decode_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     for (Py_ssize_t i = 0; i < columns; i++) {
         PyObject *value;
-        if (pos >= size) {
-            goto decline;
-        }
-        unsigned char kind = data[pos];
+        const char *text = NULL;
+        Py_ssize_t text_size = 0;
+        int kind = next_value(data, size, &pos, &text, &text_size);
         if (kind == 'n') {
             value = Py_NewRef(Py_None);
-            pos += 1;
         }
         else if (kind == 't') {
-            if (size - pos < 5) {
-                goto decline;
-            }
-            uint32_t length = read_u32(data + pos + 1);
-            pos += 5;
-            /* Compared unsigned and wide: a 4 GB length cannot wrap round. */
-            if ((uint64_t)length > (uint64_t)(size - pos)) {
-                goto decline;
-            }
-            const char *text = (const char *)data + pos;
-            Py_ssize_t text_size = (Py_ssize_t)length;
             PyObject *parser = PyTuple_GET_ITEM(parsers, i);
             switch (mode_bytes[i]) {
             case MODE_TEXT:
@@ -361,11 +407,9 @@ decode_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (value == NULL) {
                 goto error;
             }
-            pos += text_size;
         }
         else {
-            /* 'u' (unchanged TOAST), 'b' (binary) or garbage: the general path's job. */
-            goto decline;
+            goto decline; /* the general path's job */
         }
         int failed = PyDict_SetItem(row, PyTuple_GET_ITEM(names, i), value);
         Py_DECREF(value);
@@ -404,11 +448,467 @@ raise:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * render_tuple: the TupleData straight to JSON bytes
+ */
+
+/* Rows up to this size are written on the stack, then copied once into their bytes object. */
+#define RENDER_STACK_BYTES 1024
+/* "YYYY-MM-DDTHH:MM:SSZ" in quotes, and with ".ffffff". */
+#define TIMESTAMPTZ_JSON 22
+#define TIMESTAMPTZ_JSON_FRACTION 29
+/* A text of up to this many bytes has a JSON string (6 bytes per byte at worst, 2 quotes) whose
+ * size fits in a Py_ssize_t; only a 32-bit build can see a longer one, and declines it. */
+#define JSON_STRING_MAX_INPUT ((PY_SSIZE_T_MAX - 2) / 6)
+
+/* The JSON being written: `data` is `stack` until it outgrows it, then on the heap. */
+typedef struct {
+    char *data;
+    Py_ssize_t size;
+    Py_ssize_t capacity;
+    char stack[RENDER_STACK_BYTES];
+} json_writer;
+
+/* Make room for `extra` more bytes: 0, or -1 with MemoryError set. */
+static int
+writer_reserve(json_writer *w, Py_ssize_t extra)
+{
+    if (extra <= w->capacity - w->size) {
+        return 0;
+    }
+    if (extra > PY_SSIZE_T_MAX - w->size) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t needed = w->size + extra;
+    Py_ssize_t capacity = w->capacity > PY_SSIZE_T_MAX / 2 ? PY_SSIZE_T_MAX : w->capacity * 2;
+    if (capacity < needed) {
+        capacity = needed;
+    }
+    char *data;
+    if (w->data == w->stack) {
+        data = PyMem_Malloc((size_t)capacity);
+        if (data != NULL) {
+            memcpy(data, w->stack, (size_t)w->size);
+        }
+    }
+    else {
+        data = PyMem_Realloc(w->data, (size_t)capacity); /* on failure w->data stays valid */
+    }
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->data = data;
+    w->capacity = capacity;
+    return 0;
+}
+
+static void
+writer_free(json_writer *w)
+{
+    if (w->data != w->stack) {
+        PyMem_Free(w->data);
+    }
+}
+
+/*
+ * How orjson writes an ASCII byte inside a string: 0 as it is, 'u' as \u00XX (lowercase hex),
+ * else '\' and the letter returned.  Non-ASCII bytes of valid UTF-8 are written as they are,
+ * U+2028 and U+2029 included, and so are DEL and '/'.
+ */
+static char
+json_escape(unsigned char c)
+{
+    if (c >= 0x20) {
+        return c == '"' || c == '\\' ? (char)c : 0;
+    }
+    switch (c) {
+    case '\b':
+        return 'b';
+    case '\t':
+        return 't';
+    case '\n':
+        return 'n';
+    case '\f':
+        return 'f';
+    case '\r':
+        return 'r';
+    default:
+        return 'u';
+    }
+}
+
+/*
+ * The size of the JSON string of the text p[0:size] without its quotes, or -1 when the text is
+ * not UTF-8 as bytes.decode() takes it.  That is the well-formed UTF-8 of the Unicode
+ * standard's table 3-7, which CPython's strict decoder implements: no overlong forms, no
+ * encoded surrogates (ED A0..BF), nothing past U+10FFFF, no truncated sequence.
+ */
+static Py_ssize_t
+json_string_size(const unsigned char *p, Py_ssize_t size)
+{
+    Py_ssize_t out = size;
+    Py_ssize_t i = 0;
+    while (i < size) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            char escape = json_escape(c);
+            if (escape) {
+                out += escape == 'u' ? 5 : 1;
+            }
+            i++;
+            continue;
+        }
+        Py_ssize_t length;
+        unsigned char low = 0x80, high = 0xBF; /* the range of the second byte */
+        if (c >= 0xC2 && c <= 0xDF) {
+            length = 2;
+        }
+        else if (c == 0xE0) {
+            length = 3;
+            low = 0xA0;
+        }
+        else if (c == 0xED) {
+            length = 3;
+            high = 0x9F;
+        }
+        else if (c >= 0xE1 && c <= 0xEF) {
+            length = 3;
+        }
+        else if (c == 0xF0) {
+            length = 4;
+            low = 0x90;
+        }
+        else if (c >= 0xF1 && c <= 0xF3) {
+            length = 4;
+        }
+        else if (c == 0xF4) {
+            length = 4;
+            high = 0x8F;
+        }
+        else {
+            return -1; /* a continuation byte, C0, C1 or F5..FF */
+        }
+        if (size - i < length || p[i + 1] < low || p[i + 1] > high) {
+            return -1;
+        }
+        for (Py_ssize_t k = 2; k < length; k++) {
+            if (p[i + k] < 0x80 || p[i + k] > 0xBF) {
+                return -1;
+            }
+        }
+        i += length;
+    }
+    return out;
+}
+
+/* Writes the JSON string of p[0:size], whose size without quotes json_string_size gave. */
+static char *
+write_json_string(char *out, const unsigned char *p, Py_ssize_t size, Py_ssize_t escaped)
+{
+    static const char hex[] = "0123456789abcdef";
+    *out++ = '"';
+    if (escaped == size) {
+        memcpy(out, p, (size_t)size);
+        out += size;
+    }
+    else {
+        for (Py_ssize_t i = 0; i < size; i++) {
+            unsigned char c = p[i];
+            char escape = c < 0x80 ? json_escape(c) : 0;
+            if (!escape) {
+                *out++ = (char)c;
+                continue;
+            }
+            *out++ = '\\';
+            *out++ = escape;
+            if (escape == 'u') {
+                *out++ = '0';
+                *out++ = '0';
+                *out++ = hex[c >> 4];
+                *out++ = hex[c & 0xF];
+            }
+        }
+    }
+    *out++ = '"';
+    return out;
+}
+
+/*
+ * Whether orjson prints int(text) back as text: an optional '-', then '0' alone or digits
+ * without a leading zero, and not '-0'.  At most 18 digits: orjson refuses an int past 64 bits,
+ * and 18 digits are always inside.
+ */
+static int
+plain_integer(const char *p, Py_ssize_t size)
+{
+    Py_ssize_t i = size > 0 && p[0] == '-';
+    Py_ssize_t digits = size - i;
+    if (digits < 1 || digits > INT_FAST_DIGITS || (p[i] == '0' && (digits > 1 || i > 0))) {
+        return 0;
+    }
+    for (; i < size; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/*
+ * Whether str(Decimal(text)) is text itself: an optional '-', an integer part without a
+ * leading zero (but '0' itself), an optional '.' and one fraction digit or more, and Decimal
+ * would not switch to exponent notation.  It does when the adjusted exponent is below -6:
+ * '0.0000001' is '1E-7', '0.0000000' is '0E-7'.  ('-0' and '-0.0' stay as they are.)
+ */
+static int
+plain_decimal(const char *p, Py_ssize_t size)
+{
+    Py_ssize_t i = size > 0 && p[0] == '-';
+    const Py_ssize_t integer = i;
+    while (i < size && p[i] >= '0' && p[i] <= '9') {
+        i++;
+    }
+    if (i == integer || (p[integer] == '0' && i - integer > 1)) {
+        return 0;
+    }
+    if (i == size) {
+        return 1;
+    }
+    if (p[i] != '.') {
+        return 0;
+    }
+    const Py_ssize_t fraction = ++i;
+    while (i < size && p[i] >= '0' && p[i] <= '9') {
+        i++;
+    }
+    if (i != size || i == fraction) {
+        return 0;
+    }
+    if (p[integer] != '0') {
+        return 1; /* the adjusted exponent is the integer part's digits - 1 >= 0 */
+    }
+    /* 0.ddd: the adjusted exponent is -1 - the fraction's leading zeros, or minus the number of
+     * fraction digits when all are zeros. */
+    Py_ssize_t zeros = 0;
+    while (fraction + zeros < size && p[fraction + zeros] == '0') {
+        zeros++;
+    }
+    Py_ssize_t adjusted = fraction + zeros == size ? -(size - fraction) : -1 - zeros;
+    return adjusted >= -6;
+}
+
+/* Writes the JSON value of a valid UTC timestamp, as orjson does with OPT_UTC_Z. */
+static char *
+write_timestamptz(char *out, const char *text, const timestamp_fields *t)
+{
+    *out++ = '"';
+    memcpy(out, text, 19); /* 'YYYY-MM-DD HH:MM:SS', every field two or four digits */
+    out[10] = 'T';
+    out += 19;
+    if (t->microsecond) {
+        *out++ = '.';
+        for (int scale = 100000; scale > 0; scale /= 10) {
+            *out++ = (char)('0' + t->microsecond / scale % 10);
+        }
+    }
+    *out++ = 'Z';
+    *out++ = '"';
+    return out;
+}
+
+static PyObject *
+render_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError,
+                     "render_tuple expected 4 arguments (keys, modes, buf, offset), got %zd",
+                     nargs);
+        return NULL;
+    }
+    PyObject *keys = args[0], *modes = args[1], *buf = args[2], *offset_arg = args[3];
+
+    if (!PyTuple_Check(keys) || !PyBytes_Check(modes)) {
+        PyErr_SetString(PyExc_TypeError, "render_tuple: keys must be a tuple, modes bytes");
+        return NULL;
+    }
+    Py_ssize_t columns = PyTuple_GET_SIZE(keys);
+    if (PyBytes_GET_SIZE(modes) != columns) {
+        PyErr_Format(PyExc_ValueError, "render_tuple: %zd keys but %zd modes", columns,
+                     PyBytes_GET_SIZE(modes));
+        return NULL;
+    }
+    const char *mode_bytes = PyBytes_AS_STRING(modes);
+    for (Py_ssize_t i = 0; i < columns; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(keys, i))) {
+            PyErr_Format(PyExc_TypeError, "render_tuple: the key of column %zd is not bytes", i);
+            return NULL;
+        }
+        char mode = mode_bytes[i];
+        if (mode != MODE_TEXT && mode != MODE_INT && mode != MODE_BOOL
+                && mode != MODE_TIMESTAMPTZ && mode != MODE_DECIMAL) {
+            PyErr_Format(PyExc_ValueError, "render_tuple: unknown mode byte %d for column %zd",
+                         (int)(unsigned char)mode, i);
+            return NULL;
+        }
+    }
+    Py_ssize_t pos;
+    int start = tuple_start("render_tuple", buf, offset_arg, columns, &pos);
+    if (start <= 0) {
+        return start < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(buf);
+    const Py_ssize_t size = PyBytes_GET_SIZE(buf);
+
+    json_writer w;
+    w.data = w.stack;
+    w.capacity = RENDER_STACK_BYTES;
+    w.size = 0;
+    w.data[w.size++] = '{';
+    for (Py_ssize_t i = 0; i < columns; i++) {
+        const char *text = NULL;
+        Py_ssize_t length = 0;
+        int kind = next_value(data, size, &pos, &text, &length);
+        if (!kind) {
+            goto decline;
+        }
+        /* First the value's exact JSON size (declining what is not certain), then the writes
+         * into room reserved for it. */
+        char mode = kind == 'n' ? 'n' : mode_bytes[i]; /* 'n' is no mode's letter */
+        Py_ssize_t escaped = 0, value_size;
+        timestamp_fields t = {0};
+        switch (mode) {
+        case 'n':
+            value_size = 4;
+            break;
+        case MODE_TEXT:
+            if (length > JSON_STRING_MAX_INPUT) {
+                goto decline;
+            }
+            escaped = json_string_size((const unsigned char *)text, length);
+            if (escaped < 0) {
+                goto decline;
+            }
+            value_size = escaped + 2;
+            break;
+        case MODE_INT:
+            if (!plain_integer(text, length)) {
+                goto decline;
+            }
+            value_size = length;
+            break;
+        case MODE_BOOL:
+            if (length != 1 || (text[0] != 't' && text[0] != 'f')) {
+                goto decline;
+            }
+            value_size = text[0] == 't' ? 4 : 5;
+            break;
+        case MODE_TIMESTAMPTZ:
+            if (!parse_utc_timestamp(text, length, &t)) {
+                goto decline; /* another offset, infinity, BC, ...: decode_tuple's parser */
+            }
+            value_size = t.microsecond ? TIMESTAMPTZ_JSON_FRACTION : TIMESTAMPTZ_JSON;
+            break;
+        case MODE_DECIMAL:
+            if (!plain_decimal(text, length)) {
+                goto decline;
+            }
+            value_size = length + 2;
+            break;
+        default: /* unreachable: the modes were checked above */
+            PyErr_SetString(PyExc_SystemError, "render_tuple: unchecked mode");
+            goto error;
+        }
+        PyObject *key = PyTuple_GET_ITEM(keys, i);
+        Py_ssize_t key_size = PyBytes_GET_SIZE(key);
+        /* value_size + 1 cannot overflow (see JSON_STRING_MAX_INPUT); the sum is checked. */
+        if (key_size > PY_SSIZE_T_MAX - 1 - value_size) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        if (writer_reserve(&w, 1 + key_size + value_size) < 0) {
+            goto error;
+        }
+        char *out = w.data + w.size;
+        if (i > 0) {
+            *out++ = ',';
+        }
+        memcpy(out, PyBytes_AS_STRING(key), (size_t)key_size);
+        out += key_size;
+        switch (mode) {
+        case 'n':
+            memcpy(out, "null", 4);
+            out += 4;
+            break;
+        case MODE_TEXT:
+            out = write_json_string(out, (const unsigned char *)text, length, escaped);
+            break;
+        case MODE_INT:
+            memcpy(out, text, (size_t)length);
+            out += length;
+            break;
+        case MODE_BOOL:
+            memcpy(out, text[0] == 't' ? "true" : "false", (size_t)value_size);
+            out += value_size;
+            break;
+        case MODE_TIMESTAMPTZ:
+            out = write_timestamptz(out, text, &t);
+            break;
+        case MODE_DECIMAL:
+            *out++ = '"';
+            memcpy(out, text, (size_t)length);
+            out += length;
+            *out++ = '"';
+            break;
+        }
+        w.size = out - w.data;
+    }
+    if (writer_reserve(&w, 1) < 0) {
+        goto error;
+    }
+    w.data[w.size++] = '}';
+
+    PyObject *json = PyBytes_FromStringAndSize(w.data, w.size);
+    writer_free(&w);
+    if (json == NULL) {
+        return NULL;
+    }
+    PyObject *end = PyLong_FromSsize_t(pos);
+    if (end == NULL) {
+        Py_DECREF(json);
+        return NULL;
+    }
+    PyObject *result = PyTuple_New(2);
+    if (result == NULL) {
+        Py_DECREF(json);
+        Py_DECREF(end);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, json); /* steals both references */
+    PyTuple_SET_ITEM(result, 1, end);
+    return result;
+
+decline:
+    writer_free(&w);
+    Py_RETURN_NONE;
+
+error:
+    /* Out of memory (the only failure): raised, not declined, as no value is at fault. */
+    writer_free(&w);
+    return NULL;
+}
+
 static PyMethodDef pgwire_methods[] = {
     {"decode_tuple", (PyCFunction)(void (*)(void))decode_tuple, METH_FASTCALL,
      "decode_tuple(names, modes, parsers, buf, offset) -> (row, end offset) | None\n\n"
      "The pgoutput TupleData at buf[offset] as a dict of the columns' values, or None when\n"
      "it holds anything but text and null values that all convert."},
+    {"render_tuple", (PyCFunction)(void (*)(void))render_tuple, METH_FASTCALL,
+     "render_tuple(keys, modes, buf, offset) -> (json, end offset) | None\n\n"
+     "The pgoutput TupleData at buf[offset] as the bytes of its JSON object (each key of\n"
+     "keys is a column's JSON name and ':'), or None when a value is not one it renders."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -428,7 +928,8 @@ static PyModuleDef_Slot pgwire_slots[] = {
 static struct PyModuleDef pgwire_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "transforms.sources.postgres._pgwire",
-    .m_doc = "The pgoutput TupleData fast path of pgtypes.wire_row_decoder.",
+    .m_doc = "The pgoutput TupleData fast paths of pgtypes.wire_row_decoder and"
+             " wire_row_renderer.",
     .m_size = 0,
     .m_methods = pgwire_methods,
     .m_slots = pgwire_slots,

@@ -1,4 +1,5 @@
-"""Type stub of the C fast path of ``pgtypes.wire_row_decoder`` (``_pgwire.c``)."""
+"""Type stub of the C fast paths of ``pgtypes.wire_row_decoder`` and ``wire_row_renderer``
+(``_pgwire.c``)."""
 from collections.abc import Callable
 from typing import Any
 
@@ -10,3 +11,11 @@ def decode_tuple(
     offset: int,
     /,
 ) -> tuple[dict[str, Any], int] | None: ...
+
+def render_tuple(
+    keys: tuple[bytes, ...],
+    modes: bytes,
+    buf: bytes,
+    offset: int,
+    /,
+) -> tuple[bytes, int] | None: ...

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
-from transforms.envelope import Column, Kind
+import orjson
+
+from transforms.envelope import Column, Kind, TableSchema
 from transforms.sources.postgres.pgoutput import UNCHANGED_TOAST
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     'text_parser',
     'type_infos',
     'wire_row_decoder',
+    'wire_row_renderer',
 ]
 
 
@@ -680,25 +683,32 @@ def is_builtin(oid: int) -> bool:
 _INT_KINDS = (Kind.INT16, Kind.INT32, Kind.INT64)
 
 _WireDecoder = Callable[[bytes, int], tuple[dict[str, Any], int] | None]
+_WireRenderer = Callable[[bytes, int], tuple[bytes, int] | None]
 _NativeDecodeTuple = Callable[
     [tuple[str, ...], bytes, tuple[Callable[[str], Any] | None, ...], bytes, int],
     tuple[dict[str, Any], int] | None]
+_NativeRenderTuple = Callable[[tuple[bytes, ...], bytes, bytes, int], tuple[bytes, int] | None]
 
 
-def _load_native() -> _NativeDecodeTuple | None:
+def _load_native() -> tuple[_NativeDecodeTuple | None, _NativeRenderTuple | None]:
     # The C fast path is built by setup.py when a compiler is there (optional=True); the
-    # generated Python decoder below gives the same rows, a few times slower.
+    # generated Python decoder below gives the same rows, a few times slower, and rows are
+    # encoded in Python.
     try:
-        from transforms.sources.postgres._pgwire import decode_tuple
+        from transforms.sources.postgres import _pgwire
     except ImportError:
-        return None
-    return decode_tuple
+        return None, None
+    # An extension built from an older _pgwire.c (a checkout pulled without a rebuild) still
+    # decodes; only the renderer is missing.
+    return _pgwire.decode_tuple, getattr(_pgwire, 'render_tuple', None)
 
 
-_NATIVE_DECODE_TUPLE = _load_native()
+_NATIVE_DECODE_TUPLE, _NATIVE_RENDER_TUPLE = _load_native()
 
-# Column modes of _pgwire.decode_tuple (its MODE_* defines).
+# Column modes of _pgwire.decode_tuple and render_tuple (its MODE_* defines): _MODE_CALL is
+# decode_tuple's only, _MODE_DECIMAL render_tuple's only.
 _MODE_TEXT, _MODE_INT, _MODE_BOOL, _MODE_TIMESTAMPTZ, _MODE_CALL = b's', b'i', b'b', b'z', b'c'
+_MODE_DECIMAL = b'd'
 
 
 def wire_row_decoder(columns: Sequence[Column], *, native: bool | None = None
@@ -786,3 +796,52 @@ def _python_wire_row_decoder(columns: Sequence[Column]) -> _WireDecoder:
          namespace)
     decode: _WireDecoder = namespace['decode']
     return decode
+
+
+def wire_row_renderer(table: TableSchema) -> _WireRenderer | None:
+    """A faster path than :func:`wire_row_decoder` for a JSON sink: from a pgoutput TupleData
+    of ``table``, still in its frame, straight to the JSON of its row.
+
+    ``render(frame, offset)`` -> ``(json, end offset)``, ``json`` being exactly
+    :func:`~transforms.envelope.debezium_row_json` of the row ``wire_row_decoder`` reads there,
+    or None whenever that decoder would return None and whenever a value is not in the one
+    text form whose JSON the renderer is sure of (a timestamptz in another zone or
+    ``infinity``, an integer with a leading zero, a numeric ``Decimal`` would print with an
+    exponent, ...): the caller then decodes and encodes the row.
+
+    None (no renderer) when the C module was not built or a column is of another type than
+    those whose text is their JSON string (text, varchar, uuid, json, enum ...), integers,
+    boolean, timestamptz and numeric.  ``frame`` must be bytes.
+    """
+    if _NATIVE_RENDER_TUPLE is None:
+        return None
+    names = [column.name for column in table.columns]
+    if len(set(names)) != len(names):  # the row dict would keep one value of a name
+        return None
+    # The modes write the JSON forms of envelope's rules for these kinds as they stand: a kind
+    # that comes to take a converter there is no longer rendered here.
+    converted = {name for name, _ in table.orjson_converters}
+    modes: list[bytes] = []
+    for column in table.columns:
+        parse = _raw_parser(column)
+        if column.name in converted:
+            return None
+        if parse is None:
+            modes.append(_MODE_TEXT)
+        elif column.kind in _INT_KINDS:
+            modes.append(_MODE_INT)
+        elif parse is _parse_bool:
+            modes.append(_MODE_BOOL)
+        elif parse is _parse_timestamptz:
+            modes.append(_MODE_TIMESTAMPTZ)
+        elif parse is Decimal:
+            modes.append(_MODE_DECIMAL)
+        else:
+            return None
+    try:
+        # orjson's own escaping of the names, as debezium_row_json writes them.
+        keys = tuple(orjson.dumps(name) + b':' for name in names)
+    except orjson.JSONEncodeError:  # a name orjson refuses: so would debezium_row_json
+        return None
+    render: _WireRenderer = functools.partial(_NATIVE_RENDER_TUPLE, keys, b''.join(modes))
+    return render
