@@ -3,13 +3,20 @@ general one, on real pgoutput frames of every type pgtypes knows: the JSON lines
 same bytes as those of the ChangeEvents, and most changes must take the rendered path."""
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from tests.integration.test_pgtypes_roundtrip import LOADABLE, TEXT_FORMS
-from transforms.envelope import ChangeEvent, RenderedChanges, debezium_json_bytes
-from transforms.sources.postgres import catalog, pgtypes
+from transforms.envelope import (
+    ChangeEvent,
+    RenderedChanges,
+    TableSchema,
+    debezium_json_bytes,
+    debezium_row_json,
+)
+from transforms.sources.postgres import catalog, changes, pgtypes
 from transforms.sources.postgres.changes import ChangeAssembler
 from transforms.sources.postgres.pgoutput import (
     Begin,
@@ -114,6 +121,63 @@ def test_rendered_lines_are_the_events_json_for_every_type(pg_db: Any) -> None:
     # Every insert and key-keeping update is rendered; only the key changes and the delete
     # take the general path.
     assert fast_rendered == changes - len(values) - 1
+
+
+def test_the_c_renderer_writes_the_benchmark_rows_itself(pg_db: Any, monkeypatch: Any) -> None:
+    """Tables shaped like bench.postgres_cdc's and one with a bool: every insert and update is
+    rendered by the C renderer itself, not by decoding and encoding (the fallback), but for
+    the two rows of values it declines; and the lines are still those of the general path."""
+    if pgtypes.wire_row_renderer(TableSchema('', 't', ())) is None:
+        pytest.skip('transforms.sources.postgres._pgwire was not built (no C compiler?)')
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE bench (id bigint PRIMARY KEY, a int, b text, c numeric, '
+                     'd timestamptz)')
+        conn.execute('CREATE TABLE flags (id int PRIMARY KEY, "on" bool, note varchar(20), '
+                     'u uuid, s smallint)')
+        conn.execute('CREATE PUBLICATION p FOR ALL TABLES')
+        conn.execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
+        with conn.transaction():  # bench's bulk workload, its values and some edges
+            conn.execute("INSERT INTO bench SELECT g, g % 1000, md5(g::text), g * 1.5, "
+                         "now() + g * interval '1.25 ms' FROM generate_series(1, 400) g")
+            conn.execute(
+                'INSERT INTO bench VALUES (-9, -2147483648, %s, -0.000001, %s), '
+                "(0, NULL, '', 0, '2024-02-29 00:00:00+00'), "
+                "(123456789012345678, 2147483646, 'x', -12345678901234567890.25, "
+                "'9999-12-31 23:59:59.999999+00'), (1000, NULL, NULL, NULL, NULL)",
+                ['q"uote \\ tab\t ctl\x01\x1f \x7f é \u2028 \U0001f600 </script>',
+                 '0999-12-31 23:59:59.5+00'])
+            conn.execute("INSERT INTO flags SELECT g, g % 3 = 0, 'n' || g, "
+                         "md5(g::text)::uuid, g - 100 FROM generate_series(1, 200) g")
+            conn.execute('INSERT INTO flags VALUES (0, NULL, NULL, NULL, NULL)')
+        conn.execute("UPDATE bench SET a = a + 1, d = d + interval '1 s'")
+        conn.execute('UPDATE flags SET "on" = NOT "on"')
+        conn.execute("INSERT INTO bench VALUES (1001, 1, 'y', 0.0000001, now())")  # '1E-7'
+        frames = [(_lsn(lsn), bytes(data))
+                  for lsn, data in conn.execute(
+                      """SELECT lsn::text, data FROM pg_logical_slot_get_binary_changes(
+                         's', NULL, NULL, 'proto_version', '1', 'publication_names', 'p')""")]
+        encoded: list[Any] = []  # the rows the fallback encoded
+
+        def counted(table: TableSchema, row: Any) -> bytes | None:
+            encoded.append(row)
+            return debezium_row_json(table, row)
+
+        monkeypatch.setattr(changes, 'debezium_row_json', counted)
+        fast, fast_rendered = _feed(_assembler(conn), frames, render=True)
+        monkeypatch.undo()
+        slow, _ = _feed(_assembler(conn), frames, render=False)
+
+    changes_made = 2 * 404 + 2 * 201 + 1
+    assert len(slow) == changes_made
+    assert fast_rendered == changes_made
+    # The update to 10000-01-01 (a text form) and '1E-7' go by the decoder.
+    assert [(row['id'], row['d'], row['c']) for row in encoded] == [
+        (123456789012345678, '10000-01-01 00:00:00.999999+00',
+         Decimal('-12345678901234567890.25')),
+        (1001, encoded[1]['d'], Decimal('1E-7'))]
+    expected = b''.join(_lines(event, VERSION) for event in slow)
+    got = b''.join(_lines(element, VERSION) for element in fast)
+    assert got.splitlines() == expected.splitlines()
 
 
 def _lsn(text: str) -> int:

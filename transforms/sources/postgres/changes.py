@@ -83,13 +83,16 @@ MESSAGES_TABLE = TableSchema(schema='', table='_messages', columns=())
 
 @dataclasses.dataclass(frozen=True)
 class RelationState:
-    """A relation as last described by the server, with its prebuilt row decoder."""
+    """A relation as last described by the server, with its prebuilt row decoders (and JSON
+    renderer, for the relations whose column types it writes)."""
 
     relation: Relation
     schema: TableSchema
     decode_row: Callable[[Sequence[Any]], tuple[dict[str, Any], frozenset[str]]]
     identity: tuple[str, ...]  # replica identity columns, as flagged in the Relation message
     decode_wire: Callable[[bytes, int], tuple[dict[str, Any], int] | None]  # the fast path
+    # render_into's faster path, straight to the row's JSON; None for a relation of other types
+    render_wire: Callable[[bytes, int], tuple[bytes, int] | None] | None
 
 
 class ChangeAssembler:
@@ -184,7 +187,7 @@ class ChangeAssembler:
         table = TableSchema(schema=message.namespace, table=message.name, columns=columns,
                             key=key)
         state = RelationState(message, table, pgtypes.row_decoder(columns), identity,
-                              pgtypes.wire_row_decoder(columns))
+                              pgtypes.wire_row_decoder(columns), pgtypes.wire_row_renderer(table))
         self._relations[message.oid] = state
         return state
 
@@ -307,9 +310,6 @@ class ChangeAssembler:
         state = self._relations.get(oid)
         if state is None:
             return False
-        decoded = state.decode_wire(buf, 6)
-        if decoded is None or decoded[1] != len(buf):
-            return False
         table = state.schema
         formats = self._formats.get(oid)
         if formats is None or formats[0] is not table:
@@ -318,8 +318,16 @@ class ChangeAssembler:
         layout = formats[1] if kind == _INSERT else formats[2]
         if layout is None:
             return False
-        row = debezium_row_json(table, decoded[0])
-        if row is None:
+        row: bytes | None
+        rendered = state.render_wire(buf, 6) if state.render_wire is not None else None
+        if rendered is not None:
+            row, end = rendered
+        else:  # a value the renderer is not sure of, or no renderer: decode, then encode
+            decoded = state.decode_wire(buf, 6)
+            if decoded is None:
+                return False
+            row, end = debezium_row_json(table, decoded[0]), decoded[1]
+        if row is None or end != len(buf):
             return False
         name = table.name
         self._total_order += 1
