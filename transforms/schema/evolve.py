@@ -171,13 +171,7 @@ class _EvolveSchemaFn(beam.DoFn):
         state = self._current.get(table.name)
         out: list[ChangeEvent] = []
         if state is None or (state[0] is not table and state[0] != table):
-            changes = self._new_schema(event, state)
-            while True:
-                try:
-                    out.append(next(changes))
-                except StopIteration as done:
-                    state = done.value
-                    break
+            state = self._register(event, state, out)
         _, version, target, moved = state
         if target is None:
             out.append(event.replace(schema_version=version.version))
@@ -191,6 +185,16 @@ class _EvolveSchemaFn(beam.DoFn):
                                  schema_version=version.version,
                                  message={**(event.message or {}), **mark}))
         return out
+
+    def _register(self, event: ChangeEvent, state: _State | None,
+                  out: list[Any]) -> _State:
+        """The table's state from ``event`` on; the schema-change event, if any, into ``out``."""
+        changes = self._new_schema(event, state)
+        while True:
+            try:
+                out.append(next(changes))
+            except StopIteration as done:
+                return done.value
 
     def _new_schema(self, event: ChangeEvent,
                     state: _State | None) -> Generator[ChangeEvent, None, _State]:
@@ -283,14 +287,7 @@ class _EvolveSchemaBatchFn(_EvolveSchemaFn):
         out: list[Any] = []
         if state is None or (state[0] is not table and state[0] != table):
             first = ChangeEvent(op=Op.CREATE, table=table, source=run.source, ts_ms=run.ts_ms)
-            changes = self._new_schema(first, state)
-            while True:
-                try:
-                    out.append(next(changes))
-                except StopIteration as done:
-                    state = done.value
-                    break
-        assert state is not None
+            state = self._register(first, state, out)
         if state[2] is not None:
             # Rendered lines cannot be projected onto another schema (pipelines.cdc renders
             # only under evolve and strict, which never project).

@@ -552,14 +552,9 @@ class _ReadSlotFn(StreamReadFn):
                     and not decoder.in_stream:
                 try:
                     if render and assembler.render_into(batch, payload, frame.data_start):
-                        pending += 1
-                        if pending >= config.batch_size:
-                            yield from self._emit(batch, pending)
-                            batch = []
-                            pending = 0
-                            self._emitted_end = last_end
-                        continue
-                    events = assembler.change_from_frame(payload, frame.data_start)
+                        events = _RENDERED
+                    else:
+                        events = assembler.change_from_frame(payload, frame.data_start)
                 except (ValueError, KeyError) as exc:
                     letters.append(_letter('ConvertRow', exc, payload, config, frame))
                     continue
@@ -578,8 +573,11 @@ class _ReadSlotFn(StreamReadFn):
                         letters.append(_letter('ConvertRow', exc, payload, config, frame))
                         continue
             if events is not None:
-                batch.extend(events)
-                pending += len(events)
+                if events is _RENDERED:
+                    pending += 1
+                else:
+                    batch.extend(events)
+                    pending += len(events)
                 if pending >= config.batch_size:
                     yield from self._emit(batch, pending)
                     batch = []
@@ -723,6 +721,7 @@ class _ReadSlotFn(StreamReadFn):
 
 _CHANGES = (Insert, Update, Delete, Truncate)
 _FAST_KINDS = b'IU'  # the frames ChangeAssembler.change_from_frame may take
+_RENDERED: list[ChangeEvent] = []  # the change is in the batch already (render_into)
 
 
 def create_slot(stream: ReplicationStream, dsn: str, name: str, *, export_snapshot: bool,
