@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.integration.outage import (
     wait_for_first_insert,
 )
 from tests.replay import apply_envelopes, read_jsonl_dir, source_rows, table_state
+from tests.services.postgres import PgDatabase
 from transforms.envelope import Op
 from transforms.sources.postgres.catalog import primary_key, resolve_tables
 from transforms.sources.postgres.changes import ChangeAssembler
@@ -994,3 +996,33 @@ def test_a_source_restart_during_the_snapshot_says_what_to_do(tmp_path: Path) ->
         assert len(ids) == 300000
     finally:
         source.stop()
+
+
+@pytest.mark.parametrize('encoding', ['LATIN1', 'SQL_ASCII'])
+def test_a_database_in_another_encoding_streams_its_text(postgres: Any, tmp_path: Path,
+                                                         encoding: str) -> None:
+    """pgoutput prints text in the client encoding: a LATIN1 database's 'é' streamed as a
+    LATIN1 byte, which no UTF-8 decoder takes (every such change a dead letter); a SQL_ASCII
+    database was refused for its wal_level (its session returns bytes)."""
+    name = f'enc_{encoding.lower()}_{uuid.uuid4().hex[:8]}'
+    with postgres.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' "
+                     "LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        db = PgDatabase(name, postgres)
+        with db.connect() as conn:
+            conn.execute("SET client_encoding = 'UTF8'")
+            conn.execute('CREATE TABLE t (id int PRIMARY KEY, s text)')
+            conn.execute("INSERT INTO t VALUES (1, 'café, snapshot')")
+            cdc = start_cdc(db.dsn, tmp_path / 'out', *CAUGHT_UP_OPTIONS)
+            wait_for_slot(conn, f'changebeam_{name}')
+            conn.execute("INSERT INTO t VALUES (2, 'naïve, streamed')")
+            conn.execute("UPDATE t SET s = s || ' ß' WHERE id = 1")
+            output = stop_when_caught_up(cdc, conn, f'changebeam_{name}')
+            docs = read_jsonl_dir(str(tmp_path / 'out'))
+            assert_rebuilt_equals_source(conn, docs, ['public.t'])
+        assert sorted(d['after']['s'] for d in docs if d['op'] != 'm') == [
+            'café, snapshot', 'café, snapshot ß', 'naïve, streamed'], output[-3000:]
+        assert not list((tmp_path / 'out' / '_dead_letters').glob('*.jsonl')), output
+    finally:
+        postgres.drop_database(name)

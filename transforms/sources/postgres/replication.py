@@ -38,9 +38,11 @@ _SILENCE_S = 20.0  # no answer to a status update that asked for one: the connec
 _COMMAND_POLL_S = 0.5  # how often a waiting command looks whether to give up
 
 SESSION_OPTIONS = ('-c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex '
-                   '-c TimeZone=UTC -c extra_float_digits=3')
+                   '-c TimeZone=UTC -c extra_float_digits=3 -c client_encoding=UTF8')
 """Output formats the type parsers read, whatever the server's or the role's defaults are:
-the walsender and COPY print values with the session's settings."""
+the walsender and COPY print values with the session's settings.  UTF-8 text also from a
+database in another encoding (pgoutput converts text to the client encoding; a LATIN1
+database's text would not decode), and text from a SQL_ASCII one, as its bytes are."""
 
 
 class ReplicationError(RuntimeError):
