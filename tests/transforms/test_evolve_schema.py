@@ -219,10 +219,16 @@ def test_rows_replayed_after_a_restart_are_not_a_reverse_change(tmp_path: Path) 
     run([event(V1, 10, id=1, qty=2, note='a'), event(WIDENED, 20, id=2, qty=3, note='b')],
         tmp_path, 'strict')
     # The restarted pipeline sees the slot replay rows from before the widening first.
-    out = run([event(V1, 10, id=1, qty=2, note='a'), event(WIDENED, 20, id=2, qty=3, note='b')],
+    out = run([event(V1, 11, id=1, qty=2, note='a'), event(WIDENED, 21, id=2, qty=3, note='b')],
               tmp_path, 'strict')
     assert [e.op for e in out] == [Op.CREATE, Op.CREATE]
     assert [e.schema_version for e in out] == [fingerprint(V1), fingerprint(WIDENED)]
+    # Replayed from where the versions took effect, their events come again, in their order:
+    # announced once more (the first time may never have reached the sink), never reversed.
+    out = run([event(V1, 10, id=1, qty=2, note='a'), event(WIDENED, 20, id=2, qty=3, note='b')],
+              tmp_path, 'strict')
+    assert [e.op for e in out] == [Op.MESSAGE, Op.CREATE, Op.MESSAGE, Op.CREATE]
+    assert [e.message['previous_version'] for e in out[::2]] == [None, fingerprint(V1)]
 
 
 def _with_paid_default(default: str | None) -> TableSchema:
@@ -257,3 +263,42 @@ def test_a_lost_default_is_kept_in_the_next_real_change(tmp_path: Path) -> None:
     assert registered.by_name['paid'].default == 'false'
     assert registered.by_name['qty'].source_type == 'bigint'
     assert out[0].message['retyped'] and not out[0].message['added']
+
+
+@pytest.mark.parametrize('policy', ['evolve', 'strict', 'lenient'])
+def test_a_restart_replaying_from_before_a_version_announces_it_again(tmp_path: Path,
+                                                                      policy: str) -> None:
+    # A crash after the new version was registered, before the sink committed its event: the
+    # slot replays from before the version, and the event must come again.
+    first = run([event(V1, 10, id=1, qty=2, note='a'), event(ADDED, 20, id=2, qty=1, note='b',
+                                                             paid=True)], tmp_path, policy)
+    announced = [e for e in first if e.op is Op.MESSAGE]
+    replayed = run([event(ADDED, 20, id=2, qty=1, note='b', paid=True),
+                    event(ADDED, 21, id=3, qty=1, note='c', paid=False)], tmp_path, policy)
+    assert replayed[0].op is Op.MESSAGE
+    assert replayed[0].message == announced[-1].message
+    assert replayed[0].schema_version == announced[-1].schema_version
+    assert [e.op for e in replayed[1:]] == [Op.CREATE, Op.CREATE]
+    # Replaying from after the version took effect announces nothing.
+    later = run([event(ADDED, 21, id=3, qty=1, note='c', paid=False)], tmp_path, policy)
+    assert [e.op for e in later] == [Op.CREATE]
+    # Nor does a replay of the first version's rows from after it.
+    older = run([event(V1, 11, id=1, qty=3, note='a')], tmp_path, policy)
+    assert [e.op for e in older] == [Op.CREATE]
+    # The rendered runs of a source take the same path.
+    runs = run_batched([rendered([event(ADDED, 20, id=2, qty=1, note='b', paid=True)])],
+                       tmp_path, policy) if policy in ('evolve', 'strict') else [[announced[-1]]]
+    assert runs[0][0].message == announced[-1].message
+
+
+def test_under_ignore_a_restart_from_before_the_first_version_announces_it_again(
+        tmp_path: Path) -> None:
+    first = run([event(V1, 10, id=1, qty=2, note='a'), event(ADDED, 20, id=2, qty=1, note='b',
+                                                             paid=True)], tmp_path, 'ignore')
+    assert [e.op for e in first] == [Op.MESSAGE, Op.CREATE, Op.CREATE]  # ADDED is never one
+    again = run([event(V1, 10, id=1, qty=2, note='a'), event(ADDED, 20, id=2, qty=1, note='b',
+                                                             paid=True)], tmp_path, 'ignore')
+    assert [e.op for e in again] == [Op.MESSAGE, Op.CREATE, Op.CREATE]
+    assert again[0].message == first[0].message
+    later = run([event(ADDED, 20, id=2, qty=1, note='b', paid=True)], tmp_path, 'ignore')
+    assert [e.op for e in later] == [Op.CREATE]

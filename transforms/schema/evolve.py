@@ -161,6 +161,7 @@ class _EvolveSchemaFn(beam.DoFn):
     def setup(self) -> None:
         self._registry = SchemaRegistry(self._uri)
         self._current: dict[str, _State] = {}
+        self._announced: set[int] = set()  # versions whose schema-change event this worker made
         self._changes = Metrics.counter('EvolveSchema', 'schema_changes')
 
     def process(self, event: ChangeEvent) -> list[ChangeEvent]:
@@ -213,11 +214,15 @@ class _EvolveSchemaFn(beam.DoFn):
         if known is not None and self._policy != 'ignore':
             # A schema already registered is no change: after a restart the slot replays rows
             # written before a later version, and they must not read as a reverse change.
+            if known.version not in self._announced and position <= known.position:
+                yield self._announce_again(event, known)
             new_state = (incoming, known, None, {})
             self._current[table.name] = new_state
             return new_state
         if self._policy == 'ignore' and previous is not None:
             first = self._registry.versions(table.name)[0]
+            if first.version not in self._announced and position <= first.position:
+                yield self._announce_again(event, first)
             # A retyped column's values would not fit the first schema's type (the file sinks
             # dead-lettered every such row): left out like a new column's ('' is no column).
             retyped = {c.name: '' for c in incoming.columns
@@ -248,17 +253,43 @@ class _EvolveSchemaFn(beam.DoFn):
         self._changes.inc()
         _LOG.info('%s: schema version %016x at %s\n%s', table.name, version.version, position,
                   change.describe())
-        yield ChangeEvent(
-            op=Op.MESSAGE, table=registered_schema, source=event.source, ts_ms=event.ts_ms,
+        yield self._schema_change(event, version, previous, change, problems)
+        new_state = (incoming, version, target, moved)
+        self._current[table.name] = new_state
+        return new_state
+
+    def _schema_change(self, event: ChangeEvent, version: SchemaVersion,
+                       previous: SchemaVersion | None, change: SchemaChange,
+                       problems: list[str]) -> ChangeEvent:
+        """The ``m`` event announcing ``version`` of ``event``'s table."""
+        self._announced.add(version.version)
+        return ChangeEvent(
+            op=Op.MESSAGE, table=version.schema, source=event.source, ts_ms=event.ts_ms,
             schema_version=version.version,
-            message={'kind': 'schema_change', 'table': table.name,
+            message={'kind': 'schema_change', 'table': event.table.name,
                      'version': version.version,
                      'previous_version': previous.version if previous else None,
                      'compatible': not problems, 'policy': self._policy,
                      'incompatibilities': problems, **change.to_json()})
-        new_state = (incoming, version, target, moved)
-        self._current[table.name] = new_state
-        return new_state
+
+    def _announce_again(self, event: ChangeEvent, version: SchemaVersion) -> ChangeEvent:
+        """The schema-change event of a version registered at or after ``event``'s position,
+        not announced by this worker: the slot replays from before the version, so the event
+        that announced it may never have reached the sink (a crash between registering it and
+        the sink's commit).  A duplicate, at worst, as the rows after the last confirmation."""
+        versions = self._registry.versions(event.table.name)
+        at = next(i for i, v in enumerate(versions) if v.version == version.version)
+        previous = versions[at - 1] if at else None
+        if previous is None:
+            change = SchemaChange(added=tuple(c.name for c in version.schema.columns))
+            problems: list[str] = []
+        else:
+            change = diff(previous.schema, version.schema)
+            problems = _incompatible(previous.schema, version.schema)
+        _LOG.info('%s: schema version %016x announced again: the stream replays from %s, '
+                  'before it took effect', event.table.name, version.version,
+                  event.source.sort_key)
+        return self._schema_change(event, version, previous, change, problems)
 
 
 class _EvolveSchemaBatchFn(_EvolveSchemaFn):
