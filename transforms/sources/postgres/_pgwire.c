@@ -637,21 +637,27 @@ write_json_string(char *out, const unsigned char *p, Py_ssize_t size, Py_ssize_t
 
 /*
  * Whether orjson prints int(text) back as text: an optional '-', then '0' alone or digits
- * without a leading zero, and not '-0'.  At most 18 digits: orjson refuses an int past 64 bits,
- * and 18 digits are always inside.
+ * without a leading zero, and not '-0'; inside 64 bits, as every bigint is (orjson refuses an
+ * int past 64 bits).  18 digits always are; 19 (snowflake-style ids) up to the bigint range.
  */
 static int
 plain_integer(const char *p, Py_ssize_t size)
 {
     Py_ssize_t i = size > 0 && p[0] == '-';
+    const Py_ssize_t first = i;
     Py_ssize_t digits = size - i;
-    if (digits < 1 || digits > INT_FAST_DIGITS || (p[i] == '0' && (digits > 1 || i > 0))) {
+    if (digits < 1 || digits > INT_FAST_DIGITS + 1 || (p[i] == '0' && (digits > 1 || i > 0))) {
         return 0;
     }
     for (; i < size; i++) {
         if (p[i] < '0' || p[i] > '9') {
             return 0;
         }
+    }
+    if (digits == INT_FAST_DIGITS + 1) {
+        /* Same length, digits only: comparing the text compares the numbers. */
+        const char *bound = first ? "9223372036854775808" : "9223372036854775807";
+        return memcmp(p + first, bound, (size_t)digits) <= 0;
     }
     return 1;
 }
