@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test demo lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt setup.py transforms/sources/postgres/_pgwire.c
+$(STAMP): pyproject.toml constraints.txt setup.py transforms/sources/postgres/_pgwire.c transforms/sources/postgres/_pqcopy.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

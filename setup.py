@@ -13,5 +13,11 @@ setuptools.setup(
             ['transforms/sources/postgres/_pgwire.c'],
             optional=True,
         ),
+        setuptools.Extension(
+            'transforms.sources.postgres._pqcopy',
+            ['transforms/sources/postgres/_pqcopy.c'],
+            libraries=['dl'],
+            optional=True,
+        ),
     ],
 )

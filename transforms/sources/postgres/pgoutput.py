@@ -286,6 +286,8 @@ def _fast_constructor(cls: type[_M]) -> Callable[..., _M]:
 
 _new_begin = _fast_constructor(Begin)
 _new_commit = _fast_constructor(Commit)
+new_begin = _new_begin  # Begin(final_lsn, commit_ts, xid) from fields decoded elsewhere (_pqcopy)
+new_commit = _new_commit  # Commit(flags, commit_lsn, end_lsn, commit_ts), likewise
 _new_insert = _fast_constructor(Insert)
 _new_update = _fast_constructor(Update)
 _new_delete = _fast_constructor(Delete)

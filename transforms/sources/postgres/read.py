@@ -63,8 +63,11 @@ from transforms.sources.postgres.pgoutput import (
     Truncate,
     TypeMessage,
     Update,
+    new_begin,
+    new_commit,
 )
 from transforms.sources.postgres.replication import (
+    FRAME_BEGIN,
     SESSION_OPTIONS,
     Interrupted,
     ReplicationError,
@@ -540,112 +543,130 @@ class _ReadSlotFn(StreamReadFn):
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
-            frame = stream.read(timeout)
-            if frame is None:
+            frames = stream.read_batch(timeout)
+            if not frames:
                 if in_tx:
                     continue
                 break
-            payload = bytes(frame.payload)
-            received += len(payload)
-            events = None
-            if payload and payload[0] in _FAST_KINDS and not skipping \
-                    and not decoder.in_stream:
-                try:
-                    if render and assembler.render_into(batch, payload, frame.data_start):
-                        events = _RENDERED
+            ended = False  # the round ends after this frame
+            frames_left = iter(frames)
+            message: Any
+            for data_start, payload in frames_left:
+                if data_start < 0:  # a Begin or Commit _pqcopy decoded
+                    if data_start == FRAME_BEGIN:
+                        message = new_begin(*payload)
+                        received += 21
                     else:
-                        events = assembler.change_from_frame(payload, frame.data_start)
-                except (ValueError, KeyError) as exc:
-                    letters.append(_letter('ConvertRow', exc, payload, config, frame))
-                    continue
-            if events is None:  # not taken by the fast path: decode it
-                try:
-                    message = decoder.decode(payload)
-                except ValueError as exc:
-                    letters.append(_letter('DecodeWal', exc, payload, config, frame))
-                    continue
-                if isinstance(message, _CHANGES):
-                    if skipping:
-                        continue
-                    try:
-                        events = assembler.change(message, frame.data_start)
-                    except (ValueError, KeyError) as exc:
-                        letters.append(_letter('ConvertRow', exc, payload, config, frame))
-                        continue
-            if events is not None:
-                if events is _RENDERED:
-                    pending += 1
+                        message = new_commit(*payload)
+                        received += 26
                 else:
-                    batch.extend(events)
-                    pending += len(events)
-                if pending >= config.batch_size:
-                    yield from self._emit(batch, pending)
-                    batch = []
-                    pending = 0
-                    self._emitted_end = last_end
-                continue
-            if type(message) is Begin:
-                assembler.begin(message)
-                if message.final_lsn < start:
-                    # Emitted before a reconnect, unless the connection broke before it was.
-                    replay_from = self._replay_from
-                    skipping = replay_from is None or message.final_lsn < replay_from
-                elif tracker.try_claim(message.final_lsn):
-                    skipping = False
-                    self._replay_from = None
-                else:
-                    self._resync = True  # this Begin is the residual's: reread it there
-                    break
-            elif type(message) is Commit:
-                assembler.commit(message)
-                if not skipping:
-                    last_end = message.end_lsn
-                    # Whole transactions only; several small ones share a batch (one Beam
-                    # element each costs more than the changes of a small transaction).
-                    if pending >= config.batch_size:
-                        yield from self._emit(batch, pending)
-                        batch = []
-                        pending = 0
-                        self._emitted_end = last_end
-                    confirm_lsn = message.end_lsn
-                    commit_ts = message.commit_ts
-                skipping = False
-                if frame.send_time_us - message.commit_ts > _BEHIND_US:
-                    # Sent long after its commit: a backlog.  Catch up in longer rounds, since
-                    # every round is a bundle that costs ~30 ms to finish and start.
-                    catching_up = True
-                if time.monotonic() >= (longest if catching_up else deadline):
-                    break
-            elif isinstance(message, LogicalMessage):
-                if message.transactional:
-                    if not skipping:
-                        event = assembler.message(message, frame.data_start)
-                        if event is not None:
-                            batch.append(event)
+                    received += len(payload)
+                    events = None
+                    if payload and payload[0] in _FAST_KINDS and not skipping \
+                            and not decoder.in_stream:
+                        try:
+                            if render and assembler.render_into(batch, payload, data_start):
+                                events = _RENDERED
+                            else:
+                                events = assembler.change_from_frame(payload, data_start)
+                        except (ValueError, KeyError) as exc:
+                            letters.append(_letter('ConvertRow', exc, payload, config, data_start))
+                            continue
+                    if events is None:  # not taken by the fast path: decode it
+                        try:
+                            message = decoder.decode(payload)
+                        except ValueError as exc:
+                            letters.append(_letter('DecodeWal', exc, payload, config, data_start))
+                            continue
+                        if isinstance(message, _CHANGES):
+                            if skipping:
+                                continue
+                            try:
+                                events = assembler.change(message, data_start)
+                            except (ValueError, KeyError) as exc:
+                                letters.append(
+                                    _letter('ConvertRow', exc, payload, config, data_start))
+                                continue
+                    if events is not None:
+                        if events is _RENDERED:
                             pending += 1
-                # A non-transactional message's lsn is the END of its record, where the next
-                # record starts: a commit written right after it has that lsn as final_lsn.
-                # So the message claims the position before, inside its own record.
-                elif message.lsn - 1 >= start:
-                    if not tracker.try_claim(message.lsn - 1):
-                        self._resync = True
+                        else:
+                            batch.extend(events)
+                            pending += len(events)
+                        if pending >= config.batch_size:
+                            yield from self._emit(batch, pending)
+                            batch = []
+                            pending = 0
+                            self._emitted_end = last_end
+                        continue
+                if type(message) is Begin:
+                    assembler.begin(message)
+                    if message.final_lsn < start:
+                        # Emitted before a reconnect, unless the connection broke before it was.
+                        replay_from = self._replay_from
+                        skipping = replay_from is None or message.final_lsn < replay_from
+                    elif tracker.try_claim(message.final_lsn):
+                        skipping = False
+                        self._replay_from = None
+                    else:
+                        self._resync = True  # this Begin is the residual's: reread it there
+                        ended = True
                         break
-                    confirm_lsn = max(confirm_lsn, message.lsn)
-                    event = assembler.message(message, frame.data_start)
-                    if event is not None:
-                        yield from self._emit([event], 1)
-            elif isinstance(message, Relation):
-                try:
-                    assembler.relation(message)
-                except (ValueError, KeyError) as exc:
-                    letters.append(_letter('DecodeRelation', exc, payload, config, frame))
-            elif isinstance(message, TypeMessage):
-                assembler.type(message)
-            elif not isinstance(message, Origin):
-                letters.append(DeadLetter(
-                    'DecodeWal', f'unexpected {type(message).__name__} message (streamed '
-                    'transactions are not requested)', payload,
-                    source=_where(config, frame)))
+                elif type(message) is Commit:
+                    assembler.commit(message)
+                    if not skipping:
+                        last_end = message.end_lsn
+                        # Whole transactions only; several small ones share a batch (one Beam
+                        # element each costs more than the changes of a small transaction).
+                        if pending >= config.batch_size:
+                            yield from self._emit(batch, pending)
+                            batch = []
+                            pending = 0
+                            self._emitted_end = last_end
+                        confirm_lsn = message.end_lsn
+                        commit_ts = message.commit_ts
+                    skipping = False
+                    if stream.send_time_us - message.commit_ts > _BEHIND_US:
+                        # Sent long after its commit: a backlog.  Catch up in longer rounds, since
+                        # every round is a bundle that costs ~30 ms to finish and start.
+                        catching_up = True
+                    if time.monotonic() >= (longest if catching_up else deadline):
+                        ended = True
+                        break
+                elif isinstance(message, LogicalMessage):
+                    if message.transactional:
+                        if not skipping:
+                            event = assembler.message(message, data_start)
+                            if event is not None:
+                                batch.append(event)
+                                pending += 1
+                    # A non-transactional message's lsn is the END of its record, where the next
+                    # record starts: a commit written right after it has that lsn as final_lsn.
+                    # So the message claims the position before, inside its own record.
+                    elif message.lsn - 1 >= start:
+                        if not tracker.try_claim(message.lsn - 1):
+                            self._resync = True
+                            ended = True
+                            break
+                        confirm_lsn = max(confirm_lsn, message.lsn)
+                        event = assembler.message(message, data_start)
+                        if event is not None:
+                            yield from self._emit([event], 1)
+                elif isinstance(message, Relation):
+                    try:
+                        assembler.relation(message)
+                    except (ValueError, KeyError) as exc:
+                        letters.append(_letter('DecodeRelation', exc, payload, config, data_start))
+                elif isinstance(message, TypeMessage):
+                    assembler.type(message)
+                elif not isinstance(message, Origin):
+                    letters.append(DeadLetter(
+                        'DecodeWal', f'unexpected {type(message).__name__} message (streamed '
+                        'transactions are not requested)', payload,
+                        source=_where(config, data_start)))
+            if ended:
+                stream.unread(list(frames_left))  # the next round's
+                break
         if batch:
             yield from self._emit(batch, pending)
         self._emitted_end = last_end
@@ -791,13 +812,13 @@ def _ask_server(dsn: str, ask: Callable[[Any], _T]) -> _T | None:
         return None
 
 
-def _where(config: _SourceConfig, frame: Any) -> str:
-    return f'{config.slot}@{format_lsn(frame.data_start)}'
+def _where(config: _SourceConfig, data_start: int) -> str:
+    return f'{config.slot}@{format_lsn(data_start)}'
 
 
 def _letter(step: str, exc: Exception, payload: bytes, config: _SourceConfig,
-            frame: Any) -> DeadLetter:
-    return DeadLetter.from_exception(step, exc, payload, source=_where(config, frame))
+            data_start: int) -> DeadLetter:
+    return DeadLetter.from_exception(step, exc, payload, source=_where(config, data_start))
 
 
 def _unbatch(batch: list[ChangeEvent]) -> list[ChangeEvent]:

@@ -35,6 +35,10 @@ _STATUS = struct.Struct('!cQQQq?')
 _STATUS_INTERVAL_S = 5.0  # well under the default wal_sender_timeout of 60 s
 _STATUS_EVERY = 256  # frames of a burst between checks whether a status update is due
 _SILENCE_S = 20.0  # no answer to a status update that asked for one: the connection is dead
+# In place of a frame's data_start in read_batch: a pgoutput Begin / Commit decoded by _pqcopy.
+FRAME_BEGIN = -1
+FRAME_COMMIT = -2
+_BATCH_FRAMES = 4096  # frames read_batch takes at most in one call
 _COMMAND_POLL_S = 0.5  # how often a waiting command looks whether to give up
 
 SESSION_OPTIONS = ('-c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex '
@@ -120,6 +124,52 @@ class XLogData(NamedTuple):
     payload: memoryview
 
 
+_pqcopy: Any
+try:
+    from transforms.sources.postgres import _pqcopy
+except ImportError:  # not built (no compiler): read_batch reads frame by frame
+    _pqcopy = None
+
+_LIBPQ: list[Any] = []  # psycopg's libpq bound by _pqcopy (or None), once per process
+
+
+def _bound_libpq(pgconn: Any) -> Any:
+    """``_pqcopy`` bound to the libpq psycopg uses for ``pgconn``, or None where that cannot
+    be done with certainty (not built, not Linux, no single libpq that owns the connection)."""
+    if _pqcopy is None:
+        return None
+    if not _LIBPQ:
+        _LIBPQ.append(_bind_libpq())
+    libpq = _LIBPQ[0]
+    try:
+        owns = libpq is not None and _pqcopy.identify(libpq, pgconn.pgconn_ptr) == (
+            pgconn.backend_pid, pgconn.socket)
+    except Exception:  # psycopg without pgconn_ptr, or a closed connection
+        owns = False
+    return libpq if owns else None
+
+
+def _bind_libpq() -> Any:
+    from psycopg import pq
+
+    try:
+        with open('/proc/self/maps', encoding='utf-8', errors='replace') as maps:
+            loaded = {line.split(None, 5)[5].strip() for line in maps
+                      if line.count(' ') >= 5 and '/libpq' in line}
+    except OSError:
+        return None
+    if pq.__impl__ == 'binary':  # its own copy, next to the package
+        loaded = {path for path in loaded if 'psycopg_binary' in path}
+    if len(loaded) != 1:  # which one psycopg uses is not certain
+        _LOG.debug('libpq for _pqcopy: %d candidates; reading frame by frame', len(loaded))
+        return None
+    try:
+        return _pqcopy.bind(loaded.pop())
+    except OSError as exc:
+        _LOG.debug('libpq for _pqcopy: %s; reading frame by frame', exc)
+        return None
+
+
 # The named tuple's own constructor is a Python function: built from a tuple, half the cost.
 _new_xlog_data = tuple.__new__
 
@@ -148,6 +198,10 @@ class ReplicationStream:
         self._frames_when_dry = 0  # _frames when the socket last ran dry
         self._asked_at: float | None = None  # an unanswered status update asked for a reply
         self._lock = threading.Lock()
+        self._reader: Any = None  # _pqcopy's libpq, once streaming (None: frame by frame)
+        self._pgconn_ptr = 0
+        self.send_time_us = 0  # of the last frame read_batch returned (Unix epoch)
+        self._unread: list[tuple[int, Any]] = []
 
     @classmethod
     def connect(cls, dsn: str, application_name: str = 'changebeam') -> ReplicationStream:
@@ -254,6 +308,8 @@ class ReplicationStream:
             raise _result_error(self._pgconn, result)
         self._pgconn.nonblocking = 1
         self._streaming = True
+        self._reader = _bound_libpq(self._pgconn)
+        self._pgconn_ptr = self._pgconn.pgconn_ptr if self._reader is not None else 0
         self._received = max(self._received, start_lsn)
         self._confirmed = max(self._confirmed, start_lsn)
         _LOG.info('streaming slot %s from %s', slot, format_lsn(start_lsn))
@@ -293,41 +349,112 @@ class ReplicationStream:
                         continue
                     raise ReplicationError(f'unexpected replication frame type {chr(kind)!r}')
                 if size == 0:
-                    # Whether the server answered is checked only when the socket runs dry,
-                    # not per frame: any frame since the last time counts as an answer.
-                    if self._frames != self._frames_when_dry:
-                        self._frames_when_dry = self._frames
-                        self._asked_at = None
-                    self._maybe_send_status()
-                    now = time.monotonic()
-                    asked = self._asked_at
-                    if asked is not None and now - asked > _SILENCE_S:
-                        self._streaming = False
-                        raise ConnectionLost(
-                            f'no answer from the server for {now - asked:.0f} s, not even to '
-                            'a status update asking for one')
                     if deadline is None:
-                        deadline = now + timeout
-                    remaining = deadline - now
-                    # Wake at least every status interval so the server hears from us.  Once the
-                    # time is up, still take what already waits in the socket (timeout 0 polls).
-                    ready, _, _ = select.select([pgconn.socket], [], [],
-                                                max(0.0, min(remaining, _STATUS_INTERVAL_S)))
-                    if ready:
-                        pgconn.consume_input()
+                        deadline = time.monotonic() + timeout
+                    if self._wait(deadline):
                         continue
-                    if remaining <= 0:
-                        return None
-                    continue
-                self._streaming = False
-                result = pgconn.get_result()
-                error = _result_error(pgconn, result, prefix='replication stream ended: ')
-                if error.sqlstate is None:  # no word from the server: the connection ended
-                    raise ConnectionLost(str(error))
-                raise error
+                    return None
+                raise self._ended()
         except psycopg_errors().OperationalError as exc:  # evaluated only when raised
             self._streaming = False
             raise ConnectionLost(f'replication connection lost: {exc}') from exc
+
+    def read_batch(self, timeout: float) -> list[tuple[int, Any]]:
+        """The WAL data frames that arrived, as ``(data_start, payload)``, at most
+        ``_BATCH_FRAMES`` of them; empty when none arrives within ``timeout`` seconds.  A
+        pgoutput Begin or Commit may come decoded: ``(FRAME_BEGIN, (final_lsn, commit_ts,
+        xid))`` or ``(FRAME_COMMIT, (flags, commit_lsn, end_lsn, commit_ts))``, the fields of
+        ``pgoutput.Begin`` / ``Commit``.
+
+        As :meth:`read`, but every frame libpq already holds is taken in one call (``_pqcopy``,
+        when built and bound to psycopg's libpq: a Python call per frame costs as much as a
+        small transaction's change).  :attr:`send_time_us` is the send time of the last one.
+        """
+        if self._unread:
+            frames, self._unread = self._unread, []
+            return frames
+        reader = self._reader
+        if reader is None:
+            frame = self.read(timeout)
+            if frame is None:
+                return []
+            self.send_time_us = frame.send_time_us
+            return [(frame.data_start, bytes(frame.payload))]
+        deadline = None
+        try:
+            while True:
+                frames, state, wal_end, send_time, keepalive = _pqcopy.read_frames(
+                    reader, self._pgconn_ptr, _BATCH_FRAMES)
+                if wal_end > self._received:
+                    self._received = wal_end
+                if send_time:
+                    self.send_time_us = send_time + _EPOCH_OFFSET_US
+                if keepalive:
+                    self._asked_at = None
+                    self._maybe_send_status(force=keepalive == 2)
+                if frames:
+                    self._frames += len(frames)
+                    if self._frames >= _STATUS_EVERY:
+                        self._frames = 0
+                        self._asked_at = None
+                        self._maybe_send_status()
+                if state < 0:
+                    raise self._ended()
+                if state > 1:
+                    self._streaming = False
+                    kind = 'too short' if state == ord('!') else f'type {chr(state)!r}'
+                    raise ReplicationError(f'unexpected replication frame {kind}')
+                if frames:
+                    return frames
+                if keepalive:
+                    continue  # more may wait behind it
+                if deadline is None:
+                    deadline = time.monotonic() + timeout
+                if not self._wait(deadline):
+                    return []
+        except psycopg_errors().OperationalError as exc:  # evaluated only when raised
+            self._streaming = False
+            raise ConnectionLost(f'replication connection lost: {exc}') from exc
+
+    def unread(self, frames: list[tuple[int, Any]]) -> None:
+        """Frames of a batch the caller did not handle: the next read_batch returns them."""
+        self._unread = frames + self._unread
+
+    def _wait(self, deadline: float) -> bool:
+        """libpq holds no complete frame: wait on the socket until ``deadline``; True when
+        more arrived (consumed into libpq), False when the time is up."""
+        pgconn = self._pgconn
+        # Whether the server answered is checked only when the socket runs dry, not per
+        # frame: any frame since the last time counts as an answer.
+        if self._frames != self._frames_when_dry:
+            self._frames_when_dry = self._frames
+            self._asked_at = None
+        self._maybe_send_status()
+        now = time.monotonic()
+        asked = self._asked_at
+        if asked is not None and now - asked > _SILENCE_S:
+            self._streaming = False
+            raise ConnectionLost(f'no answer from the server for {now - asked:.0f} s, not even '
+                                 'to a status update asking for one')
+        remaining = deadline - now
+        # Wake at least every status interval so the server hears from us.  Once the time is
+        # up, still take what already waits in the socket (timeout 0 polls).
+        ready, _, _ = select.select([pgconn.socket], [], [],
+                                    max(0.0, min(remaining, _STATUS_INTERVAL_S)))
+        if ready:
+            pgconn.consume_input()
+            return True
+        return remaining > 0
+
+    def _ended(self) -> ReplicationError:
+        """The COPY ended or failed: the server's error (ConnectionLost when it said nothing)."""
+        pgconn = self._pgconn
+        self._streaming = False
+        result = pgconn.get_result()
+        error = _result_error(pgconn, result, prefix='replication stream ended: ')
+        if error.sqlstate is None:  # no word from the server: the connection ended
+            return ConnectionLost(str(error))
+        return error
 
     @property
     def received_lsn(self) -> int:
