@@ -230,8 +230,9 @@ def read_pg_recvlogical(work: Workload, slot: str) -> float:
 def read_python(work: Workload, slot: str, mode: str) -> tuple[float, int]:
     """A plain loop without Beam over the slot; returns (seconds, changes).
 
-    ``receive``: frames read through ``ReplicationStream`` and dropped (changes counted by the
-    message type byte), the floor of any Python reader over libpq; ``decode``: also decoded
+    ``receive``: frames read through ``ReplicationStream.read_batch`` (the C loop of
+    ``_pqcopy``, as the pipeline reads) and dropped (changes counted by the message type
+    byte), the floor of the pipeline's reader; ``decode``: also decoded
     and assembled into ChangeEvents the way the pipeline does (fast path first);
     ``json``: also the Debezium JSON line of each event (``debezium_json_bytes``, as the
     jsonl sink makes it).
@@ -251,8 +252,14 @@ def read_python(work: Workload, slot: str, mode: str) -> tuple[float, int]:
         Truncate,
         TypeMessage,
         Update,
+        new_begin,
+        new_commit,
     )
-    from transforms.sources.postgres.replication import ReplicationStream
+    from transforms.sources.postgres.replication import (
+        FRAME_BEGIN,
+        FRAME_COMMIT,
+        ReplicationStream,
+    )
 
     changes_types = (Insert, Update, Delete, Truncate)
     control = psycopg.connect(work.dsn, autocommit=True)
@@ -270,39 +277,55 @@ def read_python(work: Workload, slot: str, mode: str) -> tuple[float, int]:
     started = time.perf_counter()
     try:
         stream.start(slot, 0, PUBLICATION)
-        while True:
-            frame = stream.read(10.0)
-            if frame is None:
+        done = False
+        while not done:
+            frames = stream.read_batch(10.0)
+            if not frames:
                 break  # nothing for 10 s: the caller reports the shortfall
-            payload = bytes(frame.payload)
-            if mode == 'receive':
-                if payload[0] in b'IUD':
-                    count += 1
-                elif payload[0] == 0x43 and count >= work.changes:  # 'C'ommit
-                    break
-                continue
-            events = assembler.change_from_frame(payload, frame.data_start) \
-                if payload[0] in b'IU' else None
-            if events is None:
-                message: Any = decoder.decode(payload)
+            for start, payload in frames:
+                if start < 0:  # a Begin or Commit the C loop decoded
+                    message: Any = new_begin(*payload) if start == FRAME_BEGIN \
+                        else new_commit(*payload)
+                    if mode == 'receive':
+                        if start == FRAME_COMMIT and count >= work.changes:
+                            done = True
+                            break
+                        continue
+                elif mode == 'receive':
+                    if payload[0] in b'IUD':
+                        count += 1
+                    elif payload[0] == 0x43 and count >= work.changes:  # 'C'ommit
+                        done = True
+                        break
+                    continue
+                else:
+                    events = assembler.change_from_frame(payload, start) \
+                        if payload[0] in b'IU' else None
+                    if events is not None:
+                        count += len(events)
+                        if mode == 'json':
+                            for event in events:
+                                encoded_bytes += len(debezium_json_bytes(event))
+                        continue
+                    message = decoder.decode(payload)
                 kind = type(message)
                 if kind in changes_types:
-                    events = assembler.change(message, frame.data_start)
+                    events = assembler.change(message, start)
+                    count += len(events)
+                    if mode == 'json':
+                        for event in events:
+                            encoded_bytes += len(debezium_json_bytes(event))
                 elif kind is Begin:
                     assembler.begin(message)
                 elif kind is Commit:
                     assembler.commit(message)
                     if count >= work.changes:
+                        done = True
                         break
                 elif kind is Relation:
                     assembler.relation(message)
                 elif kind is TypeMessage:
                     assembler.type(message)
-            if events:
-                count += len(events)
-                if mode == 'json':
-                    for event in events:
-                        encoded_bytes += len(debezium_json_bytes(event))
         seconds = time.perf_counter() - started
     finally:
         stream.close()
