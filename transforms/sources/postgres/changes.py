@@ -114,9 +114,9 @@ class ChangeAssembler:
         self._clock = clock
         self._types: dict[int, pgtypes.TypeInfo] = {}
         self._relations: dict[int, RelationState] = {}
-        self._begin: Begin | None = None
-        self._tx_id = ''
-        self._tx_source: dict[str, Any] = {}
+        # The open transaction: (final_lsn, commit_ts, xid) of its Begin; None between them.
+        self._tx: tuple[int, int, int] | None = None
+        self._tx_source: dict[str, Any] | None = None  # _tx_fields() builds it when asked
         # Defaults from the dataclass itself, so that a new field cannot be missed.
         self._source_template: dict[str, Any] = {
             **{f.name: f.default for f in dataclasses.fields(SourcePosition)
@@ -140,28 +140,39 @@ class ChangeAssembler:
     # -- transaction boundaries ----------------------------------------------------------------
 
     def begin(self, message: Begin) -> None:
-        self._begin = message
+        self.begin_at(message.final_lsn, message.commit_ts, message.xid)
+
+    def begin_at(self, final_lsn: int, commit_ts: int, xid: int) -> None:
+        """A Begin's fields (the read loop gets them decoded by ``_pqcopy``): once per
+        transaction, so only what every change needs is made here."""
+        self._tx = (final_lsn, commit_ts, xid)
         self._total_order = 0
         self._table_order = {}
-        self._tx_id = f'{message.xid}:{message.final_lsn}'
-        # Every field of the transaction's source positions but schema, table and lsn.
-        source = self._tx_source = self._source_template.copy()
-        source['ts_ms'] = message.commit_ts // 1000
-        source['tx_id'] = message.xid
-        source['commit_lsn'] = message.final_lsn
-        self._tx_values = (message.commit_ts // 1000, message.xid, message.final_lsn,
-                           self._tx_id.encode('ascii'))
+        self._tx_source = None
+        self._tx_values = (commit_ts // 1000, xid, final_lsn, b'%d:%d' % (xid, final_lsn))
 
-    def commit(self, message: Commit) -> None:
-        self._begin = None
+    def _tx_fields(self) -> dict[str, Any]:
+        """Every field of the transaction's source positions but schema, table and lsn."""
+        source = self._tx_source
+        if source is None:
+            commit_ms, xid, final_lsn, _ = self._tx_values
+            source = self._tx_source = self._source_template.copy()
+            source['ts_ms'] = commit_ms
+            source['tx_id'] = xid
+            source['commit_lsn'] = final_lsn
+        return source
+
+    def commit(self, message: Commit | None = None) -> None:
+        """The transaction ended (its Commit; the read loop passes none)."""
+        self._tx = None
 
     def abandon(self) -> None:
         """Forget a transaction whose rest will not arrive (the connection broke)."""
-        self._begin = None
+        self._tx = None
 
     @property
     def in_transaction(self) -> bool:
-        return self._begin is not None
+        return self._tx is not None
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -205,7 +216,7 @@ class ChangeAssembler:
         new = previous is None or any(c.name not in known for c in columns)
         catalog = self._lookup_missing(message.oid) if new else {}
         xid = message.xid if message.xid is not None else \
-            self._begin.xid if self._begin is not None else None
+            self._tx[2] if self._tx is not None else None
         out = []
         for column in columns:
             if column.name in known:
@@ -304,7 +315,7 @@ class ChangeAssembler:
         """
         kind = buf[0]
         if (kind != _INSERT and kind != _UPDATE) or len(buf) < 6 or buf[5] != _NEW_TUPLE \
-                or self._begin is None:
+                or self._tx is None:
             return False
         oid = _U32.unpack_from(buf, 1)[0]
         state = self._relations.get(oid)
@@ -340,7 +351,7 @@ class ChangeAssembler:
         if last is not None and last.__class__ is RenderedChanges and last.table is table:
             last.docs.append(doc)
         else:
-            fields = self._tx_source.copy()
+            fields = self._tx_fields().copy()
             fields['schema'] = table.schema
             fields['table'] = table.table
             fields['lsn'] = lsn
@@ -384,13 +395,13 @@ class ChangeAssembler:
 
     def _event(self, op: Op, state: RelationState, lsn: int, before: dict[str, Any] | None,
                after: dict[str, Any] | None, unchanged: frozenset[str]) -> ChangeEvent:
-        if self._begin is None:
+        if self._tx is None:
             raise ValueError(f'{op.name} of {state.schema.name} arrived outside a transaction')
         table = state.schema
         name = table.name
         self._total_order += 1
         order = self._table_order[name] = self._table_order.get(name, 0) + 1
-        fields = self._tx_source.copy()
+        fields = self._tx_fields().copy()
         fields['schema'] = table.schema
         fields['table'] = table.table
         fields['lsn'] = lsn
@@ -399,7 +410,7 @@ class ChangeAssembler:
             'op': op, 'table': table, 'source': SourcePosition.from_fields(fields),
             'before': before, 'after': after, 'ts_ms': int(self._clock() * 1000),
             'transaction': TransactionInfo.from_fields({
-                'id': self._tx_id, 'total_order': self._total_order,
+                'id': self._tx_values[3].decode('ascii'), 'total_order': self._total_order,
                 'data_collection_order': order}),
             'schema_version': None, 'unchanged': unchanged, 'message': None})
 
@@ -414,16 +425,15 @@ class ChangeAssembler:
             payload = {'prefix': message.prefix,
                        'content_base64': base64.b64encode(content).decode('ascii')}
         payload['transactional'] = message.transactional
-        begin = self._begin if message.transactional else None
+        tx = self._tx if message.transactional else None
         now_ms = int(self._clock() * 1000)
         return ChangeEvent(
             op=Op.MESSAGE,
             table=MESSAGES_TABLE,
             source=SourcePosition(
                 connector='postgresql', name=self._server, db=self._database, schema='',
-                table='', ts_ms=begin.commit_ts // 1000 if begin else now_ms,
-                tx_id=begin.xid if begin else None, lsn=lsn,
-                commit_lsn=begin.final_lsn if begin else lsn),
+                table='', ts_ms=tx[1] // 1000 if tx else now_ms,
+                tx_id=tx[2] if tx else None, lsn=lsn, commit_lsn=tx[0] if tx else lsn),
             ts_ms=now_ms,
             message=payload,
         )

@@ -63,11 +63,10 @@ from transforms.sources.postgres.pgoutput import (
     Truncate,
     TypeMessage,
     Update,
-    new_begin,
-    new_commit,
 )
 from transforms.sources.postgres.replication import (
     FRAME_BEGIN,
+    FRAME_COMMIT,
     SESSION_OPTIONS,
     Interrupted,
     ReplicationError,
@@ -101,6 +100,7 @@ _CLUSTER_NOTE = '; cluster '  # then the server's system identifier, before the 
 _METRICS = 'ReadPostgresChanges'
 _BEHIND_US = 1_000_000  # a commit sent this long after it happened means a backlog
 _CATCH_UP_ROUND_S = 1.0  # the longest round while catching up
+_CAUGHT_UP_S = 0.02  # while catching up, a stream silent this long has caught up
 # A catalog lookup or heartbeat unanswered this long: the control connection is dead (a hung
 # server, a network dropping packets), as the replication stream's silence is (replication.py).
 _CONTROL_ANSWER_S = 20.0
@@ -528,6 +528,8 @@ class _ReadSlotFn(StreamReadFn):
         received = 0
         skipping = False  # replayed by the server, emitted before a reconnect
         catching_up = False  # a commit arrived long after it happened: read on while frames wait
+        try_claim = tracker.try_claim
+        frame_begin, frame_commit = FRAME_BEGIN, FRAME_COMMIT
         while True:
             in_tx = assembler.in_transaction
             # A transaction is never cut: inside one, wait for its remaining changes.  The
@@ -535,10 +537,11 @@ class _ReadSlotFn(StreamReadFn):
             if in_tx:
                 timeout = 5.0
             elif catching_up:
-                # Past the usual round length, only what is already there: caught up ends the
-                # round.  Before it, a socket that runs dry for a moment does not: every round
-                # costs a bundle, and the server keeps sending while one ends.
-                timeout = max(0.0, deadline - time.monotonic())
+                # Past the usual round length, a socket dry for _CAUGHT_UP_S means caught up,
+                # and ends the round.  Not a moment's dryness: a reader faster than the
+                # walsender finds the socket empty between most frames, and every round costs
+                # a bundle (~30 ms) during which the server stops once the socket is full.
+                timeout = max(_CAUGHT_UP_S, deadline - time.monotonic())
             else:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
@@ -550,16 +553,8 @@ class _ReadSlotFn(StreamReadFn):
                 break
             ended = False  # the round ends after this frame
             frames_left = iter(frames)
-            message: Any
             for data_start, payload in frames_left:
-                if data_start < 0:  # a Begin or Commit _pqcopy decoded
-                    if data_start == FRAME_BEGIN:
-                        message = new_begin(*payload)
-                        received += 21
-                    else:
-                        message = new_commit(*payload)
-                        received += 26
-                else:
+                if data_start >= 0:  # not a Begin or Commit _pqcopy decoded
                     received += len(payload)
                     events = None
                     if payload and payload[0] in _FAST_KINDS and not skipping \
@@ -578,7 +573,16 @@ class _ReadSlotFn(StreamReadFn):
                         except ValueError as exc:
                             letters.append(_letter('DecodeWal', exc, payload, config, data_start))
                             continue
-                        if isinstance(message, _CHANGES):
+                        if type(message) is Begin:  # on to the Begin below, as _pqcopy gives it
+                            data_start = frame_begin
+                            payload = (message.final_lsn, message.commit_ts, message.xid)
+                            received -= 21  # counted below
+                        elif type(message) is Commit:
+                            data_start = frame_commit
+                            payload = (message.flags, message.commit_lsn, message.end_lsn,
+                                       message.commit_ts)
+                            received -= 26
+                        elif isinstance(message, _CHANGES):
                             if skipping:
                                 continue
                             try:
@@ -587,6 +591,42 @@ class _ReadSlotFn(StreamReadFn):
                                 letters.append(
                                     _letter('ConvertRow', exc, payload, config, data_start))
                                 continue
+                        elif isinstance(message, LogicalMessage):
+                            if message.transactional:
+                                if not skipping:
+                                    event = assembler.message(message, data_start)
+                                    if event is not None:
+                                        batch.append(event)
+                                        pending += 1
+                            # A non-transactional message's lsn is the END of its record, where
+                            # the next record starts: a commit written right after it has that
+                            # lsn as final_lsn.  So the message claims the position before,
+                            # inside its own record.
+                            elif message.lsn - 1 >= start:
+                                if not try_claim(message.lsn - 1):
+                                    self._resync = True
+                                    ended = True
+                                    break
+                                confirm_lsn = max(confirm_lsn, message.lsn)
+                                event = assembler.message(message, data_start)
+                                if event is not None:
+                                    yield from self._emit([event], 1)
+                            continue
+                        else:
+                            if isinstance(message, Relation):
+                                try:
+                                    assembler.relation(message)
+                                except (ValueError, KeyError) as exc:
+                                    letters.append(_letter('DecodeRelation', exc, payload,
+                                                           config, data_start))
+                            elif isinstance(message, TypeMessage):
+                                assembler.type(message)
+                            elif not isinstance(message, Origin):
+                                letters.append(DeadLetter(
+                                    'DecodeWal', f'unexpected {type(message).__name__} message '
+                                    '(streamed transactions are not requested)', payload,
+                                    source=_where(config, data_start)))
+                            continue
                     if events is not None:
                         if events is _RENDERED:
                             pending += 1
@@ -599,71 +639,46 @@ class _ReadSlotFn(StreamReadFn):
                             pending = 0
                             self._emitted_end = last_end
                         continue
-                if type(message) is Begin:
-                    assembler.begin(message)
-                    if message.final_lsn < start:
+                # A Begin or a Commit, as (final_lsn, commit_ts, xid) or (flags, commit_lsn,
+                # end_lsn, commit_ts): the only frames of a small transaction besides its change.
+                if data_start == frame_begin:
+                    final_lsn, begin_ts, xid = payload
+                    received += 21
+                    assembler.begin_at(final_lsn, begin_ts, xid)
+                    if final_lsn < start:
                         # Emitted before a reconnect, unless the connection broke before it was.
                         replay_from = self._replay_from
-                        skipping = replay_from is None or message.final_lsn < replay_from
-                    elif tracker.try_claim(message.final_lsn):
+                        skipping = replay_from is None or final_lsn < replay_from
+                    elif try_claim(final_lsn):
                         skipping = False
                         self._replay_from = None
                     else:
                         self._resync = True  # this Begin is the residual's: reread it there
                         ended = True
                         break
-                elif type(message) is Commit:
-                    assembler.commit(message)
-                    if not skipping:
-                        last_end = message.end_lsn
-                        # Whole transactions only; several small ones share a batch (one Beam
-                        # element each costs more than the changes of a small transaction).
-                        if pending >= config.batch_size:
-                            yield from self._emit(batch, pending)
-                            batch = []
-                            pending = 0
-                            self._emitted_end = last_end
-                        confirm_lsn = message.end_lsn
-                        commit_ts = message.commit_ts
-                    skipping = False
-                    if stream.send_time_us - message.commit_ts > _BEHIND_US:
-                        # Sent long after its commit: a backlog.  Catch up in longer rounds, since
-                        # every round is a bundle that costs ~30 ms to finish and start.
-                        catching_up = True
-                    if time.monotonic() >= (longest if catching_up else deadline):
-                        ended = True
-                        break
-                elif isinstance(message, LogicalMessage):
-                    if message.transactional:
-                        if not skipping:
-                            event = assembler.message(message, data_start)
-                            if event is not None:
-                                batch.append(event)
-                                pending += 1
-                    # A non-transactional message's lsn is the END of its record, where the next
-                    # record starts: a commit written right after it has that lsn as final_lsn.
-                    # So the message claims the position before, inside its own record.
-                    elif message.lsn - 1 >= start:
-                        if not tracker.try_claim(message.lsn - 1):
-                            self._resync = True
-                            ended = True
-                            break
-                        confirm_lsn = max(confirm_lsn, message.lsn)
-                        event = assembler.message(message, data_start)
-                        if event is not None:
-                            yield from self._emit([event], 1)
-                elif isinstance(message, Relation):
-                    try:
-                        assembler.relation(message)
-                    except (ValueError, KeyError) as exc:
-                        letters.append(_letter('DecodeRelation', exc, payload, config, data_start))
-                elif isinstance(message, TypeMessage):
-                    assembler.type(message)
-                elif not isinstance(message, Origin):
-                    letters.append(DeadLetter(
-                        'DecodeWal', f'unexpected {type(message).__name__} message (streamed '
-                        'transactions are not requested)', payload,
-                        source=_where(config, data_start)))
+                    continue
+                _flags, _commit_lsn, end_lsn, end_ts = payload
+                received += 26
+                assembler.commit()
+                if not skipping:
+                    last_end = end_lsn
+                    # Whole transactions only; several small ones share a batch (one Beam
+                    # element each costs more than the changes of a small transaction).
+                    if pending >= config.batch_size:
+                        yield from self._emit(batch, pending)
+                        batch = []
+                        pending = 0
+                        self._emitted_end = last_end
+                    confirm_lsn = end_lsn
+                    commit_ts = end_ts
+                skipping = False
+                if stream.send_time_us - end_ts > _BEHIND_US:
+                    # Sent long after its commit: a backlog.  Catch up in longer rounds, since
+                    # every round is a bundle that costs ~30 ms to finish and start.
+                    catching_up = True
+                if time.monotonic() >= (longest if catching_up else deadline):
+                    ended = True
+                    break
             if ended:
                 stream.unread(list(frames_left))  # the next round's
                 break
