@@ -79,7 +79,11 @@ def _feed(assembler: ChangeAssembler, frames: list[tuple[int, bytes]], render: b
     return batch, rendered
 
 
-def test_rendered_lines_are_the_events_json_for_every_type(pg_db: Any) -> None:
+@pytest.mark.parametrize('native', [True, False], ids=['render_doc', 'python'])
+def test_rendered_lines_are_the_events_json_for_every_type(pg_db: Any, monkeypatch: Any,
+                                                           native: bool) -> None:
+    if not native:  # as without the C module: every document filled in Python (changes._fill)
+        monkeypatch.setattr(pgtypes, '_NATIVE_RENDER_DOC', None)
     values = {**LOADABLE, **TEXT_FORMS}
     with pg_db.connect() as conn:
         conn.execute("CREATE TYPE mood AS ENUM ('sad', 'ok')")

@@ -32,8 +32,14 @@ from transforms import envelope
 from transforms.envelope import Column, Kind, TableSchema, debezium_row_json
 from transforms.sources import postgres
 from transforms.sources.postgres import pgtypes
+from transforms.sources.postgres.changes import _fill
 from transforms.sources.postgres.pgoutput import UNCHANGED_TOAST, RelationColumn
-from transforms.sources.postgres.pgtypes import column_for, wire_row_decoder, wire_row_renderer
+from transforms.sources.postgres.pgtypes import (
+    column_for,
+    wire_doc_renderer,
+    wire_row_decoder,
+    wire_row_renderer,
+)
 
 try:
     from transforms.sources.postgres import _pgwire
@@ -50,7 +56,9 @@ def test_extension_is_built_on_ci() -> None:
     if not os.environ.get('CI'):
         pytest.skip('CI is not set: a checkout without a C compiler may run the Python path')
     from transforms.sources.postgres import _pgwire as built  # must not raise
+    from transforms.sources.postgres import _pqcopy  # noqa: F401  (the stream's frame loop)
     assert pgtypes._NATIVE_DECODE_TUPLE is built.decode_tuple  # and it is the one in use
+    assert pgtypes._NATIVE_RENDER_DOC is built.render_doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +538,26 @@ def rendered(columns: Sequence[Column], buf: bytes, offset: int = 0
         assert got is None
     elif got is not None:
         assert got == (debezium_row_json(table, decoded[0]), decoded[1])
+    # render_doc: the same row inside a document, exactly where nothing follows the tuple.
+    render_doc = wire_doc_renderer(table)
+    assert render_doc is not None
+    doc = render_doc(buf, offset, DOC_PARTS, DOC_VALUES)
+    if got is None or got[1] != len(buf):
+        assert doc is None
+    else:
+        assert doc == _fill(DOC_PARTS, got[0], DOC_VALUES)
     return got
+
+
+# What render_doc writes around a row in rendered(): every kind of value it takes, ints past
+# 64 bits and negative ones included.
+DOC_PARTS = (b'{"after":', b',"a":', b',"b":', b',"c":', b',"d":"', b'",')
+DOC_VALUES = (0, -9_223_372_036_854_775_808, 2**64 + 7, b'12:34')
+
+
+def test_fill_is_the_document_render_into_writes() -> None:
+    assert _fill(DOC_PARTS, b'{}', DOC_VALUES) == (
+        b'{"after":{},"a":0,"b":-9223372036854775808,"c":18446744073709551623,"d":"12:34",')
 
 
 def render_one(oid: int, text: str | bytes) -> Any:
@@ -887,7 +914,7 @@ def test_an_extension_built_before_the_renderer_still_decodes(monkeypatch: Any) 
     stale.decode_tuple = pgtypes._NATIVE_DECODE_TUPLE  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, 'transforms.sources.postgres._pgwire', stale)
     monkeypatch.setattr(postgres, '_pgwire', stale, raising=False)
-    assert pgtypes._load_native() == (pgtypes._NATIVE_DECODE_TUPLE, None)
+    assert pgtypes._load_native() == (pgtypes._NATIVE_DECODE_TUPLE, None, None)
 
 
 @needs_native
@@ -918,6 +945,36 @@ def test_render_a_wrong_plan_raises(args: tuple[Any, ...], error: type[Exception
 
 
 @needs_native
+@needs_native
+@pytest.mark.parametrize(('parts', 'values', 'error'), [
+    ((b'<', b'>'), (1,), TypeError),  # two parts more than values
+    ((b'<', b'|', b'>'), (1, 2), TypeError),
+    ([b'<', b'|', b'>'], (1,), TypeError),
+    ((b'<', b'|', b'>'), [1], TypeError),
+    ((b'<', '|', b'>'), (1,), TypeError),  # a part that is not bytes
+    ((b'<', b'|', b'>'), ('1',), TypeError),  # a value neither int nor bytes
+    ((b'<', b'|', b'>'), (1.5,), TypeError),
+])
+def test_render_doc_wrong_arguments_raise(parts: Any, values: Any,
+                                          error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _pgwire.render_doc((b'"a":',), b's', b'\x00\x01n', 0, parts, values)
+
+
+@needs_native
+def test_render_doc_declines_what_follows_the_tuple_and_writes_around_the_rest() -> None:
+    keys, modes = (b'"a":',), b's'
+    assert _pgwire.render_doc(keys, modes, b'\x00\x01n', 0, (b'<', b'|', b'>'), (7,)) \
+        == b'<{"a":null}|7>'
+    assert _pgwire.render_doc(keys, modes, b'\x00\x01nX', 0, (b'<', b'|', b'>'), (7,)) is None
+    assert _pgwire.render_doc(keys, modes, b'\x00\x01', 0, (b'<', b'|', b'>'), (7,)) is None
+    assert _pgwire.render_doc(keys, modes, b'\x00\x01n', 0, (b'', b''), ()) == b'{"a":null}'
+    big = b'x' * 5000  # past the stack buffer, in a part and in a value
+    assert _pgwire.render_doc(keys, modes, b'\x00\x01n', 0, (big, b'|', big), (big,)) \
+        == big + b'{"a":null}|' + big + big
+
+
+@needs_native
 def test_render_negative_or_huge_offset_is_out_of_range() -> None:
     assert _pgwire.render_tuple((b'"a":',), b's', b'\x00\x01n', -3) is None
     assert _pgwire.render_tuple((b'"a":',), b's', b'\x00\x01n', 2**70) is None
@@ -939,12 +996,18 @@ def test_render_no_reference_or_memory_leaks_on_any_path() -> None:
         tuple_bytes([b'\xff', None, None]),  # invalid UTF-8
         tuple_bytes(['x', None]),  # count mismatch
     ]
-    watched = [keys, modes, *keys]
-    for buf in cases:
+    parts, values = (b'<' * 2000, b'|', b'|', b'>'), (2**70, b'tx')
+    watched = [keys, modes, *keys, parts, values, *parts, *values]
+    for buf in [*cases, cases[0] + b'trailing']:
         for offset in (0, 2**70):
             def call(buf: bytes = buf, offset: int = offset) -> Any:
                 return _pgwire.render_tuple(keys, modes, buf, offset)
 
-            counts = [sys.getrefcount(o) for o in [*watched, buf]]
-            assert _leaked_bytes(call) < 4096, (buf[:40], offset)
-            assert [sys.getrefcount(o) for o in [*watched, buf]] == counts, (buf[:40], offset)
+            def call_doc(buf: bytes = buf, offset: int = offset) -> Any:
+                return _pgwire.render_doc(keys, modes, buf, offset, parts, values)
+
+            for function in (call, call_doc):
+                counts = [sys.getrefcount(o) for o in [*watched, buf]]
+                assert _leaked_bytes(function) < 4096, (buf[:40], offset)
+                assert [sys.getrefcount(o) for o in [*watched, buf]] == counts, \
+                    (buf[:40], offset)

@@ -20,6 +20,12 @@
  * it is sure of; the caller then decodes and encodes in Python, which is the reference.  It
  * calls no Python code: its only error is a MemoryError, which it raises.
  *
+ * render_doc(keys, modes, buf, offset, parts, values) writes a whole document around that JSON:
+ * parts[0], the row, parts[1], values[0], parts[2], ... values[-1], parts[-1], each value an int
+ * (in decimal) or bytes (as they are).  It declines as render_tuple does, and also when anything
+ * follows the tuple in buf.  ChangeAssembler.render_into fills a change's Debezium document with
+ * it: one call where a Python %-format of nine values cost twice the row's rendering.
+ *
  * The buffer comes off the network, so nothing about it is trusted: every read is checked
  * against its length first, and every write into the JSON against the room reserved for it.
  * None means "take the general path", which gives the same row or the precise error.  As in
@@ -724,61 +730,58 @@ write_timestamptz(char *out, const char *text, const timestamp_fields *t)
     return out;
 }
 
-static PyObject *
-render_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Checks a renderer's plan: keys a tuple of bytes, modes bytes of render modes, one each. */
+static int
+check_render_plan(const char *function, PyObject *keys, PyObject *modes)
 {
-    (void)module;
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError,
-                     "render_tuple expected 4 arguments (keys, modes, buf, offset), got %zd",
-                     nargs);
-        return NULL;
-    }
-    PyObject *keys = args[0], *modes = args[1], *buf = args[2], *offset_arg = args[3];
-
     if (!PyTuple_Check(keys) || !PyBytes_Check(modes)) {
-        PyErr_SetString(PyExc_TypeError, "render_tuple: keys must be a tuple, modes bytes");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s: keys must be a tuple, modes bytes", function);
+        return -1;
     }
     Py_ssize_t columns = PyTuple_GET_SIZE(keys);
     if (PyBytes_GET_SIZE(modes) != columns) {
-        PyErr_Format(PyExc_ValueError, "render_tuple: %zd keys but %zd modes", columns,
+        PyErr_Format(PyExc_ValueError, "%s: %zd keys but %zd modes", function, columns,
                      PyBytes_GET_SIZE(modes));
-        return NULL;
+        return -1;
     }
     const char *mode_bytes = PyBytes_AS_STRING(modes);
     for (Py_ssize_t i = 0; i < columns; i++) {
         if (!PyBytes_Check(PyTuple_GET_ITEM(keys, i))) {
-            PyErr_Format(PyExc_TypeError, "render_tuple: the key of column %zd is not bytes", i);
-            return NULL;
+            PyErr_Format(PyExc_TypeError, "%s: the key of column %zd is not bytes", function, i);
+            return -1;
         }
         char mode = mode_bytes[i];
         if (mode != MODE_TEXT && mode != MODE_INT && mode != MODE_BOOL
                 && mode != MODE_TIMESTAMPTZ && mode != MODE_DECIMAL) {
-            PyErr_Format(PyExc_ValueError, "render_tuple: unknown mode byte %d for column %zd",
+            PyErr_Format(PyExc_ValueError, "%s: unknown mode byte %d for column %zd", function,
                          (int)(unsigned char)mode, i);
-            return NULL;
+            return -1;
         }
     }
-    Py_ssize_t pos;
-    int start = tuple_start("render_tuple", buf, offset_arg, columns, &pos);
-    if (start <= 0) {
-        return start < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(buf);
-    const Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    return 0;
+}
 
-    json_writer w;
-    w.data = w.stack;
-    w.capacity = RENDER_STACK_BYTES;
-    w.size = 0;
-    w.data[w.size++] = '{';
+/*
+ * Appends the JSON object of the TupleData's values at data[*pos] (the column count already
+ * read) to w, and moves *pos past them: 1 done, 0 declined (w holds a partial object), -1 out of
+ * memory (raised).
+ */
+static int
+write_row(json_writer *w, PyObject *keys, const char *mode_bytes, const unsigned char *data,
+          Py_ssize_t size, Py_ssize_t *position)
+{
+    Py_ssize_t columns = PyTuple_GET_SIZE(keys);
+    Py_ssize_t pos = *position;
+    if (writer_reserve(w, 1) < 0) {
+        return -1;
+    }
+    w->data[w->size++] = '{';
     for (Py_ssize_t i = 0; i < columns; i++) {
         const char *text = NULL;
         Py_ssize_t length = 0;
         int kind = next_value(data, size, &pos, &text, &length);
         if (!kind) {
-            goto decline;
+            return 0;
         }
         /* First the value's exact JSON size (declining what is not certain), then the writes
          * into room reserved for it. */
@@ -791,53 +794,53 @@ render_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         case MODE_TEXT:
             if (length > JSON_STRING_MAX_INPUT) {
-                goto decline;
+                return 0;
             }
             escaped = json_string_size((const unsigned char *)text, length);
             if (escaped < 0) {
-                goto decline;
+                return 0;
             }
             value_size = escaped + 2;
             break;
         case MODE_INT:
             if (!plain_integer(text, length)) {
-                goto decline;
+                return 0;
             }
             value_size = length;
             break;
         case MODE_BOOL:
             if (length != 1 || (text[0] != 't' && text[0] != 'f')) {
-                goto decline;
+                return 0;
             }
             value_size = text[0] == 't' ? 4 : 5;
             break;
         case MODE_TIMESTAMPTZ:
             if (!parse_utc_timestamp(text, length, &t)) {
-                goto decline; /* another offset, infinity, BC, ...: decode_tuple's parser */
+                return 0; /* another offset, infinity, BC, ...: decode_tuple's parser */
             }
             value_size = t.microsecond ? TIMESTAMPTZ_JSON_FRACTION : TIMESTAMPTZ_JSON;
             break;
         case MODE_DECIMAL:
             if (!plain_decimal(text, length)) {
-                goto decline;
+                return 0;
             }
             value_size = length + 2;
             break;
         default: /* unreachable: the modes were checked above */
-            PyErr_SetString(PyExc_SystemError, "render_tuple: unchecked mode");
-            goto error;
+            PyErr_SetString(PyExc_SystemError, "render: unchecked mode");
+            return -1;
         }
         PyObject *key = PyTuple_GET_ITEM(keys, i);
         Py_ssize_t key_size = PyBytes_GET_SIZE(key);
         /* value_size + 1 cannot overflow (see JSON_STRING_MAX_INPUT); the sum is checked. */
         if (key_size > PY_SSIZE_T_MAX - 1 - value_size) {
             PyErr_NoMemory();
-            goto error;
+            return -1;
         }
-        if (writer_reserve(&w, 1 + key_size + value_size) < 0) {
-            goto error;
+        if (writer_reserve(w, 1 + key_size + value_size) < 0) {
+            return -1;
         }
-        char *out = w.data + w.size;
+        char *out = w->data + w->size;
         if (i > 0) {
             *out++ = ',';
         }
@@ -869,13 +872,46 @@ render_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             *out++ = '"';
             break;
         }
-        w.size = out - w.data;
+        w->size = out - w->data;
     }
-    if (writer_reserve(&w, 1) < 0) {
-        goto error;
+    if (writer_reserve(w, 1) < 0) {
+        return -1;
     }
-    w.data[w.size++] = '}';
+    w->data[w->size++] = '}';
+    *position = pos;
+    return 1;
+}
 
+static PyObject *
+render_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError,
+                     "render_tuple expected 4 arguments (keys, modes, buf, offset), got %zd",
+                     nargs);
+        return NULL;
+    }
+    PyObject *keys = args[0], *modes = args[1], *buf = args[2], *offset_arg = args[3];
+    if (check_render_plan("render_tuple", keys, modes) < 0) {
+        return NULL;
+    }
+    Py_ssize_t pos;
+    int start = tuple_start("render_tuple", buf, offset_arg, PyTuple_GET_SIZE(keys), &pos);
+    if (start <= 0) {
+        return start < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    json_writer w;
+    w.data = w.stack;
+    w.capacity = RENDER_STACK_BYTES;
+    w.size = 0;
+    int written = write_row(&w, keys, PyBytes_AS_STRING(modes),
+                            (const unsigned char *)PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf),
+                            &pos);
+    if (written <= 0) {
+        writer_free(&w);
+        return written < 0 ? NULL : Py_NewRef(Py_None);
+    }
     PyObject *json = PyBytes_FromStringAndSize(w.data, w.size);
     writer_free(&w);
     if (json == NULL) {
@@ -895,13 +931,125 @@ render_tuple(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyTuple_SET_ITEM(result, 0, json); /* steals both references */
     PyTuple_SET_ITEM(result, 1, end);
     return result;
+}
 
-decline:
+static int
+write_bytes(json_writer *w, const char *bytes, Py_ssize_t size)
+{
+    if (writer_reserve(w, size) < 0) {
+        return -1;
+    }
+    memcpy(w->data + w->size, bytes, (size_t)size);
+    w->size += size;
+    return 0;
+}
+
+/* Appends str(value) of an int, or the bytes as they are; -1 with an exception otherwise. */
+static int
+write_value(json_writer *w, PyObject *value)
+{
+    if (PyBytes_Check(value)) {
+        return write_bytes(w, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+    }
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "render_doc: a value is %.100s, not int or bytes",
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow) { /* beyond 64 bits: Python prints it */
+        PyObject *text = PyObject_Str(value);
+        if (text == NULL) {
+            return -1;
+        }
+        Py_ssize_t length;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(text, &length);
+        int failed = utf8 == NULL ? -1 : write_bytes(w, utf8, length);
+        Py_DECREF(text);
+        return failed;
+    }
+    char digits[24];
+    char *end = digits + sizeof digits, *at = end;
+    unsigned long long magnitude = number < 0 ? 0ULL - (unsigned long long)number
+                                              : (unsigned long long)number;
+    do {
+        *--at = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (number < 0) {
+        *--at = '-';
+    }
+    return write_bytes(w, at, end - at);
+}
+
+static PyObject *
+render_doc(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "render_doc expected 6 arguments (keys, modes, buf, "
+                     "offset, parts, values), got %zd", nargs);
+        return NULL;
+    }
+    PyObject *keys = args[0], *modes = args[1], *buf = args[2], *offset_arg = args[3];
+    PyObject *parts = args[4], *values = args[5];
+    if (check_render_plan("render_doc", keys, modes) < 0) {
+        return NULL;
+    }
+    if (!PyTuple_Check(parts) || !PyTuple_Check(values)
+            || PyTuple_GET_SIZE(parts) != PyTuple_GET_SIZE(values) + 2) {
+        PyErr_SetString(PyExc_TypeError, "render_doc: parts and values must be tuples, with "
+                        "two parts more than values");
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(parts);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(parts, i))) {
+            PyErr_Format(PyExc_TypeError, "render_doc: part %zd is not bytes", i);
+            return NULL;
+        }
+    }
+    Py_ssize_t pos;
+    int start = tuple_start("render_doc", buf, offset_arg, PyTuple_GET_SIZE(keys), &pos);
+    if (start <= 0) {
+        return start < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    const Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    json_writer w;
+    w.data = w.stack;
+    w.capacity = RENDER_STACK_BYTES;
+    w.size = 0;
+    PyObject *part = PyTuple_GET_ITEM(parts, 0);
+    if (write_bytes(&w, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part)) < 0) {
+        goto error;
+    }
+    int written = write_row(&w, keys, PyBytes_AS_STRING(modes),
+                            (const unsigned char *)PyBytes_AS_STRING(buf), size, &pos);
+    if (written < 0) {
+        goto error;
+    }
+    if (written == 0 || pos != size) { /* declined, or more than the tuple in the frame */
+        writer_free(&w);
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t i = 1; i < count; i++) {
+        part = PyTuple_GET_ITEM(parts, i);
+        if (write_bytes(&w, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part)) < 0) {
+            goto error;
+        }
+        if (i < count - 1 && write_value(&w, PyTuple_GET_ITEM(values, i - 1)) < 0) {
+            goto error;
+        }
+    }
+    PyObject *doc = PyBytes_FromStringAndSize(w.data, w.size);
     writer_free(&w);
-    Py_RETURN_NONE;
+    return doc;
 
 error:
-    /* Out of memory (the only failure): raised, not declined, as no value is at fault. */
     writer_free(&w);
     return NULL;
 }
@@ -911,6 +1059,11 @@ static PyMethodDef pgwire_methods[] = {
      "decode_tuple(names, modes, parsers, buf, offset) -> (row, end offset) | None\n\n"
      "The pgoutput TupleData at buf[offset] as a dict of the columns' values, or None when\n"
      "it holds anything but text and null values that all convert."},
+    {"render_doc", (PyCFunction)(void (*)(void))render_doc, METH_FASTCALL,
+     "render_doc(keys, modes, buf, offset, parts, values) -> bytes | None\n\n"
+     "parts[0], the JSON of the TupleData at buf[offset] (as render_tuple), then each further\n"
+     "part with a value after all but the last (an int in decimal, bytes as they are); None\n"
+     "when render_tuple would decline or bytes follow the tuple in buf."},
     {"render_tuple", (PyCFunction)(void (*)(void))render_tuple, METH_FASTCALL,
      "render_tuple(keys, modes, buf, offset) -> (json, end offset) | None\n\n"
      "The pgoutput TupleData at buf[offset] as the bytes of its JSON object (each key of\n"

@@ -1,5 +1,5 @@
-"""Type stub of the C fast paths of ``pgtypes.wire_row_decoder`` and ``wire_row_renderer``
-(``_pgwire.c``)."""
+"""Type stub of the C fast paths of ``pgtypes.wire_row_decoder``, ``wire_row_renderer`` and
+``wire_doc_renderer`` (``_pgwire.c``)."""
 from collections.abc import Callable
 from typing import Any
 
@@ -19,3 +19,13 @@ def render_tuple(
     offset: int,
     /,
 ) -> tuple[bytes, int] | None: ...
+
+def render_doc(
+    keys: tuple[bytes, ...],
+    modes: bytes,
+    buf: bytes,
+    offset: int,
+    parts: tuple[bytes, ...],
+    values: tuple[int | bytes, ...],
+    /,
+) -> bytes | None: ...

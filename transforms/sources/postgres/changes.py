@@ -56,16 +56,17 @@ _INSERT, _UPDATE, _NEW_TUPLE = b'IUN'
 _U32 = struct.Struct('!I')
 _NO_COLUMNS: frozenset[str] = frozenset()
 # render_into's markers in the order it fills them: a marker value and what takes its place.
+# Each marker of render_into's documents, and what stays of it around the value filled in.
 _MARKERS = (
-    (b'"after":{}', b'"after":%s'),
-    (b'"ts_ms":-1000001', b'"ts_ms":%d'),
-    (b'"txId":-1000002', b'"txId":%d'),
-    (b'"lsn":-1000003', b'"lsn":%d'),
-    (b'"commit_lsn":-1000004', b'"commit_lsn":%d'),
-    (b'"ts_ms":-1000005', b'"ts_ms":%d'),
-    (b'"id":"-1000006"', b'"id":"%s"'),
-    (b'"total_order":-1000007', b'"total_order":%d'),
-    (b'"data_collection_order":-1000008', b'"data_collection_order":%d'),
+    (b'"after":{}', b'"after":', b''),
+    (b'"ts_ms":-1000001', b'"ts_ms":', b''),
+    (b'"txId":-1000002', b'"txId":', b''),
+    (b'"lsn":-1000003', b'"lsn":', b''),
+    (b'"commit_lsn":-1000004', b'"commit_lsn":', b''),
+    (b'"ts_ms":-1000005', b'"ts_ms":', b''),
+    (b'"id":"-1000006"', b'"id":"', b'"'),
+    (b'"total_order":-1000007', b'"total_order":', b''),
+    (b'"data_collection_order":-1000008', b'"data_collection_order":', b''),
 )
 
 
@@ -91,8 +92,20 @@ class RelationState:
     decode_row: Callable[[Sequence[Any]], tuple[dict[str, Any], frozenset[str]]]
     identity: tuple[str, ...]  # replica identity columns, as flagged in the Relation message
     decode_wire: Callable[[bytes, int], tuple[dict[str, Any], int] | None]  # the fast path
-    # render_into's faster path, straight to the row's JSON; None for a relation of other types
-    render_wire: Callable[[bytes, int], tuple[bytes, int] | None] | None
+    # render_into's faster path, straight to a change's document (pgtypes.wire_doc_renderer);
+    # None for a relation of other types, or without the C module
+    render_doc: Callable[[bytes, int, tuple[bytes, ...], tuple[Any, ...]], bytes | None] | None
+
+
+def _fill(parts: tuple[bytes, ...], row: bytes, values: tuple[Any, ...]) -> bytes:
+    """What ``RelationState.render_doc`` writes, in Python: the parts with the row after the
+    first and each value (an int in decimal, bytes as they are) after each next one."""
+    out = [parts[0], row]
+    for part, value in zip(parts[1:-1], values, strict=True):
+        out.append(part)
+        out.append(value if type(value) is bytes else b'%d' % value)
+    out.append(parts[-1])
+    return b''.join(out)
 
 
 class ChangeAssembler:
@@ -126,7 +139,8 @@ class ChangeAssembler:
         self._total_order = 0
         self._table_order: dict[str, int] = {}
         # render_into: per relation oid, (its TableSchema, format of an Insert, of an Update)
-        self._formats: dict[int, tuple[TableSchema, bytes | None, bytes | None]] = {}
+        self._formats: dict[int, tuple[TableSchema, tuple[bytes, ...] | None,
+                                       tuple[bytes, ...] | None]] = {}
         self._tx_values: tuple[int, int, int, bytes] = (0, 0, 0, b'')
 
     @property
@@ -198,7 +212,7 @@ class ChangeAssembler:
         table = TableSchema(schema=message.namespace, table=message.name, columns=columns,
                             key=key)
         state = RelationState(message, table, pgtypes.row_decoder(columns), identity,
-                              pgtypes.wire_row_decoder(columns), pgtypes.wire_row_renderer(table))
+                              pgtypes.wire_row_decoder(columns), pgtypes.wire_doc_renderer(table))
         self._relations[message.oid] = state
         return state
 
@@ -326,27 +340,27 @@ class ChangeAssembler:
         if formats is None or formats[0] is not table:
             formats = self._formats[oid] = (table, self._format(table, Op.CREATE),
                                             self._format(table, Op.UPDATE))
-        layout = formats[1] if kind == _INSERT else formats[2]
-        if layout is None:
-            return False
-        row: bytes | None
-        rendered = state.render_wire(buf, 6) if state.render_wire is not None else None
-        if rendered is not None:
-            row, end = rendered
-        else:  # a value the renderer is not sure of, or no renderer: decode, then encode
-            decoded = state.decode_wire(buf, 6)
-            if decoded is None:
-                return False
-            row, end = debezium_row_json(table, decoded[0]), decoded[1]
-        if row is None or end != len(buf):
+        parts = formats[1] if kind == _INSERT else formats[2]
+        if parts is None:
             return False
         name = table.name
-        self._total_order += 1
-        order = self._table_order[name] = self._table_order.get(name, 0) + 1
+        total = self._total_order + 1
+        order = self._table_order.get(name, 0) + 1
         commit_ms, xid, commit_lsn, tx_id = self._tx_values
         now_ms = int(self._clock() * 1000)
-        doc = layout % (row, commit_ms, xid, lsn, commit_lsn, now_ms, tx_id,
-                        self._total_order, order)
+        values = (commit_ms, xid, lsn, commit_lsn, now_ms, tx_id, total, order)
+        render = state.render_doc
+        doc = render(buf, 6, parts, values) if render is not None else None
+        if doc is None:  # a value the renderer is not sure of, or no renderer: decode, encode
+            decoded = state.decode_wire(buf, 6)
+            if decoded is None or decoded[1] != len(buf):
+                return False
+            row = debezium_row_json(table, decoded[0])
+            if row is None:
+                return False
+            doc = _fill(parts, row, values)
+        self._total_order = total
+        self._table_order[name] = order
         last = batch[-1] if batch else None
         if last is not None and last.__class__ is RenderedChanges and last.table is table:
             last.docs.append(doc)
@@ -359,9 +373,10 @@ class ChangeAssembler:
                                          [doc]))
         return True
 
-    def _format(self, table: TableSchema, op: Op) -> bytes | None:
-        """The %-format render_into fills for ``op`` changes of ``table``: the document of an
-        event made of markers, split where the markers are.  None (never render) unless each
+    def _format(self, table: TableSchema, op: Op) -> tuple[bytes, ...] | None:
+        """The parts render_into fills for ``op`` changes of ``table``: the document of an
+        event made of markers, split where the markers are (the row goes after the first
+        part, each value of render_into after the next).  None (never render) unless each
         marker shows exactly once, in the order render_into fills them."""
         fields = self._source_template.copy()
         fields.update(schema=table.schema, table=table.table, ts_ms=-1000001, tx_id=-1000002,
@@ -372,15 +387,18 @@ class ChangeAssembler:
             'transaction': TransactionInfo.from_fields({
                 'id': '-1000006', 'total_order': -1000007, 'data_collection_order': -1000008}),
             'schema_version': None, 'unchanged': _NO_COLUMNS, 'message': None}))
-        layout = doc.replace(b'%', b'%%')
-        at = -1
-        for marker, slot in _MARKERS:
-            found = layout.find(marker)
-            if found <= at or layout.count(marker) != 1 or not layout.endswith(b'}'):
+        if not doc.endswith(b'}'):
+            return None
+        parts = []
+        rest = doc
+        for marker, before, after in _MARKERS:
+            head, found, tail = rest.partition(marker)
+            if not found or doc.count(marker) != 1:  # missing, out of order or repeated
                 return None
-            at = found
-            layout = layout.replace(marker, slot)
-        return layout[:-1]  # the caller closes it, with the schema version
+            parts.append(head + before)
+            rest = after + tail
+        parts.append(rest[:-1])  # the caller closes it, with the schema version
+        return tuple(parts)
 
     def _old_row(self, state: RelationState, old: Sequence[Any] | None,
                  key: Sequence[Any] | None) -> dict[str, Any] | None:

@@ -42,6 +42,7 @@ __all__ = [
     'row_decoder',
     'text_parser',
     'type_infos',
+    'wire_doc_renderer',
     'wire_row_decoder',
     'wire_row_renderer',
 ]
@@ -684,26 +685,31 @@ _INT_KINDS = (Kind.INT16, Kind.INT32, Kind.INT64)
 
 _WireDecoder = Callable[[bytes, int], tuple[dict[str, Any], int] | None]
 _WireRenderer = Callable[[bytes, int], tuple[bytes, int] | None]
+_DocRenderer = Callable[[bytes, int, tuple[bytes, ...], tuple[Any, ...]], bytes | None]
 _NativeDecodeTuple = Callable[
     [tuple[str, ...], bytes, tuple[Callable[[str], Any] | None, ...], bytes, int],
     tuple[dict[str, Any], int] | None]
 _NativeRenderTuple = Callable[[tuple[bytes, ...], bytes, bytes, int], tuple[bytes, int] | None]
+_NativeRenderDoc = Callable[[tuple[bytes, ...], bytes, bytes, int, tuple[bytes, ...],
+                             tuple[Any, ...]], bytes | None]
 
 
-def _load_native() -> tuple[_NativeDecodeTuple | None, _NativeRenderTuple | None]:
+def _load_native() -> tuple[_NativeDecodeTuple | None, _NativeRenderTuple | None,
+                            _NativeRenderDoc | None]:
     # The C fast path is built by setup.py when a compiler is there (optional=True); the
     # generated Python decoder below gives the same rows, a few times slower, and rows are
     # encoded in Python.
     try:
         from transforms.sources.postgres import _pgwire
     except ImportError:
-        return None, None
+        return None, None, None
     # An extension built from an older _pgwire.c (a checkout pulled without a rebuild) still
     # decodes; only the renderer is missing.
-    return _pgwire.decode_tuple, getattr(_pgwire, 'render_tuple', None)
+    return (_pgwire.decode_tuple, getattr(_pgwire, 'render_tuple', None),
+            getattr(_pgwire, 'render_doc', None))
 
 
-_NATIVE_DECODE_TUPLE, _NATIVE_RENDER_TUPLE = _load_native()
+_NATIVE_DECODE_TUPLE, _NATIVE_RENDER_TUPLE, _NATIVE_RENDER_DOC = _load_native()
 
 # Column modes of _pgwire.decode_tuple and render_tuple (its MODE_* defines): _MODE_CALL is
 # decode_tuple's only, _MODE_DECIMAL render_tuple's only.
@@ -813,8 +819,30 @@ def wire_row_renderer(table: TableSchema) -> _WireRenderer | None:
     those whose text is their JSON string (text, varchar, uuid, json, enum ...), integers,
     boolean, timestamptz and numeric.  ``frame`` must be bytes.
     """
-    if _NATIVE_RENDER_TUPLE is None:
+    native = _NATIVE_RENDER_TUPLE
+    plan = _render_plan(table) if native is not None else None
+    if native is None or plan is None:
         return None
+    render: _WireRenderer = functools.partial(native, *plan)
+    return render
+
+
+def wire_doc_renderer(table: TableSchema) -> _DocRenderer | None:
+    """:func:`wire_row_renderer` writing a whole document around the row's JSON:
+    ``render(frame, offset, parts, values)`` -> ``parts[0] + json + parts[1] + values[0] + ...
+    + parts[-1]`` (an int value in decimal, bytes as they are), or None where the row
+    renderer would give None or where anything follows the tuple in ``frame``.  None (no
+    renderer) as for :func:`wire_row_renderer`."""
+    native = _NATIVE_RENDER_DOC
+    plan = _render_plan(table) if native is not None else None
+    if native is None or plan is None:
+        return None
+    render: _DocRenderer = functools.partial(native, *plan)
+    return render
+
+
+def _render_plan(table: TableSchema) -> tuple[tuple[bytes, ...], bytes] | None:
+    """The C renderers' plan for ``table``: each column's JSON key and render mode."""
     names = [column.name for column in table.columns]
     if len(set(names)) != len(names):  # the row dict would keep one value of a name
         return None
@@ -843,5 +871,4 @@ def wire_row_renderer(table: TableSchema) -> _WireRenderer | None:
         keys = tuple(orjson.dumps(name) + b':' for name in names)
     except orjson.JSONEncodeError:  # a name orjson refuses: so would debezium_row_json
         return None
-    render: _WireRenderer = functools.partial(_NATIVE_RENDER_TUPLE, keys, b''.join(modes))
-    return render
+    return keys, b''.join(modes)
