@@ -27,7 +27,7 @@ import select
 import struct
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 __all__ = ['SESSION_OPTIONS', 'ConnectionLost', 'ReplicationError', 'ReplicationStream',
            'SlotCreated', 'XLogData', 'format_lsn', 'parse_lsn']
@@ -208,6 +208,7 @@ class ReplicationStream:
         self._pgconn_ptr = 0
         self.send_time_us = 0  # of the last frame read_batch returned (Unix epoch)
         self._unread: list[tuple[int, Any]] = []
+        self._failed = 0  # read_batch's state to raise at the next call (it had frames first)
 
     @classmethod
     def connect(cls, dsn: str, application_name: str = 'changebeam') -> ReplicationStream:
@@ -379,6 +380,8 @@ class ReplicationStream:
         if self._unread:
             frames, self._unread = self._unread, []
             return frames
+        if self._failed:
+            self._raise_failure()
         reader = self._reader
         if reader is None:
             frame = self.read(timeout)
@@ -404,12 +407,12 @@ class ReplicationStream:
                         self._frames = 0
                         self._asked_at = None
                         self._maybe_send_status()
-                if state < 0:
-                    raise self._ended()
-                if state > 1:
-                    self._streaming = False
-                    kind = 'too short' if state == ord('!') else f'type {chr(state)!r}'
-                    raise ReplicationError(f'unexpected replication frame {kind}')
+                if state < 0 or state > 1:
+                    # The stream ended or broke after these frames: they go first (as read
+                    # would have handed them over one by one), the error with the next call.
+                    self._failed = state
+                    if not frames:
+                        self._raise_failure()
                 if frames:
                     return frames
                 if keepalive:
@@ -421,6 +424,14 @@ class ReplicationStream:
         except psycopg_errors().OperationalError as exc:  # evaluated only when raised
             self._streaming = False
             raise ConnectionLost(f'replication connection lost: {exc}') from exc
+
+    def _raise_failure(self) -> NoReturn:
+        state, self._failed = self._failed, 0
+        if state < 0:
+            raise self._ended()
+        self._streaming = False
+        kind = 'too short' if state == ord('!') else f'type {chr(state)!r}'
+        raise ReplicationError(f'unexpected replication frame {kind}')
 
     def unread(self, frames: list[tuple[int, Any]]) -> None:
         """Frames of a batch the caller did not handle: the next read_batch returns them."""
