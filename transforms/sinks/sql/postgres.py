@@ -110,6 +110,8 @@ class _PostgresTarget(Target):
         self._conn = psycopg.connect(pg_conninfo(self._dsn), autocommit=True)
         self._cur = self._conn.cursor()
         self._stages: dict[tuple[Any, ...], str] = {}
+        self._pending: list[tuple[str, Sequence[Any]]] = []
+        self._row_by_row = False
         self._known_types: dict[str, bool] = {}
         self._generation = 0
         for attempt in (1, 2):
@@ -185,7 +187,33 @@ class _PostgresTarget(Target):
 
     def _run(self, statement: str, params: Sequence[Any] = ()) -> Any:
         # Always with a parameter sequence: pg_ident doubled any '%' in names for this.
+        if self._pending:
+            return self._flush((statement, params))
         return self._cur.execute(statement, params)
+
+    def _defer(self, statement: str, params: Sequence[Any] = ()) -> None:
+        """Send ``statement`` with the next one, in the same round trip: a statement whose
+        result nothing reads (BEGIN, the locks, a stage's TRUNCATE).  Every round trip of a
+        batch costs the writer thread a wait for the GIL besides the server's answer."""
+        self._pending.append((statement, params))
+
+    def _settle(self) -> None:
+        """Row by row, a write's deferred statements are sent before the write returns."""
+        if self._row_by_row:
+            self._flush()
+
+    def _flush(self, last: tuple[str, Sequence[Any]] | None = None) -> Any:
+        """The deferred statements, then ``last`` (whose result the cursor holds), in one
+        round trip (libpq's pipeline mode); the first error is raised as it would be alone."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return self._cur.execute(*last) if last is not None else self._cur
+        with self._conn.pipeline():
+            for statement, params in pending:
+                self._cur.execute(statement, params)
+            if last is not None:
+                self._cur.execute(*last)
+        return self._cur
 
     # -- tables ---------------------------------------------------------------------------
 
@@ -202,6 +230,7 @@ class _PostgresTarget(Target):
         known = self._known_types.get(type_)
         if known is None:
             psycopg = _psycopg()
+            self._flush()  # the batch's BEGIN first: the block below must be a savepoint
             try:
                 with self._conn.transaction():  # a savepoint inside the batch transaction
                     self._run('SELECT to_regtype(%s)', (type_,))
@@ -219,6 +248,7 @@ class _PostgresTarget(Target):
         definitions = [(c.name, self.column_type(c, connector, c.name in schema.key),
                         c.nullable) for c in schema.columns]
         psycopg = _psycopg()
+        self._flush()  # the batch's BEGIN first: the block below must be a savepoint
         for attempt in (1, 2):
             try:
                 with self._conn.transaction():  # a savepoint: a failure leaves the batch usable
@@ -250,6 +280,7 @@ class _PostgresTarget(Target):
         statements += drop_defaults(target, list(defaults), self.dialect)
         statements += sql.pg_comment_columns(target, [c.name for c in alteration.mark],
                                              DROPPED_NOTE)
+        self._flush()  # the batch's BEGIN first: the block below must be a savepoint
         with self._conn.transaction():
             for statement in statements:
                 self._run(statement)
@@ -267,6 +298,7 @@ class _PostgresTarget(Target):
 
     def _copy(self, stage: str, names: Sequence[str], chunks: Iterable[str]) -> None:
         """COPY the text ``chunks`` (rows of the ``names`` columns, see :func:`_chunks`)."""
+        self._flush()  # COPY has no place in a pipeline
         with self._cur.copy(sql.pg_copy(stage, names)) as copy:
             for chunk in chunks:
                 copy.write(chunk)
@@ -274,14 +306,18 @@ class _PostgresTarget(Target):
     # -- transactions -----------------------------------------------------------------------
 
     def begin(self, row_by_row: bool) -> None:
-        self._run('BEGIN')
+        # Row by row, each row's statements go before its step ends (_settle): a failure must
+        # be that row's, inside its savepoint.
+        self._row_by_row = row_by_row
+        self._defer('BEGIN')
         if row_by_row:  # a deferred constraint must fail at its row, not at COMMIT
-            self._run('SET CONSTRAINTS ALL IMMEDIATE')
+            self._defer('SET CONSTRAINTS ALL IMMEDIATE')
 
     def commit(self) -> None:
         self._run('COMMIT')
 
     def rollback(self) -> None:
+        self._pending = []  # never sent: nothing of them to undo
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -304,8 +340,8 @@ class _PostgresTarget(Target):
         self._stages.clear()
 
     def lock(self, targets: Sequence[TargetTable]) -> None:
-        for target in targets:
-            self._run('SELECT pg_advisory_xact_lock(%s)', (sql.pg_lock_key(target),))
+        for target in targets:  # sent with the batch's first statement that needs an answer
+            self._defer('SELECT pg_advisory_xact_lock(%s)', (sql.pg_lock_key(target),))
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -335,8 +371,9 @@ class _PostgresTarget(Target):
                    _chunks([tb.table.by_name[k] for k in key], [c.values for c in changes],
                            [f'{c.pos}\t{c.key_hash}' for c in changes]))
         self._run(sql.pg_delete(tb.target, stage, key))
-        self._run(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
-        self._run(f'TRUNCATE {stage}')
+        self._defer(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
+        self._defer(f'TRUNCATE {stage}')
+        self._settle()
 
     def read_row(self, tb: TableBatch, table: TableSchema, key: Sequence[Any],
                  names: Sequence[str]) -> Sequence[Any] | None:
@@ -375,7 +412,8 @@ class _PostgresTarget(Target):
             self._copy(stage, names, chunks)
             self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key, nulled))
             stale += len(group) - max(self._cur.rowcount, 0)
-            self._run(f'TRUNCATE {stage}')
+            self._defer(f'TRUNCATE {stage}')  # with the next statement (COMMIT, often)
+        self._settle()
         return stale
 
     def append(self, tb: TableBatch, changes: Sequence[RowChange]) -> None:
@@ -387,7 +425,8 @@ class _PostgresTarget(Target):
                                              _values(group, fill),
                                              [f'{c.pos}\t{c.key_hash}' for c in group]))
             self._run(sql.pg_append(tb.target, stage, names))
-            self._run(f'TRUNCATE {stage}')
+            self._defer(f'TRUNCATE {stage}')
+        self._settle()
 
     def drop_tombstones(self, target: TargetTable, hashes: Sequence[str]) -> None:
         self._run(sql.PG_DROP_TOMBSTONES, (sql.pg_label(target), ','.join(hashes)))
@@ -395,6 +434,7 @@ class _PostgresTarget(Target):
     def prune_tombstones(self, older_than_s: float, limit: int) -> int:
         # Its own short transaction; a tombstone row a batch holds makes it give up (55P03)
         # rather than keep the rows it already deleted locked while it waits.
+        self._flush()
         with self._conn.transaction():
             self._run("SET LOCAL lock_timeout = '2s'")
             self._run(sql.PG_PRUNE_TOMBSTONES, (older_than_s, limit, older_than_s))
