@@ -134,6 +134,12 @@ class Column:
     default: str | None = None  # text form of the value rows older than the column hold
 
 
+def _name_part(part: str) -> str:
+    if '.' in part or '"' in part:
+        return '"' + part.replace('"', '""') + '"'
+    return part
+
+
 @dataclasses.dataclass(frozen=True)
 class TableSchema:
     """The shape of a captured table at one point in its history.
@@ -149,6 +155,17 @@ class TableSchema:
 
     @cached_property
     def name(self) -> str:
+        """``schema.table`` (``table`` without a schema): the table's identity in the
+        pipeline (schema registry, file directories, routes, per-table order).  A part that
+        holds a dot or a double quote is double-quoted as in SQL, so that two tables never
+        share a name: ``"a.b".c`` and ``a."b.c"``, not ``a.b.c`` for both."""
+        table = _name_part(self.table)
+        return f'{_name_part(self.schema)}.{table}' if self.schema else table
+
+    @property
+    def dotted_name(self) -> str:
+        """``schema.table`` joined as it is, quoting nothing: what :attr:`name` was before
+        it quoted parts with dots, which a target made then may have recorded."""
         return f'{self.schema}.{self.table}' if self.schema else self.table
 
     @cached_property

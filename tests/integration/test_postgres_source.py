@@ -1026,3 +1026,39 @@ def test_a_database_in_another_encoding_streams_its_text(postgres: Any, tmp_path
         assert not list((tmp_path / 'out' / '_dead_letters').glob('*.jsonl')), output
     finally:
         postgres.drop_database(name)
+
+
+def test_tables_whose_dotted_names_join_alike_stay_two_tables(pg_db: Any, tmp_path: Path) -> None:
+    """``"a.b".c`` and ``a."b.c"`` are two tables: each gets its own directory, schema versions
+    and per-table order, none the other's columns (both used to be ``a.b.c``)."""
+    with pg_db.connect() as conn:
+        conn.execute('CREATE SCHEMA "a.b"')
+        conn.execute('CREATE SCHEMA a')
+        conn.execute('CREATE TABLE "a.b".c (id integer PRIMARY KEY, x text)')
+        conn.execute('CREATE TABLE a."b.c" (id integer PRIMARY KEY, y integer, z integer)')
+        conn.execute('''INSERT INTO "a.b".c VALUES (1, 'one'), (2, 'two')''')
+        conn.execute('INSERT INTO a."b.c" VALUES (1, 10, 100)')
+    out = tmp_path / 'out'
+    process = start_cdc(pg_db.dsn, out, '--schema_registry', str(tmp_path / 'schemas'),
+                        '--max_idle_secs', '3')
+    with pg_db.connect() as conn:
+        wait_for_slot(conn, f'changebeam_{pg_db.name}'.lower())
+    with pg_db.connect() as conn, conn.transaction():  # one transaction over both
+        conn.execute('''INSERT INTO "a.b".c VALUES (3, 'three')''')
+        conn.execute('INSERT INTO a."b.c" VALUES (2, 20, 200), (3, 30, 300)')
+    output = finish(process)
+    by_directory = {path.name: [json.loads(line) for file in sorted(path.glob('*.jsonl'))
+                                for line in file.read_text().splitlines()]
+                    for path in out.iterdir() if path.is_dir()}
+    assert not by_directory.pop('_dead_letters', None), output[-2000:]
+    assert set(by_directory) == {'%22a.b%22.c', 'a.%22b.c%22'}, output[-2000:]
+    for directory, columns in (('%22a.b%22.c', {'id', 'x'}), ('a.%22b.c%22', {'id', 'y', 'z'})):
+        docs = by_directory[directory]
+        rows = [d for d in docs if d['op'] != 'm']
+        assert all(set(d['after']) == columns for d in rows), rows
+        changes = [d['message'] for d in docs if d['op'] == 'm'
+                   and d['message'].get('kind') == 'schema_change']
+        assert len(changes) == 1 and changes[0]['previous_version'] is None, changes
+    streamed = [d for d in by_directory['a.%22b.c%22'] if d['op'] == 'c']
+    assert [d['transaction']['data_collection_order'] for d in streamed] == [1, 2]
+

@@ -586,6 +586,23 @@ def test_mariadb_never_merges_two_source_tables_into_one_target_table(mariadb_db
     assert users() == ((1, 'ann'), (2, 'bob'))
 
 
+def test_mariadb_target_recorded_under_a_dotted_name_before_it_was_quoted(mariadb_db, tmp_path):
+    """A target made when ``"a.b".users`` was named ``a.b.users`` holds that name in its
+    comment: the same source table, now named with quotes, still writes to it."""
+    table = TableSchema('a.b', 'users', (Column('id', Kind.INT32, 'integer', nullable=False),
+                                         Column('name', Kind.TEXT, 'text')), key=('id',))
+    assert table.name == '"a.b".users'
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('CREATE TABLE users (id int PRIMARY KEY, name text, _cb_pos varchar(64)) '
+                    "COMMENT='changebeam source: a.b.users'")
+    letters, _ = run([change('c', 1, table=table, after={'id': 1, 'name': 'alice'})],
+                     WriteChangesToMySQL(mariadb_db.dsn), tmp_path)
+    assert letters == []
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('SELECT id, name FROM users')
+        assert cur.fetchall() == ((1, 'alice'),)
+
+
 def test_mariadb_route_into_another_database_beside_an_unrouted_table(mariadb, mariadb_db,
                                                                       tmp_path):
     """A batch with a table routed to 'otherdb.t' (a form docs/sinks.md allows) and one

@@ -334,3 +334,27 @@ def test_a_row_json_that_does_not_convert_is_declined_not_raised() -> None:
     assert debezium_row_json(table, {'b': 'not bytes', 'd': None}) is None
     assert debezium_row_json(table, {'b': None, 'd': 5}) is None
     assert debezium_row_json(table, {'b': None, 'd': None, 'x': 2**70}) is None
+
+
+@pytest.mark.parametrize(('schema', 'table', 'name'), [
+    ('public', 'orders', 'public.orders'),
+    ('', 'orders', 'orders'),
+    ('a.b', 'c', '"a.b".c'),
+    ('a', 'b.c', 'a."b.c"'),
+    ('', 'b.c', '"b.c"'),
+    ('we"ird', 't', '"we""ird".t'),
+    ('Shop', 'Order Items', 'Shop.Order Items'),  # only dots and quotes are quoted
+])
+def test_table_names_quote_the_parts_that_would_make_them_ambiguous(schema: str, table: str,
+                                                                   name: str) -> None:
+    assert TableSchema(schema, table, ()).name == name
+    assert TableSchema(schema, table, ()).dotted_name == (f'{schema}.{table}' if schema
+                                                          else table)
+
+
+@given(st.text(max_size=6), st.text(min_size=1, max_size=6), st.text(max_size=6),
+       st.text(min_size=1, max_size=6))
+def test_two_tables_never_share_a_name(schema: str, table: str, schema2: str,
+                                       table2: str) -> None:
+    if (schema, table) != (schema2, table2):
+        assert TableSchema(schema, table, ()).name != TableSchema(schema2, table2, ()).name

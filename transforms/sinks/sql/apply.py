@@ -611,7 +611,8 @@ class Applier:
             source = tb.table.name
             owner = target.claim(tb.target, source) or self._sources.setdefault(tb.target,
                                                                                  source)
-            if owner != source:
+            # A target recorded before names quoted their dotted parts has the plain join.
+            if owner != source and owner != tb.table.dotted_name:
                 return self._shared(tb.target, owner, source)
             high_water: str | None = None
             for schema in todo:
