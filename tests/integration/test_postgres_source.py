@@ -2,6 +2,7 @@
 PostgreSQL 15, checked by rebuilding the tables from the emitted change files."""
 from __future__ import annotations
 
+import base64
 import collections
 import functools
 import json
@@ -1062,3 +1063,45 @@ def test_tables_whose_dotted_names_join_alike_stay_two_tables(pg_db: Any, tmp_pa
     streamed = [d for d in by_directory['a.%22b.c%22'] if d['op'] == 'c']
     assert [d['transaction']['data_collection_order'] for d in streamed] == [1, 2]
 
+
+def test_sql_ascii_bytes_that_are_not_utf8_are_dead_letters_snapshot_and_stream(
+        postgres: Any, tmp_path: Path) -> None:
+    """A SQL_ASCII database stores any bytes as text.  A value that is not UTF-8 made the
+    server refuse the whole snapshot copy (a crash, no row read); now that row, as a change
+    streamed with such a value, is a dead letter naming the column and the bytes, and every
+    other row arrives."""
+    name = f'enc_bytes_{uuid.uuid4().hex[:8]}'
+    with postgres.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
+                     "LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        db = PgDatabase(name, postgres)
+        with db.connect() as conn:
+            conn.execute("SET client_encoding = 'SQL_ASCII'")
+            conn.execute('CREATE TABLE t (id int PRIMARY KEY, s text, n int)')
+            conn.execute(b"INSERT INTO t VALUES (1, 'caf\xe9 in latin1', 1), "
+                         b"(2, 'ascii', 2), (3, 'caf\xc3\xa9 in utf-8', 3), (4, 'tab\tnl\n', 4)")
+            conn.execute("SET client_encoding = 'UTF8'")  # for the queries' parameters
+            cdc = start_cdc(db.dsn, tmp_path / 'out', *CAUGHT_UP_OPTIONS)
+            wait_for_slot(conn, f'changebeam_{name}')
+            conn.execute("SET client_encoding = 'SQL_ASCII'")
+            conn.execute(b"INSERT INTO t VALUES (5, 'na\xefve', 5), (6, 'fine', 6)")
+            conn.execute("SET client_encoding = 'UTF8'")
+            output = stop_when_caught_up(cdc, conn, f'changebeam_{name}')
+        docs = [d for d in read_jsonl_dir(str(tmp_path / 'out')) if 'op' in d]  # not letters
+        rows = {d['after']['id']: d['after']['s'] for d in docs if d['op'] in ('r', 'c')}
+        assert rows == {2: 'ascii', 3: 'café in utf-8', 4: 'tab\tnl\n', 6: 'fine'}, output
+        letters = [json.loads(line) for path in (tmp_path / 'out' / '_dead_letters').glob(
+            '*.jsonl') for line in path.read_text().splitlines()]
+        by_step = {letter['step']: letter for letter in letters}
+        assert sorted(by_step) == ['DecodeWal', 'ReadSnapshot'], letters
+        snapshot = by_step['ReadSnapshot']
+        assert "column 's' of public.t" in snapshot['error'], snapshot
+        assert "b'caf\\xe9 in latin1'" in snapshot['error'], snapshot
+        # The row's fields in COPY text form, for a person (or COPY) to take up.
+        assert base64.b64decode(snapshot['payload']['base64']) == b'1\tcaf\xe9 in latin1\t1'
+        streamed = by_step['DecodeWal']
+        assert 'text column value is not UTF-8' in streamed['error'], streamed
+        assert b"na\xefve" in base64.b64decode(streamed['payload']['base64'])
+    finally:
+        postgres.drop_database(name)

@@ -363,6 +363,7 @@ class _ReadSlotFn(StreamReadFn):
         if claim and not tracker.try_claim(consistent_point):
             return
         rows = 0
+        letters: list[DeadLetter] = []  # rows that could not be read (see read_snapshot)
         import psycopg
 
         try:
@@ -370,12 +371,18 @@ class _ReadSlotFn(StreamReadFn):
                     conn.fileno, self._config.dsn, 'the snapshot'):
                 for batch in read_snapshot(conn, name, tables, self._assembler,
                                            consistent_point,
-                                           batch_size=self._config.batch_size):
+                                           batch_size=self._config.batch_size,
+                                           letters=letters):
                     read = sum(event.op is Op.READ for event in batch)  # not the markers
                     rows += read
                     self._emitted += read
                     self._changes.inc(read)
                     yield batch
+                    if letters:
+                        self._dead.inc(len(letters))
+                        for letter in letters:
+                            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+                        letters.clear()
                     self._progress.update(self._emitted, self._confirmed_changes, None,
                                           f'snapshot at {format_lsn(consistent_point)}')
         except psycopg.OperationalError as exc:

@@ -52,7 +52,11 @@ SESSION_OPTIONS = ('-c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=h
 """Output formats the type parsers read, whatever the server's or the role's defaults are:
 the walsender and COPY print values with the session's settings.  UTF-8 text also from a
 database in another encoding (pgoutput converts text to the client encoding; a LATIN1
-database's text would not decode), and text from a SQL_ASCII one, as its bytes are."""
+database's text would not decode).  But not from a SQL_ASCII database, which stores any
+bytes: there the server refuses to send a value that is not UTF-8 as UTF-8, and the slot
+could never move past that change, so the replication connection takes the bytes as they
+are (``ReplicationStream.connect``) and a change whose text does not decode is a dead
+letter; the snapshot does the same for its rows (``snapshot.read_snapshot``)."""
 
 
 class ReplicationError(RuntimeError):
@@ -224,7 +228,14 @@ class ReplicationStream:
             pgconn.finish()
             # libpq reports no SQLSTATE for a connection it could not make: 08001.
             raise ReplicationError(f'cannot open a replication connection: {message}', '08001')
-        return cls(pgconn)
+        stream = cls(pgconn)
+        if pgconn.parameter_status(b'server_encoding') == b'SQL_ASCII':
+            try:  # the bytes as they are (see SESSION_OPTIONS)
+                stream._command("SET client_encoding = 'SQL_ASCII'")
+            except BaseException:
+                pgconn.finish()
+                raise
+        return stream
 
     def fileno(self) -> int | None:
         """The connection's socket (None once closed)."""

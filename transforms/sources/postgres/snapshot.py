@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from transforms.envelope import ChangeEvent, Op, SourcePosition, snapshot_complete
+from transforms.dead_letter import DeadLetter
+from transforms.envelope import ChangeEvent, Op, SourcePosition, TableSchema, snapshot_complete
 from transforms.sources.postgres.catalog import TableRef, quote_ident, table_columns
 from transforms.sources.postgres.changes import ChangeAssembler
 from transforms.sources.postgres.pgoutput import Relation, RelationColumn
@@ -59,6 +60,35 @@ WHERE c.relkind <> 'p' AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c
 """
 
 
+def _utf8_row(values: Sequence[bytes | None], table: TableSchema, position: SourcePosition,
+              letters: list[DeadLetter] | None) -> list[str | None] | None:
+    """A SQL_ASCII row's fields decoded as UTF-8; None, and a dead letter, if one is not."""
+    try:
+        return [None if value is None else value.decode() for value in values]
+    except UnicodeDecodeError:
+        pass
+    error = 'a value is not UTF-8'
+    for column, value in zip(table.columns, values, strict=True):
+        if value is None:
+            continue
+        try:
+            value.decode()
+        except UnicodeDecodeError as exc:
+            bad = value[max(0, exc.start - 16):exc.end + 16]
+            error = (f'column {column.name!r} of {table.name} holds bytes that are not UTF-8 '
+                     f'({bad!r}); the database is SQL_ASCII, which stores any bytes as text')
+            break
+    line = b'\t'.join(b'\\N' if value is None else
+                       value.replace(b'\\', b'\\\\').replace(b'\t', b'\\t')
+                       .replace(b'\n', b'\\n').replace(b'\r', b'\\r')
+                       for value in values)
+    letter = DeadLetter('ReadSnapshot', error, line, source=f'{table.name}@{position.sort_key}')
+    if letters is None:
+        raise ValueError(error)
+    letters.append(letter)
+    return None
+
+
 def _snapshot_columns(conn: Any, ref: TableRef) -> set[str]:
     return {name for name, _, _ in table_columns(conn, ref.oid)}
 
@@ -71,7 +101,8 @@ def _current_columns(conn: Any, ref: TableRef) -> set[str]:
 
 def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                   assembler: ChangeAssembler, consistent_point: int, *,
-                  batch_size: int = 1000) -> Iterator[list[ChangeEvent]]:
+                  batch_size: int = 1000,
+                  letters: list[DeadLetter] | None = None) -> Iterator[list[ChangeEvent]]:
     """Batches of ``op: r`` events of every row of ``tables``, each table's followed by its
     :func:`~transforms.envelope.snapshot_complete` event; the last of those says snapshot 'last'.
 
@@ -89,7 +120,14 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
     one that lost or renamed a column in between (the snapshot's columns could not be
     selected).  A column added in between is left out: the rows are read with the columns of
     the snapshot's point, and the stream announces the new one after it.
+
+    A SQL_ASCII database stores any bytes as text, and the server refuses to send a value
+    that is not UTF-8 in the UTF-8 the session asks for: the whole copy failed.  There each
+    table is copied as the bytes it holds and decoded here; a row with a value that is not
+    UTF-8 goes to ``letters`` (its fields in COPY text form, naming the column and the
+    bytes), as such a change does when streamed, and the rest of the table is read.
     """
+    raw = conn.info.parameter_status('server_encoding') == 'SQL_ASCII'
     if not snapshot:
         replayed = conn.execute('SELECT pg_last_wal_replay_lsn()::text').fetchone()[0]
         if replayed is None:
@@ -135,8 +173,14 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
             if marker is not None:
                 batch.append(marker)
             rows = 0
+            if raw:
+                conn.execute("SET LOCAL client_encoding = 'SQL_ASCII'")  # values as bytes
             with conn.cursor().copy(sql) as copy:
                 for values in copy.rows():
+                    if raw:
+                        values = _utf8_row(values, table, position, letters)
+                        if values is None:
+                            continue
                     after, _ = state.decode_row(values)
                     batch.append(ChangeEvent(op=Op.READ, table=table, source=position,
                                              after=after, ts_ms=int(time.time() * 1000)))
@@ -144,6 +188,8 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                     if len(batch) >= batch_size:
                         yield batch
                         batch = []
+            if raw:
+                conn.execute("SET LOCAL client_encoding = 'UTF8'")
             marker = snapshot_complete(table, position, rows, int(time.time() * 1000))
         if marker is not None:  # the snapshot's last event
             batch.append(marker.replace(source=dataclasses.replace(marker.source,
