@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -999,18 +1000,27 @@ def test_a_source_restart_during_the_snapshot_says_what_to_do(tmp_path: Path) ->
         source.stop()
 
 
+@contextlib.contextmanager
+def database_in(postgres: Any, encoding: str) -> Iterator[PgDatabase]:
+    """A throwaway database in ``encoding`` (C collation), dropped afterwards."""
+    name = f'enc_{encoding.lower()}_{uuid.uuid4().hex[:8]}'
+    with postgres.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' "
+                     "LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        yield PgDatabase(name, postgres)
+    finally:
+        postgres.drop_database(name)
+
+
 @pytest.mark.parametrize('encoding', ['LATIN1', 'SQL_ASCII'])
 def test_a_database_in_another_encoding_streams_its_text(postgres: Any, tmp_path: Path,
                                                          encoding: str) -> None:
     """pgoutput prints text in the client encoding: a LATIN1 database's 'é' streamed as a
     LATIN1 byte, which no UTF-8 decoder takes (every such change a dead letter); a SQL_ASCII
     database was refused for its wal_level (its session returns bytes)."""
-    name = f'enc_{encoding.lower()}_{uuid.uuid4().hex[:8]}'
-    with postgres.connect() as conn:
-        conn.execute(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' "
-                     "LC_CTYPE 'C' TEMPLATE template0")
-    try:
-        db = PgDatabase(name, postgres)
+    with database_in(postgres, encoding) as db:
+        name = db.name
         with db.connect() as conn:
             conn.execute("SET client_encoding = 'UTF8'")
             conn.execute('CREATE TABLE t (id int PRIMARY KEY, s text)')
@@ -1025,8 +1035,6 @@ def test_a_database_in_another_encoding_streams_its_text(postgres: Any, tmp_path
         assert sorted(d['after']['s'] for d in docs if d['op'] != 'm') == [
             'café, snapshot', 'café, snapshot ß', 'naïve, streamed'], output[-3000:]
         assert not list((tmp_path / 'out' / '_dead_letters').glob('*.jsonl')), output
-    finally:
-        postgres.drop_database(name)
 
 
 def test_tables_whose_dotted_names_join_alike_stay_two_tables(pg_db: Any, tmp_path: Path) -> None:
@@ -1070,12 +1078,8 @@ def test_sql_ascii_bytes_that_are_not_utf8_are_dead_letters_snapshot_and_stream(
     server refuse the whole snapshot copy (a crash, no row read); now that row, as a change
     streamed with such a value, is a dead letter naming the column and the bytes, and every
     other row arrives."""
-    name = f'enc_bytes_{uuid.uuid4().hex[:8]}'
-    with postgres.connect() as conn:
-        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
-                     "LC_CTYPE 'C' TEMPLATE template0")
-    try:
-        db = PgDatabase(name, postgres)
+    with database_in(postgres, 'SQL_ASCII') as db:
+        name = db.name
         with db.connect() as conn:
             conn.execute("SET client_encoding = 'SQL_ASCII'")
             conn.execute('CREATE TABLE t (id int PRIMARY KEY, s text, n int)')
@@ -1103,5 +1107,3 @@ def test_sql_ascii_bytes_that_are_not_utf8_are_dead_letters_snapshot_and_stream(
         streamed = by_step['DecodeWal']
         assert 'text column value is not UTF-8' in streamed['error'], streamed
         assert b"na\xefve" in base64.b64decode(streamed['payload']['base64'])
-    finally:
-        postgres.drop_database(name)

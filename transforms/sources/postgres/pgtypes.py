@@ -819,11 +819,7 @@ def wire_row_renderer(table: TableSchema) -> _WireRenderer | None:
     those whose text is their JSON string (text, varchar, uuid, json, enum ...), integers,
     boolean, timestamptz and numeric.  ``frame`` must be bytes.
     """
-    native = _NATIVE_RENDER_TUPLE
-    plan = _render_plan(table) if native is not None else None
-    if native is None or plan is None:
-        return None
-    render: _WireRenderer = functools.partial(native, *plan)
+    render: _WireRenderer | None = _planned(table, _NATIVE_RENDER_TUPLE)
     return render
 
 
@@ -833,12 +829,16 @@ def wire_doc_renderer(table: TableSchema) -> _DocRenderer | None:
     + parts[-1]`` (an int value in decimal, bytes as they are), or None where the row
     renderer would give None or where anything follows the tuple in ``frame``.  None (no
     renderer) as for :func:`wire_row_renderer`."""
-    native = _NATIVE_RENDER_DOC
+    render: _DocRenderer | None = _planned(table, _NATIVE_RENDER_DOC)
+    return render
+
+
+def _planned(table: TableSchema, native: Callable[..., Any] | None) -> Any:
+    """``native`` with ``table``'s render plan bound, or None."""
     plan = _render_plan(table) if native is not None else None
     if native is None or plan is None:
         return None
-    render: _DocRenderer = functools.partial(native, *plan)
-    return render
+    return functools.partial(native, *plan)
 
 
 def _render_plan(table: TableSchema) -> tuple[tuple[bytes, ...], bytes] | None:
