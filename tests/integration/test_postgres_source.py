@@ -1105,5 +1105,5 @@ def test_sql_ascii_bytes_that_are_not_utf8_are_dead_letters_snapshot_and_stream(
         # The row's fields in COPY text form, for a person (or COPY) to take up.
         assert base64.b64decode(snapshot['payload']['base64']) == b'1\tcaf\xe9 in latin1\t1'
         streamed = by_step['DecodeWal']
-        assert 'text column value is not UTF-8' in streamed['error'], streamed
+        assert "the text of column 2 is not UTF-8 (b'na\\xefve')" in streamed['error'], streamed
         assert b"na\xefve" in base64.b64decode(streamed['payload']['base64'])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.pgoutput_frames import encode, tuple_data
+from tests.unit.pgoutput_frames import RawText, encode, tuple_data
 from transforms.sources.postgres.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
@@ -214,6 +214,16 @@ def test_truncated_insert_names_type_and_offset() -> None:
     assert info.value.message_type == 'I'
     assert info.value.offset == len(frame) - 1
     assert "'I'" in str(info.value) and f'offset {len(frame) - 1}' in str(info.value)
+
+
+def test_text_that_is_not_utf8_names_the_column_and_the_bytes() -> None:
+    # A SQL_ASCII database's bytes, as its replication connection sends them.
+    frame = (b'I' + struct.pack('!I', 1) + b'N' + tuple_data(['1', RawText(b'na\xefve')]))
+    with pytest.raises(PgOutputError) as info:
+        PgOutputDecoder().decode(frame)
+    assert info.value.message_type == 'I'
+    assert "the text of column 2 is not UTF-8 (b'na\\xefve')" in str(info.value)
+    assert info.value.offset == frame.index(b'\xef')
 
 
 def test_value_longer_than_frame_raises() -> None:

@@ -369,7 +369,9 @@ def _tuple(buf: bytes, offset: int, _unpack: Any = _U32.unpack_from
     except (struct.error, IndexError):
         raise _Malformed(min(offset, len(buf)), 'truncated tuple data') from None
     except UnicodeDecodeError as exc:
-        raise _Malformed(offset + exc.start, 'text column value is not UTF-8') from None
+        bad = exc.object[max(0, exc.start - 16):exc.end + 16]
+        raise _Malformed(offset + exc.start, f'the text of column {i + 1} is not UTF-8 '
+                                             f'({bytes(bad)!r})') from None
     if offset > len(buf):
         raise _Malformed(len(buf), 'truncated tuple data: a value overruns the frame')
     return tuple(values), offset
