@@ -8,7 +8,7 @@
  * message libpq already holds in one call:
  *
  *     libpq = bind('/path/of/the/libpq/psycopg/loaded.so')  # once per process
- *     frames, state, wal_end, send_time, keepalive = read_frames(libpq, pgconn_ptr, 4096)
+ *     frames, state, wal_end, send_time, keepalive, payload = read_frames(libpq, ptr, 4096)
  *
  * bind() finds PQgetCopyData and PQfreemem in the libpq that is ALREADY loaded at that path
  * (RTLD_NOLOAD: it never loads a second copy; the PGconn must belong to that very library, which
@@ -30,7 +30,8 @@
  *   wal_end    the largest walEnd of the XLogData messages taken, 0 if none;
  *   send_time  the server's send time of the last message taken (microseconds since
  *              2000-01-01), 0 if none;
- *   keepalive  0 none taken, 1 a keepalive was taken, 2 one of them asked for a reply.
+ *   keepalive  0 none taken, 1 a keepalive was taken, 2 one of them asked for a reply;
+ *   payload    the bytes of pgoutput messages taken (the XLogData payloads).
  *
  * Frames taken before a failure state are returned with it; nothing libpq handed over is lost.
  * The messages come off the network: a message too short for its header is state '!' (33).
@@ -154,21 +155,10 @@ static PyObject *
 raw_frame(uint64_t data_start, const char *payload, Py_ssize_t size)
 {
     PyObject *start = PyLong_FromUnsignedLongLong(data_start);
-    if (start == NULL)
-        return NULL;
-    PyObject *bytes = PyBytes_FromStringAndSize(payload, size);
-    if (bytes == NULL) {
-        Py_DECREF(start);
-        return NULL;
-    }
-    PyObject *frame = PyTuple_New(2);
-    if (frame == NULL) {
-        Py_DECREF(start);
-        Py_DECREF(bytes);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(frame, 0, start);
-    PyTuple_SET_ITEM(frame, 1, bytes);
+    PyObject *bytes = start == NULL ? NULL : PyBytes_FromStringAndSize(payload, size);
+    PyObject *frame = bytes == NULL ? NULL : PyTuple_Pack(2, start, bytes);
+    Py_XDECREF(start);
+    Py_XDECREF(bytes);
     return frame;
 }
 
@@ -224,6 +214,7 @@ read_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t wal_end = 0;
     int64_t send_time = 0;
     int keepalive = 0;
+    unsigned long long payload_bytes = 0;
     for (;;) {
         if (PyList_GET_SIZE(frames) >= max_frames) {
             state = 1;
@@ -241,6 +232,7 @@ read_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (end > wal_end)
                 wal_end = end;
             send_time = (int64_t)be64(data + 17);
+            payload_bytes += (unsigned long long)(size - XLOG_HEADER);
             PyObject *frame = decoded(data + XLOG_HEADER, size - XLOG_HEADER);
             if (frame == NULL && PyErr_Occurred()) {
                 lib->freemem(buffer);
@@ -270,8 +262,8 @@ read_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
     }
-    return Py_BuildValue("(NiKLi)", frames, state, (unsigned long long)wal_end,
-                         (long long)send_time, keepalive);
+    return Py_BuildValue("(NiKLiK)", frames, state, (unsigned long long)wal_end,
+                         (long long)send_time, keepalive, payload_bytes);
 
 error:
     Py_DECREF(frames);
@@ -286,7 +278,7 @@ static PyMethodDef pqcopy_methods[] = {
      "What that libpq says of the connection: a check that it owns it."},
     {"read_frames", (PyCFunction)(void (*)(void))read_frames, METH_FASTCALL,
      "read_frames(libpq, pgconn_ptr, max_frames) -> (frames, state, wal_end, send_time,"
-     " keepalive)\n\nEvery complete replication message libpq holds (see the module's"
+     " keepalive, payload)\n\nEvery complete replication message libpq holds (see the module's"
      " comment)."},
     {NULL, NULL, 0, NULL},
 };

@@ -55,8 +55,8 @@ _LOG = logging.getLogger(__name__)
 _INSERT, _UPDATE, _NEW_TUPLE = b'IUN'
 _U32 = struct.Struct('!I')
 _NO_COLUMNS: frozenset[str] = frozenset()
-# render_into's markers in the order it fills them: a marker value and what takes its place.
-# Each marker of render_into's documents, and what stays of it around the value filled in.
+# render_into's markers in the order it fills them: a marker value, and what stays of it
+# around the value filled in.
 _MARKERS = (
     (b'"after":{}', b'"after":', b''),
     (b'"ts_ms":-1000001', b'"ts_ms":', b''),
@@ -130,6 +130,7 @@ class ChangeAssembler:
         # The open transaction: (final_lsn, commit_ts, xid) of its Begin; None between them.
         self._tx: tuple[int, int, int] | None = None
         self._tx_source: dict[str, Any] | None = None  # _tx_fields() builds it when asked
+        self._tx_id: str | None = None  # _event's, made once a transaction when asked
         # Defaults from the dataclass itself, so that a new field cannot be missed.
         self._source_template: dict[str, Any] = {
             **{f.name: f.default for f in dataclasses.fields(SourcePosition)
@@ -138,7 +139,7 @@ class ChangeAssembler:
             'table': '', 'ts_ms': 0}
         self._total_order = 0
         self._table_order: dict[str, int] = {}
-        # render_into: per relation oid, (its TableSchema, format of an Insert, of an Update)
+        # render_into: per relation oid, (its TableSchema, parts of an Insert, of an Update)
         self._formats: dict[int, tuple[TableSchema, tuple[bytes, ...] | None,
                                        tuple[bytes, ...] | None]] = {}
         self._tx_values: tuple[int, int, int, bytes] = (0, 0, 0, b'')
@@ -163,6 +164,7 @@ class ChangeAssembler:
         self._total_order = 0
         self._table_order = {}
         self._tx_source = None
+        self._tx_id = None
         self._tx_values = (commit_ts // 1000, xid, final_lsn, b'%d:%d' % (xid, final_lsn))
 
     def _tx_fields(self) -> dict[str, Any]:
@@ -423,12 +425,15 @@ class ChangeAssembler:
         fields['schema'] = table.schema
         fields['table'] = table.table
         fields['lsn'] = lsn
+        tx_id = self._tx_id
+        if tx_id is None:
+            tx_id = self._tx_id = self._tx_values[3].decode('ascii')
         # Built without the dataclasses' __init__: this runs once per change (hot path).
         return ChangeEvent.from_fields({
             'op': op, 'table': table, 'source': SourcePosition.from_fields(fields),
             'before': before, 'after': after, 'ts_ms': int(self._clock() * 1000),
             'transaction': TransactionInfo.from_fields({
-                'id': self._tx_values[3].decode('ascii'), 'total_order': self._total_order,
+                'id': tx_id, 'total_order': self._total_order,
                 'data_collection_order': order}),
             'schema_version': None, 'unchanged': unchanged, 'message': None})
 

@@ -532,7 +532,7 @@ class _ReadSlotFn(StreamReadFn):
         confirm_lsn = 0
         last_end = self._emitted_end  # the end of the last transaction read whole
         commit_ts = None
-        received = 0
+        received = stream.payload_bytes  # the round's bytes: the difference at its end
         skipping = False  # replayed by the server, emitted before a reconnect
         catching_up = False  # a commit arrived long after it happened: read on while frames wait
         try_claim = tracker.try_claim
@@ -562,7 +562,6 @@ class _ReadSlotFn(StreamReadFn):
             frames_left = iter(frames)
             for data_start, payload in frames_left:
                 if data_start >= 0:  # not a Begin or Commit _pqcopy decoded
-                    received += len(payload)
                     events = None
                     if payload and payload[0] in _FAST_KINDS and not skipping \
                             and not decoder.in_stream:
@@ -583,12 +582,10 @@ class _ReadSlotFn(StreamReadFn):
                         if type(message) is Begin:  # on to the Begin below, as _pqcopy gives it
                             data_start = frame_begin
                             payload = (message.final_lsn, message.commit_ts, message.xid)
-                            received -= 21  # counted below
                         elif type(message) is Commit:
                             data_start = frame_commit
                             payload = (message.flags, message.commit_lsn, message.end_lsn,
                                        message.commit_ts)
-                            received -= 26
                         elif isinstance(message, _CHANGES):
                             if skipping:
                                 continue
@@ -650,7 +647,6 @@ class _ReadSlotFn(StreamReadFn):
                 # end_lsn, commit_ts): the only frames of a small transaction besides its change.
                 if data_start == frame_begin:
                     final_lsn, begin_ts, xid = payload
-                    received += 21
                     assembler.begin_at(final_lsn, begin_ts, xid)
                     if final_lsn < start:
                         # Emitted before a reconnect, unless the connection broke before it was.
@@ -665,7 +661,6 @@ class _ReadSlotFn(StreamReadFn):
                         break
                     continue
                 _flags, _commit_lsn, end_lsn, end_ts = payload
-                received += 26
                 assembler.commit()
                 if not skipping:
                     last_end = end_lsn
@@ -692,7 +687,7 @@ class _ReadSlotFn(StreamReadFn):
         if batch:
             yield from self._emit(batch, pending)
         self._emitted_end = last_end
-        self._bytes.inc(received)
+        self._bytes.inc(stream.payload_bytes - received)
         if letters:
             self._dead.inc(len(letters))
             for letter in letters:

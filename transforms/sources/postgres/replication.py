@@ -211,6 +211,7 @@ class ReplicationStream:
         self._reader: Any = None  # _pqcopy's libpq, once streaming (None: frame by frame)
         self._pgconn_ptr = 0
         self.send_time_us = 0  # of the last frame read_batch returned (Unix epoch)
+        self.payload_bytes = 0  # of the pgoutput messages read so far
         self._unread: list[tuple[int, Any]] = []
         self._failed = 0  # read_batch's state to raise at the next call (it had frames first)
 
@@ -351,13 +352,8 @@ class ReplicationStream:
                         start, wal_end, send_time = _XLOG_HEADER.unpack_from(data, 1)
                         if wal_end > self._received:
                             self._received = wal_end
-                        # The clock is read once every _STATUS_EVERY frames of a burst (and
-                        # whenever the socket runs dry), not per frame.
-                        self._frames += 1
-                        if self._frames >= _STATUS_EVERY:
-                            self._frames = 0
-                            self._asked_at = None  # frames flow: the server is there
-                            self._maybe_send_status()
+                        self._count(1)
+                        self.payload_bytes += size - 25
                         return _new_xlog_data(
                             XLogData, (start, wal_end, send_time + _EPOCH_OFFSET_US, data[25:]))
                     if kind == 0x6B:  # 'k'
@@ -403,8 +399,9 @@ class ReplicationStream:
         deadline = None
         try:
             while True:
-                frames, state, wal_end, send_time, keepalive = _pqcopy.read_frames(
+                frames, state, wal_end, send_time, keepalive, payload = _pqcopy.read_frames(
                     reader, self._pgconn_ptr, _BATCH_FRAMES)
+                self.payload_bytes += payload
                 if wal_end > self._received:
                     self._received = wal_end
                 if send_time:
@@ -413,11 +410,7 @@ class ReplicationStream:
                     self._asked_at = None
                     self._maybe_send_status(force=keepalive == 2)
                 if frames:
-                    self._frames += len(frames)
-                    if self._frames >= _STATUS_EVERY:
-                        self._frames = 0
-                        self._asked_at = None
-                        self._maybe_send_status()
+                    self._count(len(frames))
                 if state < 0 or state > 1:
                     # The stream ended or broke after these frames: they go first (as read
                     # would have handed them over one by one), the error with the next call.
@@ -435,6 +428,15 @@ class ReplicationStream:
         except psycopg_errors().OperationalError as exc:  # evaluated only when raised
             self._streaming = False
             raise ConnectionLost(f'replication connection lost: {exc}') from exc
+
+    def _count(self, frames: int) -> None:
+        # The clock is read once every _STATUS_EVERY frames of a burst (and whenever the
+        # socket runs dry), not per frame.
+        self._frames += frames
+        if self._frames >= _STATUS_EVERY:
+            self._frames = 0
+            self._asked_at = None  # frames flow: the server is there
+            self._maybe_send_status()
 
     def _raise_failure(self) -> NoReturn:
         state, self._failed = self._failed, 0

@@ -78,14 +78,14 @@ def _utf8_row(values: Sequence[bytes | None], table: TableSchema, position: Sour
             error = (f'column {column.name!r} of {table.name} holds bytes that are not UTF-8 '
                      f'({bad!r}); the database is SQL_ASCII, which stores any bytes as text')
             break
+    if letters is None:
+        raise ValueError(error)
     line = b'\t'.join(b'\\N' if value is None else
                        value.replace(b'\\', b'\\\\').replace(b'\t', b'\\t')
                        .replace(b'\n', b'\\n').replace(b'\r', b'\\r')
                        for value in values)
-    letter = DeadLetter('ReadSnapshot', error, line, source=f'{table.name}@{position.sort_key}')
-    if letters is None:
-        raise ValueError(error)
-    letters.append(letter)
+    letters.append(DeadLetter('ReadSnapshot', error, line,
+                              source=f'{table.name}@{position.sort_key}'))
     return None
 
 
