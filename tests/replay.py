@@ -46,7 +46,7 @@ def apply_envelopes(docs: Iterable[Mapping[str, Any]], keys: Mapping[str, tuple[
     ``keys`` gives each table's key columns; ``position`` orders the docs (default: PostgreSQL
     positions).  A duplicate (same position) applies idempotently.  A ``snapshot_complete``
     message removes the rows of its table last written before it: the snapshot did not bring
-    them again, so they were deleted meanwhile.
+    them again, so they were deleted meanwhile (unless it ``skipped`` rows, as the sinks do).
     """
     state: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     written: dict[str, dict[tuple[Any, ...], Any]] = {}  # each row's position
@@ -61,7 +61,8 @@ def apply_envelopes(docs: Iterable[Mapping[str, Any]], keys: Mapping[str, tuple[
             at.clear()
             continue
         if op == 'm':
-            if (doc.get('message') or {}).get('kind') == SNAPSHOT_COMPLETE:
+            message = doc.get('message') or {}
+            if message.get('kind') == SNAPSHOT_COMPLETE and not message.get('skipped'):
                 snapshot = position(doc)
                 for key in [k for k, p in at.items() if p < snapshot]:
                     del rows[key], at[key]

@@ -335,14 +335,20 @@ SNAPSHOT_COMPLETE = 'snapshot_complete'
 
 
 def snapshot_complete(table: TableSchema, source: SourcePosition, rows: int,
-                      ts_ms: int) -> ChangeEvent:
+                      ts_ms: int, skipped: int = 0) -> ChangeEvent:
     """The event after the last snapshot row of ``table`` (at the snapshot's ``source``
     position, also when the table is empty): the snapshot showed every row the table had
     there, so a row a consumer holds from an older position that the snapshot did not bring
     again is gone from the source.  A snapshot taken again after an interrupted one (or on a
-    target that already holds rows) needs this to remove what was deleted meanwhile."""
-    return ChangeEvent(op=Op.MESSAGE, table=table, source=source, ts_ms=ts_ms,
-                       message={'kind': SNAPSHOT_COMPLETE, 'table': table.name, 'rows': rows})
+    target that already holds rows) needs this to remove what was deleted meanwhile.
+
+    ``skipped`` rows the snapshot read but could not turn into events (dead letters) make
+    ``message['skipped']``: then the snapshot did not show every row, and a row it did not
+    bring may still be at the source."""
+    message = {'kind': SNAPSHOT_COMPLETE, 'table': table.name, 'rows': rows}
+    if skipped:
+        message['skipped'] = skipped
+    return ChangeEvent(op=Op.MESSAGE, table=table, source=source, ts_ms=ts_ms, message=message)
 
 
 # ---------------------------------------------------------------------------------------------

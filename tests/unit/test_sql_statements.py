@@ -263,6 +263,19 @@ def test_a_snapshot_complete_event_alone_still_names_its_table():
     assert batch.tables[TargetTable('public', 'log')].snapshot == pos(4)
 
 
+def test_a_snapshot_that_skipped_rows_deletes_nothing():
+    # Its dead-lettered rows are still at the source: a row the snapshot did not bring may be
+    # one of them, so none is taken as deleted; the rows it did bring are written.
+    done = envelope.snapshot_complete(ITEMS, event('r', 4, after={}).source, 1, 0, skipped=2)
+    assert done.message == {'kind': 'snapshot_complete', 'table': ITEMS.name, 'rows': 1,
+                            'skipped': 2}
+    batch = plan([event('r', 4, after={'id': 1, 'name': 'a', 'doc': None}), done])
+    tb = batch.tables[TARGET]
+    assert tb.snapshot is None and list(tb.changes) == ['[1]']
+    assert batch.incomplete_snapshots == [done] and batch.messages == 1
+    assert 'skipped' not in snapshot_done(4).message  # a full snapshot says nothing of it
+
+
 def test_other_messages_touch_no_table():
     batch = plan([ChangeEvent(Op.MESSAGE, ITEMS, event('c', 4).source,
                               message={'kind': 'ddl', 'sql': 'ALTER TABLE items ...'})])

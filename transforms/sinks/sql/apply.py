@@ -449,6 +449,13 @@ class Applier:
             _LOG.warning('%d delete(s) of table(s) without a key not applied (no row identity): %s',
                          len(plan.unkeyed_deletes),
                          sorted({e.table.name for e in plan.unkeyed_deletes}))
+        for event in plan.incomplete_snapshots:
+            _LOG.warning(
+                '%s: the snapshot of %s left %d row(s) out (dead letters): rows the target '
+                'holds from before it are kept, since one of them may be such a row, even '
+                'where the source deleted them meanwhile; take the snapshot again once the '
+                'dead letters are dealt with', self.target.step, event.table.name,
+                event.message.get('skipped'))  # type: ignore[union-attr]
         tables = [*plan.tables.values(), *plan.strays.values()]
         if tables:
             try:

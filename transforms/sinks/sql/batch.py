@@ -15,7 +15,8 @@ Pure (no driver, no Beam).  Events are ordered by ``source.sort_key``; per targe
   table cannot name a row: it is reported in ``unkeyed_deletes`` and not applied);
 * a table's ``snapshot_complete`` event (``envelope.snapshot_complete``) sets ``snapshot``: rows
   older than the snapshot are gone from the source, written like a truncate at its position
-  but after the batch's rows;
+  but after the batch's rows; unless the snapshot skipped rows (dead letters): then it goes to
+  ``incomplete_snapshots`` and nothing is deleted (a row it did not bring may be one of them);
 * other ``m`` events are counted in ``messages``; malformed events go to ``rejected`` with a
   reason;
 * a source table whose target is already another source table's in the batch (``a.users`` and
@@ -147,6 +148,8 @@ class Batch:
     size: int
     # Other source tables going to a target in ``tables``, by target and source table name.
     strays: dict[tuple[TargetTable, str], TableBatch] = dataclasses.field(default_factory=dict)
+    # snapshot_complete events of snapshots that skipped rows: no row is taken as deleted.
+    incomplete_snapshots: list[ChangeEvent] = dataclasses.field(default_factory=list)
 
 
 def key_hash(text: str) -> str:
@@ -243,6 +246,10 @@ def plan_batch(events: Iterable[ChangeEvent],
         op = event.op
         if op is message and not (event.table.columns and event.message
                                   and event.message.get('kind') == SNAPSHOT_COMPLETE):
+            batch.messages += 1
+            continue
+        if op is message and event.message.get('skipped'):  # type: ignore[union-attr]
+            batch.incomplete_snapshots.append(event)
             batch.messages += 1
             continue
         table = event.table

@@ -172,7 +172,7 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                 snapshot='true', lsn=0, commit_lsn=consistent_point)
             if marker is not None:
                 batch.append(marker)
-            rows = 0
+            rows = skipped = 0
             if raw:
                 conn.execute("SET LOCAL client_encoding = 'SQL_ASCII'")  # values as bytes
             with conn.cursor().copy(sql) as copy:
@@ -180,6 +180,7 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                     if raw:
                         values = _utf8_row(values, table, position, letters)
                         if values is None:
+                            skipped += 1
                             continue
                     after, _ = state.decode_row(values)
                     batch.append(ChangeEvent(op=Op.READ, table=table, source=position,
@@ -190,7 +191,7 @@ def read_snapshot(conn: Any, snapshot: str | None, tables: Sequence[TableRef],
                         batch = []
             if raw:
                 conn.execute("SET LOCAL client_encoding = 'UTF8'")
-            marker = snapshot_complete(table, position, rows, int(time.time() * 1000))
+            marker = snapshot_complete(table, position, rows, int(time.time() * 1000), skipped)
         if marker is not None:  # the snapshot's last event
             batch.append(marker.replace(source=dataclasses.replace(marker.source,
                                                                    snapshot='last')))
