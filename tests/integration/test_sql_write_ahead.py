@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import sys
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -37,13 +38,14 @@ def submit_all(applier: Applier, events: list[ChangeEvent], size: int) -> list[A
     return letters + applier.drain()
 
 
-def test_postgres_target_equals_the_source_when_batches_are_written_ahead(pg_db):
+@pytest.mark.parametrize('connections', [2, 1])
+def test_postgres_target_equals_the_source_when_batches_are_written_ahead(pg_db, connections):
     events = stream()
     expected = pg_expected(events)
     shuffled = list(events)
     random.Random(5).shuffle(shuffled)
     default_interval = sys.getswitchinterval()
-    applier = Applier(_PostgresTarget(pg_db.dsn))
+    applier = Applier(_PostgresTarget(pg_db.dsn, connections=connections))
     applier.open()
     assert submit_all(applier, events, 13) == []
     assert pg_rows(pg_db) == expected
@@ -149,11 +151,97 @@ def test_rows_rejected_in_flight_come_back_with_the_next_submit(pg_db):
         conn.execute("ALTER TABLE shop.items ADD CONSTRAINT no_bad CHECK (note <> 'bad')")
     assert applier.submit([change('c', 6, after={'id': 2, 'note': 'bad'}),
                            change('c', 7, after={'id': 3, 'note': 'fine'})]) == []
-    # The rejected row of the batch in flight comes back when the next batch goes in.
+    # The rejected row of the batch in flight comes back once it is committed: from a later
+    # submit (at the latest when every lane is busy) or from drain.
     letters = applier.submit([change('c', 9, after={'id': 4, 'note': 'next'})])
+    letters += applier.submit([change('c', 10, after={'id': 5, 'note': 'last'})])
     assert [(e.after['id'], 'no_bad' in letter.error) for letter, e in letters] == [(2, True)]
     assert applier.drain() == []
     applier.close()
     with pg_db.connect() as conn:
         assert conn.execute('SELECT id, note FROM shop.items ORDER BY id').fetchall() == \
-            [(1, 'a'), (3, 'fine'), (4, 'next')]
+            [(1, 'a'), (3, 'fine'), (4, 'next'), (5, 'last')]
+
+
+def _note(key: int, lsn: int) -> ChangeEvent:
+    return change('c', lsn, after={'id': key, 'note': f'{key}@{lsn}'})
+
+
+def _notes(db: Any) -> dict[int, str]:
+    with db.connect() as conn:
+        return dict(conn.execute('SELECT id, note FROM shop.items').fetchall())
+
+
+def test_rows_staged_ahead_still_lose_to_a_tombstone_of_the_batch_before(pg_db, monkeypatch):
+    """On two lanes a batch COPYs its rows into staging while the batch before it is still
+    written, before that batch's tombstones exist: a late insert of a key the batch before
+    deletes is staged, then found stale after the lock, and staged again without it."""
+    staged, copies = [], []
+    stage_ahead, copy = _PostgresTarget.stage_ahead, _PostgresTarget._copy
+
+    def spy_stage(self: _PostgresTarget, tb: Any) -> None:
+        stage_ahead(self, tb)
+        staged.append(tb.staged is not None)
+
+    def spy_copy(self: _PostgresTarget, stage: str, names: Any, chunks: Any) -> None:
+        copies.append(stage)
+        copy(self, stage, names, chunks)
+
+    monkeypatch.setattr(_PostgresTarget, 'stage_ahead', spy_stage)
+    monkeypatch.setattr(_PostgresTarget, '_copy', spy_copy)
+    applier = Applier(_PostgresTarget(pg_db.dsn))
+    applier.open()
+    try:
+        # Lanes take turns.  Lane 0 makes the table (nothing rendered ahead for it), each lane
+        # its staging table; from then on rows go into staging before the lock.
+        for lsn in (3, 6, 9, 12):
+            assert applier.submit([_note(lsn, lsn), _note(2, lsn + 1)]) == []
+            assert applier.drain() == []
+        assert staged == [False, True, True]
+        staged.clear()
+        copies.clear()
+        # Lane 0 deletes key 2 at 100; lane 1 stages a late insert of it (at 90) at once.
+        assert applier.submit([change('d', 100, before={'id': 2})]) == []
+        assert applier.submit([_note(2, 90), _note(5, 110)]) == []
+        assert applier.drain() == []
+    finally:
+        applier.close()
+    assert staged == [True]  # the inserts (the delete renders nothing ahead)
+    # The delete's keys, the inserts staged ahead, then staged again without the stale one.
+    assert len(copies) == 3, copies
+    assert _notes(pg_db) == {3: '3@3', 6: '6@6', 9: '9@9', 12: '12@12', 5: '5@110'}
+
+
+def test_a_batch_after_one_that_failed_writes_nothing(pg_db):
+    """The next batch, on the other lane, waits for the one before it to commit before it
+    takes its locks; when that one fails, it writes nothing (batches commit in order, and the
+    retried bundle writes both)."""
+    applier = Applier(_PostgresTarget(pg_db.dsn), max_attempts=1)
+    applier.open()
+    try:
+        for lsn in (3, 6):  # both lanes connected, each with its staging table
+            assert applier.submit([_note(lsn, lsn)]) == []
+        assert applier.drain() == []
+        first = applier.target._conn.info.backend_pid  # type: ignore[attr-defined]
+        with psycopg.connect(pg_db.dsn) as blocker:
+            blocker.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')
+            assert applier.submit([_note(10, 30)]) == []  # lane 0: waits for the table
+            assert applier.submit([_note(11, 33)]) == []  # lane 1: stages, waits for lane 0
+            with pg_db.connect() as conn:
+                deadline = time.monotonic() + 30
+                while not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND "
+                                       "wait_event_type = 'Lock'", (first,)).fetchone():
+                    assert time.monotonic() < deadline, 'lane 0 never waited for the table'
+                    time.sleep(0.02)
+                conn.execute('SELECT pg_terminate_backend(%s)', (first,))
+            blocker.rollback()
+        with pytest.raises(psycopg.OperationalError):
+            applier.drain()
+        assert _notes(pg_db) == {3: '3@3', 6: '6@6'}
+        # Both lanes write again.
+        assert applier.submit([_note(10, 30)]) == []
+        assert applier.submit([_note(11, 33)]) == []
+        assert applier.drain() == []
+    finally:
+        applier.close()
+    assert _notes(pg_db) == {3: '3@3', 6: '6@6', 10: '10@30', 11: '11@33'}

@@ -374,6 +374,8 @@ def test_sinks_refuse_bad_options():
         WriteChangesToPostgres('postgresql://db/x', route=42)
     with pytest.raises(ValueError, match='max_batch_size'):
         WriteChangesToMySQL('mysql://db/x', max_batch_size=0)
+    with pytest.raises(ValueError, match='connections 3 must be 1 or 2'):
+        WriteChangesToPostgres('postgresql://db/x', connections=3)
     with pytest.raises(ValueError, match=r'tombstone_retention .* must not be negative'):
         WriteChangesToPostgres('postgresql://db/x', tombstone_retention=dt.timedelta(hours=-1))
     with pytest.raises(ValueError, match=r'tombstone_retention 3600 must be a datetime\.timedelta'):

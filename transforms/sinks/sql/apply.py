@@ -3,8 +3,8 @@
     applier = Applier(_PostgresTarget(dsn))     # or _MySQLTarget(dsn)
     applier.open()
     letters = applier.apply(events)            # committed; [(DeadLetter, event), ...] for rejects
-    letters = applier.submit(events)           # written on the writer thread; earlier letters
-    letters = applier.drain()                  # the batch in flight committed; its letters
+    letters = applier.submit(events)           # written on a writer thread; earlier letters
+    letters = applier.drain()                  # the batches in flight committed; their letters
     applier.close()
 
 One batch is one transaction: the target tables' locks, then per table the schema step (create
@@ -29,6 +29,7 @@ retention is then applied again (see docs/sinks.md, *Tombstone retention*).
 from __future__ import annotations
 
 import abc
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -84,6 +85,20 @@ class Target(abc.ABC):
     dialect: str
     transactional_ddl: bool
     permanent: tuple[type[BaseException], ...]
+    # Connections an Applier may write batches on at once (see Applier.submit); above 1 the
+    # target needs ``lane`` and ``stage_ahead``, else there is nothing to overlap.
+    lanes: int = 1
+
+    def lane(self) -> Target:
+        """A new target for another connection to the same place (``lanes`` > 1), sharing
+        what the two must agree on."""
+        raise NotImplementedError
+
+    def stage_ahead(self, tb: TableBatch) -> None:
+        """Optional: in the batch transaction, before :meth:`lock`, send what ``tb``'s
+        rendered upserts (``tb.prepared``) need without the lock, to overlap the batch written
+        on another lane; ``upsert`` uses it only if it still fits (``tb.staged``)."""
+        return None
 
     @abc.abstractmethod
     def target_of(self, table: TableSchema) -> TargetTable: ...
@@ -283,6 +298,18 @@ _switch_holders = 0
 _switch_saved = 0.0
 
 
+class _BatchBeforeFailed(Exception):
+    """The batch submitted before this one failed: this one writes nothing (it is raised from
+    ``drain`` or ``submit``, the bundle is retried, and batches commit in order)."""
+
+
+def _after(previous: concurrent.futures.Future[_Outcome]) -> None:
+    """Wait until the batch before (on another lane) is done; raise if it failed."""
+    concurrent.futures.wait([previous])
+    if previous.exception() is not None:
+        raise _BatchBeforeFailed('the batch submitted before this one failed')
+
+
 def _fast_switching(hold: bool) -> None:
     """Take (or give back) the short GIL switch interval, process-wide, counted."""
     global _switch_holders, _switch_saved
@@ -311,7 +338,12 @@ class Applier:
     ``apply`` writes a batch and returns when it is committed.  ``submit`` hands the batch to
     a writer thread and returns at once with the dead letters of batches that finished before
     it, so that the caller's next batch is planned and rendered while this one is written;
-    batches still commit one at a time, in order, and ``drain`` waits for the last one.
+    batches still commit one at a time, in order, and ``drain`` waits for the last one.  A
+    target with ``lanes`` > 1 (PostgreSQL) gets that many connections, each with its writer
+    thread, and that many batches in flight: a batch sends what needs no lock
+    (``Target.stage_ahead``: the COPY into staging) while the one before it is written, then
+    waits for that one to commit before it takes its locks (so batches still commit in order,
+    and none after one that failed).
 
     ``tombstone_retention`` (None: keep forever) prunes old tombstones after a batch, at most
     once per ``prune_interval_s`` of ``clock``.
@@ -364,24 +396,29 @@ class Applier:
         self._altered = Metrics.counter(step, 'tables_altered')
         self._pruned = Metrics.counter(step, 'tombstones_pruned')
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._in_flight: concurrent.futures.Future[_Outcome] | None = None
+        # Batches submitted and not drained yet, oldest first, at most one per lane.
+        self._in_flight: collections.deque[concurrent.futures.Future[_Outcome]] = \
+            collections.deque()
+        self._lanes: list[Applier] = [self]  # the others are made on first use
+        self._submitted = 0
 
     def open(self) -> None:
         self._retry(lambda: None)
 
     def close(self) -> None:
-        """Wait for a batch in flight (its outcome is lost: call ``drain`` first to have it),
-        stop the writer thread and close the connection."""
+        """Wait for the batches in flight (their outcome is lost: call ``drain`` first to have
+        it), stop the writer threads and close the connections."""
         try:
             self.drain()
         except Exception:  # closing after a failure: it was raised to the caller already
             pass
         finally:
-            if self._writer is not None:
-                self._writer.shutdown()
-                self._writer = None
-            self.target.close()
-            self._connected = False
+            for lane in self._lanes:
+                if lane._writer is not None:
+                    lane._writer.shutdown()
+                    lane._writer = None
+                lane.target.close()
+                lane._connected = False
 
     def apply(self, events: Sequence[ChangeEvent]) -> list[tuple[DeadLetter, ChangeEvent]]:
         """Apply ``events`` and commit; returns the dead letters (with their events)."""
@@ -391,33 +428,68 @@ class Applier:
         return letters
 
     def submit(self, events: Sequence[ChangeEvent]) -> list[tuple[DeadLetter, ChangeEvent]]:
-        """Start applying ``events`` on the writer thread; returns the dead letters of the
-        batch submitted before, once it is committed (a failure of it is raised here)."""
+        """Start applying ``events`` on a writer thread; returns the dead letters of the
+        batches submitted before that are committed by now: with every lane busy, first the
+        oldest (a failure of it is raised here)."""
         if not events:
             return []
-        prepared = self._prepare(events)  # while the previous batch is written
-        letters = self.drain()
-        if self._writer is None:
-            self._writer = concurrent.futures.ThreadPoolExecutor(
+        prepared = self._prepare(events)  # while the batches before are written
+        lanes = max(1, self.target.lanes)
+        letters: list[tuple[DeadLetter, ChangeEvent]] = []
+        while len(self._in_flight) >= lanes:
+            letters += self._drain_oldest()
+        while self._in_flight and self._in_flight[0].done():
+            letters += self._drain_oldest()
+        lane = self._lane(self._submitted % lanes)
+        self._submitted += 1
+        previous = self._in_flight[-1] if self._in_flight else None
+        if lane._writer is None:
+            lane._writer = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f'{self.target.step} writer')
         _fast_switching(True)
         try:
-            self._in_flight = self._writer.submit(self._write_batch, prepared)
+            self._in_flight.append(lane._writer.submit(lane._write_batch, prepared, previous))
         except BaseException:
             _fast_switching(False)
             raise
         return letters
 
     def drain(self) -> list[tuple[DeadLetter, ChangeEvent]]:
-        """Wait for the batch in flight, if any; its dead letters."""
-        future, self._in_flight = self._in_flight, None
-        if future is None:
-            return []
+        """Wait for the batches in flight, if any; their dead letters (the first failure is
+        raised, once every batch in flight is done)."""
+        concurrent.futures.wait(list(self._in_flight))
+        letters: list[tuple[DeadLetter, ChangeEvent]] = []
+        while self._in_flight:
+            letters += self._drain_oldest()
+        return letters
+
+    def _drain_oldest(self) -> list[tuple[DeadLetter, ChangeEvent]]:
+        future = self._in_flight.popleft()
         try:
             outcome = future.result()
+        except BaseException:
+            for rest in self._in_flight:  # they never write after this one failed
+                concurrent.futures.wait([rest])
+                _fast_switching(False)
+            self._in_flight.clear()
+            raise
         finally:
             _fast_switching(False)
         return self._counted(outcome)
+
+    def _lane(self, index: int) -> Applier:
+        """Lane ``index``: this Applier for 0, else one more on a connection of its own, which
+        shares what the sink knows of the target tables (and leaves pruning to lane 0)."""
+        while len(self._lanes) <= index:
+            lane = Applier(self.target.lane(), max_attempts=self._max_attempts,
+                           backoff_s=self._backoff_s, max_backoff_s=self._max_backoff_s,
+                           stall_check_s=self._stall_check_s,
+                           probe_timeout_s=self._probe_timeout_s,
+                           reconnect_s=self._reconnect_s, clock=self._clock)
+            lane._fitted, lane._target_columns = self._fitted, self._target_columns
+            lane._sources = self._sources
+            self._lanes.append(lane)
+        return self._lanes[index]
 
     def _prepare(self, events: Sequence[ChangeEvent]) -> _Outcome:
         """Plan the batch and let the target render it ahead: no connection needed."""
@@ -442,8 +514,10 @@ class Applier:
                 tb.prepared = Rendered(columns, upserts, groups)
         return outcome
 
-    def _write_batch(self, outcome: _Outcome) -> _Outcome:
-        """Everything a batch does on the connection (on the writer thread for ``submit``)."""
+    def _write_batch(self, outcome: _Outcome,
+                     previous: concurrent.futures.Future[_Outcome] | None = None) -> _Outcome:
+        """Everything a batch does on the connection (on a writer thread for ``submit``),
+        committed after ``previous`` (the batch submitted before it, on another lane)."""
         plan = outcome.plan
         if plan.unkeyed_deletes:
             _LOG.warning('%d delete(s) of table(s) without a key not applied (no row identity): %s',
@@ -457,9 +531,12 @@ class Applier:
                 'dead letters are dealt with', self.target.step, event.table.name,
                 event.message.get('skipped'))  # type: ignore[union-attr]
         tables = [*plan.tables.values(), *plan.strays.values()]
+        if previous is not None and not tables:
+            _after(previous)
         if tables:
             try:
-                done = self._retry(lambda: self._write(tables, row_by_row=False))
+                done = self._retry(
+                    lambda: self._write(tables, row_by_row=False, previous=previous))
             except Exception as exc:
                 if not self._rejected(exc):
                     raise
@@ -709,13 +786,22 @@ class Applier:
             written.letters += [(self._letter(error, e), e) for e in tb.events()]
         return ready
 
-    def _write(self, tables: list[TableBatch], row_by_row: bool) -> _Written:
+    def _write(self, tables: list[TableBatch], row_by_row: bool,
+               previous: concurrent.futures.Future[_Outcome] | None = None) -> _Written:
         target = self.target
         written = _Written()
         fitted: dict[TargetTable, frozenset[str]] = {}
         if not target.transactional_ddl:  # its DDL would commit the batch transaction
+            if previous is not None:  # DDL of one batch before the commit of the one before
+                _after(previous)
             tables = self._fit_all(tables, written, fitted)
         target.begin(row_by_row)
+        for tb in tables:
+            tb.staged = None
+            if not row_by_row and tb.prepared is not None:
+                target.stage_ahead(tb)  # while the batch before is written
+        if previous is not None:
+            _after(previous)
         # In one order for every writer; a MariaDB table of the DSN's database has no schema.
         target.lock(sorted({tb.target for tb in tables}, key=lambda t: (t.schema or '', t.table)))
         if target.transactional_ddl:  # after the lock: one writer alters a table at a time

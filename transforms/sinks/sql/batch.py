@@ -95,6 +95,8 @@ class TableBatch:
     target_columns: frozenset[str] = frozenset()
     # What the target rendered ahead for the upserts (``Target.render_upserts``), if anything.
     prepared: Any = dataclasses.field(default=None, repr=False)
+    # What the target sent of it before the batch's lock (``Target.stage_ahead``), if anything.
+    staged: Any = dataclasses.field(default=None, repr=False)
     _nulled: dict[int, tuple[TableSchema, frozenset[str], tuple[str, ...]]] = dataclasses.field(
         default_factory=dict, repr=False)
 

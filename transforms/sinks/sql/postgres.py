@@ -88,17 +88,27 @@ class _PostgresTarget(Target):
     dialect = 'postgresql'
     transactional_ddl = True
 
-    def __init__(self, dsn: str, route: Route = None) -> None:
+    def __init__(self, dsn: str, route: Route = None, connections: int = 2) -> None:
         self._dsn = dsn
         self._route = route
         self._conn: Any = None
+        self.lanes = connections
+        # Bumped by every CREATE/ALTER of a target table, by any lane: a staging table keeps
+        # the column types of when it was made, so one made before is not used after.
+        self._shape = [0]
+
+    def lane(self) -> _PostgresTarget:
+        twin = _PostgresTarget(self._dsn, self._route, self.lanes)
+        twin._shape = self._shape
+        return twin
 
     @property
     def permanent(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
         return (_psycopg().Error, ValueError, TypeError, OverflowError)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {'_dsn': self._dsn, '_route': self._route, '_conn': None}
+        return {'_dsn': self._dsn, '_route': self._route, '_conn': None, '_shape': [0],
+                'lanes': self.lanes}
 
     def target_of(self, table: TableSchema) -> TargetTable:
         return postgres_target(table, self._route)
@@ -259,6 +269,7 @@ class _PostgresTarget(Target):
                 if attempt == 2:  # another writer created the schema at the same time
                     raise
         self._generation += 1
+        self._shape[0] += 1
 
     def high_water(self, target: TargetTable) -> str:
         self._run(sql.pg_high_water(target), (sql.pg_label(target),))
@@ -285,9 +296,14 @@ class _PostgresTarget(Target):
             for statement in statements:
                 self._run(statement)
         self._generation += 1  # staging tables copy the target's column types: make new ones
+        self._shape[0] += 1
+
+    def _stage_key(self, target: TargetTable, columns: Sequence[str],
+                   extra: Sequence[str] = ()) -> tuple[Any, ...]:
+        return (target, tuple(columns), tuple(extra), self._generation, self._shape[0])
 
     def _stage(self, target: TargetTable, columns: Sequence[str], extra: Sequence[str] = ()) -> str:
-        key = (target, tuple(columns), tuple(extra), self._generation)
+        key = self._stage_key(target, columns, extra)
         stage = self._stages.get(key)
         if stage is None:
             digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
@@ -400,16 +416,42 @@ class _PostgresTarget(Target):
     def render_upserts(self, tb: TableBatch, upserts: list[RowChange]) -> list[_Group]:
         return _upsert_groups(tb, upserts, ahead=True)
 
-    def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
+    def stage_ahead(self, tb: TableBatch) -> None:
+        # Into staging tables this session made in an earlier transaction only: making one
+        # reads the target table, and a lock on it held until this batch commits could stop
+        # the batch this one waits for (another lane's ALTER) for good.
+        tb.staged = None
         rendered = tb.prepared
+        if rendered is None or self._row_by_row:
+            return
+        stages = []
+        for names, _, _, _ in rendered.groups:
+            stage = self._stages.get(self._stage_key(tb.target, names))
+            if stage is None:
+                return
+            stages.append(stage)
+        for stage, (names, _, _, chunks) in zip(stages, rendered.groups, strict=True):
+            self._copy(stage, names, chunks)
+        tb.staged = (rendered, self._shape[0], stages)
+
+    def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
+        rendered, staged = tb.prepared, tb.staged
+        tb.staged = None
         if rendered is not None and rendered.matches(tb, changes):
             groups = rendered.groups
+            # Staged ahead (before the lock) and still what goes in: nothing to COPY.
+            copied = staged is not None and staged[0] is rendered and staged[1] == self._shape[0]
         else:
             groups = _upsert_groups(tb, changes, ahead=False)
+            copied = False
+        if staged is not None and not copied:  # stale rows, or the table changed since
+            for stage in staged[2]:
+                self._defer(f'TRUNCATE {stage}')
         stale = 0
         for names, nulled, group, chunks in groups:
             stage = self._stage(tb.target, names)
-            self._copy(stage, names, chunks)
+            if not copied:
+                self._copy(stage, names, chunks)
             self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key, nulled))
             stale += len(group) - max(self._cur.rowcount, 0)
             self._defer(f'TRUNCATE {stage}')  # with the next statement (COMMIT, often)
@@ -505,19 +547,24 @@ def _values(group: Sequence[RowChange], fill: dict[str, str]) -> list[Iterable[A
 class WriteChangesToPostgres(WriteChanges):
     """Applies :class:`~transforms.envelope.ChangeEvent` s to PostgreSQL; returns dead letters.
 
-    Options as :class:`~transforms.sinks.sql.apply.WriteChanges`.
+    Options as :class:`~transforms.sinks.sql.apply.WriteChanges`, and ``connections``: how
+    many connections each sink instance writes on (1 or 2).  With 2, a batch is COPYed into
+    staging while the one before it is merged, and the batches still commit in order.
     """
 
     def __init__(self, dsn: str, *, route: Route = None, max_batch_size: int = 5000,
                  max_attempts: int = 6, backoff_s: float = 0.5,
                  tombstone_retention: dt.timedelta | None = DEFAULT_TOMBSTONE_RETENTION,
                  stall_check_s: float | None = DEFAULT_STALL_CHECK_S,
-                 reconnect_secs: float | None = None) -> None:
+                 reconnect_secs: float | None = None, connections: int = 2) -> None:
         super().__init__(route=route, max_batch_size=max_batch_size,
                          max_attempts=max_attempts, backoff_s=backoff_s,
                          tombstone_retention=tombstone_retention, stall_check_s=stall_check_s,
                          reconnect_secs=reconnect_secs)
+        if connections not in (1, 2):
+            raise ValueError(f'connections {connections!r} must be 1 or 2')
         self._dsn = _parse(dsn)
+        self._connections = connections
 
     def _target(self) -> Target:
-        return _PostgresTarget(self._dsn, self._route)
+        return _PostgresTarget(self._dsn, self._route, self._connections)
