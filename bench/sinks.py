@@ -16,9 +16,10 @@ Starts throwaway servers (tests/services), builds ``--rows`` change events of a 
 * MariaDB: ``LOAD DATA LOCAL INFILE`` of the same rows vs the sink, likewise.
 
 Prints, per measurement, rows/s of wall-clock time and rows per CPU-second (this process plus
-the server's processes, read from /proc), and each figure's ratio to the limit's.  On a shared
-machine the wall-clock figures swing with other load; the CPU figures much less.  Not a test:
-run it by hand.
+the server's processes, read from /proc), and each figure's ratio to the limit's, measured
+again just before it (a VM's speed drifts by ±15 % within minutes).  On a shared machine the
+wall-clock figures swing with other load; the CPU figures much less.  Not a test: run it by
+hand.
 """
 from __future__ import annotations
 
@@ -205,10 +206,24 @@ def _without_making_events(through_beam: Rates) -> Rates:
             1 / (1 / through_beam[1] - 1 / alone[1]))
 
 
-def _report(limit: Rates, rates: dict[str, Rates], limit_label: str) -> None:
+def _report(limit: Rates | dict[str, Rates], rates: dict[str, Rates], limit_label: str) -> None:
+    """Each rate against ``limit``, or against its own limit (measured just before it)."""
     for label, (wall, cpu) in rates.items():
-        print(f'  {label:<40} {wall / limit[0]:.2f}x {limit_label} (wall clock), '
-              f'{cpu / limit[1]:.2f}x (CPU)')
+        own = limit[label] if isinstance(limit, dict) else limit
+        print(f'  {label:<40} {wall / own[0]:.2f}x {limit_label} (wall clock), '
+              f'{cpu / own[1]:.2f}x (CPU)')
+
+
+def _limits_before(measure: Callable[[], Rates], runs: dict[str, Callable[[], Rates]]
+                   ) -> tuple[dict[str, Rates], dict[str, Rates]]:
+    """Run each of ``runs`` right after a new measurement of the limit: the machine's speed
+    drifts (±15 % within minutes on a shared VM), and a ratio should compare the two at
+    one time.  (the rates, the limit measured before each)"""
+    rates, limits = {}, {}
+    for label, run in runs.items():
+        limits[label] = measure()
+        rates[label] = run()
+    return rates, limits
 
 
 def bench_postgres(rows: int, batch: int) -> None:
@@ -227,7 +242,11 @@ def bench_postgres(rows: int, batch: int) -> None:
             def copy() -> None:
                 with conn.cursor().copy('COPY copy_target FROM STDIN') as cp:
                     cp.write(text)
-            limit = _timed('COPY (pre-rendered text) into an empty table', rows, pid, copy)
+
+            def limit() -> Rates:
+                conn.execute('TRUNCATE copy_target')
+                return _timed('COPY (pre-rendered text) into an empty table', rows, pid, copy)
+            limit()
             conn.execute('TRUNCATE copy_target')
             python_rows = [tuple(e.after.values()) for e in data[0]]  # type: ignore[union-attr]
 
@@ -237,27 +256,29 @@ def bench_postgres(rows: int, batch: int) -> None:
                         cp.write_row(row)
             python_limit = _timed('COPY of the Python values (psycopg write_row)', rows, pid,
                                   copy_rows)
-        dsn = server.dsn(name)
-        rates = {
-            'sink, inserts into an empty table': _timed(
-                'sink: inserts into an empty table (Applier)', rows, pid,
-                _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
-            'sink, updates of every row': _timed(
-                'sink: updates of every row (Applier)', rows, pid,
-                _apply_all(_PostgresTarget(dsn), _chunks(data[1], batch))),
-            'sink, stale replay (no-op)': _timed(
-                'sink: replay of the inserts, all stale (Applier)', rows, pid,
-                _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
-            'sink, updates, one batch at a time': _timed(
-                'sink: updates again, one batch at a time (apply)', rows, pid,
-                _apply_all(_PostgresTarget(dsn), _chunks(data[2], batch), ahead=False)),
-            'sink, updates through Beam': _timed(
-                'sink: updates through a Beam pipeline (default runner)', rows, pid,
-                _through_beam(WriteChangesToPostgres(dsn, max_batch_size=batch), rows, 4)),
-        }
+            dsn = server.dsn(name)
+            rates, limits = _limits_before(limit, {
+                'sink, inserts into an empty table': lambda: _timed(
+                    'sink: inserts into an empty table (Applier)', rows, pid,
+                    _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
+                'sink, updates of every row': lambda: _timed(
+                    'sink: updates of every row (Applier)', rows, pid,
+                    _apply_all(_PostgresTarget(dsn), _chunks(data[1], batch))),
+                'sink, stale replay (no-op)': lambda: _timed(
+                    'sink: replay of the inserts, all stale (Applier)', rows, pid,
+                    _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
+                'sink, updates, one batch at a time': lambda: _timed(
+                    'sink: updates again, one batch at a time (apply)', rows, pid,
+                    _apply_all(_PostgresTarget(dsn), _chunks(data[2], batch), ahead=False)),
+                'sink, updates through Beam': lambda: _timed(
+                    'sink: updates through a Beam pipeline (default runner)', rows, pid,
+                    _through_beam(WriteChangesToPostgres(dsn, max_batch_size=batch), rows, 4)),
+            })
     rates["sink's added time in Beam"] = _without_making_events(
         rates['sink, updates through Beam'])
-    _report(limit, rates, 'COPY')
+    limits["sink's added time in Beam"] = limits['sink, updates through Beam']
+    print('  ratios against the COPY measured just before each:')
+    _report(limits, rates, 'COPY')
     _report(python_limit, rates, 'write_row COPY')
 
 
@@ -296,28 +317,33 @@ def bench_mariadb(rows: int, batch: int) -> None:
                 cur.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE load_target "
                             '(id, price, seen, name, doc, tags, @b) SET `blob` = UNHEX(@b)')
                 conn.commit()
-            limit = _timed('LOAD DATA LOCAL INFILE into an empty table', rows, pid, load)
-        dsn = server.dsn(name)
-        rates = {
-            'sink, inserts into an empty table': _timed(
-                'sink: inserts into an empty table (Applier)', rows, pid,
-                _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
-            'sink, updates of every row': _timed(
-                'sink: updates of every row (Applier)', rows, pid,
-                _apply_all(_MySQLTarget(dsn), _chunks(data[1], batch))),
-            'sink, stale replay (no-op)': _timed(
-                'sink: replay of the inserts, all stale (Applier)', rows, pid,
-                _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
-            'sink, updates, one batch at a time': _timed(
-                'sink: updates again, one batch at a time (apply)', rows, pid,
-                _apply_all(_MySQLTarget(dsn), _chunks(data[2], batch), ahead=False)),
-            'sink, updates through Beam': _timed(
-                'sink: updates through a Beam pipeline (default runner)', rows, pid,
-                _through_beam(WriteChangesToMySQL(dsn, max_batch_size=batch), rows, 4)),
-        }
+
+            def limit() -> Rates:
+                cur.execute('TRUNCATE load_target')
+                return _timed('LOAD DATA LOCAL INFILE into an empty table', rows, pid, load)
+            dsn = server.dsn(name)
+            rates, limits = _limits_before(limit, {
+                'sink, inserts into an empty table': lambda: _timed(
+                    'sink: inserts into an empty table (Applier)', rows, pid,
+                    _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
+                'sink, updates of every row': lambda: _timed(
+                    'sink: updates of every row (Applier)', rows, pid,
+                    _apply_all(_MySQLTarget(dsn), _chunks(data[1], batch))),
+                'sink, stale replay (no-op)': lambda: _timed(
+                    'sink: replay of the inserts, all stale (Applier)', rows, pid,
+                    _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
+                'sink, updates, one batch at a time': lambda: _timed(
+                    'sink: updates again, one batch at a time (apply)', rows, pid,
+                    _apply_all(_MySQLTarget(dsn), _chunks(data[2], batch), ahead=False)),
+                'sink, updates through Beam': lambda: _timed(
+                    'sink: updates through a Beam pipeline (default runner)', rows, pid,
+                    _through_beam(WriteChangesToMySQL(dsn, max_batch_size=batch), rows, 4)),
+            })
     rates["sink's added time in Beam"] = _without_making_events(
         rates['sink, updates through Beam'])
-    _report(limit, rates, 'LOAD DATA')
+    limits["sink's added time in Beam"] = limits['sink, updates through Beam']
+    print('  ratios against the LOAD DATA measured just before each:')
+    _report(limits, rates, 'LOAD DATA')
 
 
 def main() -> None:
