@@ -226,6 +226,30 @@ def _limits_before(measure: Callable[[], Rates], runs: dict[str, Callable[[], Ra
     return rates, limits
 
 
+def _sink_runs(rows: int, pid: int, data: list[list[ChangeEvent]], batch: int,
+               target: Callable[[], Target], sink: Callable[[], beam.PTransform]
+               ) -> dict[str, Callable[[], Rates]]:
+    """The sink's measurements, in order: inserts, updates, a stale replay, updates one batch
+    at a time, updates through Beam (each on a new target or sink, as a pipeline starts)."""
+    return {
+        'sink, inserts into an empty table': lambda: _timed(
+            'sink: inserts into an empty table (Applier)', rows, pid,
+            _apply_all(target(), _chunks(data[0], batch))),
+        'sink, updates of every row': lambda: _timed(
+            'sink: updates of every row (Applier)', rows, pid,
+            _apply_all(target(), _chunks(data[1], batch))),
+        'sink, stale replay (no-op)': lambda: _timed(
+            'sink: replay of the inserts, all stale (Applier)', rows, pid,
+            _apply_all(target(), _chunks(data[0], batch))),
+        'sink, updates, one batch at a time': lambda: _timed(
+            'sink: updates again, one batch at a time (apply)', rows, pid,
+            _apply_all(target(), _chunks(data[2], batch), ahead=False)),
+        'sink, updates through Beam': lambda: _timed(
+            'sink: updates through a Beam pipeline (default runner)', rows, pid,
+            _through_beam(sink(), rows, 4)),
+    }
+
+
 def bench_postgres(rows: int, batch: int) -> None:
     from tests.services.postgres import PostgresServer
 
@@ -257,23 +281,9 @@ def bench_postgres(rows: int, batch: int) -> None:
             python_limit = _timed('COPY of the Python values (psycopg write_row)', rows, pid,
                                   copy_rows)
             dsn = server.dsn(name)
-            rates, limits = _limits_before(limit, {
-                'sink, inserts into an empty table': lambda: _timed(
-                    'sink: inserts into an empty table (Applier)', rows, pid,
-                    _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
-                'sink, updates of every row': lambda: _timed(
-                    'sink: updates of every row (Applier)', rows, pid,
-                    _apply_all(_PostgresTarget(dsn), _chunks(data[1], batch))),
-                'sink, stale replay (no-op)': lambda: _timed(
-                    'sink: replay of the inserts, all stale (Applier)', rows, pid,
-                    _apply_all(_PostgresTarget(dsn), _chunks(data[0], batch))),
-                'sink, updates, one batch at a time': lambda: _timed(
-                    'sink: updates again, one batch at a time (apply)', rows, pid,
-                    _apply_all(_PostgresTarget(dsn), _chunks(data[2], batch), ahead=False)),
-                'sink, updates through Beam': lambda: _timed(
-                    'sink: updates through a Beam pipeline (default runner)', rows, pid,
-                    _through_beam(WriteChangesToPostgres(dsn, max_batch_size=batch), rows, 4)),
-            })
+            rates, limits = _limits_before(limit, _sink_runs(
+                rows, pid, data, batch, lambda: _PostgresTarget(dsn),
+                lambda: WriteChangesToPostgres(dsn, max_batch_size=batch)))
     rates["sink's added time in Beam"] = _without_making_events(
         rates['sink, updates through Beam'])
     limits["sink's added time in Beam"] = limits['sink, updates through Beam']
@@ -322,23 +332,9 @@ def bench_mariadb(rows: int, batch: int) -> None:
                 cur.execute('TRUNCATE load_target')
                 return _timed('LOAD DATA LOCAL INFILE into an empty table', rows, pid, load)
             dsn = server.dsn(name)
-            rates, limits = _limits_before(limit, {
-                'sink, inserts into an empty table': lambda: _timed(
-                    'sink: inserts into an empty table (Applier)', rows, pid,
-                    _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
-                'sink, updates of every row': lambda: _timed(
-                    'sink: updates of every row (Applier)', rows, pid,
-                    _apply_all(_MySQLTarget(dsn), _chunks(data[1], batch))),
-                'sink, stale replay (no-op)': lambda: _timed(
-                    'sink: replay of the inserts, all stale (Applier)', rows, pid,
-                    _apply_all(_MySQLTarget(dsn), _chunks(data[0], batch))),
-                'sink, updates, one batch at a time': lambda: _timed(
-                    'sink: updates again, one batch at a time (apply)', rows, pid,
-                    _apply_all(_MySQLTarget(dsn), _chunks(data[2], batch), ahead=False)),
-                'sink, updates through Beam': lambda: _timed(
-                    'sink: updates through a Beam pipeline (default runner)', rows, pid,
-                    _through_beam(WriteChangesToMySQL(dsn, max_batch_size=batch), rows, 4)),
-            })
+            rates, limits = _limits_before(limit, _sink_runs(
+                rows, pid, data, batch, lambda: _MySQLTarget(dsn),
+                lambda: WriteChangesToMySQL(dsn, max_batch_size=batch)))
     rates["sink's added time in Beam"] = _without_making_events(
         rates['sink, updates through Beam'])
     limits["sink's added time in Beam"] = limits['sink, updates through Beam']
