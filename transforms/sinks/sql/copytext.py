@@ -21,6 +21,11 @@ from typing import Any
 
 from transforms.envelope import Column, Kind
 
+try:
+    from transforms.sinks.sql import _copytext
+except ImportError:  # built without a C compiler: the Python paths below do it all
+    _copytext = None  # type: ignore[assignment]
+
 __all__ = ['NULL', 'column_texts', 'escape', 'row_renderer', 'rows_text', 'value_renderer']
 
 NULL = '\\N'
@@ -235,9 +240,55 @@ def column_texts(column: Column, values: Sequence[Any]) -> list[str]:
     return [NULL if v is None else render(v) for v in values]
 
 
+# What _copytext.rows_text takes each column's values for (its CODE_* numbers): the types the
+# column-wise paths above render alike (a value of another type makes it hand the rows back).
+_NATIVE_KINDS: dict[Kind, int] = {
+    **{kind: 1 for kind in _INT_KINDS}, **{kind: 2 for kind in _TEXT_KINDS},
+    Kind.DECIMAL: 3, Kind.FLOAT32: 4, Kind.FLOAT64: 4, Kind.TIMESTAMPTZ: 5,
+    Kind.TIMESTAMP: 6, Kind.DATE: 7, Kind.BYTES: 8, Kind.BOOLEAN: 9}
+_NATIVE_CODES: dict[tuple[tuple[Kind, Kind | None], ...], tuple[int, ...] | None] = {}
+
+
+def _native_codes(columns: Sequence[Column]) -> tuple[int, ...] | None:
+    shape = tuple((c.kind, c.element) for c in columns)
+    try:
+        return _NATIVE_CODES[shape]
+    except KeyError:
+        pass
+    codes: list[int] = []
+    for kind, element in shape:
+        if kind is Kind.ARRAY:
+            element = element or Kind.TEXT
+            code = 10 if element in _TEXT_KINDS else 11 if element in _INT_KINDS else None
+        else:
+            code = _NATIVE_KINDS.get(kind)
+        if code is None:
+            break
+        codes.append(code)
+    found = _NATIVE_CODES[shape] = tuple(codes) if len(codes) == len(shape) and codes else None
+    return found
+
+
 def rows_text(columns: Sequence[Column], rows: Sequence[Iterable[Any]],
               tails: Sequence[str] = ()) -> str:
-    """COPY text of ``rows`` (values in ``columns`` order); ``tails[i]`` ends line i as is."""
+    """COPY text of ``rows`` (values in ``columns`` order); ``tails[i]`` ends line i as is.
+
+    In C (``_copytext``) when every value has the type its column's fast path expects
+    (~4x cheaper); else, or without the extension, column by column in Python."""
+    if not rows:
+        return ''
+    if _copytext is not None:
+        codes = _native_codes(columns)
+        if codes is not None:
+            text = _copytext.rows_text(codes, rows, tails)
+            if text is not None:
+                return text
+    return _rows_text(columns, rows, tails)
+
+
+def _rows_text(columns: Sequence[Column], rows: Sequence[Iterable[Any]],
+               tails: Sequence[str] = ()) -> str:
+    """rows_text's Python path (and the reference its C path is tested against)."""
     if not rows:
         return ''
     if columns:
