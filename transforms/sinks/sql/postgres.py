@@ -93,8 +93,9 @@ class _PostgresTarget(Target):
         self._route = route
         self._conn: Any = None
         self.lanes = connections
-        # Bumped by every CREATE/ALTER of a target table, by any lane: a staging table keeps
-        # the column types of when it was made, so one made before is not used after.
+        # Bumped by every CREATE/ALTER of a target table, by any lane (shared with them): a
+        # staging table keeps the column types of when it was made, so one made before is not
+        # used after.
         self._shape = [0]
 
     def lane(self) -> _PostgresTarget:
@@ -123,7 +124,6 @@ class _PostgresTarget(Target):
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._row_by_row = False
         self._known_types: dict[str, bool] = {}
-        self._generation = 0
         for attempt in (1, 2):
             try:
                 with self._conn.transaction():
@@ -268,7 +268,6 @@ class _PostgresTarget(Target):
             except psycopg.errors.UniqueViolation:
                 if attempt == 2:  # another writer created the schema at the same time
                     raise
-        self._generation += 1
         self._shape[0] += 1
 
     def high_water(self, target: TargetTable) -> str:
@@ -295,12 +294,11 @@ class _PostgresTarget(Target):
         with self._conn.transaction():
             for statement in statements:
                 self._run(statement)
-        self._generation += 1  # staging tables copy the target's column types: make new ones
-        self._shape[0] += 1
+        self._shape[0] += 1  # staging tables copy the target's column types: make new ones
 
     def _stage_key(self, target: TargetTable, columns: Sequence[str],
                    extra: Sequence[str] = ()) -> tuple[Any, ...]:
-        return (target, tuple(columns), tuple(extra), self._generation, self._shape[0])
+        return (target, tuple(columns), tuple(extra), self._shape[0])
 
     def _stage(self, target: TargetTable, columns: Sequence[str], extra: Sequence[str] = ()) -> str:
         key = self._stage_key(target, columns, extra)
@@ -420,7 +418,6 @@ class _PostgresTarget(Target):
         # Into staging tables this session made in an earlier transaction only: making one
         # reads the target table, and a lock on it held until this batch commits could stop
         # the batch this one waits for (another lane's ALTER) for good.
-        tb.staged = None
         rendered = tb.prepared
         if rendered is None or self._row_by_row:
             return
