@@ -263,12 +263,14 @@ class SourcePosition(_FromFields):
     @property
     def sort_key(self) -> str:
         """A fixed-width hex string; comparing two as strings compares the positions."""
+        # %-formatting (noqa): ~0.3 µs cheaper than an f-string with format specs, per event a
+        # sink plans.
         if self.connector == 'postgresql':
-            return f'{self.commit_lsn or 0:016x}{self.lsn or 0:016x}'
+            return '%016x%016x' % (self.commit_lsn or 0, self.lsn or 0)  # noqa: UP031
         file_index = int(self.file.rsplit('.', 1)[-1]) if self.file else 0
         if self.epoch:  # the top 8 of the file number's 32 bits: keys of epoch 0 are unchanged
             file_index |= self.epoch << EPOCH_SHIFT
-        return f'{file_index:08x}{self.pos or 0:016x}{self.row or 0:08x}'
+        return '%08x%016x%08x' % (file_index, self.pos or 0, self.row or 0)  # noqa: UP031
 
 
 EPOCH_SHIFT = 24
