@@ -6,8 +6,9 @@ Starts throwaway servers (tests/services), builds ``--rows`` change events of a 
 (bigint key, numeric, timestamptz, text, jsonb/JSON, text[]/JSON, bytea/blob) in memory, then:
 
 * PostgreSQL: ``COPY … FROM STDIN`` of the same rows, pre-rendered as text, into an empty table
-  with the same primary key (the limit; also COPY of the Python values through psycopg's
-  ``write_row``, the limit for a Python client) vs the sink applying the events as inserts
+  with the same primary key (the limit; the same rows as binary COPY, the format the sink
+  stages rows in where the target's types allow, which the server parses faster; and COPY of
+  the Python values through psycopg's ``write_row``, the limit for a Python client) vs the sink applying the events as inserts
   into an empty target and as updates of every row (``Applier``, no Beam: each batch handed
   to the writer thread with ``submit`` as the sink does, and the updates also one batch at a
   time with ``apply``, which renders and writes in turn), and end to end
@@ -37,7 +38,7 @@ import apache_beam as beam
 
 import transforms.coders  # noqa: F401  (registers the ChangeEvent coder)
 from transforms.envelope import ChangeEvent, Column, Kind, Op, SourcePosition, TableSchema
-from transforms.sinks.sql import WriteChangesToMySQL, WriteChangesToPostgres
+from transforms.sinks.sql import WriteChangesToMySQL, WriteChangesToPostgres, copytext
 from transforms.sinks.sql.apply import Applier, Target
 from transforms.sinks.sql.mysql import _MySQLTarget
 from transforms.sinks.sql.postgres import _PostgresTarget
@@ -214,14 +215,17 @@ def _report(limit: Rates | dict[str, Rates], rates: dict[str, Rates], limit_labe
               f'{cpu / own[1]:.2f}x (CPU)')
 
 
-def _limits_before(measure: Callable[[], Rates], runs: dict[str, Callable[[], Rates]]
-                   ) -> tuple[dict[str, Rates], dict[str, Rates]]:
-    """Run each of ``runs`` right after a new measurement of the limit: the machine's speed
+def _limits_before(measures: dict[str, Callable[[], Rates]],
+                   runs: dict[str, Callable[[], Rates]]
+                   ) -> tuple[dict[str, Rates], dict[str, dict[str, Rates]]]:
+    """Run each of ``runs`` right after a new measurement of each limit: the machine's speed
     drifts (±15 % within minutes on a shared VM), and a ratio should compare the two at
-    one time.  (the rates, the limit measured before each)"""
-    rates, limits = {}, {}
+    one time.  (the rates; by limit, the limit measured before each)"""
+    rates: dict[str, Rates] = {}
+    limits: dict[str, dict[str, Rates]] = {name: {} for name in measures}
     for label, run in runs.items():
-        limits[label] = measure()
+        for name, measure in measures.items():
+            limits[name][label] = measure()
         rates[label] = run()
     return rates, limits
 
@@ -271,6 +275,17 @@ def bench_postgres(rows: int, batch: int) -> None:
                 conn.execute('TRUNCATE copy_target')
                 return _timed('COPY (pre-rendered text) into an empty table', rows, pid, copy)
             limit()
+            # The sink stages rows as binary COPY where it can: the same limit in that format.
+            binary = _copy_binary(rows)
+
+            def copy_binary() -> None:
+                with conn.cursor().copy('COPY copy_target FROM STDIN (FORMAT binary)') as cp:
+                    cp.write(binary)
+
+            def binary_limit() -> Rates:
+                conn.execute('TRUNCATE copy_target')
+                return _timed('COPY (pre-rendered binary) into an empty table', rows, pid,
+                              copy_binary)
             conn.execute('TRUNCATE copy_target')
             python_rows = [tuple(e.after.values()) for e in data[0]]  # type: ignore[union-attr]
 
@@ -281,14 +296,17 @@ def bench_postgres(rows: int, batch: int) -> None:
             python_limit = _timed('COPY of the Python values (psycopg write_row)', rows, pid,
                                   copy_rows)
             dsn = server.dsn(name)
-            rates, limits = _limits_before(limit, _sink_runs(
+            measures = {'COPY': limit, 'binary COPY': binary_limit} if binary else \
+                {'COPY': limit}
+            rates, limits = _limits_before(measures, _sink_runs(
                 rows, pid, data, batch, lambda: _PostgresTarget(dsn),
                 lambda: WriteChangesToPostgres(dsn, max_batch_size=batch)))
     rates["sink's added time in Beam"] = _without_making_events(
         rates['sink, updates through Beam'])
-    limits["sink's added time in Beam"] = limits['sink, updates through Beam']
-    print('  ratios against the COPY measured just before each:')
-    _report(limits, rates, 'COPY')
+    for name, own in limits.items():
+        own["sink's added time in Beam"] = own['sink, updates through Beam']
+        print(f'  ratios against the {name} measured just before each:')
+        _report(own, rates, name)
     _report(python_limit, rates, 'write_row COPY')
 
 
@@ -299,6 +317,16 @@ def _copy_text(rows: int) -> bytes:
         out.write(f'{i}\t{r["price"]}\t{r["seen"].isoformat()}\t{r["name"]}\t{r["doc"]}\t'
                   f'{{a,t{i % 7}}}\t\\\\x{r["blob"].hex()}\n')
     return out.getvalue().encode()
+
+
+def _copy_binary(rows: int) -> bytes:
+    """The same rows as binary COPY data (b'' without the C extension: no such limit then)."""
+    codes = copytext.binary_codes([20, 1700, 1184, 25, 3802, 1009, 17])  # copy_target's types
+    if codes is None:
+        return b''
+    data = copytext.rows_binary(codes, [list(_row(i, 1).values()) for i in range(rows)])
+    assert data is not None
+    return copytext.BINARY_HEADER + data + copytext.BINARY_TRAILER
 
 
 def bench_mariadb(rows: int, batch: int) -> None:
@@ -332,14 +360,15 @@ def bench_mariadb(rows: int, batch: int) -> None:
                 cur.execute('TRUNCATE load_target')
                 return _timed('LOAD DATA LOCAL INFILE into an empty table', rows, pid, load)
             dsn = server.dsn(name)
-            rates, limits = _limits_before(limit, _sink_runs(
+            rates, limits = _limits_before({'LOAD DATA': limit}, _sink_runs(
                 rows, pid, data, batch, lambda: _MySQLTarget(dsn),
                 lambda: WriteChangesToMySQL(dsn, max_batch_size=batch)))
     rates["sink's added time in Beam"] = _without_making_events(
         rates['sink, updates through Beam'])
-    limits["sink's added time in Beam"] = limits['sink, updates through Beam']
+    own = limits['LOAD DATA']
+    own["sink's added time in Beam"] = own['sink, updates through Beam']
     print('  ratios against the LOAD DATA measured just before each:')
-    _report(limits, rates, 'LOAD DATA')
+    _report(own, rates, 'LOAD DATA')
 
 
 def main() -> None:

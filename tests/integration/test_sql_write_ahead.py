@@ -83,9 +83,9 @@ def test_rows_rendered_ahead_are_used_only_while_they_still_fit(target, request,
         make: Any = _PostgresTarget
         real_groups = postgres._upsert_groups
 
-        def spy_groups(tb: Any, changes: Any, *, ahead: bool) -> Any:
+        def spy_groups(tb: Any, changes: Any, *, ahead: bool, codes: Any = None) -> Any:
             rendered()
-            return real_groups(tb, changes, ahead=ahead)
+            return real_groups(tb, changes, ahead=ahead, codes=codes)
         monkeypatch.setattr(postgres, '_upsert_groups', spy_groups)
         table = 'shop.items'
     else:
@@ -183,9 +183,10 @@ def test_rows_staged_ahead_still_lose_to_a_tombstone_of_the_batch_before(pg_db, 
         stage_ahead(self, tb)
         staged.append(tb.staged is not None)
 
-    def spy_copy(self: _PostgresTarget, stage: str, names: Any, chunks: Any) -> None:
+    def spy_copy(self: _PostgresTarget, stage: str, names: Any, chunks: Any,
+                 binary: bool = False) -> None:
         copies.append(stage)
-        copy(self, stage, names, chunks)
+        copy(self, stage, names, chunks, binary)
 
     monkeypatch.setattr(_PostgresTarget, 'stage_ahead', spy_stage)
     monkeypatch.setattr(_PostgresTarget, '_copy', spy_copy)

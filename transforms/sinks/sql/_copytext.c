@@ -1,5 +1,6 @@
 /*
- * _copytext: COPY text of rows of Python values, in C (copytext.rows_text's fast path).
+ * _copytext: COPY data of rows of Python values, in C: text (copytext.rows_text's fast path)
+ * and binary (copytext.rows_binary, below).
  *
  *     text = rows_text(codes, rows, tails)   # str, or None: render these rows in Python
  *
@@ -367,17 +368,536 @@ done:
     return result;
 }
 
+/* -- COPY binary ----------------------------------------------------------------------
+ *
+ *     data = rows_binary(codes, rows, tails)   # bytes of the tuples, or None: COPY text then
+ *
+ * The tuples of PostgreSQL's binary COPY format, without the header and trailer (the caller
+ * sends those once per COPY).  A column's code names the staging column's own type (the
+ * server parses binary input only for exactly its type: see copytext._BINARY_CODES, by type
+ * OID), and each value must have the one Python type that code encodes; anything else (an int
+ * outside int4, a float for real, a datetime in another zone, a str holding NUL, a Decimal
+ * NaN or with an exponent beyond 1000, a nested list) makes the call return None, and the
+ * rows go as text.  Each tail is one more text column (the row's position).
+ */
+enum {
+    BIN_BOOL = 1,
+    BIN_BYTEA = 2,
+    BIN_INT2 = 3,
+    BIN_INT4 = 4,
+    BIN_INT8 = 5,
+    BIN_TEXT = 6,          /* text, varchar, bpchar, json: the UTF-8 */
+    BIN_JSONB = 7,         /* version 1, then the text */
+    BIN_FLOAT8 = 8,
+    BIN_NUMERIC = 9,       /* decimal.Decimal, finite */
+    BIN_DATE = 10,         /* days since 2000-01-01 */
+    BIN_TIMESTAMP = 11,    /* naive datetime: µs since 2000-01-01 00:00 */
+    BIN_TIMESTAMPTZ = 12,  /* datetime in UTC: the same */
+    BIN_UUID = 13,         /* str, 8-4-4-4-12 hex digits */
+    BIN_TEXT_ARRAY = 14,   /* flat list of str, elements of type text */
+    BIN_VARCHAR_ARRAY = 15,
+    BIN_INT2_ARRAY = 16,
+    BIN_INT4_ARRAY = 17,
+    BIN_INT8_ARRAY = 18,
+};
+
+#define OID_INT2 21
+#define OID_INT4 23
+#define OID_INT8 20
+#define OID_TEXT 25
+#define OID_VARCHAR 1043
+#define NUMERIC_LIMIT 1000  /* digits and exponent a Decimal may have here */
+
+static void
+store16(char *out, unsigned int v)
+{
+    out[0] = (char)(v >> 8);
+    out[1] = (char)v;
+}
+
+static void
+store32(char *out, unsigned long v)
+{
+    out[0] = (char)(v >> 24);
+    out[1] = (char)(v >> 16);
+    out[2] = (char)(v >> 8);
+    out[3] = (char)v;
+}
+
+static void
+store64(char *out, unsigned long long v)
+{
+    store32(out, (unsigned long)(v >> 32));
+    store32(out + 4, (unsigned long)(v & 0xffffffffULL));
+}
+
+static int
+put32(Buffer *b, unsigned long v)
+{
+    if (reserve(b, 4) < 0)
+        return -1;
+    store32(b->data + b->size, v);
+    b->size += 4;
+    return 0;
+}
+
+/* A field of `size` bytes: its length word, then the bytes. */
+static int
+put_field(Buffer *b, const char *data, Py_ssize_t size)
+{
+    if (size > 0x7fffffff) {
+        PyErr_SetString(PyExc_OverflowError, "a COPY field is limited to 2 GiB");
+        return -1;
+    }
+    if (put32(b, (unsigned long)size) < 0)
+        return -1;
+    return put(b, data, size);
+}
+
+/* A str's UTF-8 with no NUL (the server refuses one; text COPY says so in its own words):
+ * 1 and the text, 0 not this path's, -1 error. */
+static int
+utf8_of(PyObject *value, const char **text, Py_ssize_t *size)
+{
+    if (!PyUnicode_CheckExact(value))
+        return 0;
+    *text = PyUnicode_AsUTF8AndSize(value, size);
+    if (*text == NULL)
+        return -1;
+    return memchr(*text, 0, *size) == NULL;
+}
+
+/* An int of `bytes` (2, 4, 8) that fits: 1 and the value, 0 not this path's, -1 error. */
+static int
+int_of(PyObject *value, int bytes, long long *n)
+{
+    if (!PyLong_CheckExact(value))
+        return 0;
+    int overflow;
+    *n = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow)
+        return 0;
+    if (*n == -1 && PyErr_Occurred())
+        return -1;
+    if (bytes == 2)
+        return *n >= -32768 && *n <= 32767;
+    if (bytes == 4)
+        return *n >= -2147483648LL && *n <= 2147483647LL;
+    return 1;
+}
+
+static int
+put_int_field(Buffer *b, long long n, int bytes)
+{
+    char out[8];
+    if (bytes == 2)
+        store16(out, (unsigned int)(n & 0xffff));
+    else if (bytes == 4)
+        store32(out, (unsigned long)(n & 0xffffffffLL));
+    else
+        store64(out, (unsigned long long)n);
+    return put_field(b, out, bytes);
+}
+
+/* Days from 2000-01-01 to a proleptic Gregorian date. */
+static long long
+days_since_2000(int year, int month, int day)
+{
+    /* Howard Hinnant's days_from_civil, shifted to PostgreSQL's epoch (day 10957 of 1970). */
+    long long y = month <= 2 ? year - 1 : year;
+    long long era = (y >= 0 ? y : y - 399) / 400;
+    long long yoe = y - era * 400;
+    long long doy = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    long long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468 - 10957;
+}
+
+/* A finite Decimal in PostgreSQL's numeric binary form: 1, 0 not this path's, -1 error. */
+static int
+put_numeric(Buffer *b, PyObject *value)
+{
+    PyObject *str = PyObject_Str(value);
+    if (str == NULL)
+        return -1;
+    Py_ssize_t size;
+    const char *text = PyUnicode_AsUTF8AndSize(str, &size);
+    if (text == NULL) {
+        Py_DECREF(str);
+        return -1;
+    }
+    char digits[NUMERIC_LIMIT + 1];
+    int ndigits = 0, fraction = 0, negative = 0, seen_point = 0, result = 0;
+    long exponent = 0;
+    Py_ssize_t i = 0;
+    if (i < size && text[i] == '-') {
+        negative = 1;
+        i++;
+    }
+    for (; i < size; i++) {
+        char c = text[i];
+        if (c >= '0' && c <= '9') {
+            if (ndigits == 0 && c == '0') {  /* leading zeros carry nothing */
+                fraction += seen_point;
+                continue;
+            }
+            if (ndigits == NUMERIC_LIMIT)
+                goto out;
+            digits[ndigits++] = (char)(c - '0');
+            fraction += seen_point;
+        }
+        else if (c == '.' && !seen_point)
+            seen_point = 1;
+        else if (c == 'E' || c == 'e') {
+            char *end;
+            exponent = strtol(text + i + 1, &end, 10);
+            if (end != text + size || end == text + i + 1 || exponent > NUMERIC_LIMIT
+                || exponent < -NUMERIC_LIMIT)
+                goto out;
+            break;
+        }
+        else
+            goto out;  /* NaN, Infinity: as text */
+    }
+    long scale_exp = exponent - fraction;  /* value = digits * 10^scale_exp */
+    if (scale_exp < -NUMERIC_LIMIT || scale_exp > NUMERIC_LIMIT)
+        goto out;
+    int dscale = scale_exp < 0 ? (int)-scale_exp : 0;
+    /* Base-10000 groups: digit k (0 first) stands for 10^p, p = scale_exp + ndigits-1-k. */
+    unsigned int groups[NUMERIC_LIMIT / 4 + 3];
+    int weight = 0, ngroups = 0;
+    if (ndigits) {
+        long top = scale_exp + ndigits - 1;
+        long first = top >= 0 ? top / 4 : -((-top + 3) / 4);
+        long last = scale_exp >= 0 ? scale_exp / 4 : -((-scale_exp + 3) / 4);
+        weight = (int)first;
+        ngroups = (int)(first - last + 1);
+        memset(groups, 0, sizeof(unsigned int) * ngroups);
+        static const unsigned int tens[4] = {1, 10, 100, 1000};
+        for (int k = 0; k < ndigits; k++) {
+            long p = top - k;
+            long g = p >= 0 ? p / 4 : -((-p + 3) / 4);
+            groups[first - g] += digits[k] * tens[p - 4 * g];
+        }
+        while (ngroups && groups[ngroups - 1] == 0)
+            ngroups--;
+    }
+    if (put32(b, (unsigned long)(8 + 2 * ngroups)) < 0 || reserve(b, 8 + 2 * ngroups) < 0) {
+        result = -1;
+        goto out;
+    }
+    char *o = b->data + b->size;
+    store16(o, (unsigned int)ngroups);
+    store16(o + 2, (unsigned int)(weight & 0xffff));
+    store16(o + 4, negative && ngroups ? 0x4000 : 0);
+    store16(o + 6, (unsigned int)dscale);
+    for (int g = 0; g < ngroups; g++)
+        store16(o + 8 + 2 * g, groups[g]);
+    b->size += 8 + 2 * ngroups;
+    result = 1;
+out:
+    Py_DECREF(str);
+    return result;
+}
+
+static int
+hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int
+put_uuid(Buffer *b, PyObject *value)
+{
+    const char *text;
+    Py_ssize_t size;
+    int ok = utf8_of(value, &text, &size);
+    if (ok <= 0)
+        return ok;
+    if (size != 36)
+        return 0;
+    char out[16];
+    int n = 0;
+    for (Py_ssize_t i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (text[i] != '-')
+                return 0;
+            continue;
+        }
+        int high = hex_value(text[i]), low = hex_value(text[i + 1]);
+        if (high < 0 || low < 0)
+            return 0;
+        out[n++] = (char)(high << 4 | low);
+        i++;
+    }
+    return put_field(b, out, 16) < 0 ? -1 : 1;
+}
+
+/* A flat list as a one-dimensional array of `element` (an OID): 1, 0, -1 as above. */
+static int
+put_binary_array(Buffer *b, PyObject *value, unsigned long element)
+{
+    Py_ssize_t n = PyList_GET_SIZE(value);
+    int bytes = element == OID_INT2 ? 2 : element == OID_INT4 ? 4 : element == OID_INT8 ? 8 : 0;
+    Py_ssize_t start = b->size;
+    if (put32(b, 0) < 0)  /* the length, filled in below */
+        return -1;
+    Py_ssize_t flags_at = b->size + 4;
+    if (put32(b, n ? 1 : 0) < 0 || put32(b, 0) < 0 || put32(b, element) < 0)
+        return -1;
+    if (n && (put32(b, (unsigned long)n) < 0 || put32(b, 1) < 0))
+        return -1;
+    int has_null = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(value, i);
+        if (item == Py_None) {
+            has_null = 1;
+            if (put32(b, 0xffffffffUL) < 0)
+                return -1;
+            continue;
+        }
+        int ok;
+        if (bytes) {
+            long long v;
+            ok = int_of(item, bytes, &v);
+            if (ok > 0 && put_int_field(b, v, bytes) < 0)
+                return -1;
+        }
+        else {
+            const char *text;
+            Py_ssize_t size;
+            ok = utf8_of(item, &text, &size);
+            if (ok > 0 && put_field(b, text, size) < 0)
+                return -1;
+        }
+        if (ok <= 0)
+            return ok;
+    }
+    store32(b->data + flags_at, (unsigned long)has_null);
+    store32(b->data + start, (unsigned long)(b->size - start - 4));
+    return 1;
+}
+
+/* One non-NULL value of a column of `code`: 1 written, 0 not this path's, -1 error. */
+static int
+put_binary(Buffer *b, long code, PyObject *value)
+{
+    const char *text;
+    Py_ssize_t size;
+    long long n;
+    int ok;
+    switch (code) {
+    case BIN_BOOL:
+        if (!PyBool_Check(value))
+            return 0;
+        return put_field(b, value == Py_True ? "\1" : "\0", 1) < 0 ? -1 : 1;
+    case BIN_BYTEA:
+        if (!PyBytes_CheckExact(value))
+            return 0;
+        return put_field(b, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)) < 0 ? -1 : 1;
+    case BIN_INT2:
+    case BIN_INT4:
+    case BIN_INT8: {
+        int bytes = code == BIN_INT2 ? 2 : code == BIN_INT4 ? 4 : 8;
+        ok = int_of(value, bytes, &n);
+        if (ok <= 0)
+            return ok;
+        return put_int_field(b, n, bytes) < 0 ? -1 : 1;
+    }
+    case BIN_TEXT:
+        ok = utf8_of(value, &text, &size);
+        if (ok <= 0)
+            return ok;
+        return put_field(b, text, size) < 0 ? -1 : 1;
+    case BIN_JSONB:
+        ok = utf8_of(value, &text, &size);
+        if (ok <= 0)
+            return ok;
+        if (put32(b, (unsigned long)(size + 1)) < 0 || put(b, "\1", 1) < 0
+            || put(b, text, size) < 0)
+            return -1;
+        return 1;
+    case BIN_FLOAT8: {
+        if (!PyFloat_CheckExact(value))
+            return 0;
+        double d = PyFloat_AS_DOUBLE(value);
+        unsigned long long bits;
+        memcpy(&bits, &d, 8);
+        char out[8];
+        store64(out, bits);
+        return put_field(b, out, 8) < 0 ? -1 : 1;
+    }
+    case BIN_NUMERIC:
+        if ((PyObject *)Py_TYPE(value) != decimal_type)
+            return 0;
+        return put_numeric(b, value);
+    case BIN_DATE: {
+        if (!PyDate_CheckExact(value))
+            return 0;
+        long long days = days_since_2000(PyDateTime_GET_YEAR(value), PyDateTime_GET_MONTH(value),
+                                         PyDateTime_GET_DAY(value));
+        return put_int_field(b, days, 4) < 0 ? -1 : 1;
+    }
+    case BIN_TIMESTAMP:
+    case BIN_TIMESTAMPTZ: {
+        if (!PyDateTime_CheckExact(value))
+            return 0;
+        PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
+        if (code == BIN_TIMESTAMPTZ ? zone != PyDateTime_TimeZone_UTC : zone != Py_None)
+            return 0;
+        long long days = days_since_2000(PyDateTime_GET_YEAR(value), PyDateTime_GET_MONTH(value),
+                                         PyDateTime_GET_DAY(value));
+        long long seconds = ((days * 24 + PyDateTime_DATE_GET_HOUR(value)) * 60
+                             + PyDateTime_DATE_GET_MINUTE(value)) * 60
+                            + PyDateTime_DATE_GET_SECOND(value);
+        return put_int_field(b, seconds * 1000000 + PyDateTime_DATE_GET_MICROSECOND(value),
+                             8) < 0 ? -1 : 1;
+    }
+    case BIN_UUID:
+        return put_uuid(b, value);
+    case BIN_TEXT_ARRAY:
+    case BIN_VARCHAR_ARRAY:
+    case BIN_INT2_ARRAY:
+    case BIN_INT4_ARRAY:
+    case BIN_INT8_ARRAY: {
+        static const unsigned long elements[] = {OID_TEXT, OID_VARCHAR, OID_INT2, OID_INT4,
+                                                 OID_INT8};
+        if (!PyList_CheckExact(value))
+            return 0;
+        return put_binary_array(b, value, elements[code - BIN_TEXT_ARRAY]);
+    }
+    default:
+        return 0;
+    }
+}
+
+static PyObject *
+rows_binary(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "rows_binary(codes, rows, tails) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *codes = args[0];
+    if (!PyTuple_Check(codes)) {
+        PyErr_SetString(PyExc_TypeError, "codes must be a tuple of ints");
+        return NULL;
+    }
+    Py_ssize_t ncols = PyTuple_GET_SIZE(codes);
+    long code_of[1600];
+    if (ncols > 1600)
+        Py_RETURN_NONE;
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        code_of[c] = PyLong_AsLong(PyTuple_GET_ITEM(codes, c));
+        if (code_of[c] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *rows = PySequence_Fast(args[1], "rows must be a sequence");
+    if (rows == NULL)
+        return NULL;
+    PyObject *tails = PySequence_Fast(args[2], "tails must be a sequence");
+    if (tails == NULL) {
+        Py_DECREF(rows);
+        return NULL;
+    }
+    Py_ssize_t nrows = PySequence_Fast_GET_SIZE(rows);
+    Py_ssize_t ntails = PySequence_Fast_GET_SIZE(tails);
+    PyObject *result = NULL;
+    Buffer b = {NULL, 0, 0};
+    unsigned int nfields = (unsigned int)(ncols + (ntails ? 1 : 0));
+    if ((ntails && ntails != nrows) || nfields == 0)
+        goto fallback;
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        if (reserve(&b, 2) < 0)
+            goto done;
+        store16(b.data + b.size, nfields);
+        b.size += 2;
+        PyObject *it = PyObject_GetIter(PySequence_Fast_GET_ITEM(rows, r));
+        if (it == NULL)
+            goto done;
+        for (Py_ssize_t c = 0; c < ncols; c++) {
+            PyObject *value = PyIter_Next(it);
+            if (value == NULL) {
+                Py_DECREF(it);
+                if (PyErr_Occurred())
+                    goto done;
+                goto fallback;  /* a row shorter than the columns */
+            }
+            int done = value == Py_None ? (put32(&b, 0xffffffffUL) < 0 ? -1 : 1)
+                                        : put_binary(&b, code_of[c], value);
+            Py_DECREF(value);
+            if (done < 0 && PyErr_ExceptionMatches(PyExc_UnicodeError)) {
+                PyErr_Clear();  /* a lone surrogate: the text path has the say on it */
+                done = 0;
+            }
+            if (done <= 0) {
+                Py_DECREF(it);
+                if (done < 0)
+                    goto done;
+                goto fallback;
+            }
+        }
+        PyObject *extra = PyIter_Next(it);
+        Py_DECREF(it);
+        if (extra != NULL) {  /* a row longer than the columns */
+            Py_DECREF(extra);
+            goto fallback;
+        }
+        if (PyErr_Occurred())
+            goto done;
+        if (ntails) {
+            const char *text;
+            Py_ssize_t size;
+            int ok = utf8_of(PySequence_Fast_GET_ITEM(tails, r), &text, &size);
+            if (ok < 0 && PyErr_ExceptionMatches(PyExc_UnicodeError)) {
+                PyErr_Clear();
+                ok = 0;
+            }
+            if (ok < 0)
+                goto done;
+            if (ok == 0)
+                goto fallback;
+            if (put_field(&b, text, size) < 0)
+                goto done;
+        }
+        if ((r & 255) == 255) {
+            /* Let a writer thread that waits for the GIL (its socket answered) run. */
+            Py_BEGIN_ALLOW_THREADS
+            Py_END_ALLOW_THREADS
+        }
+    }
+    result = PyBytes_FromStringAndSize(b.data ? b.data : "", b.size);
+    goto done;
+fallback:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(b.data);
+    Py_DECREF(rows);
+    Py_DECREF(tails);
+    return result;
+}
+
 static PyMethodDef copytext_methods[] = {
     {"rows_text", (PyCFunction)(void (*)(void))rows_text, METH_FASTCALL,
      "rows_text(codes, rows, tails) -> str | None\n\nCOPY text of rows whose values all have "
      "the types their columns' codes expect; None for Python to render them."},
+    {"rows_binary", (PyCFunction)(void (*)(void))rows_binary, METH_FASTCALL,
+     "rows_binary(codes, rows, tails) -> bytes | None\n\nBinary COPY tuples of rows whose "
+     "values all have the types their columns' codes encode; None for COPY text."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef copytext_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "transforms.sinks.sql._copytext",
-    .m_doc = "COPY text of rows of Python values (copytext.rows_text's fast path).",
+    .m_doc = "COPY text and binary data of rows of Python values (copytext's fast paths).",
     .m_size = -1,
     .m_methods = copytext_methods,
 };

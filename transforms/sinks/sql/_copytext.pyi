@@ -8,3 +8,9 @@ def rows_text(
     tails: Sequence[str],
     /,
 ) -> str | None: ...
+def rows_binary(
+    codes: tuple[int, ...],
+    rows: Sequence[Iterable[Any]],
+    tails: Sequence[str],
+    /,
+) -> bytes | None: ...

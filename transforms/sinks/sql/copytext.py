@@ -26,7 +26,8 @@ try:
 except ImportError:  # built without a C compiler: the Python paths below do it all
     _copytext = None  # type: ignore[assignment]
 
-__all__ = ['NULL', 'column_texts', 'escape', 'row_renderer', 'rows_text', 'value_renderer']
+__all__ = ['BINARY_HEADER', 'BINARY_TRAILER', 'NULL', 'binary_codes', 'column_texts', 'escape',
+           'row_renderer', 'rows_binary', 'rows_text', 'value_renderer']
 
 NULL = '\\N'
 _COPY_ESCAPES = str.maketrans({'\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t'})
@@ -313,3 +314,45 @@ def row_renderer(columns: Sequence[Column]) -> Callable[[Iterable[Any], str], st
         return '\t'.join([NULL if v is None else r(v)
                           for r, v in zip(renders, values, strict=True)]) + tail + '\n'
     return render
+
+
+# Binary COPY: what _copytext.rows_binary encodes (its BIN_* numbers), by the type OID of the
+# column it goes into.  The server parses a binary value only as exactly its column's type
+# (an int8 for an int4 column is an error, not a cast), so this is keyed by the staging
+# table's own types: a domain, an enum or any type not listed here makes the rows go as text.
+_BINARY_CODES: dict[int, int] = {
+    16: 1,  # bool
+    17: 2,  # bytea
+    21: 3, 23: 4, 20: 5,  # int2, int4, int8
+    25: 6, 1043: 6, 1042: 6, 114: 6,  # text, varchar, bpchar, json: the UTF-8
+    3802: 7,  # jsonb
+    701: 8,  # float8 (not float4: its text input rounds the decimal, not the double)
+    1700: 9,  # numeric
+    1082: 10, 1114: 11, 1184: 12,  # date, timestamp, timestamptz
+    2950: 13,  # uuid
+    1009: 14, 1015: 15, 1005: 16, 1007: 17, 1016: 18,  # text[], varchar[], int2/4/8[]
+}
+BINARY_HEADER = b'PGCOPY\n\xff\r\n\x00' + bytes(8)  # signature, flags, no extension
+BINARY_TRAILER = b'\xff\xff'
+
+
+def binary_codes(type_oids: Sequence[int]) -> tuple[int, ...] | None:
+    """rows_binary's codes for columns of these types; None if one has no binary path here
+    (or the extension is not built)."""
+    if _copytext is None:
+        return None
+    codes = tuple(_BINARY_CODES.get(oid, 0) for oid in type_oids)
+    return None if 0 in codes or not codes else codes
+
+
+def rows_binary(codes: tuple[int, ...], rows: Sequence[Iterable[Any]],
+                tails: Sequence[str] = ()) -> bytes | None:
+    """Binary COPY tuples of ``rows`` (no header or trailer) for columns of ``codes``
+    (:func:`binary_codes`), ``tails[i]`` one more text value of row i; None when a value is
+    not of the one Python type its column's code encodes: then the rows go as text.
+
+    Cheaper for the server than text (it parses no numbers, dates or array literals: ~1.1
+    against 2.6 µs a row of the bench's table into a staging table)."""
+    if not rows:
+        return b''
+    return _copytext.rows_binary(codes, rows, tails)

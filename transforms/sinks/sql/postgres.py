@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from transforms.dsn import parse_dsn, pg_ask, pg_conninfo, redact
@@ -38,7 +38,13 @@ from transforms.sinks.sql.apply import (
     WriteChanges,
 )
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
-from transforms.sinks.sql.copytext import rows_text
+from transforms.sinks.sql.copytext import (
+    BINARY_HEADER,
+    BINARY_TRAILER,
+    binary_codes,
+    rows_binary,
+    rows_text,
+)
 from transforms.sinks.sql.routing import Route, TargetTable, postgres_target
 from transforms.sinks.sql.typemap import postgres_type
 from transforms.sources.postgres.catalog import lock_wait
@@ -62,6 +68,10 @@ _COLUMNS = ('SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attno
             'ON i.indrelid = a.attrelid AND i.indisprimary '
             'WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped '
             'ORDER BY a.attnum')
+# A staging table's column types, in order (which of them binary COPY can fill).
+_STAGE_TYPES = ('SELECT atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass '
+                'AND attnum > 0 AND NOT attisdropped ORDER BY attnum')
+_TEXT_OID = 25
 
 
 def _psycopg() -> Any:
@@ -97,10 +107,14 @@ class _PostgresTarget(Target):
         # staging table keeps the column types of when it was made, so one made before is not
         # used after.
         self._shape = [0]
+        # By staging key (which names the shape): rows_binary's codes for its value columns,
+        # None where one has no binary path; from the first lane to make such a table.
+        self._codes: dict[tuple[Any, ...], tuple[int, ...] | None] = {}
 
     def lane(self) -> _PostgresTarget:
         twin = _PostgresTarget(self._dsn, self._route, self.lanes)
         twin._shape = self._shape
+        twin._codes = self._codes
         return twin
 
     @property
@@ -109,7 +123,7 @@ class _PostgresTarget(Target):
 
     def __getstate__(self) -> dict[str, Any]:
         return {'_dsn': self._dsn, '_route': self._route, '_conn': None, '_shape': [0],
-                'lanes': self.lanes}
+                '_codes': {}, 'lanes': self.lanes}
 
     def target_of(self, table: TableSchema) -> TargetTable:
         return postgres_target(table, self._route)
@@ -121,6 +135,7 @@ class _PostgresTarget(Target):
         self._conn = psycopg.connect(pg_conninfo(self._dsn), autocommit=True)
         self._cur = self._conn.cursor()
         self._stages: dict[tuple[Any, ...], str] = {}
+        self._stage_codes: dict[str, tuple[int, ...] | None] = {}  # this session's, by name
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._row_by_row = False
         self._known_types: dict[str, bool] = {}
@@ -306,16 +321,29 @@ class _PostgresTarget(Target):
         if stage is None:
             digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
             stage = f'pg_temp.{sql.pg_ident("_cb_stage_" + digest)}'
-            self._run(sql.pg_create_stage(stage, target, columns, extra))
+            self._defer(sql.pg_create_stage(stage, target, columns, extra))
+            self._run(_STAGE_TYPES, (stage,))
+            oids = [oid for oid, in self._cur.fetchall()]
+            # The rows' values, then their position as text (an upsert's stage; the others
+            # are COPYed as text).
+            codes = binary_codes(oids[:-1]) if not extra and oids[-1:] == [_TEXT_OID] \
+                else None
             self._stages[key] = stage
+            self._stage_codes[stage] = self._codes[key] = codes
         return stage
 
-    def _copy(self, stage: str, names: Sequence[str], chunks: Iterable[str]) -> None:
-        """COPY the text ``chunks`` (rows of the ``names`` columns, see :func:`_chunks`)."""
+    def _copy(self, stage: str, names: Sequence[str], chunks: Iterable[str | bytes],
+              binary: bool = False) -> None:
+        """COPY the ``chunks`` (rows of the ``names`` columns, see :func:`_chunks`): COPY
+        text, or the tuples of binary COPY."""
         self._flush()  # COPY has no place in a pipeline
-        with self._cur.copy(sql.pg_copy(stage, names)) as copy:
+        with self._cur.copy(sql.pg_copy(stage, names, binary)) as copy:
+            if binary:
+                copy.write(BINARY_HEADER)
             for chunk in chunks:
                 copy.write(chunk)
+            if binary:
+                copy.write(BINARY_TRAILER)
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -412,7 +440,12 @@ class _PostgresTarget(Target):
                       (*given.values(), *(change.row[k] for k in key), change.pos))
 
     def render_upserts(self, tb: TableBatch, upserts: list[RowChange]) -> list[_Group]:
-        return _upsert_groups(tb, upserts, ahead=True)
+        return _upsert_groups(tb, upserts, ahead=True, codes=self._codes_of(tb))
+
+    def _codes_of(self, tb: TableBatch) -> Any:
+        """What binary COPY codes a group's staging table takes (None: text), as far as the
+        staging tables made so far tell; ``upsert`` checks them against its own."""
+        return lambda names: self._codes.get(self._stage_key(tb.target, names))
 
     def stage_ahead(self, tb: TableBatch) -> None:
         # Into staging tables this session made in an earlier transaction only: making one
@@ -422,13 +455,13 @@ class _PostgresTarget(Target):
         if rendered is None or self._row_by_row:
             return
         stages = []
-        for names, _, _, _ in rendered.groups:
+        for names, _, _, _, codes in rendered.groups:
             stage = self._stages.get(self._stage_key(tb.target, names))
-            if stage is None:
+            if stage is None or (codes is not None and self._stage_codes.get(stage) != codes):
                 return
             stages.append(stage)
-        for stage, (names, _, _, chunks) in zip(stages, rendered.groups, strict=True):
-            self._copy(stage, names, chunks)
+        for stage, (names, _, _, chunks, codes) in zip(stages, rendered.groups, strict=True):
+            self._copy(stage, names, chunks, codes is not None)
         tb.staged = (rendered, self._shape[0], stages)
 
     def upsert(self, tb: TableBatch, changes: Sequence[RowChange]) -> int:
@@ -439,16 +472,22 @@ class _PostgresTarget(Target):
             # Staged ahead (before the lock) and still what goes in: nothing to COPY.
             copied = staged is not None and staged[0] is rendered and staged[1] == self._shape[0]
         else:
-            groups = _upsert_groups(tb, changes, ahead=False)
+            # Row by row, as text: a rejected value's error quotes it (COPY's context).
+            groups = _upsert_groups(tb, changes, ahead=False,
+                                    codes=None if self._row_by_row else self._codes_of(tb))
             copied = False
         if staged is not None and not copied:  # stale rows, or the table changed since
             for stage in staged[2]:
                 self._defer(f'TRUNCATE {stage}')
         stale = 0
-        for names, nulled, group, chunks in groups:
+        for names, nulled, group, chunks, codes in groups:
             stage = self._stage(tb.target, names)
+            if codes is not None and self._stage_codes.get(stage) != codes:
+                # Binary for another lane's staging table whose types this one's lack (the
+                # target was altered in between, not by the sink): as text.
+                chunks, codes = _text_chunks(group), None
             if not copied:
-                self._copy(stage, names, chunks)
+                self._copy(stage, names, chunks, codes is not None)
             self._run(sql.pg_upsert(tb.target, stage, names, tb.table.key, nulled))
             stale += len(group) - max(self._cur.rowcount, 0)
             self._defer(f'TRUNCATE {stage}')  # with the next statement (COMMIT, often)
@@ -480,23 +519,55 @@ class _PostgresTarget(Target):
             return max(self._cur.rowcount, 0)
 
 
-# Staged column names, target columns to set NULL, the changes, their COPY text chunks.
-_Group = tuple[list[str], list[str], list[RowChange], Iterable[str]]
+# Staged column names, target columns to set NULL, the changes, their COPY chunks, and the
+# binary COPY codes the chunks were made for (None: COPY text).
+_Group = tuple[list[str], list[str], list[RowChange], Iterable[str | bytes],
+               tuple[int, ...] | None]
 
 
-def _upsert_groups(tb: TableBatch, changes: Sequence[RowChange], *, ahead: bool
+def _upsert_groups(tb: TableBatch, changes: Sequence[RowChange], *, ahead: bool,
+                   codes: Callable[[list[str]], tuple[int, ...] | None] | None = None
                    ) -> list[_Group]:
     """Per group of ``_by_columns``: the staged column names, the target columns to set NULL,
-    the changes and their COPY text chunks (a list when rendered ``ahead``, else rendered
-    while the COPY runs, so that the server parses one chunk while the next is made)."""
+    the changes and their COPY chunks.  Binary when ``codes`` knows the staging table's and
+    every value has their Python type (the server parses binary values for a fraction of
+    text's cost); else COPY text, a list when rendered ``ahead``, else rendered while the COPY
+    runs, so that the server parses one chunk while the next is made."""
     groups: list[_Group] = []
     for columns, nulled, group in _by_columns(tb, changes):
         fill = _fill(tb, group[0].table, nulled)
+        names = [*columns, *fill, sql.POS]
+        cleared = [n for n in nulled if n not in fill]
+        found = codes(names) if codes is not None and not fill else None
+        binary = _binary_chunks(found, group) if found is not None else None
+        if binary is not None:
+            groups.append((names, cleared, group, binary, found))
+            continue
         chunks = _chunks(_copy_columns(group[0].table, columns, fill), _values(group, fill),
                          [c.pos for c in group])
-        groups.append(([*columns, *fill, sql.POS], [n for n in nulled if n not in fill], group,
-                       list(chunks) if ahead else chunks))
+        groups.append((names, cleared, group, list(chunks) if ahead else chunks, None))
     return groups
+
+
+def _binary_chunks(codes: tuple[int, ...], group: list[RowChange]) -> list[bytes] | None:
+    """The group's binary COPY tuples, ``_COPY_CHUNK_ROWS`` rows a chunk; None if a value
+    is not of the type its column's code encodes."""
+    rows = _values(group, {})
+    tails = [c.pos for c in group]
+    chunks = []
+    for start in range(0, len(rows), _COPY_CHUNK_ROWS):
+        end = start + _COPY_CHUNK_ROWS
+        chunk = rows_binary(codes, rows[start:end], tails[start:end])
+        if chunk is None:
+            return None
+        chunks.append(chunk)
+    return chunks
+
+
+def _text_chunks(group: list[RowChange]) -> Iterator[str]:
+    """COPY text of a group rendered for binary (whose rows fill no column)."""
+    return _chunks(_copy_columns(group[0].table, group[0].columns, {}), _values(group, {}),
+                   [c.pos for c in group])
 
 
 def _chunks(columns: Sequence[Column], rows: Sequence[Iterable[Any]],

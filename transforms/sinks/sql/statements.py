@@ -226,10 +226,11 @@ def pg_create_stage(stage: str, target: TargetTable, columns: Sequence[str],
             f'FROM {pg_table(target)} WITH NO DATA')
 
 
-def pg_copy(stage: str, columns: Sequence[str]) -> str:
-    """COPY into a staging table; run *without* parameters (psycopg sends it verbatim)."""
+def pg_copy(stage: str, columns: Sequence[str], binary: bool = False) -> str:
+    """COPY into a staging table, as text or ``binary``; run *without* parameters (psycopg
+    sends it verbatim)."""
     names = ', '.join('"' + _check(n).replace('"', '""') + '"' for n in columns)
-    return f'COPY {stage} ({names}) FROM STDIN'
+    return f'COPY {stage} ({names}) FROM STDIN' + (' (FORMAT binary)' if binary else '')
 
 
 def pg_upsert(target: TargetTable, stage: str, columns: Sequence[str],
