@@ -972,3 +972,27 @@ def test_a_table_made_from_the_sources_ddl_with_an_identity_column(pg_db, tmp_pa
     with pg_db.connect() as conn:
         assert conn.execute('SELECT id, note FROM shop.tickets ORDER BY id').fetchall() == \
             [(7, 'b'), (9, 'c')]
+
+
+def test_rows_naming_their_columns_in_another_order_land_in_the_right_columns(pg_db):
+    # A batch's rows are COPYed by group of the columns they name, in the order they name
+    # them; a row with the same columns in another order must not join the others' group
+    # (two text columns: its values would land swapped without an error).
+    names = TableSchema('shop', 'names', (
+        Column('id', Kind.INT64, 'bigint', nullable=False), Column('first', Kind.TEXT, 'text'),
+        Column('last', Kind.TEXT, 'text')), key=('id',))
+    applier = Applier(_PostgresTarget(pg_db.dsn))
+    applier.open()
+    assert applier.apply([change('c', 1, table=names,
+                                 after={'id': 1, 'first': 'Ada', 'last': 'Lovelace'})]) == []
+    assert applier.apply([
+        change('c', 4, table=names, after={'id': 2, 'first': 'Alan', 'last': 'Turing'}),
+        change('c', 5, table=names, after={'id': 3, 'last': 'Hopper', 'first': 'Grace'}),
+        change('c', 7, table=names, after={'id': 4, 'first': 'Edsger', 'last': 'Dijkstra'}),
+        change('c', 8, table=names, after={'id': 5, 'last': 'Liskov', 'first': 'Barbara'}),
+    ]) == []
+    applier.close()
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT id, first, last FROM shop.names ORDER BY id').fetchall() == \
+            [(1, 'Ada', 'Lovelace'), (2, 'Alan', 'Turing'), (3, 'Grace', 'Hopper'),
+             (4, 'Edsger', 'Dijkstra'), (5, 'Barbara', 'Liskov')]

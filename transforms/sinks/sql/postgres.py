@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import Any
 
 from transforms.dsn import parse_dsn, pg_ask, pg_conninfo, redact
@@ -72,6 +74,8 @@ _COLUMNS = ('SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attno
 _STAGE_TYPES = ('SELECT atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass '
                 'AND attnum > 0 AND NOT attisdropped ORDER BY attnum')
 _TEXT_OID = 25
+_ROW = operator.attrgetter('row')
+_TABLE = operator.attrgetter('table')
 
 
 def _psycopg() -> Any:
@@ -583,6 +587,15 @@ def _by_columns(tb: TableBatch, changes: Sequence[RowChange]
                 ) -> list[tuple[tuple[str, ...], tuple[str, ...], list[RowChange]]]:
     """Changes grouped by the columns they write (with the kept columns they set NULL), and by
     schema: the same column names can have other types in another version."""
+    if not changes:
+        return []
+    # Nearly always one group: checked at C speed (a dict's tuple, list.count) for ~0.1 µs a
+    # row, against ~0.35 for the loop below.
+    shapes = list(map(tuple, map(_ROW, changes)))
+    schemas = list(map(_TABLE, changes))
+    if shapes.count(shapes[0]) == len(shapes) \
+            and all(map(operator.is_, schemas, repeat(schemas[0]))):
+        return [(shapes[0], tb.nulled(schemas[0]), list(changes))]
     groups: dict[tuple[tuple[str, ...], int], list[RowChange]] = {}
     for change in changes:
         groups.setdefault((change.columns, id(change.table)), []).append(change)
