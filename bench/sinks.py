@@ -8,8 +8,9 @@ Starts throwaway servers (tests/services), builds ``--rows`` change events of a 
 * PostgreSQL: ``COPY … FROM STDIN`` of the same rows, pre-rendered as text, into an empty table
   with the same primary key (the limit; the same rows as binary COPY, the format the sink
   stages rows in where the target's types allow, which the server parses faster; and COPY of
-  the Python values through psycopg's ``write_row``, the limit for a Python client) vs the sink applying the events as inserts
-  into an empty target and as updates of every row (``Applier``, no Beam: each batch handed
+  the Python values through psycopg's ``write_row``, the limit for a Python client) vs the
+  sink applying the events as inserts into an empty target and as updates of every row
+  (``Applier``, no Beam: each batch handed
   to the writer thread with ``submit`` as the sink does, and the updates also one batch at a
   time with ``apply``, which renders and writes in turn), and end to end
   through a Beam pipeline on the default runner (which includes making the events: the
