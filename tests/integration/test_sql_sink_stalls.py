@@ -160,6 +160,31 @@ def test_a_batch_waiting_for_a_lock_waits_and_the_log_says_for_what(kind, reques
     assert rows(db) == expected(events)
 
 
+def test_a_batch_waiting_for_the_one_before_on_the_other_connection_says_so(pg_db,
+                                                                         caplog) -> None:
+    """Two batches in flight on two connections; the first waits for a lock past
+    ``stall_check_s``.  The second waits for the first to commit: its check says so (and cuts
+    nothing), rather than report its own session idle in its transaction."""
+    caplog.set_level(logging.INFO, logger=_APPLY)
+    applier, events, rest = _half_applied(_PostgresTarget(pg_db.dsn), mariadb_safe=False)
+    with pg_db.connect() as holder:
+        holder.execute('BEGIN')
+        holder.execute('LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE')
+        assert applier.submit(rest[:75]) == []
+        assert applier.submit(rest[75:]) == []
+        before = _logged(caplog, 'for the batch before this one', timeout=30)
+        first = _logged(caplog, 'still waiting for the target', timeout=30)
+        holder.execute('COMMIT')
+    assert applier.drain() == []
+    applier.close()
+    assert before is not None, _warnings(caplog)
+    assert first is not None and 'held by process' in first, first
+    assert all('held by process' in w for w in _warnings(caplog)
+               if 'still waiting for the target' in w), _warnings(caplog)
+    assert not [w for w in _warnings(caplog) if 'reconnecting' in w]
+    assert pg_rows(pg_db) == pg_expected(events)
+
+
 @pytest.mark.parametrize('kind', ['postgres', 'mariadb'])
 def test_a_batch_waiting_for_row_locks_names_the_session_holding_them(kind, request,
                                                                       caplog) -> None:

@@ -391,6 +391,9 @@ class Applier:
         # (target, schema) pairs the target table is known to hold, and its columns then.
         self._fitted: set[tuple[TargetTable, TableSchema]] = set()
         self._target_columns: dict[TargetTable, frozenset[str]] = {}
+        # True while this lane waits for the batch before, on another lane (whose own stall
+        # check looks at it): this lane's check then has nothing of its own to say.
+        self._awaiting = False
         # The source table each target table holds the rows of, where the target keeps no record.
         self._sources: dict[TargetTable, str] = {}
         self._altered = Metrics.counter(step, 'tables_altered')
@@ -532,7 +535,7 @@ class Applier:
                 event.message.get('skipped'))  # type: ignore[union-attr]
         tables = [*plan.tables.values(), *plan.strays.values()]
         if previous is not None and not tables:
-            _after(previous)
+            self._await(previous)
         if tables:
             try:
                 done = self._retry(
@@ -662,11 +665,22 @@ class Applier:
         return stall_watch(self.target.fileno, self._stall_check_s, self._check_stalled,
                            'the target')
 
+    def _await(self, previous: concurrent.futures.Future[_Outcome]) -> None:
+        self._awaiting = True
+        try:
+            _after(previous)
+        finally:
+            self._awaiting = False
+
     def _check_stalled(self, waited: float) -> None:
         """On the stall watch's thread: raises when the server does not answer a new
         connection either (the batch's connection is then shut down); else says what the
         batch waits for."""
         target = self.target
+        if self._awaiting:  # not on this connection: the other lane's check says what
+            _LOG.info('%s: still waiting after %.0f s for the batch before this one, on the '
+                      'other connection', target.step, waited)
+            return
         try:
             doing = target.probe(self._probe_timeout_s)
         except OSError as exc:  # no answer, or the session is gone (Target.probe)
@@ -793,7 +807,7 @@ class Applier:
         fitted: dict[TargetTable, frozenset[str]] = {}
         if not target.transactional_ddl:  # its DDL would commit the batch transaction
             if previous is not None:  # DDL of one batch before the commit of the one before
-                _after(previous)
+                self._await(previous)
             tables = self._fit_all(tables, written, fitted)
         target.begin(row_by_row)
         for tb in tables:
@@ -801,7 +815,7 @@ class Applier:
             if not row_by_row and tb.prepared is not None:
                 target.stage_ahead(tb)  # while the batch before is written
         if previous is not None:
-            _after(previous)
+            self._await(previous)
         # In one order for every writer; a MariaDB table of the DSN's database has no schema.
         target.lock(sorted({tb.target for tb in tables}, key=lambda t: (t.schema or '', t.table)))
         if target.transactional_ddl:  # after the lock: one writer alters a table at a time
