@@ -246,3 +246,26 @@ def test_a_batch_after_one_that_failed_writes_nothing(pg_db):
     finally:
         applier.close()
     assert _notes(pg_db) == {3: '3@3', 6: '6@6', 10: '10@30', 11: '11@33'}
+
+
+def test_rows_rendered_binary_for_one_connection_go_as_text_where_the_other_differs(pg_db):
+    """Binary COPY values are read as exactly the staging column's type.  Rows are rendered
+    for the staging table the sink knows (the first connection's); when the target's column
+    type changed before the other connection made its own (not through the sink), the rows
+    go there as text: binary int8 read as float8 would be a different number, silently."""
+    from transforms.envelope import Column, Kind, TableSchema
+    counts = TableSchema('shop', 'counts', (Column('id', Kind.INT64, 'bigint', nullable=False),
+                                            Column('n', Kind.INT64, 'bigint')), key=('id',))
+    applier = Applier(_PostgresTarget(pg_db.dsn))
+    applier.open()
+    assert applier.submit([change('c', 3, table=counts, after={'id': 1, 'n': 5})]) == []
+    assert applier.drain() == []  # the first connection made the table and its staging table
+    with pg_db.connect() as conn:
+        conn.execute('ALTER TABLE shop.counts ALTER COLUMN n TYPE double precision')
+    assert applier.submit([change('c', 6, table=counts, after={'id': 2, 'n': 7})]) == []
+    assert applier.submit([change('c', 9, table=counts, after={'id': 3, 'n': 9})]) == []
+    assert applier.drain() == []
+    applier.close()
+    with pg_db.connect() as conn:
+        assert conn.execute('SELECT id, n FROM shop.counts ORDER BY id').fetchall() == \
+            [(1, 5.0), (2, 7.0), (3, 9.0)]
