@@ -266,108 +266,6 @@ put_value(Buffer *b, long code, PyObject *value)
     }
 }
 
-static PyObject *
-rows_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "rows_text(codes, rows, tails) takes 3 arguments");
-        return NULL;
-    }
-    PyObject *codes = args[0];
-    if (!PyTuple_Check(codes) || PyTuple_GET_SIZE(codes) == 0) {
-        PyErr_SetString(PyExc_TypeError, "codes must be a non-empty tuple of ints");
-        return NULL;
-    }
-    Py_ssize_t ncols = PyTuple_GET_SIZE(codes);
-    long code_of[64];
-    if (ncols > 64)
-        Py_RETURN_NONE;
-    for (Py_ssize_t c = 0; c < ncols; c++) {
-        code_of[c] = PyLong_AsLong(PyTuple_GET_ITEM(codes, c));
-        if (code_of[c] == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    PyObject *rows = PySequence_Fast(args[1], "rows must be a sequence");
-    if (rows == NULL)
-        return NULL;
-    PyObject *tails = PySequence_Fast(args[2], "tails must be a sequence");
-    if (tails == NULL) {
-        Py_DECREF(rows);
-        return NULL;
-    }
-    Py_ssize_t nrows = PySequence_Fast_GET_SIZE(rows);
-    Py_ssize_t ntails = PySequence_Fast_GET_SIZE(tails);
-    PyObject *result = NULL;
-    Buffer b = {NULL, 0, 0};
-    if (ntails && ntails != nrows)
-        goto fallback;  /* Python's zip(strict=True) says what is wrong */
-    for (Py_ssize_t r = 0; r < nrows; r++) {
-        PyObject *it = PyObject_GetIter(PySequence_Fast_GET_ITEM(rows, r));
-        if (it == NULL)
-            goto done;
-        for (Py_ssize_t c = 0; c < ncols; c++) {
-            PyObject *value = PyIter_Next(it);
-            if (value == NULL) {
-                Py_DECREF(it);
-                if (PyErr_Occurred())
-                    goto done;
-                goto fallback;  /* a row shorter than the columns */
-            }
-            int done = (c && put(&b, "\t", 1) < 0) ? -1 : put_value(&b, code_of[c], value);
-            Py_DECREF(value);
-            if (done < 0 && PyErr_ExceptionMatches(PyExc_UnicodeError)) {
-                PyErr_Clear();  /* a lone surrogate: Python's path has the say on it */
-                done = 0;
-            }
-            if (done <= 0) {
-                Py_DECREF(it);
-                if (done < 0)
-                    goto done;
-                goto fallback;
-            }
-        }
-        PyObject *extra = PyIter_Next(it);
-        Py_DECREF(it);
-        if (extra != NULL) {  /* a row longer than the columns */
-            Py_DECREF(extra);
-            goto fallback;
-        }
-        if (PyErr_Occurred())
-            goto done;
-        if (ntails) {
-            PyObject *tail = PySequence_Fast_GET_ITEM(tails, r);
-            if (!PyUnicode_Check(tail))
-                goto fallback;
-            if (put(&b, "\t", 1) < 0)
-                goto done;
-            if (put_text(&b, tail, 0) < 0) {
-                if (!PyErr_ExceptionMatches(PyExc_UnicodeError))
-                    goto done;
-                PyErr_Clear();
-                goto fallback;
-            }
-        }
-        if (put(&b, "\n", 1) < 0)
-            goto done;
-        if ((r & 255) == 255) {
-            /* Let a writer thread that waits for the GIL (its socket answered) run. */
-            Py_BEGIN_ALLOW_THREADS
-            Py_END_ALLOW_THREADS
-        }
-    }
-    result = PyUnicode_DecodeUTF8(b.data ? b.data : "", b.size, "strict");
-    goto done;
-fallback:
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyMem_Free(b.data);
-    Py_DECREF(rows);
-    Py_DECREF(tails);
-    return result;
-}
-
 /* -- COPY binary ----------------------------------------------------------------------
  *
  *     data = rows_binary(codes, rows, tails)   # bytes of the tuples, or None: COPY text then
@@ -776,22 +674,41 @@ put_binary(Buffer *b, long code, PyObject *value)
     }
 }
 
+/* -- the rows ---------------------------------------------------------------------------
+ *
+ * Both formats walk the rows alike: `codes` a non-empty tuple of ints (one per column), `rows`
+ * a sequence of iterables of values in column order (a row's dict values), `tails` a sequence
+ * of str, one more column of each row (empty: none).  A row of another length, a value its
+ * column's code does not take (0 from `value`), a tail that is not plain str: None, and the
+ * caller renders the rows another way.
+ */
+typedef struct {
+    const char *usage;
+    /* One value (None included) of column `column`: 1 written, 0 not this path's, -1 error. */
+    int (*value)(Buffer *b, long code, PyObject *value, Py_ssize_t column);
+    int (*row_start)(Buffer *b, Py_ssize_t nfields);  /* 0, or -1 error */
+    int (*tail)(Buffer *b, PyObject *tail);  /* as value */
+    int (*row_end)(Buffer *b);  /* 0, or -1 error */
+    PyObject *(*result)(Buffer *b);
+} Format;
+
+#define MAX_COLUMNS 1600  /* PostgreSQL's own limit */
+
 static PyObject *
-rows_binary(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+render_rows(const Format *format, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)module;
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "rows_binary(codes, rows, tails) takes 3 arguments");
+        PyErr_Format(PyExc_TypeError, "%s takes 3 arguments", format->usage);
         return NULL;
     }
     PyObject *codes = args[0];
-    if (!PyTuple_Check(codes)) {
-        PyErr_SetString(PyExc_TypeError, "codes must be a tuple of ints");
+    if (!PyTuple_Check(codes) || PyTuple_GET_SIZE(codes) == 0) {
+        PyErr_SetString(PyExc_TypeError, "codes must be a non-empty tuple of ints");
         return NULL;
     }
     Py_ssize_t ncols = PyTuple_GET_SIZE(codes);
-    long code_of[1600];
-    if (ncols > 1600)
+    long code_of[MAX_COLUMNS];
+    if (ncols > MAX_COLUMNS)
         Py_RETURN_NONE;
     for (Py_ssize_t c = 0; c < ncols; c++) {
         code_of[c] = PyLong_AsLong(PyTuple_GET_ITEM(codes, c));
@@ -810,69 +727,65 @@ rows_binary(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t ntails = PySequence_Fast_GET_SIZE(tails);
     PyObject *result = NULL;
     Buffer b = {NULL, 0, 0};
-    unsigned int nfields = (unsigned int)(ncols + (ntails ? 1 : 0));
-    if ((ntails && ntails != nrows) || nfields == 0)
-        goto fallback;
+    if (ntails && ntails != nrows)
+        goto fallback;  /* Python's zip(strict=True) says what is wrong */
     for (Py_ssize_t r = 0; r < nrows; r++) {
-        if (reserve(&b, 2) < 0)
+        if (format->row_start(&b, ncols + (ntails ? 1 : 0)) < 0)
             goto done;
-        store16(b.data + b.size, nfields);
-        b.size += 2;
         PyObject *it = PyObject_GetIter(PySequence_Fast_GET_ITEM(rows, r));
         if (it == NULL)
             goto done;
-        for (Py_ssize_t c = 0; c < ncols; c++) {
+        for (Py_ssize_t c = 0; c <= ncols; c++) {
             PyObject *value = PyIter_Next(it);
+            if (c == ncols) {  /* one more: a row longer than the columns */
+                Py_DECREF(it);
+                if (value != NULL) {
+                    Py_DECREF(value);
+                    goto fallback;
+                }
+                if (PyErr_Occurred())
+                    goto done;
+                break;
+            }
             if (value == NULL) {
                 Py_DECREF(it);
                 if (PyErr_Occurred())
                     goto done;
                 goto fallback;  /* a row shorter than the columns */
             }
-            int done = value == Py_None ? (put32(&b, 0xffffffffUL) < 0 ? -1 : 1)
-                                        : put_binary(&b, code_of[c], value);
+            int written = format->value(&b, code_of[c], value, c);
             Py_DECREF(value);
-            if (done < 0 && PyErr_ExceptionMatches(PyExc_UnicodeError)) {
-                PyErr_Clear();  /* a lone surrogate: the text path has the say on it */
-                done = 0;
+            if (written < 0 && PyErr_ExceptionMatches(PyExc_UnicodeError)) {
+                PyErr_Clear();  /* a lone surrogate: Python's path has the say on it */
+                written = 0;
             }
-            if (done <= 0) {
+            if (written <= 0) {
                 Py_DECREF(it);
-                if (done < 0)
+                if (written < 0)
                     goto done;
                 goto fallback;
             }
         }
-        PyObject *extra = PyIter_Next(it);
-        Py_DECREF(it);
-        if (extra != NULL) {  /* a row longer than the columns */
-            Py_DECREF(extra);
-            goto fallback;
-        }
-        if (PyErr_Occurred())
-            goto done;
         if (ntails) {
-            const char *text;
-            Py_ssize_t size;
-            int ok = utf8_of(PySequence_Fast_GET_ITEM(tails, r), &text, &size);
-            if (ok < 0 && PyErr_ExceptionMatches(PyExc_UnicodeError)) {
+            int written = format->tail(&b, PySequence_Fast_GET_ITEM(tails, r));
+            if (written < 0 && PyErr_ExceptionMatches(PyExc_UnicodeError)) {
                 PyErr_Clear();
-                ok = 0;
+                written = 0;
             }
-            if (ok < 0)
+            if (written < 0)
                 goto done;
-            if (ok == 0)
+            if (written == 0)
                 goto fallback;
-            if (put_field(&b, text, size) < 0)
-                goto done;
         }
+        if (format->row_end(&b) < 0)
+            goto done;
         if ((r & 255) == 255) {
             /* Let a writer thread that waits for the GIL (its socket answered) run. */
             Py_BEGIN_ALLOW_THREADS
             Py_END_ALLOW_THREADS
         }
     }
-    result = PyBytes_FromStringAndSize(b.data ? b.data : "", b.size);
+    result = format->result(&b);
     goto done;
 fallback:
     result = Py_None;
@@ -882,6 +795,108 @@ done:
     Py_DECREF(rows);
     Py_DECREF(tails);
     return result;
+}
+
+static int
+text_value(Buffer *b, long code, PyObject *value, Py_ssize_t column)
+{
+    if (column && put(b, "\t", 1) < 0)
+        return -1;
+    return put_value(b, code, value);
+}
+
+static int
+text_row_start(Buffer *b, Py_ssize_t nfields)
+{
+    (void)b;
+    (void)nfields;
+    return 0;
+}
+
+static int
+text_tail(Buffer *b, PyObject *tail)
+{
+    if (!PyUnicode_Check(tail))
+        return 0;
+    if (put(b, "\t", 1) < 0 || put_text(b, tail, 0) < 0)
+        return -1;
+    return 1;
+}
+
+static int
+text_row_end(Buffer *b)
+{
+    return put(b, "\n", 1);
+}
+
+static PyObject *
+text_result(Buffer *b)
+{
+    return PyUnicode_DecodeUTF8(b->data ? b->data : "", b->size, "strict");
+}
+
+static const Format text_format = {"rows_text(codes, rows, tails)", text_value, text_row_start,
+                                   text_tail, text_row_end, text_result};
+
+static PyObject *
+rows_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    return render_rows(&text_format, args, nargs);
+}
+
+static int
+binary_value(Buffer *b, long code, PyObject *value, Py_ssize_t column)
+{
+    (void)column;
+    if (value == Py_None)
+        return put32(b, 0xffffffffUL) < 0 ? -1 : 1;
+    return put_binary(b, code, value);
+}
+
+static int
+binary_row_start(Buffer *b, Py_ssize_t nfields)
+{
+    if (reserve(b, 2) < 0)
+        return -1;
+    store16(b->data + b->size, (unsigned int)nfields);
+    b->size += 2;
+    return 0;
+}
+
+static int
+binary_tail(Buffer *b, PyObject *tail)
+{
+    const char *text;
+    Py_ssize_t size;
+    int ok = utf8_of(tail, &text, &size);
+    if (ok <= 0)
+        return ok;
+    return put_field(b, text, size) < 0 ? -1 : 1;
+}
+
+static int
+binary_row_end(Buffer *b)
+{
+    (void)b;
+    return 0;
+}
+
+static PyObject *
+binary_result(Buffer *b)
+{
+    return PyBytes_FromStringAndSize(b->data ? b->data : "", b->size);
+}
+
+static const Format binary_format = {"rows_binary(codes, rows, tails)", binary_value,
+                                     binary_row_start, binary_tail, binary_row_end,
+                                     binary_result};
+
+static PyObject *
+rows_binary(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    return render_rows(&binary_format, args, nargs);
 }
 
 static PyMethodDef copytext_methods[] = {
