@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import apache_beam as beam
 
@@ -266,27 +267,11 @@ def bench_postgres(rows: int, batch: int) -> None:
         with server.connect(name) as conn:
             conn.execute('CREATE TABLE copy_target (id bigint PRIMARY KEY, price numeric(12,2), '
                          'seen timestamptz, name text, doc jsonb, tags text[], blob bytea)')
-            text = _copy_text(rows)
-
-            def copy() -> None:
-                with conn.cursor().copy('COPY copy_target FROM STDIN') as cp:
-                    cp.write(text)
-
-            def limit() -> Rates:
-                conn.execute('TRUNCATE copy_target')
-                return _timed('COPY (pre-rendered text) into an empty table', rows, pid, copy)
+            limit = _copy_limit(conn, pid, rows, 'text', _copy_text(rows))
             limit()
             # The sink stages rows as binary COPY where it can: the same limit in that format.
             binary = _copy_binary(rows)
-
-            def copy_binary() -> None:
-                with conn.cursor().copy('COPY copy_target FROM STDIN (FORMAT binary)') as cp:
-                    cp.write(binary)
-
-            def binary_limit() -> Rates:
-                conn.execute('TRUNCATE copy_target')
-                return _timed('COPY (pre-rendered binary) into an empty table', rows, pid,
-                              copy_binary)
+            binary_limit = _copy_limit(conn, pid, rows, 'binary', binary)
             conn.execute('TRUNCATE copy_target')
             python_rows = [tuple(e.after.values()) for e in data[0]]  # type: ignore[union-attr]
 
@@ -309,6 +294,19 @@ def bench_postgres(rows: int, batch: int) -> None:
         print(f'  ratios against the {name} measured just before each:')
         _report(own, rates, name)
     _report(python_limit, rates, 'write_row COPY')
+
+
+def _copy_limit(conn: Any, pid: int, rows: int, format_: str, data: bytes
+                ) -> Callable[[], Rates]:
+    """A measurement of the limit: ``data`` COPYed in ``format_`` into the emptied table."""
+    def copy() -> None:
+        with conn.cursor().copy(f'COPY copy_target FROM STDIN (FORMAT {format_})') as cp:
+            cp.write(data)
+
+    def limit() -> Rates:
+        conn.execute('TRUNCATE copy_target')
+        return _timed(f'COPY (pre-rendered {format_}) into an empty table', rows, pid, copy)
+    return limit
 
 
 def _copy_text(rows: int) -> bytes:

@@ -206,6 +206,17 @@ put_array(Buffer *b, PyObject *value, int of_text)
     return put(b, "}", 1) < 0 ? -1 : 1;
 }
 
+/* A datetime (exactly) in UTC (`utc`) or naive: what both formats take for timestamptz and
+ * timestamp columns. */
+static int
+datetime_of(PyObject *value, int utc)
+{
+    if (!PyDateTime_CheckExact(value))
+        return 0;
+    PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
+    return utc ? zone == PyDateTime_TimeZone_UTC : zone == Py_None;
+}
+
 /* One value of a column of `code`: 1 rendered, 0 not this fast path's, -1 error. */
 static int
 put_value(Buffer *b, long code, PyObject *value)
@@ -231,10 +242,7 @@ put_value(Buffer *b, long code, PyObject *value)
         return put_str_of(b, value, 1) < 0 ? -1 : 1;
     case CODE_TIMESTAMPTZ:
     case CODE_TIMESTAMP: {
-        if (!PyDateTime_CheckExact(value))
-            return 0;
-        PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
-        if (code == CODE_TIMESTAMPTZ ? zone != PyDateTime_TimeZone_UTC : zone != Py_None)
+        if (!datetime_of(value, code == CODE_TIMESTAMPTZ))
             return 0;
         if (put_date(b, PyDateTime_GET_YEAR(value), PyDateTime_GET_MONTH(value),
                      PyDateTime_GET_DAY(value)) < 0 || put_clock(b, value) < 0)
@@ -643,10 +651,7 @@ put_binary(Buffer *b, long code, PyObject *value)
     }
     case BIN_TIMESTAMP:
     case BIN_TIMESTAMPTZ: {
-        if (!PyDateTime_CheckExact(value))
-            return 0;
-        PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
-        if (code == BIN_TIMESTAMPTZ ? zone != PyDateTime_TimeZone_UTC : zone != Py_None)
+        if (!datetime_of(value, code == BIN_TIMESTAMPTZ))
             return 0;
         long long days = days_since_2000(PyDateTime_GET_YEAR(value), PyDateTime_GET_MONTH(value),
                                          PyDateTime_GET_DAY(value));
@@ -867,12 +872,7 @@ binary_row_start(Buffer *b, Py_ssize_t nfields)
 static int
 binary_tail(Buffer *b, PyObject *tail)
 {
-    const char *text;
-    Py_ssize_t size;
-    int ok = utf8_of(tail, &text, &size);
-    if (ok <= 0)
-        return ok;
-    return put_field(b, text, size) < 0 ? -1 : 1;
+    return put_binary(b, BIN_TEXT, tail);  /* the position: a text column */
 }
 
 static int

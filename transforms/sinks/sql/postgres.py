@@ -446,7 +446,7 @@ class _PostgresTarget(Target):
     def render_upserts(self, tb: TableBatch, upserts: list[RowChange]) -> list[_Group]:
         return _upsert_groups(tb, upserts, ahead=True, codes=self._codes_of(tb))
 
-    def _codes_of(self, tb: TableBatch) -> Any:
+    def _codes_of(self, tb: TableBatch) -> Callable[[list[str]], tuple[int, ...] | None]:
         """What binary COPY codes a group's staging table takes (None: text), as far as the
         staging tables made so far tell; ``upsert`` checks them against its own."""
         return lambda names: self._codes.get(self._stage_key(tb.target, names))
