@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.options import CdcConfig, CdcOptions, OptionError, SinkSpec, validate_cdc
 from transforms.dead_letter import WriteDeadLetters
 from transforms.dsn import display
+from transforms.gcs_emulator import connect_gcs_emulator_anonymously
 
 __all__ = ['build', 'main', 'sink_transform']
 
@@ -127,6 +128,7 @@ def _tombstone_retention(hours: float) -> dt.timedelta | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    connect_gcs_emulator_anonymously()
     parser = _parser()
     known, beam_args = parser.parse_known_args(argv)
     mistyped = _mistyped(beam_args)

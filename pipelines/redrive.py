@@ -48,6 +48,7 @@ from transforms.dead_letter import (
     parse_dead_letter_uri,
 )
 from transforms.envelope import ChangeEvent
+from transforms.gcs_emulator import connect_gcs_emulator_anonymously
 from transforms.retry import with_retries
 
 __all__ = ['Inventory', 'Letter', 'main', 'move_aside', 'read_dead_letters']
@@ -312,6 +313,7 @@ def _summary(read: int, applied: int | None, failed: int, inventory: Inventory,
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    connect_gcs_emulator_anonymously()
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     try:

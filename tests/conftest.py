@@ -85,7 +85,9 @@ def moto_server() -> Iterator[MotoServer]:
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[FakeGcsServer]:
     from tests.services.gcs import FakeGcsServer
+    from transforms.gcs_emulator import connect_gcs_emulator_anonymously
 
+    connect_gcs_emulator_anonymously()  # tests in this process that set STORAGE_EMULATOR_HOST
     server = FakeGcsServer.start()
     yield server
     server.stop()
