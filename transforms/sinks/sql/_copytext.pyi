@@ -1,4 +1,4 @@
-"""Type stub of the SQL sink's C COPY text renderer (``_copytext.c``)."""
+"""Type stub of the SQL sinks' C row renderers (``_copytext.c``)."""
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,3 +14,10 @@ def rows_binary(
     tails: Sequence[str],
     /,
 ) -> bytes | None: ...
+def rows_sql(
+    codes: tuple[int, ...],
+    rows: Sequence[Iterable[Any]],
+    tails: Sequence[str],
+    limit: int,
+    /,
+) -> list[str] | None: ...

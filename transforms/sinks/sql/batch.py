@@ -30,6 +30,7 @@ import hashlib
 import json
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from transforms.envelope import SNAPSHOT_COMPLETE, ChangeEvent, Op, TableSchema, encode_json_value
@@ -39,6 +40,8 @@ from transforms.sinks.sql.statements import RESERVED
 __all__ = ['Batch', 'Rendered', 'RowChange', 'TableBatch', 'hashed', 'key_hash', 'plan_batch']
 
 _UPSERTS = frozenset({Op.CREATE, Op.READ, Op.UPDATE})
+_ROW = operator.attrgetter('row')
+_TABLE = operator.attrgetter('table')
 _PLAIN = (int, str, bool)
 
 
@@ -112,6 +115,25 @@ class TableBatch:
             names = tuple(sorted(self.target_columns - table.by_name.keys() - RESERVED))
             cached = self._nulled[id(table)] = (table, self.target_columns, names)
         return cached[2]
+
+    def by_columns(self, changes: Sequence[RowChange]
+                   ) -> list[tuple[tuple[str, ...], tuple[str, ...], list[RowChange]]]:
+        """``changes`` grouped by the columns they write (with the kept columns they set
+        NULL), and by schema: the same column names can have other types in another version."""
+        if not changes:
+            return []
+        # Nearly always one group: checked at C speed (a dict's tuple, list.count) for ~0.1 µs
+        # a row, against ~0.35 for the loop below.
+        shapes = list(map(tuple, map(_ROW, changes)))
+        schemas = list(map(_TABLE, changes))
+        if shapes.count(shapes[0]) == len(shapes) \
+                and all(map(operator.is_, schemas, repeat(schemas[0]))):
+            return [(shapes[0], self.nulled(schemas[0]), list(changes))]
+        groups: dict[tuple[tuple[str, ...], int], list[RowChange]] = {}
+        for change in changes:
+            groups.setdefault((change.columns, id(change.table)), []).append(change)
+        return [(columns, self.nulled(group[0].table), group)
+                for (columns, _), group in groups.items()]
 
     def events(self) -> list[ChangeEvent]:
         out = list(self.truncate_events)

@@ -48,6 +48,11 @@ from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
 from transforms.sinks.sql.typemap import SAME_DATABASE, mysql_scale, mysql_type
 
+try:
+    from transforms.sinks.sql import _copytext
+except ImportError:  # built without a C compiler: the column-wise paths below do it all
+    _copytext = None  # type: ignore[assignment]
+
 __all__ = ['WriteChangesToMySQL']
 
 _LOG = logging.getLogger(__name__)
@@ -219,6 +224,8 @@ def _json_array(column: Column, quote: Callable[[Any], str]) -> Callable[[Any], 
 
 _NONE = type(None)
 _ISO_SPACE = operator.methodcaller('isoformat', ' ')
+_ROW = operator.attrgetter('row')
+_VALUES = operator.methodcaller('values')
 _INTEGERS = frozenset({Kind.INT16, Kind.INT32, Kind.INT64})
 _TEMPORAL = frozenset({Kind.DATE, Kind.TIME, Kind.TIMESTAMP})
 _QUOTED = frozenset({Kind.STRING, Kind.TEXT, Kind.JSON, Kind.UUID, Kind.ENUM, Kind.INTERVAL,
@@ -270,6 +277,39 @@ def _column_literals(column: Column, values: Sequence[Any], convert: Callable[[A
             rendered = iter(texts)
             texts = ['NULL' if v is None else next(rendered) for v in values]
     return texts if texts is not None else list(map(convert, values))
+
+
+# What _copytext.rows_sql takes each column's values for (its LIT_* numbers): the one type
+# the column-wise paths above render alike; 0: none (the rows are rendered column-wise).
+_LITERAL_CODES = {**{kind: 1 for kind in _INTEGERS}, **{kind: 2 for kind in _QUOTED},
+                  Kind.FLOAT32: 4, Kind.FLOAT64: 4, Kind.TIMESTAMP: 5, Kind.TIMESTAMPTZ: 6,
+                  Kind.DATE: 7, Kind.TIME: 8, Kind.BOOLEAN: 10}
+_LIT_DECIMAL, _LIT_BYTES, _LIT_JSON_ARRAY, _LIT_DECIMAL_SCALE = 3, 9, 11, 1000
+
+
+def _literal_codes(table: TableSchema, columns: Sequence[str], connector: str
+                   ) -> tuple[int, ...] | None:
+    """rows_sql's codes for ``columns`` of ``table``; None if one has no code (or the
+    extension is not built)."""
+    if _copytext is None:
+        return None
+    codes = []
+    for name in columns:
+        column = table.by_name[name]
+        kind = column.kind
+        if kind is Kind.DECIMAL:
+            scale = mysql_scale(column, connector)
+            code = _LIT_DECIMAL if scale is None else _LIT_DECIMAL_SCALE + scale
+        elif kind is Kind.ARRAY:
+            code = _LIT_JSON_ARRAY if (column.element or Kind.TEXT) in _JSON_AS_IS else 0
+        elif kind is Kind.BYTES:
+            code = 0 if _is_geometry(column, connector) else _LIT_BYTES
+        else:
+            code = _LITERAL_CODES.get(kind, 0)
+        if not code:
+            return None
+        codes.append(code)
+    return tuple(codes)
 
 
 def _null_safe(name: str, convert: Callable[[Any], str]) -> Callable[[Any], str]:
@@ -610,26 +650,35 @@ class _MySQLTarget(Target):
     def _rows(self, tb: TableBatch, changes: Sequence[RowChange],
               with_id: bool) -> list[tuple[list[str], tuple[str, ...], list[str]]]:
         """Changes grouped by the columns they write (and the kept columns they set NULL), as
-        escaped row tuples, in chunks."""
-        groups: dict[tuple[tuple[str, ...], int], list[RowChange]] = {}
-        for change in changes:  # by schema too: a column's type can differ between versions
-            groups.setdefault((change.columns, id(change.table)), []).append(change)
-        out = []
-        for (columns, _), group in groups.items():
-            nulled = tb.nulled(group[0].table)
+        escaped row tuples, in chunks (one statement each; from C, a chunk's rows come joined
+        as one text)."""
+        out: list[tuple[list[str], tuple[str, ...], list[str]]] = []
+        for columns, nulled, group in tb.by_columns(changes):
             table = group[0].table
             # Rows older than a column a newer schema of the batch added with a default: the
             # source's rows hold the default, not NULL.
             fill = filled(tb.schemas, table, nulled) if len(tb.schemas) > 1 and nulled else {}
             nulled = tuple(n for n in nulled if n not in fill)
             names = [*columns, *fill, sql.POS] + ([sql.ROW_ID] if with_id else [])
+            defaults = [_default_literal(column, self._escape) for column in fill.values()]
+            codes = _literal_codes(table, columns, tb.connector) if len(group) > 1 else None
+            if codes is not None:
+                # In C (~10x cheaper), when every value has the type its column's code takes.
+                prefix = ''.join(literal + ', ' for literal in defaults)
+                tails = [f"{prefix}'{c.pos}', '{c.key_hash}'" for c in group] if with_id \
+                    else [f"{prefix}'{c.pos}'" for c in group]
+                values = list(map(_VALUES, map(_ROW, group)))
+                chunks = _copytext.rows_sql(codes, values, tails, _STATEMENT_BYTES)
+                if chunks is not None:
+                    out.extend((names, nulled, [chunk]) for chunk in chunks)
+                    continue
             converters = self._convert(table, tb.connector)
             by_column = [
                 _column_literals(table.by_name[name], values, converters[name], tb.connector)
                 for name, values in zip(columns, zip(*(c.row.values() for c in group),  # type: ignore[union-attr]
                                                      strict=True), strict=True)]
-            for column in fill.values():
-                by_column.append([_default_literal(column, self._escape)] * len(group))
+            for literal in defaults:
+                by_column.append([literal] * len(group))
             by_column.append([f"'{c.pos}'" for c in group])
             if with_id:
                 by_column.append([f"'{c.key_hash}'" for c in group])
