@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.integration.test_copy_binary import typed_rows
 from transforms.envelope import Column, Kind, TableSchema
 from transforms.sinks.sql import mysql
 from transforms.sinks.sql.typemap import mysql_type
@@ -149,22 +150,8 @@ def _both(conn: Any, kinds: list[str], rows: list[list[Any]]
     return chunks, from_c, python
 
 
-@st.composite
-def tables(draw: Any, plain: bool) -> tuple[list[str], list[list[Any]]]:
-    kinds = draw(st.lists(st.sampled_from(sorted(COLUMNS)), min_size=1, max_size=4))
-    rows = []
-    for _ in range(draw(st.integers(1, 5))):
-        row = []
-        for name in kinds:
-            _, own, other = COLUMNS[name]
-            values = own if plain else own | other
-            row.append(draw(values) if draw(st.integers(0, 9)) else None)
-        rows.append(row)
-    return kinds, rows
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tables(plain=False))
+@given(typed_rows(COLUMNS, plain=False))
 def test_c_literals_land_what_python_literals_do(conn: Any, table: Any) -> None:
     kinds, rows = table
     chunks, from_c, python = _both(conn, kinds, rows)
@@ -187,7 +174,7 @@ _MAY_FAIL = {'varchar(5)', 'json'}  # plain values too long, or not JSON
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tables(plain=True))
+@given(typed_rows(COLUMNS, plain=True))
 def test_c_takes_plain_values_of_every_kind(conn: Any, table: Any) -> None:
     kinds, rows = table
     chunks, from_c, python = _both(conn, kinds, rows)
@@ -197,6 +184,25 @@ def test_c_takes_plain_values_of_every_kind(conn: Any, table: Any) -> None:
     _same_text(chunks[0], python)
     if not set(kinds) & _MAY_FAIL:
         assert from_c is not None and from_c[0] == 'ok', (kinds, rows, from_c)
+
+
+@pytest.mark.parametrize('kind', ['text', 'text[]', 'json'])
+def test_every_ascii_character_lands_alike(conn: Any, kind: str) -> None:
+    """Each of the 128 ASCII characters (controls, quotes, backslash, NUL) alone, between
+    others, and beside non-ASCII, from C and from Python (json: inside a JSON string)."""
+    texts = [t for code in range(128)
+             for t in (chr(code), f'a{chr(code)}b', f'{chr(code)}é😀')]
+    if kind == 'text[]':
+        values: list[Any] = [[t, None, t + t] for t in texts]
+    elif kind == 'json':
+        values = [mysql._JSON.encode({'k': t}) for t in texts]
+    else:
+        values = texts
+    rows = [[v] for v in values]
+    chunks, from_c, python = _both(conn, [kind], rows)
+    assert chunks is not None and from_c is not None and from_c[0] == 'ok', from_c
+    assert not isinstance(python, str), python
+    assert from_c == _insert(conn, _table([kind]), ', '.join(python))
 
 
 @pytest.mark.parametrize(('kind', 'value'), [

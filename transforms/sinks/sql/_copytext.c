@@ -72,6 +72,30 @@ put(Buffer *b, const char *text, Py_ssize_t size)
     return 0;
 }
 
+/* Per byte, the text that stands for it in an escaped string (NULL: the byte itself). */
+typedef const char *const Escapes[256];
+
+static Escapes copy_escapes = {['\\'] = "\\\\", ['\n'] = "\\n", ['\r'] = "\\r", ['\t'] = "\\t"};
+
+/* `size` bytes of `text` with `escapes` applied, none longer than `widest`. */
+static int
+put_escaped(Buffer *b, const char *text, Py_ssize_t size, Escapes escapes, Py_ssize_t widest)
+{
+    if (reserve(b, widest * size) < 0)
+        return -1;
+    char *out = b->data + b->size;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        const char *escape = escapes[(unsigned char)text[i]];
+        if (escape == NULL)
+            *out++ = text[i];
+        else
+            while (*escape)
+                *out++ = *escape++;
+    }
+    b->size = out - b->data;
+    return 0;
+}
+
 /* A str's UTF-8, escaped for COPY text when `escape`; -1 on error. */
 static int
 put_text(Buffer *b, PyObject *value, int escape)
@@ -80,23 +104,7 @@ put_text(Buffer *b, PyObject *value, int escape)
     const char *text = PyUnicode_AsUTF8AndSize(value, &size);
     if (text == NULL)
         return -1;
-    if (!escape)
-        return put(b, text, size);
-    if (reserve(b, 2 * size) < 0)
-        return -1;
-    char *out = b->data + b->size;
-    for (Py_ssize_t i = 0; i < size; i++) {
-        char c = text[i];
-        switch (c) {
-        case '\\': *out++ = '\\'; *out++ = '\\'; break;
-        case '\n': *out++ = '\\'; *out++ = 'n'; break;
-        case '\r': *out++ = '\\'; *out++ = 'r'; break;
-        case '\t': *out++ = '\\'; *out++ = 't'; break;
-        default: *out++ = c;
-        }
-    }
-    b->size = out - b->data;
-    return 0;
+    return escape ? put_escaped(b, text, size, copy_escapes, 2) : put(b, text, size);
 }
 
 /* str(obj) or repr(obj), as put; -1 on error. */
@@ -973,61 +981,38 @@ enum {
 
 static PyObject *f_format;  /* "f", for Decimal.__format__ */
 
-/* `text` quoted as a string literal: what MariaDB needs escaped inside '…'. */
+/* Inside '…', what MariaDB needs escaped (NUL too, as pymysql does). */
+static Escapes sql_escapes = {['\\'] = "\\\\", ['\''] = "\\'", [0] = "\\0"};
+
+/* What json.dumps(ensure_ascii=False) escapes in a string. */
+static Escapes json_escapes = {
+    ['"'] = "\\\"", ['\\'] = "\\\\", ['\n'] = "\\n", ['\r'] = "\\r", ['\t'] = "\\t",
+    ['\b'] = "\\b", ['\f'] = "\\f",
+    [0x00] = "\\u0000", [0x01] = "\\u0001", [0x02] = "\\u0002", [0x03] = "\\u0003",
+    [0x04] = "\\u0004", [0x05] = "\\u0005", [0x06] = "\\u0006", [0x07] = "\\u0007",
+    [0x0b] = "\\u000b", [0x0e] = "\\u000e", [0x0f] = "\\u000f", [0x10] = "\\u0010",
+    [0x11] = "\\u0011", [0x12] = "\\u0012", [0x13] = "\\u0013", [0x14] = "\\u0014",
+    [0x15] = "\\u0015", [0x16] = "\\u0016", [0x17] = "\\u0017", [0x18] = "\\u0018",
+    [0x19] = "\\u0019", [0x1a] = "\\u001a", [0x1b] = "\\u001b", [0x1c] = "\\u001c",
+    [0x1d] = "\\u001d", [0x1e] = "\\u001e", [0x1f] = "\\u001f",
+};
+
+/* `text` quoted as a string literal. */
 static int
 put_quoted(Buffer *b, const char *text, Py_ssize_t size)
 {
-    if (reserve(b, 2 * size + 2) < 0)
+    if (put(b, "'", 1) < 0 || put_escaped(b, text, size, sql_escapes, 2) < 0)
         return -1;
-    char *out = b->data + b->size;
-    *out++ = '\'';
-    for (Py_ssize_t i = 0; i < size; i++) {
-        char c = text[i];
-        switch (c) {
-        case '\\': *out++ = '\\'; *out++ = '\\'; break;
-        case '\'': *out++ = '\\'; *out++ = '\''; break;
-        case '\0': *out++ = '\\'; *out++ = '0'; break;
-        default: *out++ = c;
-        }
-    }
-    *out++ = '\'';
-    b->size = out - b->data;
-    return 0;
+    return put(b, "'", 1);
 }
 
 /* A str as a JSON string, as json.dumps(ensure_ascii=False) writes it. */
 static int
 put_json_string(Buffer *b, const char *text, Py_ssize_t size)
 {
-    static const char hex[] = "0123456789abcdef";
-    if (reserve(b, 6 * size + 2) < 0)
+    if (put(b, "\"", 1) < 0 || put_escaped(b, text, size, json_escapes, 6) < 0)
         return -1;
-    char *out = b->data + b->size;
-    *out++ = '"';
-    for (Py_ssize_t i = 0; i < size; i++) {
-        unsigned char c = (unsigned char)text[i];
-        switch (c) {
-        case '"': *out++ = '\\'; *out++ = '"'; break;
-        case '\\': *out++ = '\\'; *out++ = '\\'; break;
-        case '\n': *out++ = '\\'; *out++ = 'n'; break;
-        case '\r': *out++ = '\\'; *out++ = 'r'; break;
-        case '\t': *out++ = '\\'; *out++ = 't'; break;
-        case '\b': *out++ = '\\'; *out++ = 'b'; break;
-        case '\f': *out++ = '\\'; *out++ = 'f'; break;
-        default:
-            if (c < 0x20) {
-                memcpy(out, "\\u00", 4);
-                out += 4;
-                *out++ = hex[c >> 4];
-                *out++ = hex[c & 15];
-            }
-            else
-                *out++ = (char)c;
-        }
-    }
-    *out++ = '"';
-    b->size = out - b->data;
-    return 0;
+    return put(b, "\"", 1);
 }
 
 /* The JSON of a flat list, quoted: 1 written, 0 not this path's, -1 error. */
