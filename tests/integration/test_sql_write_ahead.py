@@ -213,6 +213,36 @@ def test_rows_staged_ahead_still_lose_to_a_tombstone_of_the_batch_before(pg_db, 
     assert _notes(pg_db) == {3: '3@3', 6: '6@6', 9: '9@9', 12: '12@12', 5: '5@110'}
 
 
+@pytest.mark.parametrize('connections', [2, 1])
+def test_rows_staged_ahead_of_a_batch_found_all_stale_go_nowhere(pg_db, connections):
+    """Late inserts of deleted keys, staged ahead, then every one stale after the lock: the
+    batch merged nothing, and its rows stayed staged and went in with the next batch of the
+    same connection. The deleted keys came back (or the next batch's own row of such a key
+    made the merge fail, and that row became a dead letter)."""
+    applier = Applier(_PostgresTarget(pg_db.dsn, connections=connections))
+    applier.open()
+    try:
+        for lsn in (3, 6, 9, 12):  # each connection makes its staging table
+            assert applier.submit([_note(lsn, lsn), _note(2, lsn + 1)]) == []
+            assert applier.drain() == []
+        assert applier.submit([_note(4, 20)]) == []
+        assert applier.submit([change('d', 100, before={'id': 2}),
+                               change('d', 101, before={'id': 4})]) == []
+        assert applier.drain() == []
+        for lsn in (90, 92):  # all stale, once on each connection
+            assert applier.submit([_note(2, lsn), _note(4, lsn + 1)]) == []
+            assert applier.drain() == []
+        for lsn in (120, 130):
+            assert applier.submit([_note(lsn, lsn), _note(lsn + 1, lsn + 1)]) == []
+            assert applier.drain() == []
+        assert applier.submit([_note(4, 140)]) == []
+        assert applier.drain() == []
+    finally:
+        applier.close()
+    assert _notes(pg_db) == {3: '3@3', 6: '6@6', 9: '9@9', 12: '12@12', 120: '120@120',
+                             121: '121@121', 130: '130@130', 131: '131@131', 4: '4@140'}
+
+
 def test_a_batch_after_one_that_failed_writes_nothing(pg_db):
     """The next batch, on the other lane, waits for the one before it to commit before it
     takes its locks; when that one fails, it writes nothing (batches commit in order, and the

@@ -848,7 +848,9 @@ class Applier:
             if not row_by_row:
                 if deletes:
                     target.delete(tb, deletes)
-                if upserts:
+                if upserts or tb.staged is not None:
+                    # None left (all stale): it drops the rows staged ahead for them, which
+                    # would otherwise go in with the next batch.
                     written.stale += target.upsert(tb, upserts)
                 if appends:
                     target.append(tb, appends)
