@@ -36,6 +36,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import operator
 import sys
 import threading
 import time
@@ -55,7 +56,7 @@ from transforms.envelope import ChangeEvent, Column, RenderedChanges, TableSchem
 from transforms.sinks.sql.alter import Alteration, TargetColumn, plan_alteration
 from transforms.sinks.sql.batch import Batch, Rendered, RowChange, TableBatch, plan_batch
 from transforms.sinks.sql.routing import Route, TargetTable, check_route
-from transforms.sinks.sql.statements import POS, TRUNCATED
+from transforms.sinks.sql.statements import NEWEST, POS, TRUNCATED
 
 __all__ = ['Applier', 'Target', 'WriteChanges']
 
@@ -183,8 +184,8 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def tombstones(self, target: TargetTable, changes: Sequence[RowChange]) -> dict[str, str]:
         """Tombstone positions of these changes' keys by key hash, and the truncate mark under
-        ``'*'``.  Hashes not computed yet need computing (``batch.hashed``) only if the table
-        has tombstones."""
+        ``'*'``.  Hashes not computed yet need computing (``batch.hashed``) only if
+        :func:`keys_to_look_up` says so."""
 
     @abc.abstractmethod
     def truncate(self, target: TargetTable, pos: str) -> None:
@@ -243,6 +244,24 @@ class Target(abc.ABC):
         """Delete up to ``limit`` tombstones and truncate marks (of every table) written more
         than ``older_than_s`` seconds ago, oldest first, in a transaction of their own (outside
         any batch); the number deleted."""
+
+
+def keys_to_look_up(marks: dict[str, str], changes: Sequence[RowChange]) -> bool:
+    """Whether the tombstones of ``changes``' keys must be read, given the table's marks (its
+    truncate mark, first key tombstones and newest-tombstone mark): not when the table has no
+    key tombstone, nor when every change is newer than the newest one, as in a stream that
+    catches up (a replay of older changes is looked up).  Leaves only the truncate mark in
+    ``marks`` when not."""
+    keyed = any(key != TRUNCATED and key != NEWEST for key in marks)
+    newest = marks.get(NEWEST)
+    if keyed and changes and (newest is None or min(map(_POSITION, changes)) <= newest):
+        return True
+    for key in [key for key in marks if key != TRUNCATED]:
+        del marks[key]
+    return False
+
+
+_POSITION = operator.attrgetter('pos')
 
 
 def _retention_seconds(retention: dt.timedelta | None) -> float | None:

@@ -43,6 +43,7 @@ from transforms.sinks.sql.apply import (
     DEFAULT_TOMBSTONE_RETENTION,
     Target,
     WriteChanges,
+    keys_to_look_up,
 )
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.routing import Route, TargetTable, mysql_target
@@ -581,7 +582,7 @@ class _MySQLTarget(Target):
         label = self._literal(sql.my_label(target))
         self._run(sql.my_tombstone_marks(label))
         marks = dict(self._cur.fetchall())
-        if len(marks) > (sql.TRUNCATED in marks) and changes:
+        if keys_to_look_up(marks, changes):
             keys = [f"'{h}'" for h in hashed(changes)]  # hex digests: nothing to escape
             self._run(sql.my_read_tombstones(label, keys))
             marks = dict(self._cur.fetchall())
@@ -606,6 +607,10 @@ class _MySQLTarget(Target):
             self._run(sql.my_delete(tb.target, key, rows, integer_key))
             self._run(sql.my_record_tombstones(
                 [f"({label}, '{c.key_hash}', '{c.pos}')" for c in chunk]))
+        if changes:
+            newest = f"'{max(c.pos for c in changes)}'"
+            if not self._run(sql.my_raise_newest(label, newest)):
+                self._run(sql.my_mark_newest(label, newest))
 
     def read_row(self, tb: TableBatch, table: TableSchema, key: Sequence[Any],
                  names: Sequence[str]) -> Sequence[Any] | None:

@@ -36,6 +36,7 @@ from transforms.sinks.sql.apply import (
     DEFAULT_TOMBSTONE_RETENTION,
     Target,
     WriteChanges,
+    keys_to_look_up,
 )
 from transforms.sinks.sql.batch import RowChange, TableBatch, hashed
 from transforms.sinks.sql.copytext import (
@@ -389,9 +390,9 @@ class _PostgresTarget(Target):
 
     def tombstones(self, target: TargetTable, changes: Sequence[RowChange]) -> dict[str, str]:
         label = sql.pg_label(target)
-        self._run(sql.PG_TOMBSTONE_MARKS, (label,))
+        self._run(sql.PG_TOMBSTONE_MARKS, (label, label))
         marks = dict(self._cur.fetchall())
-        if len(marks) > (sql.TRUNCATED in marks) and changes:
+        if keys_to_look_up(marks, changes):
             self._run(sql.PG_READ_TOMBSTONES, (label, ','.join(hashed(changes))))
             marks = dict(self._cur.fetchall())
         return marks
@@ -413,7 +414,9 @@ class _PostgresTarget(Target):
                    _chunks([tb.table.by_name[k] for k in key], [c.values for c in changes],
                            [f'{c.pos}\t{c.key_hash}' for c in changes]))
         self._run(sql.pg_delete(tb.target, stage, key))
-        self._defer(sql.pg_record_tombstones(stage), (sql.pg_label(tb.target),))
+        label = sql.pg_label(tb.target)
+        self._defer(sql.pg_record_tombstones(stage), (label,))
+        self._defer(sql.PG_MARK_NEWEST, (label, max(c.pos for c in changes), label, label))
         self._defer(f'TRUNCATE {stage}')
         self._settle()
 

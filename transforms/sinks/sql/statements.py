@@ -20,8 +20,10 @@ Bookkeeping the sinks add to a target (names starting ``_cb_`` are reserved):
   with ``(tbl, key, pos)``: the position of the last delete of each deleted key (``key`` is a
   hash of the key values) and, under key ``'*'``, of the table's last truncate.  A change older
   than its key's tombstone or the table's truncate is not applied, so an old insert arriving after
-  the delete does not resurrect the row.  ``written_at`` (the target's clock when the sink wrote
-  the mark) lets the sink prune marks older than its retention (:data:`PG_PRUNE_TOMBSTONES`).
+  the delete does not resurrect the row.  Under key ``'~'``, a position no older than any of the
+  table's key tombstones: a batch whose changes are all newer has none of its keys looked up.
+  ``written_at`` (the target's clock when the sink wrote the mark) lets the sink prune marks
+  older than its retention (:data:`PG_PRUNE_TOMBSTONES`).
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ KEY_HASH = '_cb_key'
 RESERVED = frozenset({POS, ROW_ID, KEY_HASH})
 TRUNCATED = '*'
 """The tombstone key that holds a table's last truncate position (a key hash is hex)."""
+NEWEST = '~'
+"""The tombstone key that holds a position no older than any of the table's key tombstones
+(``'~'`` sorts after every hex digest, ``'*'`` before)."""
 
 ColumnDef = tuple[str, str, bool]
 """(name, DDL type, nullable)."""
@@ -279,11 +284,25 @@ def pg_record_tombstones(stage: str) -> str:
 # costs far less to send than a 5000-element array parameter.
 PG_READ_TOMBSTONES = (f'SELECT key, pos FROM {PG_TOMBSTONES} WHERE tbl = %s '
                       "AND key = ANY(string_to_array(%s, ',') || '*'::text)")
-# The table's truncate mark and whether it has any key's tombstone: '*' sorts before every hex
-# digest, so the first two entries in key order tell both (the common case, a table without
-# deletes, then needs no key hashes and no lookup of 5000 keys).
-PG_TOMBSTONE_MARKS = (f'SELECT key, pos FROM {PG_TOMBSTONES} WHERE tbl = %s '
-                      'ORDER BY key LIMIT 2')
+# The table's truncate mark, whether it has any key's tombstone, and its newest-tombstone mark
+# (parameters: the label twice): '*' sorts before every hex digest, so the first two entries in
+# key order tell the first two (a table without deletes then needs no key hashes and no lookup
+# of 5000 keys; one whose tombstones are all older than the batch, no lookup either).
+PG_TOMBSTONE_MARKS = (f'(SELECT key, pos FROM {PG_TOMBSTONES} WHERE tbl = %s '
+                      f'ORDER BY key LIMIT 2) UNION ALL SELECT key, pos FROM {PG_TOMBSTONES} '
+                      f"WHERE tbl = %s AND key = '{NEWEST}'")
+# Raises the newest-tombstone mark to the batch's newest delete (parameters: label, position,
+# label, label).  Without a mark (tombstones an older version wrote, or a mark pruned or
+# truncated away) it starts from the newest key tombstone there is: that scan runs only then
+# (COALESCE evaluates its second subquery only when the first gives NULL).
+PG_MARK_NEWEST = (
+    f'INSERT INTO {PG_TOMBSTONES} AS _cb_d (tbl, key, pos) '
+    f"VALUES (%s, '{NEWEST}', GREATEST(%s, COALESCE("
+    f"(SELECT pos FROM {PG_TOMBSTONES} WHERE tbl = %s AND key = '{NEWEST}'), "
+    f"(SELECT max(pos) FROM {PG_TOMBSTONES} WHERE tbl = %s AND key > '{TRUNCATED}' "
+    f"AND key < '{NEWEST}')))) "
+    'ON CONFLICT (tbl, key) DO UPDATE SET pos = GREATEST(_cb_d.pos, EXCLUDED.pos), '
+    'written_at = EXCLUDED.written_at')
 PG_DROP_TOMBSTONES = (f'DELETE FROM {PG_TOMBSTONES} '
                       "WHERE tbl = %s AND key = ANY(string_to_array(%s, ','))")
 PG_TRUNCATE_TOMBSTONES = f'DELETE FROM {PG_TOMBSTONES} WHERE tbl = %s AND pos < %s'
@@ -525,9 +544,31 @@ def my_read_tombstones(tbl: str, keys: Sequence[str]) -> str:
 
 
 def my_tombstone_marks(tbl: str) -> str:
-    """The truncate mark of escaped table label ``tbl`` and its first key's tombstone, if any
-    (``'*'`` sorts before every hex digest: see ``PG_TOMBSTONE_MARKS``)."""
-    return f'SELECT `key`, pos FROM {MY_TOMBSTONES} WHERE tbl = {tbl} ORDER BY `key` LIMIT 2'
+    """The truncate mark of escaped table label ``tbl``, its first key's tombstone, if any, and
+    its newest-tombstone mark (see ``PG_TOMBSTONE_MARKS``)."""
+    return (f'(SELECT `key`, pos FROM {MY_TOMBSTONES} WHERE tbl = {tbl} ORDER BY `key` LIMIT 2) '
+            f"UNION ALL SELECT `key`, pos FROM {MY_TOMBSTONES} WHERE tbl = {tbl} "
+            f"AND `key` = '{NEWEST}'")
+
+
+def my_raise_newest(tbl: str, pos: str) -> str:
+    """Raises the newest-tombstone mark of ``tbl`` to escaped ``pos``; changes no row (0)
+    where there is no mark: then :func:`my_mark_newest`."""
+    return (f'UPDATE {MY_TOMBSTONES} SET pos = GREATEST(pos, {pos}), '
+            f"written_at = CURRENT_TIMESTAMP(6) WHERE tbl = {tbl} AND `key` = '{NEWEST}'")
+
+
+def my_mark_newest(tbl: str, pos: str) -> str:
+    """The newest-tombstone mark of ``tbl``: escaped ``pos`` or the newest key tombstone there
+    is (tombstones an older version wrote, or a mark pruned or truncated away)."""
+    # Every column qualified: unqualified, MariaDB may take ``pos`` in the UPDATE part for the
+    # SELECT's (error 1052, ambiguous).
+    return (f'INSERT INTO {MY_TOMBSTONES} (tbl, `key`, pos) '
+            f"SELECT {tbl}, '{NEWEST}', GREATEST({pos}, COALESCE(max(_cb_old.pos), '')) "
+            f"FROM {MY_TOMBSTONES} AS _cb_old WHERE _cb_old.tbl = {tbl} "
+            f"AND _cb_old.`key` > '{TRUNCATED}' AND _cb_old.`key` < '{NEWEST}' "
+            f'ON DUPLICATE KEY UPDATE {MY_TOMBSTONES}.written_at = CURRENT_TIMESTAMP(6), '
+            f'{MY_TOMBSTONES}.pos = GREATEST({MY_TOMBSTONES}.pos, VALUES(pos))')
 
 
 def my_drop_tombstones(tbl: str, keys: Sequence[str]) -> str:
