@@ -69,13 +69,17 @@ def _row(i: int, version: int) -> dict:
     }
 
 
-def events(rows: int, version: int, op: Op) -> Iterator[ChangeEvent]:
-    """``rows`` changes sharing one TableSchema object, as a fused source would emit them."""
-    for i in range(rows):
+def events(rows: int, version: int, op: Op, step: int = 1) -> Iterator[ChangeEvent]:
+    """Changes of rows 0, ``step``, … below ``rows`` sharing one TableSchema object, as a fused
+    source would emit them (a delete's image: the key)."""
+    for i in range(0, rows, step):
         lsn = version * 10 * rows + i + 1
         source = SourcePosition('postgresql', 'bench', 'bench', 'bench', 'items', 0,
                                 commit_lsn=lsn, lsn=lsn)
-        yield ChangeEvent(op, TABLE, source, after=_row(i, version))
+        if op is Op.DELETE:
+            yield ChangeEvent(op, TABLE, source, before={'id': i})
+        else:
+            yield ChangeEvent(op, TABLE, source, after=_row(i, version))
 
 
 def _tree_cpu_s(pid: int) -> float:
@@ -135,14 +139,16 @@ def _apply_all(target: Target, batches: list[list[ChangeEvent]], *, ahead: bool 
 
 
 def _prebuilt(rows: int) -> list[list[ChangeEvent]]:
-    """Inserts and updates of every row, built before timing anything.
+    """Inserts and updates of every row, deletes of every other row, then upserts of every row
+    again (half of them bringing a deleted key back), built before timing anything.
 
     Hundreds of thousands of pre-built events are an artefact of the benchmark (a pipeline holds
     one batch): frozen, the garbage collector does not rescan them after every batch, which
     otherwise doubles the sink's measured Python time.
     """
     data = [list(events(rows, 1, Op.CREATE)), list(events(rows, 2, Op.UPDATE)),
-            list(events(rows, 3, Op.UPDATE))]
+            list(events(rows, 3, Op.UPDATE)), list(events(rows, 5, Op.DELETE, step=2)),
+            list(events(rows, 6, Op.UPDATE))]
     gc.collect()
     gc.freeze()
     return data
@@ -236,7 +242,8 @@ def _sink_runs(rows: int, pid: int, data: list[list[ChangeEvent]], batch: int,
                target: Callable[[], Target], sink: Callable[[], beam.PTransform]
                ) -> dict[str, Callable[[], Rates]]:
     """The sink's measurements, in order: inserts, updates, a stale replay, updates one batch
-    at a time, updates through Beam (each on a new target or sink, as a pipeline starts)."""
+    at a time, updates through Beam, deletes of every other row, upserts of every row beside
+    their tombstones (each on a new target or sink, as a pipeline starts)."""
     return {
         'sink, inserts into an empty table': lambda: _timed(
             'sink: inserts into an empty table (Applier)', rows, pid,
@@ -253,6 +260,12 @@ def _sink_runs(rows: int, pid: int, data: list[list[ChangeEvent]], batch: int,
         'sink, updates through Beam': lambda: _timed(
             'sink: updates through a Beam pipeline (default runner)', rows, pid,
             _through_beam(sink(), rows, 4)),
+        'sink, deletes of every other row': lambda: _timed(
+            'sink: deletes of every other row (Applier)', len(data[3]), pid,
+            _apply_all(target(), _chunks(data[3], batch))),
+        'sink, upserts beside tombstones': lambda: _timed(
+            'sink: upserts of every row, half of them deleted (Applier)', rows, pid,
+            _apply_all(target(), _chunks(data[4], batch))),
     }
 
 
