@@ -225,8 +225,6 @@ def _json_array(column: Column, quote: Callable[[Any], str]) -> Callable[[Any], 
 
 _NONE = type(None)
 _ISO_SPACE = operator.methodcaller('isoformat', ' ')
-_ROW = operator.attrgetter('row')
-_VALUES = operator.methodcaller('values')
 _INTEGERS = frozenset({Kind.INT16, Kind.INT32, Kind.INT64})
 _TEMPORAL = frozenset({Kind.DATE, Kind.TIME, Kind.TIMESTAMP})
 _QUOTED = frozenset({Kind.STRING, Kind.TEXT, Kind.JSON, Kind.UUID, Kind.ENUM, Kind.INTERVAL,
@@ -673,7 +671,7 @@ class _MySQLTarget(Target):
                 prefix = ''.join(literal + ', ' for literal in defaults)
                 tails = [f"{prefix}'{c.pos}', '{c.key_hash}'" for c in group] if with_id \
                     else [f"{prefix}'{c.pos}'" for c in group]
-                values = list(map(_VALUES, map(_ROW, group)))
+                values = [c.row.values() for c in group]  # type: ignore[union-attr]
                 chunks = _copytext.rows_sql(codes, values, tails, _STATEMENT_BYTES)
                 if chunks is not None:
                     out.extend((names, nulled, [chunk]) for chunk in chunks)
