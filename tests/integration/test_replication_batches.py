@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -138,8 +139,9 @@ def test_without_the_c_loop_read_batch_reads_frame_by_frame(wal: tuple[Any, int]
 def test_rounds_ending_inside_a_batch_lose_and_repeat_nothing(wal: tuple[Any, int],
                                                               monkeypatch: Any,
                                                               tmp_path: Any) -> None:
-    """Rounds of 5 ms over a backlog: most end at a commit with more frames of the batch in
-    hand, which the next round must take first."""
+    """Rounds of 5 ms over a backlog, each batch read taking longer than that: a round ends at
+    the first commit past its deadline with more frames of the batch in hand, which the next
+    round must take first."""
     import apache_beam as beam
 
     from tests.integration.background import Background
@@ -157,6 +159,26 @@ def test_rounds_ending_inside_a_batch_lose_and_repeat_nothing(wal: tuple[Any, in
         original(self, frames)
 
     monkeypatch.setattr(ReplicationStream, 'unread', counting)
+    # However fast this machine reads and decodes, every batch holds several transactions and
+    # arrives after the round's deadline: a slow network, made certain (without it, a fast
+    # reader took the whole backlog before a deadline, or a slow walsender sent one
+    # transaction per batch, and no round ended inside one).
+    read_batch = ReplicationStream.read_batch
+
+    def slow_and_large(self: ReplicationStream, timeout: float) -> list[tuple[int, Any]]:
+        if self._unread:  # the frames a round left: at once
+            return read_batch(self, timeout)
+        began = time.monotonic()
+        frames = read_batch(self, timeout)
+        while frames and len(frames) < 60:
+            more = read_batch(self, 0.05)
+            if not more:
+                break
+            frames += more
+        time.sleep(max(0.0, began + 0.006 - time.monotonic()))
+        return frames
+
+    monkeypatch.setattr(ReplicationStream, 'read_batch', slow_and_large)
     _EVENTS.clear()
     pipeline = beam.Pipeline(runner='DirectRunner')
     _ = (pipeline
