@@ -74,6 +74,8 @@ def _messages(dsn: str, slot: str, commits: int, batched: bool
     decoder = PgOutputDecoder()
     stream = ReplicationStream.connect(dsn)
     stream.start(slot, 0, 'p')
+    if batched:  # frames wait in the socket: the first batch holds more than one, however
+        time.sleep(0.2)  # fast this reader is against the walsender
     messages: list[tuple[int | None, Any]] = []
     sizes: list[int] = []
     seen = 0
