@@ -106,8 +106,8 @@ class CdcOptions(PipelineOptions):
                  'only: copy existing rows and stop. Default: initial.')
         group.add_argument(
             '--max_idle_secs', default=None,
-            help='Stop cleanly after this many seconds without a new change '
-                 '(default: run forever).')
+            help='Stop cleanly after this many seconds without a new change, counted once '
+                 'streaming began (default: run forever).')
         group.add_argument(
             '--dead_letter', default=None,
             help='Where records that cannot be decoded or written go, as jsonl:DIR, DIR a '

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -99,6 +100,50 @@ def test_setting_up_names_the_session_holding_the_lock_it_waits_for(pg_db, tmp_p
     assert f'for a lock held by process {pid} (database {pg_db.name}, user ' in warning
     assert ', index-build) idle in transaction for ' in warning
     assert 'LOCK TABLE public.t IN SHARE MODE' in warning
+
+
+_STREAMED: list[int] = []  # keys the in-process pipeline below emitted (pickled by name)
+
+
+def _keep_key(event: Any) -> None:
+    _STREAMED.append(event.key[0])
+
+
+def test_a_start_that_waited_longer_than_max_idle_still_streams(pg_db, tmp_path) -> None:
+    """``--max_idle_secs`` is time without changes once streaming began: a start held up by a
+    lock for longer than that is not idle time.  (It used to count, and such a pipeline
+    stopped after its first round, missing the change written a second later.)"""
+    import apache_beam as beam
+
+    from tests.integration.test_postgres_source import wait_for_slot
+    from transforms.sources.postgres.read import ReadPostgresChanges
+
+    with pg_db.connect() as conn:
+        conn.execute('CREATE TABLE public.t (id integer PRIMARY KEY)')
+    holder = pg_db.connect()
+    holder.execute('BEGIN')
+    holder.execute('LOCK TABLE public.t IN SHARE MODE')  # the publication waits for it
+    _STREAMED.clear()
+    pipeline = beam.Pipeline(runner='DirectRunner')
+    _ = (pipeline
+         | ReadPostgresChanges(pg_db.dsn, tables=['public.t'], slot_name='late_start',
+                               snapshot='never', max_idle_secs=4,
+                               dead_letter=f'jsonl:{tmp_path / "dead"}')
+         | beam.Map(_keep_key))
+    running = Background(lambda: pipeline.run().wait_until_finish())
+    try:
+        time.sleep(5)  # held up longer than --max_idle_secs
+        assert running.is_alive(), running.error
+    finally:
+        holder.execute('COMMIT')
+        holder.close()
+    with pg_db.connect() as conn:
+        wait_for_slot(conn, 'late_start')
+        time.sleep(1)  # past the first round, well within the idle time
+        conn.execute('INSERT INTO public.t VALUES (1)')
+    assert running.join(60), 'the pipeline did not stop once idle'
+    assert running.error is None, running.error
+    assert _STREAMED == [1]
 
 
 def test_a_backfill_with_no_replication_slot_free_says_what_to_do(tmp_path) -> None:

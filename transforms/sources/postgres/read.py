@@ -311,6 +311,9 @@ class _ReadSlotFn(StreamReadFn):
         stream.start(config.slot, max(start_lsn, start), config.publication)
         self._stream = stream
         self._emitted_end = max(start_lsn, start)
+        # --max_idle_secs counts from here: a start that waited for a lock or an open
+        # transaction, or a long snapshot, is not time without changes.
+        self._idle_since = time.monotonic()
 
     def _exact_snapshot(self, tables: Sequence[catalog.TableRef], tracker: Any,
                         finalizer: Any, *, claim: bool = True,
