@@ -79,16 +79,22 @@ def stop_once(process: subprocess.Popen[str], reached: Callable[[], bool], what:
     return finish(process, timeout)
 
 
-def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, slot: str) -> str:
-    """Stops a pipeline started with ``CAUGHT_UP_OPTIONS`` once its slot confirmed everything
-    committed so far, so that its sink wrote it; its output."""
+def caught_up(conn: Any, slot: str) -> tuple[Callable[[], bool], str]:
+    """Whether ``slot`` has confirmed everything committed until now (a pipeline confirms
+    what its sink wrote), and what that is, for a message."""
     target = conn.execute('SELECT pg_current_wal_lsn()::text').fetchone()[0]
 
     def confirmed() -> bool:
         row = conn.execute('SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots '
                            'WHERE slot_name = %s', (target, slot)).fetchone()
         return bool(row and row[0])
-    return stop_once(process, confirmed, f'confirmed {target} to slot {slot}')
+    return confirmed, f'confirmed {target} to slot {slot}'
+
+
+def stop_when_caught_up(process: subprocess.Popen[str], conn: Any, slot: str) -> str:
+    """Stops a pipeline started with ``CAUGHT_UP_OPTIONS`` once its slot confirmed everything
+    committed so far, so that its sink wrote it; its output."""
+    return stop_once(process, *caught_up(conn, slot))
 
 
 CAUGHT_UP_OPTIONS = ('--heartbeat_secs', '0.5', '--max_idle_secs', '60')
@@ -1049,13 +1055,14 @@ def test_tables_whose_dotted_names_join_alike_stay_two_tables(pg_db: Any, tmp_pa
         conn.execute('INSERT INTO a."b.c" VALUES (1, 10, 100)')
     out = tmp_path / 'out'
     process = start_cdc(pg_db.dsn, out, '--schema_registry', str(tmp_path / 'schemas'),
-                        '--max_idle_secs', '3')
+                        *CAUGHT_UP_OPTIONS)
+    slot = f'changebeam_{pg_db.name}'.lower()
     with pg_db.connect() as conn:
-        wait_for_slot(conn, f'changebeam_{pg_db.name}'.lower())
-    with pg_db.connect() as conn, conn.transaction():  # one transaction over both
-        conn.execute('''INSERT INTO "a.b".c VALUES (3, 'three')''')
-        conn.execute('INSERT INTO a."b.c" VALUES (2, 20, 200), (3, 30, 300)')
-    output = finish(process)
+        wait_for_slot(conn, slot)
+        with conn.transaction():  # one transaction over both
+            conn.execute('''INSERT INTO "a.b".c VALUES (3, 'three')''')
+            conn.execute('INSERT INTO a."b.c" VALUES (2, 20, 200), (3, 30, 300)')
+        output = stop_when_caught_up(process, conn, slot)
     by_directory = {path.name: [json.loads(line) for file in sorted(path.glob('*.jsonl'))
                                 for line in file.read_text().splitlines()]
                     for path in out.iterdir() if path.is_dir()}

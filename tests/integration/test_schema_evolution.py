@@ -19,7 +19,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_postgres_source import REPO, wait_for_slot
+from tests.integration.test_postgres_source import (
+    CAUGHT_UP_OPTIONS,
+    REPO,
+    caught_up,
+    wait_for_slot,
+)
 from tests.replay import read_jsonl_dir
 from transforms.schema.registry import SchemaRegistry
 from transforms.sources.postgres.replication import parse_lsn
@@ -79,6 +84,22 @@ def finish(process: subprocess.Popen[str], log: Path, timeout: float = 120) -> s
     output = log.read_text()
     assert process.returncode == 0, output[-3000:]
     return output
+
+
+def finish_caught_up(pipeline: tuple[subprocess.Popen[str], Path], conn: Any, slot: str,
+                     timeout: float = 120) -> str:
+    """For a pipeline started with ``CAUGHT_UP_OPTIONS``: SIGTERM once its slot confirmed all
+    committed so far (not an idle time, which another pipeline's start could outlast)."""
+    process, log = pipeline
+    reached, what = caught_up(conn, slot)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and not reached():
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f'never {what}: {log.read_text()[-3000:]}')
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # nothing if it ended already
+    return finish(process, log, timeout)
 
 
 class Writer(threading.Thread):
@@ -442,9 +463,9 @@ def test_a_lagging_stream_keeps_the_value_an_added_column_came_with(pg_db: Any,
         conn.execute('CREATE TABLE t (id integer PRIMARY KEY, n integer, gone text)')
         conn.execute("INSERT INTO t VALUES (1, 1, 'a')")
         for name in ('kept_up', 'late'):
-            # Longer idle: the first would end while the second starts up.
+            # Stopped once caught up: an idle time could end the first while the second starts.
             pipelines[name] = start_pipeline(pg_db.dsn, f'jsonl:{tmp_path / name}', tmp_path,
-                                             name, '--max_idle_secs', '8')
+                                             name, *CAUGHT_UP_OPTIONS)
             wait_for_slot(conn, name)
         conn.execute("INSERT INTO t VALUES (2, 2, 'b')")
         for name in pipelines:
@@ -462,7 +483,8 @@ def test_a_lagging_stream_keeps_the_value_an_added_column_came_with(pg_db: Any,
                             'AND atthasmissing').fetchone()[0] == 0
         for process, _ in pipelines.values():
             process.send_signal(signal.SIGCONT)
-        outputs = {name: finish(*pipeline) for name, pipeline in pipelines.items()}
+        outputs = {name: finish_caught_up(pipeline, conn, name)
+                   for name, pipeline in pipelines.items()}
 
     def versions(name: str) -> list[tuple[list[str], str | None]]:
         registry = SchemaRegistry(str(tmp_path / f'{name}-schemas'))
@@ -509,7 +531,8 @@ def test_rendered_lines_are_the_lines_of_the_general_path_through_the_cli(
         conn.execute('CREATE TABLE u (k text PRIMARY KEY, v double precision)')
         for policy in ('evolve', 'lenient'):
             pipelines[policy] = start_pipeline(pg_db.dsn, f'jsonl:{tmp_path / policy}',
-                                               tmp_path, policy, '--schema_change', policy)
+                                               tmp_path, policy, '--schema_change', policy,
+                                               *CAUGHT_UP_OPTIONS)
             wait_for_slot(conn, policy)
         conn.execute("""INSERT INTO t SELECT g, g * 1.5, 'row "' || g || E'"\\n\\t\\u00e9',
                         '2024-02-29 12:00:00+00'::timestamptz + g * interval '1.25 s',
@@ -522,7 +545,8 @@ def test_rendered_lines_are_the_lines_of_the_general_path_through_the_cli(
         conn.execute('ALTER TABLE t ADD COLUMN extra text')
         conn.execute("INSERT INTO t (id, extra) VALUES (5000, 'after the DDL')")
         conn.execute("UPDATE t SET extra = 'x', ts = NULL WHERE id < 20")
-        outputs = {policy: finish(*pipelines[policy]) for policy in ('evolve', 'lenient')}
+        outputs = {policy: finish_caught_up(pipelines[policy], conn, policy)
+                   for policy in ('evolve', 'lenient')}
 
     def changes(policy: str) -> list[dict[str, Any]]:
         docs = [d for d in read_jsonl_dir(str(tmp_path / policy)) if d['op'] != 'm']
