@@ -215,10 +215,16 @@ def test_a_backfill_during_a_commit_not_yet_visible_leaves_the_replica_right(
             wait_for_slot(conn, slot)
             conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
             conn.execute('SELECT pg_reload_conf()')
-            time.sleep(0.5)  # the new setting reaches the backends
 
             def held_update() -> None:
                 with source.connect() as held:
+                    # A backend takes a reloaded setting before its next statement, once the
+                    # postmaster has passed the reload on: soon, not at once.
+                    waited = time.monotonic() + 30
+                    while held.execute('SHOW synchronous_standby_names').fetchone()[0] \
+                            != 'nobody':
+                        assert time.monotonic() < waited, 'the setting never took effect'
+                        time.sleep(0.05)
                     held.execute('SET synchronous_commit = on')
                     held.execute('UPDATE items SET qty = -1 WHERE id = 1')  # waits at COMMIT
 
@@ -487,8 +493,11 @@ def test_a_replica_that_refuses_the_connection_stops_the_start_in_one_line(
     sink = postgres.dsn('no_such_replica').replace('postgresql://postgres@',
                                                    'postgresql://postgres:hunter2@')
     started = time.monotonic()
-    output = start_cdc_to(pg_db.dsn, sink, tmp_path).communicate(timeout=120)[0]
-    assert time.monotonic() - started < 20, output[-3000:]
+    # A refusal is not an outage: not retried for --reconnect_secs (made long here, so a
+    # retry could not pass for a slow start).
+    output = start_cdc_to(pg_db.dsn, sink, tmp_path,
+                          '--reconnect_secs', '600').communicate(timeout=180)[0]
+    assert time.monotonic() - started < 90, output[-3000:]
     last = output.strip().splitlines()[-1]
     assert last.startswith("python -m pipelines.cdc: error: --sink 'postgresql://postgres:***@"), \
         last
@@ -527,7 +536,13 @@ def test_a_replica_down_for_half_a_minute_is_waited_for(pg_db: Any, tmp_path: Pa
 
             cdc = start_cdc_to(pg_db.dsn, target.dsn, tmp_path, *CAUGHT_UP_OPTIONS,
                                '--reconnect_secs', '5')
-            time.sleep(3)
+            # Halted once it streams into the replica (it checks the target when it starts).
+            conn.execute("INSERT INTO t VALUES (99, 'streaming')")
+            with target.connect() as tconn:
+                deadline = time.monotonic() + 60
+                while not tconn.execute('SELECT count(*) FROM t WHERE id = 99').fetchone()[0]:
+                    assert time.monotonic() < deadline, 'row 99 never reached the replica'
+                    time.sleep(0.1)
             replica.halt()
             conn.execute("INSERT INTO t VALUES (100, 'lost target')")
             output = cdc.communicate(timeout=120)[0]

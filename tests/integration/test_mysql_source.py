@@ -336,6 +336,7 @@ def test_snapshot_under_concurrent_writes(mariadb_db: Any, tmp_path: Path) -> No
     execute(conn, 'CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT, note TEXT)',
             "INSERT INTO accounts SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_20000")
     stop = threading.Event()
+    committed = [0]
 
     def writer() -> None:
         import random
@@ -348,6 +349,7 @@ def test_snapshot_under_concurrent_writes(mariadb_db: Any, tmp_path: Path) -> No
                 cur.execute('INSERT INTO accounts VALUES (%s, 0, NULL)', (next_id,))
                 cur.execute('DELETE FROM accounts WHERE id = %s', (rng.randint(1, next_id),))
                 wconn.commit()
+                committed[0] += 1
                 next_id += 1
 
     thread = threading.Thread(target=writer)
@@ -356,7 +358,11 @@ def test_snapshot_under_concurrent_writes(mariadb_db: Any, tmp_path: Path) -> No
     try:
         cdc = start_cdc(mariadb_db.dsn, f'jsonl:{out}', tmp_path, *CAUGHT_UP_OPTIONS)
         wait_for_offsets(tmp_path / 'offsets.json', cdc)
-        time.sleep(2)
+        # Transactions after the snapshot began, however slowly this machine writes them.
+        target, deadline = committed[0] + 100, time.monotonic() + 60
+        while committed[0] < target and thread.is_alive():
+            assert time.monotonic() < deadline, f'{committed[0]} transactions written'
+            time.sleep(0.05)
     finally:
         stop.set()
         thread.join()

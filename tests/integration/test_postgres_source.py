@@ -401,17 +401,24 @@ def test_idle_source_keeps_retained_wal_flat(postgres: Any, pg_db: Any, tmp_path
             wait_for_slot(conn, slot)
             busy.execute('CREATE TABLE noise (id serial, payload text)')
             retained, unconfirmed = [], []
-            for _ in range(6):
+            for round_ in range(6):
                 busy.execute("INSERT INTO noise (payload) SELECT repeat('x', 1000) "
                              'FROM generate_series(1, 4000)')  # ~5 MB of WAL each round
                 # restart_lsn moves only when a running-xacts record past the confirmed
                 # position is decoded; PostgreSQL logs one every 15 s or at a checkpoint.
                 busy.execute('CHECKPOINT')
-                time.sleep(1.5)
-                lag = conn.execute(
-                    'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), '
-                    'pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) '
-                    'FROM pg_replication_slots WHERE slot_name = %s', (slot,)).fetchone()
+                # Sampled once the slot has moved on (however slowly this machine decodes and
+                # beats), or after 30 s: without heartbeats it never does.
+                deadline = time.monotonic() + 30
+                while True:
+                    lag = conn.execute(
+                        'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, '
+                        'pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint '
+                        'FROM pg_replication_slots WHERE slot_name = %s', (slot,)).fetchone()
+                    settled = lag[1] < 1024 * 1024 and (round_ < 2 or lag[0] < 8 * 1024 * 1024)
+                    if settled or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
                 retained.append(int(lag[0]))
                 unconfirmed.append(int(lag[1]))
         cdc.send_signal(signal.SIGTERM)
@@ -832,12 +839,14 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
         writing, paused = threading.Event(), threading.Event()
         writing.set()
         committed: dict[int, list[int]] = collections.defaultdict(list)
+        idle = threading.Event()
 
         def writer() -> None:
             import random
             rng = random.Random(2)
             while writing.is_set():
                 if paused.is_set():
+                    idle.set()  # its connection is closed
                     time.sleep(0.05)
                     continue
                 with server.connect('postgres', autocommit=False) as conn:
@@ -877,7 +886,9 @@ def test_a_lost_connection_is_reopened_and_loses_nothing(tmp_path: Path, outage:
                 time.sleep(0.5)
         else:
             paused.set()
-            time.sleep(0.2)  # the writer's connection closes between transactions
+            # The writer's connection closes between transactions: a restart at its COMMIT
+            # could commit what the writer then takes for failed.
+            assert idle.wait(30), 'the writer never paused'
             server.restart(down_secs=2)
             paused.clear()
         time.sleep(3)

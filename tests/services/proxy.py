@@ -84,16 +84,20 @@ class CuttingProxy:
     def black_hole(self, which: str = "busiest") -> None:
         """From now on one connection delivers nothing either way, not even the server's
         closing it, and stays open until the client closes it: a hung peer, or a network that
-        drops packets.  ``which``: the one that carried the most bytes from the server
-        (``busiest``) or the oldest of those open (``first``)."""
+        drops packets.  ``which``: of those not black-holed yet, the one that carried the most
+        bytes from the server (``busiest``), or the oldest of those open (``first``)."""
         if which not in ("busiest", "first"):
             raise ValueError(f"which {which!r}: 'busiest' or 'first'")
         with self._lock:
-            if not self._pairs:
-                raise ServiceError("no connection to black-hole")
             pairs = self._pairs
-            self._holes.add(max(pairs, key=pairs.__getitem__) if which == "busiest"
-                            else next(iter(pairs)))
+            if which == "first":
+                chosen = next(iter(pairs), None)
+            else:
+                chosen = max((p for p in pairs if p not in self._holes),
+                             key=pairs.__getitem__, default=None)
+            if chosen is None:
+                raise ServiceError("no connection to black-hole")
+            self._holes.add(chosen)
 
     def hold_new(self) -> None:
         """Connections opened from now on are accepted but reach the server only after

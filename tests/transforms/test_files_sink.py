@@ -219,7 +219,7 @@ def test_a_killed_writer_leaves_no_partial_visible_file(tmp_path: pathlib.Path) 
         table = lake / 'public.big'
         deadline = time.monotonic() + 30
         # Mid-bundle: the hidden temporary file has been created and has had data flushed to it.
-        while not any(p.stat().st_size > 0 for p in table.glob('.part-*.tmp')):
+        while not any(_size(p) > 0 for p in table.glob('.part-*.tmp')):
             assert proc.poll() is None, 'the slow pipeline ended before it could be killed'
             assert time.monotonic() < deadline, 'the slow bundle never started writing'
             time.sleep(0.05)
@@ -671,6 +671,14 @@ _KILLED_AVRO_WRITER = textwrap.dedent('''
 ''')
 
 
+def _size(path: pathlib.Path) -> int:
+    """A hidden file's size; 0 once a roll renamed it (between listing and looking)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_a_killed_avro_writer_leaves_only_complete_avro_files(tmp_path: pathlib.Path) -> None:
     lake = tmp_path / 'lake'
     script = tmp_path / 'killed_avro_writer.py'
@@ -687,7 +695,7 @@ def test_a_killed_avro_writer_leaves_only_complete_avro_files(tmp_path: pathlib.
         # Mid-bundle: files of the big bundle have been rolled, and the current hidden one
         # has blocks in it.
         while not (len(visible(table, 'avro')) >= 4
-                   and any(p.stat().st_size > 20_000 for p in table.glob('.part-*.avro.tmp'))):
+                   and any(_size(p) > 20_000 for p in table.glob('.part-*.avro.tmp'))):
             assert proc.poll() is None, 'the slow pipeline ended before it could be killed'
             assert time.monotonic() < deadline, 'the slow bundle never rolled a file'
             time.sleep(0.02)
