@@ -67,6 +67,24 @@ def wal(pg_db: Any) -> tuple[Any, int]:
     return pg_db, commits
 
 
+def _wait_until_sent(dsn: str, slot: str, wal_bytes: int) -> None:
+    """Until the walsender of ``slot`` has decoded and sent ``wal_bytes`` of WAL past the
+    slot's start (a few dozen small transactions)."""
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                'SELECT pg_wal_lsn_diff(r.sent_lsn, s.confirmed_flush_lsn) '
+                'FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid '
+                'WHERE s.slot_name = %s', (slot,)).fetchone()
+            if row and row[0] is not None and row[0] >= wal_bytes:
+                return
+            assert time.monotonic() < deadline, f'slot {slot}: the walsender sent {row}'
+            time.sleep(0.02)
+
+
 def _messages(dsn: str, slot: str, commits: int, batched: bool
               ) -> tuple[list[tuple[int | None, Any]], list[int], ReplicationStream]:
     """(data_start or None for a decoded Begin/Commit, message) until ``commits`` Commits;
@@ -75,7 +93,7 @@ def _messages(dsn: str, slot: str, commits: int, batched: bool
     stream = ReplicationStream.connect(dsn)
     stream.start(slot, 0, 'p')
     if batched:  # frames wait in the socket: the first batch holds more than one, however
-        time.sleep(0.2)  # fast this reader is against the walsender
+        _wait_until_sent(dsn, slot, 8192)  # fast this reader is against the walsender
     messages: list[tuple[int | None, Any]] = []
     sizes: list[int] = []
     seen = 0
