@@ -41,14 +41,16 @@ def test_a_bundle_of_a_second_ends_within_a_few_milliseconds(beam_default_period
     sampler = _sampler()
     assert sampler.sampling_period_ms == SAMPLING_PERIOD_MS
     waits = []
-    for _ in range(3):
+    for _ in range(6):
         sampler.reset()
         sampler.start()
         time.sleep(1.0)  # Beam's sampler sleeps ~190 ms at a time by now
         began = time.perf_counter()
         sampler.stop()
         waits.append(time.perf_counter() - began)
-    assert max(waits) < 0.1, waits
+    # Each wait is up to one period: Beam's 190 ms gives 5 of 6 under 50 ms once in ~200
+    # runs; one wait a loaded machine stalled is let pass.
+    assert sorted(waits)[4] < 0.05, waits
 
 
 @pytest.mark.parametrize('source', [
