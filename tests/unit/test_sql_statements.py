@@ -179,6 +179,8 @@ def test_changes_to_one_key_collapse_to_the_newest():
     assert batch.size == 4
     assert {c.key: (c.row['name'], c.pos) for c in tb.changes.values()} == {
         '[1]': ('c', pos(3)), '[2]': ('z', pos(1))}
+    # Rejected, the state of key 1 dead-letters every change it stands for.
+    assert [e.source.lsn for e in tb.changes['[1]'].events] == [1, 2, 3]
 
 
 def test_two_source_tables_with_one_target_are_kept_apart():
@@ -220,6 +222,8 @@ def test_delete_then_insert_is_an_upsert_and_insert_then_delete_is_a_delete():
     assert changes['[1]'].row['name'] == 'new'
     assert changes['[2]'].row is None and changes['[2]'].values == (2,)
     assert changes['[2]'].key_hash == key_hash('[2]')
+    assert [e.source.lsn for e in changes['[1]'].events] == [1, 2]
+    assert [e.source.lsn for e in changes['[2]'].events] == [3, 4]
 
 
 def test_an_update_of_the_key_deletes_the_old_key():

@@ -53,7 +53,7 @@ class RowChange:
     tombstone key; '' until :func:`hashed` computes it, which deletes always have); for a
     keyless table's append, ``key_hash`` is the row's ``_cb_id``.  ``values`` are a delete's
     typed key values.  ``event`` is the source event whose values the state holds, ``earlier``
-    the batch's events merged under it (see ``events``).
+    the batch's earlier events of the key that it merges or replaces (see ``events``).
     """
 
     key: str
@@ -70,7 +70,8 @@ class RowChange:
 
     @property
     def events(self) -> list[ChangeEvent]:
-        """The source events whose values the state holds (for dead letters), oldest first."""
+        """The source events this state stands for, oldest first: if the target rejects it,
+        each is a dead letter (none of them reached the target)."""
         return [*self.earlier, self.event]
 
     @property
@@ -295,8 +296,12 @@ def plan_batch(events: Iterable[ChangeEvent],
             key = _key_text(table, after)
             if key is not None:
                 previous = tb.changes.get(key)
-                if previous is None or previous.row is None or len(after) >= len(table.columns):
+                if previous is None:
                     tb.changes[key] = RowChange(key, '', pos, after, event, table)
+                    continue
+                if previous.row is None or len(after) >= len(table.columns):  # replaces it
+                    tb.changes[key] = RowChange(key, '', pos, after, event, table,
+                                                earlier=(*previous.earlier, previous.event))
                     continue
         problem = _problem(event) or _fold(tb, pos, event)
         if problem == 'unkeyed delete':
@@ -324,7 +329,8 @@ def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
         key = _key_text(table, event.before)
         if key is None:
             return f'the before image lacks key column(s) {list(table.key)}'
-        _put(tb, RowChange(key, '', pos, None, event, table, _values(table, event.before)))
+        _put(tb, RowChange(key, '', pos, None, event, table, _values(table, event.before),
+                           _replaced(tb, key)))
         return None
     after = event.after or {}
     key = _key_text(table, after)
@@ -337,7 +343,7 @@ def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
             if event.unchanged:
                 after, carry = _moved(tb.changes.get(old), table, event, after)
             _put(tb, RowChange(old, '', pos, None, event, table,
-                               _values(table, event.before)))
+                               _values(table, event.before), _replaced(tb, old)))
     previous = tb.changes.get(key)
     row: Mapping[str, Any]
     if previous is not None and previous.row is not None and len(after) < len(table.columns):
@@ -349,7 +355,9 @@ def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
             carry = (previous.carry[0], rest) if rest else None
     else:
         row = after  # never modified: a merge above makes a new dict
-        earlier = ()
+        # The batch's earlier changes of the key are replaced, and rejected with this one: a
+        # dead letter for each, none lost because they shared a batch.
+        earlier = () if previous is None else (*previous.earlier, previous.event)
     _put(tb, RowChange(key, '', pos, row, event, table, earlier=earlier, carry=carry))
     return None
 
@@ -376,6 +384,12 @@ def _moved(source: RowChange | None, table: TableSchema, event: ChangeEvent,
 
 def _values(table: TableSchema, row: Any) -> tuple[Any, ...]:
     return tuple(row[name] for name in table.key)
+
+
+def _replaced(tb: TableBatch, key: str) -> tuple[ChangeEvent, ...]:
+    """The events of the state a new one of ``key`` replaces in this batch."""
+    previous = tb.changes.get(key)
+    return () if previous is None else (*previous.earlier, previous.event)
 
 
 def _put(tb: TableBatch, change: RowChange) -> None:
