@@ -301,7 +301,7 @@ def plan_batch(events: Iterable[ChangeEvent],
                     continue
                 if previous.row is None or len(after) >= len(table.columns):  # replaces it
                     tb.changes[key] = RowChange(key, '', pos, after, event, table,
-                                                earlier=(*previous.earlier, previous.event))
+                                                earlier=_stood_for(previous))
                     continue
         problem = _problem(event) or _fold(tb, pos, event)
         if problem == 'unkeyed delete':
@@ -330,7 +330,7 @@ def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
         if key is None:
             return f'the before image lacks key column(s) {list(table.key)}'
         _put(tb, RowChange(key, '', pos, None, event, table, _values(table, event.before),
-                           _replaced(tb, key)))
+                           _stood_for(tb.changes.get(key))))
         return None
     after = event.after or {}
     key = _key_text(table, after)
@@ -343,21 +343,20 @@ def _fold(tb: TableBatch, pos: str, event: ChangeEvent) -> str | None:
             if event.unchanged:
                 after, carry = _moved(tb.changes.get(old), table, event, after)
             _put(tb, RowChange(old, '', pos, None, event, table,
-                               _values(table, event.before), _replaced(tb, old)))
+                               _values(table, event.before), _stood_for(tb.changes.get(old))))
     previous = tb.changes.get(key)
+    # The batch's earlier changes of the key, merged or replaced, are rejected with this one:
+    # a dead letter for each, none lost because they shared a batch.
+    earlier = _stood_for(previous)
     row: Mapping[str, Any]
     if previous is not None and previous.row is not None and len(after) < len(table.columns):
         # A partial image (unchanged columns) keeps the values this batch already holds.
         row = {**previous.row, **after}
-        earlier = (*previous.earlier, previous.event)
         if previous.carry is not None:  # and those the target holds under the key it left
             rest = tuple(name for name in previous.carry[1] if name not in row)
             carry = (previous.carry[0], rest) if rest else None
     else:
         row = after  # never modified: a merge above makes a new dict
-        # The batch's earlier changes of the key are replaced, and rejected with this one: a
-        # dead letter for each, none lost because they shared a batch.
-        earlier = () if previous is None else (*previous.earlier, previous.event)
     _put(tb, RowChange(key, '', pos, row, event, table, earlier=earlier, carry=carry))
     return None
 
@@ -386,9 +385,8 @@ def _values(table: TableSchema, row: Any) -> tuple[Any, ...]:
     return tuple(row[name] for name in table.key)
 
 
-def _replaced(tb: TableBatch, key: str) -> tuple[ChangeEvent, ...]:
-    """The events of the state a new one of ``key`` replaces in this batch."""
-    previous = tb.changes.get(key)
+def _stood_for(previous: RowChange | None) -> tuple[ChangeEvent, ...]:
+    """The events a state stands for, as the ``earlier`` of the state that follows it."""
     return () if previous is None else (*previous.earlier, previous.event)
 
 
